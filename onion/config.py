@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from onion.errors import OnionError
+
 DEFAULT_STATE_DIR = "/var/lib/onion-balancer"
 DEFAULT_CONTROL_PORT = 9051
 DEFAULT_SOCKS_PORT = 9050
@@ -43,7 +45,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_INTRO_POINTS = 20
 
 
-class ConfigError(ValueError):
+class ConfigError(OnionError):
     """The config file is unusable; the message says where, what and how to fix it."""
 
 
