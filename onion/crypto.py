@@ -1,0 +1,214 @@
+"""Ed25519 primitives for v3 onion services, on libsodium's group operations (PyNaCl).
+
+Why hand-written: no library signs with a tor *expanded* secret key (64 bytes: scalar |
+prefix) or blinds keys as rend-spec-v3 [KEYBLIND] requires. PyNaCl exposes libsodium's
+scalar and point operations, so only the composition lives here; stem's pure-Python curve
+code (~100x slower) is never used. Scalars are reduced mod l before every `*_noclamp`
+call: tor's expanded keys (and vanity-generated ones) may hold unreduced scalars, and
+libsodium only treats reduced scalars canonically.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+import nacl.bindings as sodium
+import nacl.exceptions
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from onion.errors import KeyFormatError
+
+# Order of the ed25519 base point.
+L = 2**252 + 27742317777372353535851937790883648493
+# Prime of curve25519's field (for the Montgomery -> Edwards conversion of enc keys).
+P = 2**255 - 19
+
+# rend-spec-v3 [KEYBLIND]: B is the base point written as in the spec, as a string.
+ED25519_BASEPOINT = (
+    b"(15112221349535400772501151409588531511454012693041857206046113283949847762202, "
+    b"46316835694926478169428394003475163141307993866256225615783033603165251855960)"
+)
+BLIND_STRING = b"Derive temporary signing key\x00"
+BLIND_PREFIX_STRING = b"Derive temporary signing key hash input"
+
+_ZERO32 = bytes(32)
+
+
+def sha3_256(*parts: bytes) -> bytes:
+    return hashlib.sha3_256(b"".join(parts)).digest()
+
+
+def reduce_scalar(scalar: bytes) -> bytes:
+    """Return `scalar` (32 or 64 bytes, little-endian) reduced mod l, as 32 bytes."""
+    if len(scalar) == 32:
+        scalar = scalar + _ZERO32
+    return sodium.crypto_core_ed25519_scalar_reduce(scalar)
+
+
+def clamp(scalar: bytes) -> bytes:
+    """Ed25519 clamping: clear the 3 low bits and the top bit, set bit 254."""
+    b = bytearray(scalar[:32])
+    b[0] &= 248
+    b[31] &= 63
+    b[31] |= 64
+    return bytes(b)
+
+
+def expand_seed(seed: bytes) -> bytes:
+    """RFC 8032 key expansion: the 64-byte expanded secret (clamped scalar | prefix)."""
+    if len(seed) != 32:
+        raise KeyFormatError(f"ed25519 seed must be 32 bytes, got {len(seed)}")
+    h = hashlib.sha512(seed).digest()
+    return clamp(h[:32]) + h[32:]
+
+
+def public_from_expanded(expanded: bytes) -> bytes:
+    """The ed25519 public key of a 64-byte expanded secret key."""
+    try:
+        return sodium.crypto_scalarmult_ed25519_base_noclamp(reduce_scalar(expanded[:32]))
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.CryptoError) as exc:
+        # Only a scalar that is 0 mod l fails here; tor would never produce it.
+        raise KeyFormatError("expanded secret key has a zero scalar (mod l); it is not a usable key") from exc
+
+
+def sign_expanded(expanded: bytes, public_key: bytes, message: bytes) -> bytes:
+    """Ed25519 signature with an expanded secret (what tor's ed25519_sign does).
+
+    r = H(prefix | M) mod l, R = rB, S = r + H(R | A | M) a  (mod l)
+    """
+    a = reduce_scalar(expanded[:32])
+    r = reduce_scalar(hashlib.sha512(expanded[32:64] + message).digest())
+    big_r = sodium.crypto_scalarmult_ed25519_base_noclamp(r)
+    k = reduce_scalar(hashlib.sha512(big_r + public_key + message).digest())
+    s = sodium.crypto_core_ed25519_scalar_add(r, sodium.crypto_core_ed25519_scalar_mul(k, a))
+    return big_r + s
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True if `signature` is a valid ed25519 signature of `message` by `public_key`."""
+    if len(signature) != 64 or len(public_key) != 32:
+        return False
+    try:
+        sodium.crypto_sign_open(signature + message, public_key)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
+            nacl.exceptions.TypeError, nacl.exceptions.RuntimeError):
+        return False
+    return True
+
+
+class SeedSigningKey:
+    """A short-term ed25519 key we generate ourselves (descriptor-signing key).
+
+    Because we hold its seed, libsodium's `crypto_sign` signs in one C call.
+    """
+
+    __slots__ = ("public_key", "_sk")
+
+    def __init__(self, seed: bytes | None = None) -> None:
+        pk, sk = sodium.crypto_sign_seed_keypair(seed if seed is not None else os.urandom(32))
+        self.public_key: bytes = pk
+        self._sk = sk
+
+    def sign(self, message: bytes) -> bytes:
+        return sodium.crypto_sign(message, self._sk)[:64]
+
+    def __repr__(self) -> str:
+        return f"SeedSigningKey(public_key={self.public_key.hex()})"
+
+
+# --- key blinding (rend-spec-v3 [KEYBLIND]) ---------------------------------------------
+
+def blinding_factor(public_key: bytes, period_number: int, period_length: int) -> bytes:
+    """h = clamp(SHA3-256(BLIND_STRING | A | B | N)), N = "key-blinding" | INT_8(tp) | INT_8(len)."""
+    nonce = b"key-blinding" + struct.pack(">QQ", period_number, period_length)
+    return clamp(sha3_256(BLIND_STRING, public_key, ED25519_BASEPOINT, nonce))
+
+
+def blind_public_key(public_key: bytes, period_number: int, period_length: int) -> bytes:
+    """A' = h A for time period `period_number` of `period_length` minutes."""
+    h = reduce_scalar(blinding_factor(public_key, period_number, period_length))
+    try:
+        return sodium.crypto_scalarmult_ed25519_noclamp(h, public_key)
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.CryptoError) as exc:
+        raise KeyFormatError("public key is not a valid ed25519 point of prime order") from exc
+
+
+def blind_expanded_secret(expanded: bytes, public_key: bytes, period_number: int,
+                          period_length: int) -> bytes:
+    """The blinded expanded secret: (h a mod l) | SHA-512(prefix string | prefix)[:32]."""
+    h = reduce_scalar(blinding_factor(public_key, period_number, period_length))
+    a = reduce_scalar(expanded[:32])
+    blinded_scalar = sodium.crypto_core_ed25519_scalar_mul(h, a)
+    prefix = hashlib.sha512(BLIND_PREFIX_STRING + expanded[32:64]).digest()[:32]
+    return blinded_scalar + prefix
+
+
+# --- curve25519 -> ed25519 ------------------------------------------------------------
+
+def curve25519_to_ed25519_public(u: bytes, sign_bit: int = 0) -> bytes:
+    """The ed25519 point whose Montgomery form is `u`: y = (u - 1) / (u + 1).
+
+    Tor certifies an intro point's curve25519 enc key by this ed25519 form with sign
+    bit 0 (`ed25519_public_key_from_curve25519_public_key`); libsodium only converts the
+    other way, so this is two field operations in Python.
+    """
+    x = int.from_bytes(u, "little") & ((1 << 255) - 1)
+    y = ((x - 1) * pow(x + 1, P - 2, P)) % P
+    out = bytearray(y.to_bytes(32, "little"))
+    out[31] |= (sign_bit & 1) << 7
+    return bytes(out)
+
+
+# --- tor's order-preserving encryption for revision counters (crypto_ope.c) -------------
+
+OPE_INPUT_MAX = 1 << 18
+_OPE_SAMPLE = 1024  # cumulative sums are cached every this many values
+
+
+class OrderPreservingCipher:
+    """Tor's rudimentary OPE: E(n) = sum_{i<n} (LE16(AES-256-CTR(key, iv=0)[2i:2i+2]) + 1).
+
+    Strictly increasing in n and keyed, so revision counters grow with time without
+    revealing the service's clock. Cumulative sums are cached every 1024 values as
+    they are first needed, so any encryption after the first costs at most one 2 KiB
+    keystream chunk.
+    """
+
+    __slots__ = ("_key", "_sums")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise KeyFormatError(f"OPE key must be 32 bytes, got {len(key)}")
+        self._key = key
+        self._sums = [0]  # _sums[j] = E(j * 1024)
+
+    def _keystream(self, first_value: int, count: int) -> bytes:
+        # Value i sits at keystream byte 2i; 1024 values = 128 AES blocks, so chunk
+        # starts are block-aligned and the CTR counter is first_value * 2 / 16.
+        iv = (first_value * 2 // 16).to_bytes(16, "big")
+        enc = Cipher(algorithms.AES(self._key), modes.CTR(iv)).encryptor()
+        return enc.update(bytes(2 * count))
+
+    def encrypt(self, plaintext: int) -> int:
+        if not 0 < plaintext <= OPE_INPUT_MAX:
+            raise ValueError(f"OPE plaintext must be in 1..{OPE_INPUT_MAX}, got {plaintext}")
+        chunk, rest = divmod(plaintext, _OPE_SAMPLE)
+        sums = self._sums
+        if len(sums) <= chunk:
+            start = len(sums) - 1
+            ks = self._keystream(start * _OPE_SAMPLE, (chunk - start) * _OPE_SAMPLE)
+            values = memoryview(ks).cast("H")  # little-endian hosts only; checked below
+            total = sums[-1]
+            for j in range(chunk - start):
+                total += sum(values[j * _OPE_SAMPLE:(j + 1) * _OPE_SAMPLE]) + _OPE_SAMPLE
+                sums.append(total)
+        value = sums[chunk]
+        if rest:
+            ks = self._keystream(chunk * _OPE_SAMPLE, rest)
+            value += sum(memoryview(ks).cast("H")) + rest
+        return value
+
+
+if struct.pack("=H", 1) != b"\x01\x00":  # pragma: no cover - every platform we ship on
+    raise ImportError("onion.crypto assumes a little-endian host (OPE keystream sums)")
