@@ -1,0 +1,117 @@
+"""onionstack: composition only. config -> network -> security -> nodes -> backup -> exports."""
+import pulumi
+
+from infra.backup import Backup, BackupArgs
+from infra.config import load_config
+from infra.network import Network, NetworkArgs, available_zones
+from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
+from infra.storage import database_volume_specs
+from nodes.balancer import BalancerNode, BalancerNodeArgs
+from nodes.database import DatabaseNode, DatabaseNodeArgs
+from nodes.instance import SSH_USER, InstanceArgs, ubuntu_noble_ami
+from nodes.worker import WorkerNode, WorkerNodeArgs, spread
+
+config = load_config()  # raises ConfigError before any resource exists
+
+zones = available_zones(config.availability_zones)
+ami = ubuntu_noble_ami()
+network = Network(
+    "net",
+    NetworkArgs(config.vpc_cidr, zones, nat_per_az=config.nat_gateways == "perAz"),
+)
+security = SecurityGroups(
+    "sg",
+    SecurityArgs(network.vpc.id, config.admin_cidrs, database=config.database.enabled),
+)
+key_pair = admin_key_pair("admin-key", config.ssh_public_key)
+
+
+def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False) -> InstanceArgs:
+    return InstanceArgs(
+        role=role,
+        instance_type=instance_type,
+        ami_id=ami,
+        subnet_id=subnet.id,
+        security_group_ids=[group.id],
+        key_name=key_pair.key_name,
+        public_ip=public_ip,
+    )
+
+
+balancer = BalancerNode(
+    "balancer",
+    BalancerNodeArgs(
+        instance=instance("balancer", config.instance_types.balancer, network.public_subnets[0],
+                          security.balancer, public_ip=True),
+        sites=config.sites,
+        publish=config.balancer.publish,
+    ),
+)
+
+workers = [
+    WorkerNode(
+        f"worker-{i + 1}",
+        WorkerNodeArgs(
+            instance=instance("worker", config.instance_types.worker, network.private_subnets[z],
+                              security.workers),
+            index=i,
+            availability_zone=zones[z],
+            jump_host=balancer.public_ip,
+            tor_daemons=config.tor_daemons_per_worker,
+            intro_points_per_daemon=config.intro_points_per_daemon,
+        ),
+    )
+    for i, z in enumerate(spread(config.workers, zones))
+]
+
+database = None
+if config.database.enabled:
+    database = DatabaseNode(
+        "database",
+        DatabaseNodeArgs(
+            instance=instance("database", config.instance_types.database, network.private_subnets[0],
+                              security.database),
+            availability_zone=zones[0],
+            volumes=database_volume_specs(config.database.data_gb, config.database.journal_gb,
+                                          config.database.log_gb),
+            jump_host=balancer.public_ip,
+            protect_data=config.protect_data,
+            backup=config.backup.enabled,
+        ),
+    )
+
+backup = None
+if config.backup.enabled:
+    backup = Backup("backup", BackupArgs(config.backup.rules, protect=config.protect_data))
+
+# ---- outputs (nothing secret)
+jump = balancer.public_ip.apply(lambda ip: f"{SSH_USER}@{ip}")
+pulumi.export("vpcId", network.vpc.id)
+pulumi.export("availabilityZones", list(zones))
+pulumi.export("balancerPublicIp", balancer.public_ip)
+pulumi.export("balancerPrivateIp", balancer.private_ip)
+pulumi.export("workerPrivateIps", [w.private_ip for w in workers])
+pulumi.export("sshBalancer", jump.apply(lambda j: f"ssh {j}"))
+pulumi.export(
+    "sshWorkers",
+    [pulumi.Output.concat("ssh -J ", jump, f" {SSH_USER}@", w.private_ip) for w in workers],
+)
+if database is not None:
+    pulumi.export("databasePrivateIp", database.private_ip)
+    pulumi.export("sshDatabase", pulumi.Output.concat("ssh -J ", jump, f" {SSH_USER}@", database.private_ip))
+if backup is not None:
+    pulumi.export("backupVaultName", backup.vault.name)
+pulumi.export(
+    "sites",
+    {
+        s.name: {"domain": s.domain, "onionAddress": s.onion_address, "originAddress": s.origin_address}
+        for s in config.sites
+    },
+)
+pulumi.export(
+    "introPoints",
+    {
+        "perWorker": config.intro_points_per_worker,
+        "total": config.workers * config.intro_points_per_worker,
+    },
+)

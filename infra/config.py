@@ -1,0 +1,625 @@
+"""The stack configuration: every `onionstack:` key, parsed once into frozen dataclasses.
+
+`parse_config(raw)` is pure (no Pulumi runtime needed) so each validation rule is
+testable on its own; `load_config()` reads `pulumi.Config("onionstack")` and calls it.
+Any bad value raises `ConfigError` naming the key, the bad value and the accepted form,
+before `__main__` declares a single resource.
+
+Defaults live here as well as in Pulumi.yaml: the Pulumi CLI applies Pulumi.yaml's
+`config:` defaults, but the SDK under mocks does not, so the program must not depend on
+them (tests/test_config_schema.py checks that both agree).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import ipaddress
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+NAMESPACE = "onionstack"
+
+# ---------------------------------------------------------------- defaults (mirror Pulumi.yaml)
+DEFAULT_INSTANCE_TYPES = {"balancer": "t3.micro", "worker": "t3.small", "database": "t3.small"}
+DEFAULT_DATABASE = {"enabled": True, "dataGb": 20, "journalGb": 4, "logGb": 4}
+DEFAULT_BACKUP = {
+    "enabled": True,
+    "threeHourlyKeep": 7,
+    "dailyKeep": 6,
+    "weeklyKeep": 4,
+    "monthlyKeep": 24,
+}
+DEFAULT_BALANCER = {"publish": True}
+
+# key -> (Pulumi.yaml type or None for objects, default or REQUIRED)
+REQUIRED = object()
+SCHEMA: dict[str, tuple[Optional[str], Any]] = {
+    "sites": (None, REQUIRED),
+    "masterKeys": (None, REQUIRED),
+    "workers": ("integer", 2),
+    "torDaemonsPerWorker": ("integer", 2),
+    "introPointsPerDaemon": ("integer", 3),
+    "instanceTypes": (None, DEFAULT_INSTANCE_TYPES),
+    "availabilityZones": ("integer", 2),
+    "vpcCidr": ("string", "10.42.0.0/16"),
+    "adminCidrs": ("array", REQUIRED),
+    "sshPublicKey": ("string", REQUIRED),
+    "sshPrivateKey": ("string", REQUIRED),
+    "database": (None, DEFAULT_DATABASE),
+    "backup": (None, DEFAULT_BACKUP),
+    "protectData": ("boolean", True),
+    "natGateways": ("string", "one"),
+    "balancer": (None, DEFAULT_BALANCER),
+}
+SECRET_KEYS = ("masterKeys", "sshPrivateKey")
+
+SITE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+# A DNS name: labels of letters, digits and inner hyphens, at least two labels.
+DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+DNS_NAME_RE = re.compile(rf"^(?:{DNS_LABEL}\.)+{DNS_LABEL}\.?$")
+INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+MASTER_KEY_PREFIX = "ED25519-V3:"
+
+WORKERS_RANGE = (1, 30)
+DAEMONS_RANGE = (1, 8)
+INTRO_RANGE = (1, 20)
+AZ_RANGE = (1, 6)
+VOLUME_GB_RANGE = (1, 16384)  # gp3 limits
+KEEP_RANGE = (1, 1000)
+
+
+class ConfigError(ValueError):
+    """A stack config value is missing or invalid; the message says which and how to fix it."""
+
+
+# ---------------------------------------------------------------- secret holder
+class Secret:
+    """A config value that must never be printed: `repr`/`str` hide it.
+
+    `reveal()` gives the plain value to code that must use it (validation, rendering a
+    0600 file); `output()` gives a `pulumi.Output.secret` for resource inputs.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def output(self):
+        import pulumi  # local: parse_config must stay usable without a Pulumi runtime
+
+        return pulumi.Output.secret(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# ---------------------------------------------------------------- dataclasses
+@dataclass(frozen=True)
+class Site:
+    """One onion address mapping one clearnet domain and its subdomains (EOTK hardmap)."""
+
+    name: str
+    domain: str
+    master_key: Secret = field(repr=False)
+    onion_address: Optional[str] = None  # 56 chars + ".onion"; public, derived from the key
+    origin_address: Optional[str] = None  # host:port to connect to instead of `domain`
+    block_hosts: tuple[str, ...] = ()
+    block_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InstanceTypes:
+    balancer: str
+    worker: str
+    database: str
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    enabled: bool
+    data_gb: int
+    journal_gb: int
+    log_gb: int
+
+
+@dataclass(frozen=True)
+class BackupRule:
+    """One AWS Backup rule: `keep` recovery points translated into days (AWS retains by age)."""
+
+    name: str
+    schedule: str  # AWS cron, UTC
+    keep: int
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    enabled: bool
+    rules: tuple[BackupRule, ...]
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    publish: bool  # false: a standby fleet that never uploads descriptors (blue/green)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    sites: tuple[Site, ...]
+    workers: int
+    tor_daemons_per_worker: int
+    intro_points_per_daemon: int
+    instance_types: InstanceTypes
+    availability_zones: int
+    vpc_cidr: str
+    admin_cidrs: tuple[str, ...]
+    ssh_public_key: str
+    ssh_private_key: Secret = field(repr=False)
+    database: DatabaseConfig = field(default_factory=lambda: DatabaseConfig(True, 20, 4, 4))
+    backup: BackupConfig = field(default_factory=lambda: BackupConfig(True, ()))
+    protect_data: bool = True
+    nat_gateways: str = "one"
+    balancer: BalancerConfig = field(default_factory=lambda: BalancerConfig(True))
+
+    @property
+    def intro_points_per_worker(self) -> int:
+        return self.tor_daemons_per_worker * self.intro_points_per_daemon
+
+
+# ---------------------------------------------------------------- error helpers
+SECRET_SHOWN = "[secret]"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _fail(key: str, value: Any, accepted: str, *, secret: bool = False) -> ConfigError:
+    shown = SECRET_SHOWN if secret else _show(value)
+    return ConfigError(f"{NAMESPACE}:{key} = {shown}: {accepted}")
+
+
+def _missing(key: str, accepted: str) -> ConfigError:
+    return ConfigError(f"{NAMESPACE}:{key} is missing: {accepted}")
+
+
+def _int(key: str, value: Any, lo: int, hi: int) -> int:
+    # bool is an int subclass in Python; `true` is not a count.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _fail(key, value, f"must be an integer from {lo} to {hi}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise _fail(key, value, f"must be an integer from {lo} to {hi}")
+        value = int(value)
+    if isinstance(value, str):
+        if not re.fullmatch(r"[+-]?\d+", value.strip()):
+            raise _fail(key, value, f"must be an integer from {lo} to {hi}")
+        value = int(value)
+    if not lo <= value <= hi:
+        raise _fail(key, value, f"must be an integer from {lo} to {hi}")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise _fail(key, value, "must be true or false")
+
+
+def _object(key: str, value: Any, allowed: Mapping[str, Any]) -> dict:
+    if not isinstance(value, Mapping):
+        raise _fail(key, value, f"must be an object with keys {', '.join(allowed)}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise _fail(
+            f"{key}.{unknown[0]}",
+            value[unknown[0]],
+            f"unknown key; {key} accepts {', '.join(allowed)}",
+        )
+    return {**allowed, **value}
+
+
+def _str_list(key: str, value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(key, value, f"must be a list of {what}")
+    return value
+
+
+# ---------------------------------------------------------------- master keys
+def master_key_error(value: str) -> Optional[str]:
+    """Why `value` is not a usable site master key, or None when it is.
+
+    Uses `onion.keys.IdentityKey.from_config_string` (the same parser the balancer uses)
+    when that module is present, else checks the wire form itself: the prefix plus base64
+    of tor's 64-byte expanded secret key. The message never contains the key.
+    """
+    try:
+        from onion.keys import IdentityKey  # type: ignore[import-not-found]
+    except ImportError:
+        IdentityKey = None  # noqa: N806 - onion/keys.py not written yet
+    if IdentityKey is not None:
+        try:
+            IdentityKey.from_config_string(value)
+        except ValueError as exc:
+            reason = str(exc)
+            body = value[len(MASTER_KEY_PREFIX):] if value.startswith(MASTER_KEY_PREFIX) else value
+            if body and body[:16] in reason:  # never echo key material
+                reason = type(exc).__name__
+            return reason
+        return None
+    if not value.startswith(MASTER_KEY_PREFIX):
+        return f"does not start with {MASTER_KEY_PREFIX!r}"
+    try:
+        raw = base64.b64decode(value[len(MASTER_KEY_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        return "is not valid base64 after the prefix"
+    if len(raw) != 64:
+        return f"decodes to {len(raw)} bytes, not 64"
+    return None
+
+
+def onion_address_of(master_key: str) -> Optional[str]:
+    """The public `.onion` hostname of a valid master key (None until onion.keys exists)."""
+    try:
+        from onion.keys import IdentityKey  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return IdentityKey.from_config_string(master_key).hostname
+
+
+def _keygen_fix(name: str) -> str:
+    return (
+        f"create one with `python -m onion keygen` (or `python -m onion import DIR` for an "
+        f"existing tor hidden-service directory), then "
+        f"`pulumi config set --secret --path 'masterKeys.{name}' 'ED25519-V3:...'`"
+    )
+
+
+# ---------------------------------------------------------------- sections
+def _parse_sites(raw_sites: Any, raw_keys: Any) -> tuple[Site, ...]:
+    accepted = (
+        "must be a non-empty list of {name, domain, originAddress?, blockHosts?, blockPaths?}"
+    )
+    if raw_sites is None:
+        raise _missing(
+            "sites",
+            "list each onion site, e.g. `pulumi config set --path 'sites[0].name' news` and "
+            "`pulumi config set --path 'sites[0].domain' example.com`",
+        )
+    if not isinstance(raw_sites, list) or not raw_sites:
+        raise _fail("sites", raw_sites, accepted)
+    if raw_keys is None:
+        raw_keys = {}
+    if not isinstance(raw_keys, Mapping):
+        raise _fail(
+            "masterKeys", raw_keys, "must be an object mapping each site name to its key", secret=True
+        )
+    sites: list[Site] = []
+    seen: set[str] = set()
+    allowed = {"name": None, "domain": None, "originAddress": None, "blockHosts": [], "blockPaths": []}
+    for i, entry in enumerate(raw_sites):
+        key = f"sites[{i}]"
+        entry = _object(key, entry, allowed)
+        name = entry["name"]
+        if not isinstance(name, str) or not SITE_NAME_RE.match(name):
+            raise _fail(
+                f"{key}.name", name,
+                "must match ^[a-z][a-z0-9-]{0,30}$ (lower-case letter, then letters, digits, hyphens)",
+            )
+        if name in seen:
+            raise _fail(f"{key}.name", name, "is used by an earlier site; site names must be unique")
+        seen.add(name)
+        domain = entry["domain"]
+        if not isinstance(domain, str) or not DNS_NAME_RE.match(domain):
+            raise _fail(f"{key}.domain", domain, "must be a DNS name such as example.com")
+        domain = domain.rstrip(".").lower()
+        origin = entry["originAddress"]
+        if origin is not None:
+            origin = _parse_host_port(f"{key}.originAddress", origin)
+        block_hosts = _str_list(f"{key}.blockHosts", entry["blockHosts"], "DNS names")
+        for j, host in enumerate(block_hosts):
+            if not DNS_NAME_RE.match(host):
+                raise _fail(f"{key}.blockHosts[{j}]", host, "must be a DNS name such as ads.example.com")
+        block_paths = _str_list(f"{key}.blockPaths", entry["blockPaths"], "path regular expressions")
+        for j, path in enumerate(block_paths):
+            try:
+                re.compile(path)
+            except re.error as exc:
+                raise _fail(f"{key}.blockPaths[{j}]", path, f"must be a valid regular expression ({exc})")
+        if name not in raw_keys:
+            raise _missing(f"masterKeys.{name}", f"site {name!r} has no master key; {_keygen_fix(name)}")
+        value = raw_keys[name]
+        problem = master_key_error(value) if isinstance(value, str) else "is not a string"
+        if problem:
+            raise _fail(
+                f"masterKeys.{name}", value,
+                f"must be {MASTER_KEY_PREFIX}<base64 of tor's 64-byte expanded secret key> "
+                f"({problem}); {_keygen_fix(name)}",
+                secret=True,
+            )
+        sites.append(
+            Site(
+                name=name,
+                domain=domain,
+                master_key=Secret(value),
+                onion_address=onion_address_of(value),
+                origin_address=origin,
+                block_hosts=tuple(h.lower() for h in block_hosts),
+                block_paths=tuple(block_paths),
+            )
+        )
+    extra = sorted(set(raw_keys) - seen)
+    if extra:
+        raise _fail(
+            f"masterKeys.{extra[0]}", None,
+            "names no site in onionstack:sites; remove it with "
+            f"`pulumi config rm --path 'masterKeys.{extra[0]}'` or add the site",
+            secret=True,
+        )
+    return tuple(sites)
+
+
+def _parse_host_port(key: str, value: Any) -> str:
+    accepted = "must be host:port, e.g. origin.example.com:443 or 192.0.2.10:8443"
+    if not isinstance(value, str) or ":" not in value:
+        raise _fail(key, value, accepted)
+    host, _, port = value.rpartition(":")
+    host_ok = bool(DNS_NAME_RE.match(host))
+    if not host_ok:
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            host_ok = True
+        except ValueError:
+            pass
+    if not host_ok or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _fail(key, value, accepted)
+    return value
+
+
+def _parse_vpc_cidr(value: Any) -> str:
+    accepted = "must be a private (RFC 1918) IPv4 network from /16 to /22, e.g. 10.42.0.0/16"
+    if not isinstance(value, str):
+        raise _fail("vpcCidr", value, accepted)
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise _fail("vpcCidr", value, accepted) from None
+    if net.version != 4 or not net.is_private or not 16 <= net.prefixlen <= 22:
+        raise _fail("vpcCidr", value, accepted)
+    if str(net) != value:
+        raise _fail("vpcCidr", value, f"has host bits set; did you mean {net}?")
+    return value
+
+
+def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
+    accepted = (
+        "must be a non-empty list of the CIDRs allowed to SSH to the balancer, "
+        "e.g. [\"198.51.100.7/32\"]; 0.0.0.0/0 and ::/0 are refused"
+    )
+    if value is None:
+        raise _missing(
+            "adminCidrs",
+            "list the CIDRs allowed to SSH to the balancer, e.g. "
+            "`pulumi config set --path 'adminCidrs[0]' 198.51.100.7/32`",
+        )
+    if not isinstance(value, list) or not value:
+        raise _fail("adminCidrs", value, accepted)
+    out = []
+    for i, cidr in enumerate(value):
+        key = f"adminCidrs[{i}]"
+        if not isinstance(cidr, str):
+            raise _fail(key, cidr, "must be a CIDR string such as 198.51.100.7/32")
+        try:
+            net = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as exc:
+            raise _fail(key, cidr, f"must be a CIDR such as 198.51.100.7/32 ({exc})") from None
+        if net.prefixlen == 0:
+            raise _fail(key, cidr, "opens SSH to the whole internet; list your admin networks instead")
+        out.append(str(net))
+    return tuple(out)
+
+
+def _parse_ssh_keys(public: Any, private: Any) -> tuple[str, Secret]:
+    from cryptography.hazmat.primitives import serialization
+
+    if public is None:
+        raise _missing("sshPublicKey", "set it with `pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\"`")
+    accepted = "must be an OpenSSH public key line such as 'ssh-ed25519 AAAA... comment'"
+    if not isinstance(public, str):
+        raise _fail("sshPublicKey", public, accepted)
+    try:
+        pub = serialization.load_ssh_public_key(public.strip().encode())
+    except (ValueError, TypeError):
+        raise _fail("sshPublicKey", public, accepted) from None
+    fix = "set it with `pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519`"
+    if private is None:
+        raise _missing("sshPrivateKey", f"the private half of sshPublicKey, for the bootstrap steps; {fix}")
+    if not isinstance(private, str):
+        raise _fail("sshPrivateKey", private, f"must be an OpenSSH private key; {fix}", secret=True)
+    try:
+        priv = serialization.load_ssh_private_key(private.encode(), password=None)
+    except TypeError:
+        raise _fail(
+            "sshPrivateKey", private,
+            "is passphrase-protected; the bootstrap steps need an unencrypted key (a Pulumi secret "
+            "is encrypted at rest); make one with `ssh-keygen -t ed25519 -N '' -f onionstack_key`",
+            secret=True,
+        ) from None
+    except (ValueError, binascii.Error):
+        raise _fail("sshPrivateKey", private, f"must be an OpenSSH private key; {fix}", secret=True) from None
+    raw = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    if priv.public_key().public_bytes(*raw) != pub.public_bytes(*raw):
+        raise _fail(
+            "sshPrivateKey", private,
+            "does not belong to onionstack:sshPublicKey; set both from the same key pair",
+            secret=True,
+        )
+    return public.strip(), Secret(private)
+
+
+def _parse_instance_types(value: Any) -> InstanceTypes:
+    merged = _object("instanceTypes", value, DEFAULT_INSTANCE_TYPES)
+    for role, itype in merged.items():
+        if not isinstance(itype, str) or not INSTANCE_TYPE_RE.match(itype):
+            raise _fail(f"instanceTypes.{role}", itype, "must be an EC2 instance type such as t3.small")
+    return InstanceTypes(**merged)
+
+
+def _parse_database(value: Any) -> DatabaseConfig:
+    merged = _object("database", value, DEFAULT_DATABASE)
+    lo, hi = VOLUME_GB_RANGE
+    return DatabaseConfig(
+        enabled=_bool("database.enabled", merged["enabled"]),
+        data_gb=_int("database.dataGb", merged["dataGb"], lo, hi),
+        journal_gb=_int("database.journalGb", merged["journalGb"], lo, hi),
+        log_gb=_int("database.logGb", merged["logGb"], lo, hi),
+    )
+
+
+# Rule name, config key, schedule (AWS cron, UTC; staggered so no two rules start in the
+# same hour, because AWS Backup skips a job that overlaps another of the same plan), and
+# the longest time one period can span, in days.
+def _max_days_of_months(n: int) -> int:
+    """The most days any run of `n` consecutive calendar months can span (leap years included)."""
+    lengths = [calendar.monthrange(2000 + y, m)[1] for y in range(8) for m in range(1, 13)]
+    return max(sum(lengths[s:s + n]) for s in range(len(lengths) - n)) if n <= 48 else math.ceil(n * 366 / 12)
+
+
+BACKUP_RULES = (
+    ("three-hourly", "threeHourlyKeep", "cron(0 0/3 * * ? *)", 3 / 24),
+    ("daily", "dailyKeep", "cron(30 1 * * ? *)", 1),
+    ("weekly", "weeklyKeep", "cron(30 4 ? * SUN *)", 7),
+    ("monthly", "monthlyKeep", "cron(30 7 1 * ? *)", None),  # calendar months
+)
+
+
+def retention_days(keep: int, period_days: Optional[float]) -> int:
+    """Days to retain so that the last `keep` recovery points always exist.
+
+    The oldest of the last `keep` points is at most `keep` periods old, so retaining for
+    ceil(keep * period) days keeps at least `keep` (up to one more just before the oldest
+    expires). Monthly periods use the longest run of `keep` calendar months. AWS Backup's
+    minimum is 1 day.
+    """
+    if period_days is None:
+        return _max_days_of_months(keep)
+    return max(1, math.ceil(keep * period_days - 1e-9))
+
+
+def _parse_backup(value: Any) -> BackupConfig:
+    merged = _object("backup", value, DEFAULT_BACKUP)
+    enabled = _bool("backup.enabled", merged["enabled"])
+    rules = []
+    for name, key, schedule, period in BACKUP_RULES:
+        keep = _int(f"backup.{key}", merged[key], *KEEP_RANGE)
+        rules.append(BackupRule(name, schedule, keep, retention_days(keep, period)))
+    return BackupConfig(enabled, tuple(rules))
+
+
+def _parse_nat(value: Any) -> str:
+    if value not in ("one", "perAz"):
+        raise _fail("natGateways", value, "must be \"one\" (cheaper) or \"perAz\" (survives an AZ outage)")
+    return value
+
+
+# ---------------------------------------------------------------- entry points
+def parse_config(raw: Mapping[str, Any]) -> StackConfig:
+    """Validate plain config values (keys without the `onionstack:` prefix)."""
+    unknown = sorted(set(raw) - set(SCHEMA))
+    if unknown:
+        raise _fail(unknown[0], raw[unknown[0]], f"unknown key; onionstack accepts {', '.join(SCHEMA)}",
+                    secret=False)
+
+    def get(key: str) -> Any:
+        value = raw.get(key)
+        if value is None:
+            default = SCHEMA[key][1]
+            return None if default is REQUIRED else default
+        return value
+
+    sites = _parse_sites(get("sites"), get("masterKeys"))
+    ssh_public, ssh_private = _parse_ssh_keys(get("sshPublicKey"), get("sshPrivateKey"))
+    nat = _parse_nat(get("natGateways"))
+    return StackConfig(
+        sites=sites,
+        workers=_int("workers", get("workers"), *WORKERS_RANGE),
+        tor_daemons_per_worker=_int("torDaemonsPerWorker", get("torDaemonsPerWorker"), *DAEMONS_RANGE),
+        intro_points_per_daemon=_int("introPointsPerDaemon", get("introPointsPerDaemon"), *INTRO_RANGE),
+        instance_types=_parse_instance_types(get("instanceTypes")),
+        availability_zones=_int("availabilityZones", get("availabilityZones"), *AZ_RANGE),
+        vpc_cidr=_parse_vpc_cidr(get("vpcCidr")),
+        admin_cidrs=_parse_admin_cidrs(get("adminCidrs")),
+        ssh_public_key=ssh_public,
+        ssh_private_key=ssh_private,
+        database=_parse_database(get("database")),
+        backup=_parse_backup(get("backup")),
+        protect_data=_bool("protectData", get("protectData")),
+        nat_gateways=nat,
+        balancer=BalancerConfig(
+            publish=_bool("balancer.publish", _object("balancer", get("balancer"), DEFAULT_BALANCER)["publish"])
+        ),
+    )
+
+
+def decode_raw(key: str, text: str) -> Any:
+    """Turn one Pulumi config string into its value by the key's declared type.
+
+    The engine hands every value to the program as a string; objects, lists, numbers and
+    booleans arrive JSON-encoded. Strings stay as they are.
+    """
+    kind = SCHEMA.get(key, (None, None))[0]
+    if kind == "string":
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if key in SECRET_KEYS:
+            raise ConfigError(f"{NAMESPACE}:{key} = {SECRET_SHOWN}: is not valid JSON") from None
+        raise _fail(key, text, "is not valid JSON for this key's type") from None
+
+
+def load_config() -> StackConfig:
+    """Read and validate `onionstack:*` from the Pulumi config (CLI or mocks)."""
+    import pulumi
+
+    from pulumi.runtime import config as runtime_config
+
+    cfg = pulumi.Config(NAMESPACE)
+    raw: dict[str, Any] = {}
+    # Every key set under our namespace, so a typo (`onionstack:worker`) is an error
+    # instead of a silently ignored value.
+    present = {*runtime_config.CONFIG.get(), *runtime_config.get_config_env()}
+    for full in sorted(present):
+        ns, _, key = full.partition(":")
+        if ns == NAMESPACE and key not in SCHEMA and "." not in key:
+            raw[key] = cfg.get(key)
+    for key in SCHEMA:
+        # Plain `get` also reads secret keys; they are wrapped in `Secret` straight away
+        # and reach resources only through `Secret.output()` (a Pulumi secret).
+        text = cfg.get(key)
+        if text is not None:
+            raw[key] = decode_raw(key, text)
+    return parse_config(raw)

@@ -1,0 +1,129 @@
+"""Security groups: the only ways in are SSH to the balancer from the admin CIDRs, SSH from
+the balancer to the private machines, and PostgreSQL from the workers to the database.
+
+Rules are separate `aws.vpc.SecurityGroup{Ingress,Egress}Rule` resources (one CIDR or
+group per rule, each tagged); the groups themselves carry no inline rules, and the AWS
+provider removes the default allow-all egress rule of a new group, so what is listed here
+is all there is. Egress per role (docs/stack.md explains the choice):
+  balancer  TCP to anywhere: tor relays listen on arbitrary ORPorts; SSH to the private
+            machines and package mirrors fall under the same rule.
+  workers   TCP to anywhere: tor relays (arbitrary ORPorts) and the clearnet origin
+            (any host:port a site names); PostgreSQL to the database is included.
+  database  TCP 80 and 443 only: Ubuntu and PostgreSQL package mirrors.
+DNS (the VPC resolver), NTP (Amazon Time Sync) and instance metadata are not filtered by
+security groups, so no UDP rule is needed anywhere.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.tags import tags
+
+SSH, POSTGRES = 22, 5432
+ANYWHERE = "0.0.0.0/0"
+
+
+@dataclass(frozen=True)
+class SecurityArgs:
+    vpc_id: pulumi.Input[str]
+    admin_cidrs: tuple[str, ...]
+    database: bool  # create the database group and its rules
+
+
+class SecurityGroups(pulumi.ComponentResource):
+    balancer: aws.ec2.SecurityGroup
+    workers: aws.ec2.SecurityGroup
+    database: Optional[aws.ec2.SecurityGroup]
+
+    def __init__(self, name: str, args: SecurityArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("onionstack:infra:SecurityGroups", name, None, opts)
+        self._name = name
+        self._child = pulumi.ResourceOptions(parent=self)
+
+        self.balancer = self._group("balancer", args.vpc_id, "onion balancer and SSH jump host")
+        self.workers = self._group("worker", args.vpc_id, "onion workers (tor + nginx)")
+        self.database = (
+            self._group("database", args.vpc_id, "PostgreSQL on encrypted EBS") if args.database else None
+        )
+
+        # --- ingress: exactly the rules of the design, nothing else
+        for i, cidr in enumerate(args.admin_cidrs):
+            net = ipaddress.ip_network(cidr)
+            self._ingress(
+                f"balancer-ssh-admin-{i}", self.balancer, "balancer", SSH,
+                description=f"SSH from admin network {cidr}",
+                **({"cidr_ipv4": cidr} if net.version == 4 else {"cidr_ipv6": cidr}),
+            )
+        self._ingress("worker-ssh-balancer", self.workers, "worker", SSH,
+                      description="SSH from the balancer (jump host)",
+                      referenced_security_group_id=self.balancer.id)
+        if self.database is not None:
+            self._ingress("database-ssh-balancer", self.database, "database", SSH,
+                          description="SSH from the balancer (jump host)",
+                          referenced_security_group_id=self.balancer.id)
+            self._ingress("database-postgres-workers", self.database, "database", POSTGRES,
+                          description="PostgreSQL from the workers",
+                          referenced_security_group_id=self.workers.id)
+
+        # --- egress per role
+        self._egress("balancer-tcp-out", self.balancer, "balancer", (0, 65535),
+                     "tor relays (any ORPort), package mirrors, SSH to private machines")
+        self._egress("worker-tcp-out", self.workers, "worker", (0, 65535),
+                     "tor relays (any ORPort), the clearnet origins, the database")
+        if self.database is not None:
+            for port in (80, 443):
+                self._egress(f"database-{port}-out", self.database, "database", (port, port),
+                             "package mirrors")
+
+        self.register_outputs({})
+
+    def _group(self, role: str, vpc_id, description: str) -> aws.ec2.SecurityGroup:
+        return aws.ec2.SecurityGroup(
+            f"{self._name}-{role}",
+            vpc_id=vpc_id,
+            description=f"onionstack {description}",
+            tags=tags(role, f"{role}-sg"),
+            opts=self._child,
+        )
+
+    def _ingress(self, name: str, group, role: str, port: int, *, description: str, **source):
+        aws.vpc.SecurityGroupIngressRule(
+            f"{self._name}-{name}",
+            security_group_id=group.id,
+            ip_protocol="tcp",
+            from_port=port,
+            to_port=port,
+            description=description,
+            tags=tags(role, name),
+            opts=self._child,
+            **source,
+        )
+
+    def _egress(self, name: str, group, role: str, ports: Sequence[int], description: str):
+        aws.vpc.SecurityGroupEgressRule(
+            f"{self._name}-{name}",
+            security_group_id=group.id,
+            ip_protocol="tcp",
+            from_port=ports[0],
+            to_port=ports[1],
+            cidr_ipv4=ANYWHERE,
+            description=description,
+            tags=tags(role, name),
+            opts=self._child,
+        )
+
+
+def admin_key_pair(name: str, public_key: str, opts: Optional[pulumi.ResourceOptions] = None) -> aws.ec2.KeyPair:
+    """The one EC2 key pair every instance trusts (the ops key, onionstack:sshPublicKey)."""
+    return aws.ec2.KeyPair(
+        name,
+        key_name_prefix=f"onionstack-{pulumi.get_stack()}-",
+        public_key=public_key,
+        tags=tags("ssh", "admin-key"),
+        opts=opts,
+    )

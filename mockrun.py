@@ -1,0 +1,438 @@
+"""Run the real `__main__.py` under Pulumi mocks: no CLI, no cloud account.
+
+`run_program(config)` evaluates the program once with a fresh mock monitor in a fresh
+context and returns every registered resource (type, name, inputs, parent, options) and
+the stack outputs. Tests and the benchmark use it; `python -m mockrun` prints a
+preview-like resource tree of a stack (default: Pulumi.prod.yaml), injecting throwaway
+demo keys for the secrets a stack file cannot hold in plain text.
+
+Mock facts this relies on (DESIGN.md): invokes must be answered (an unanswered one is an
+error here, not a silent None); `preview=False` so `apply` callbacks run; inputs arrive
+camelCased with secrets wrapped in a marker dict.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextvars
+import hashlib
+import ipaddress
+import json
+import os
+import runpy
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pulumi  # noqa: E402
+from pulumi.runtime import mocks as pulumi_mocks  # noqa: E402
+from pulumi.runtime import settings as pulumi_settings  # noqa: E402
+from pulumi.runtime.stack import run_pulumi_func  # noqa: E402
+from pulumi.runtime.sync_await import _sync_await  # noqa: E402
+
+PROJECT = "onionstack"
+MAIN = ROOT / "__main__.py"
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # pulumi's secret marker key
+DEFAULT_REGION = "us-east-1"
+MOCK_AMI_ID = "ami-0mock0noble0000001"
+DOCUMENTATION_NET = ipaddress.ip_network("203.0.113.0/24")  # RFC 5737: public IPs in mocks
+
+
+# ---------------------------------------------------------------- recorded data
+@dataclass
+class MockedResource:
+    type: str
+    name: str
+    urn: str
+    parent: str  # parent URN ("" for the stack)
+    custom: bool
+    inputs: dict  # as the engine saw them: camelCase, secrets as marker dicts
+    state: dict = field(default_factory=dict)
+    id: str = ""
+    protect: bool = False
+    retain_on_delete: bool = False
+    ignore_changes: tuple[str, ...] = ()
+    dependencies: tuple[str, ...] = ()
+
+    def input(self, key: str, default: Any = None) -> Any:
+        """An input with secret markers removed."""
+        return reveal(self.inputs.get(key, default))
+
+
+@dataclass
+class ProgramResult:
+    resources: list[MockedResource]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+    invokes: list[tuple[str, dict]]
+    seconds: float
+
+    def of_type(self, type_: str) -> list[MockedResource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, name: str) -> MockedResource:
+        found = [r for r in self.resources if r.name == name]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} resources named {name!r}")
+        return found[0]
+
+    def by_urn(self, urn: str) -> MockedResource:
+        for r in self.resources:
+            if r.urn == urn:
+                return r
+        raise KeyError(urn)
+
+    def by_id(self, id_: str) -> MockedResource:
+        for r in self.resources:
+            if r.id == id_ and r.custom:
+                return r
+        raise KeyError(id_)
+
+    def children(self, urn: str) -> list[MockedResource]:
+        return [r for r in self.resources if r.parent == urn]
+
+    def ancestors(self, r: MockedResource) -> list[MockedResource]:
+        out = []
+        while r.parent:
+            r = self.by_urn(r.parent)
+            out.append(r)
+        return out
+
+    def counts(self) -> Counter:
+        return Counter(r.type for r in self.resources if r.custom)
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270"
+
+
+def reveal(value: Any) -> Any:
+    """`value` with every secret marker replaced by the value it wraps."""
+    if is_secret(value):
+        return reveal(value.get("value"))
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- mocks
+class StackMocks(pulumi_mocks.Mocks):
+    """Answers every invoke the program makes and gives resources plausible outputs."""
+
+    def __init__(self, region: str = DEFAULT_REGION, zone_count: int = 6):
+        self.region = region
+        self.zones = [f"{region}{chr(ord('a') + i)}" for i in range(zone_count)]
+        self.invokes: list[tuple[str, dict]] = []
+        self._subnets: dict[str, tuple[ipaddress.IPv4Network, str]] = {}
+        self._next_host: dict[str, int] = defaultdict(lambda: 10)
+        self._public = DOCUMENTATION_NET.hosts()
+        self._serial = 0
+
+    def call(self, args: pulumi_mocks.MockCallArgs):
+        self.invokes.append((args.token, dict(args.args)))
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {
+                "id": self.region,
+                "names": list(self.zones),
+                "zoneIds": [f"use1-az{i + 1}" for i in range(len(self.zones))],
+                "groupNames": [self.region] * len(self.zones),
+            }
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {
+                "id": MOCK_AMI_ID,
+                "imageId": MOCK_AMI_ID,
+                "name": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20261101",
+                "architecture": "x86_64",
+                "ownerId": "099720109477",
+                "rootDeviceType": "ebs",
+                "virtualizationType": "hvm",
+            }
+        if args.token == "aws:index/getPartition:getPartition":
+            return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
+        if args.token == "aws:index/getRegion:getRegion":
+            return {"id": self.region, "name": self.region, "region": self.region}
+        # An unanswered invoke would silently yield None: make it loud instead.
+        raise NotImplementedError(f"mockrun: no mock answer for invoke {args.token}")
+
+    def _id(self, prefix: str) -> str:
+        self._serial += 1
+        return f"{prefix}-{self._serial:017x}"
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
+        inputs = dict(args.inputs)
+        state = dict(inputs)
+        t = args.typ
+        prefix = {
+            "aws:ec2/vpc:Vpc": "vpc",
+            "aws:ec2/subnet:Subnet": "subnet",
+            "aws:ec2/instance:Instance": "i",
+            "aws:ec2/securityGroup:SecurityGroup": "sg",
+            "aws:ec2/internetGateway:InternetGateway": "igw",
+            "aws:ec2/natGateway:NatGateway": "nat",
+            "aws:ec2/eip:Eip": "eipalloc",
+            "aws:ec2/routeTable:RouteTable": "rtb",
+            "aws:ebs/volume:Volume": "vol",
+            "aws:ec2/keyPair:KeyPair": "key",
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": "sgr",
+            "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": "sgr",
+        }.get(t, t.split(":")[-1].lower())
+        id_ = self._id(prefix)
+        state["arn"] = f"arn:aws:mock:{self.region}:000000000000:{prefix}/{id_}"
+        if t == "aws:ec2/subnet:Subnet":
+            self._subnets[id_] = (ipaddress.ip_network(inputs["cidrBlock"]), inputs.get("availabilityZone"))
+        elif t == "aws:ec2/instance:Instance":
+            net, zone = self._subnets[reveal(inputs["subnetId"])]
+            host = self._next_host[str(net)]
+            self._next_host[str(net)] += 1
+            state["privateIp"] = str(net.network_address + host)
+            state["availabilityZone"] = zone
+            state["publicIp"] = str(next(self._public)) if inputs.get("associatePublicIpAddress") else ""
+        elif t == "aws:ec2/eip:Eip":
+            state["publicIp"] = str(next(self._public))
+        elif t == "aws:ec2/keyPair:KeyPair":
+            state["keyName"] = inputs.get("keyName") or f"{inputs.get('keyNamePrefix', '')}{id_}"
+        elif t == "aws:kms/key:Key":
+            state["keyId"] = id_
+        elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role"):
+            state["name"] = inputs.get("name") or f"{args.name}-{id_[-7:]}"
+        return id_, state
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """A mock monitor that also keeps each registration's parent and options."""
+
+    def __init__(self, mocks: StackMocks):
+        super().__init__(mocks)
+        self.recorded: list[MockedResource] = []
+
+    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+        response = super().RegisterResource(request)
+        from pulumi.runtime import rpc
+
+        inputs = rpc.deserialize_properties(request.object) if request.type != "pulumi:pulumi:Stack" else {}
+        state = {}
+        if request.custom:
+            state = self.resources[response.urn].state
+        self.recorded.append(
+            MockedResource(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                parent=request.parent,
+                custom=bool(request.custom),
+                inputs=inputs,
+                state=dict(state),
+                id=response.id,
+                protect=bool(request.protect),
+                retain_on_delete=bool(request.retainOnDelete),
+                ignore_changes=tuple(request.ignoreChanges),
+                dependencies=tuple(request.dependencies),
+            )
+        )
+        return response
+
+
+# ---------------------------------------------------------------- running
+def encode_config(config: Mapping[str, Any]) -> dict[str, str]:
+    """Pulumi config as the engine passes it: namespaced keys, every value a string."""
+    out = {}
+    for key, value in config.items():
+        full = key if ":" in key else f"{PROJECT}:{key}"
+        out[full] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def run_program(
+    config: Mapping[str, Any],
+    *,
+    stack: str = "prod",
+    preview: bool = False,
+    secret_keys: Optional[Iterable[str]] = None,
+) -> ProgramResult:
+    """Evaluate the real `__main__.py` once with `config` (keys bare or namespaced).
+
+    A fresh `contextvars.Context` gives each run its own root stack, config and settings;
+    a fresh monitor gives it its own resource registry. Raises what the program raises.
+    """
+    from infra.config import SECRET_KEYS
+
+    encoded = encode_config(config)
+    if secret_keys is None:
+        secret_keys = [f"{PROJECT}:{k}" for k in SECRET_KEYS if f"{PROJECT}:{k}" in encoded]
+    return contextvars.Context().run(_run, encoded, list(secret_keys), stack, preview)
+
+
+def _run(config: dict[str, str], secret_keys: list[str], stack: str, preview: bool) -> ProgramResult:
+    from pulumi.runtime import config as runtime_config
+
+    region = config.get("aws:region", DEFAULT_REGION)
+    mocks = StackMocks(region)
+    monitor = RecordingMonitor(mocks)
+    runtime_config.set_all_config(dict(config), secret_keys)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
+    started = time.perf_counter()
+    _sync_await(run_pulumi_func(lambda: runpy.run_path(str(MAIN), run_name="__main__")))
+    outputs, secret = _sync_await(_resolve_outputs(pulumi_settings.get_root_resource().outputs))
+    elapsed = time.perf_counter() - started
+    return ProgramResult(monitor.recorded, outputs, secret, mocks.invokes, elapsed)
+
+
+async def _resolve_outputs(raw: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    values, secret = {}, set()
+    for name, value in raw.items():
+        out = pulumi.Output.from_input(value)
+        values[name] = await out.future()
+        if await out.is_secret():
+            secret.add(name)
+    return values, secret
+
+
+# ---------------------------------------------------------------- demo stack
+def load_stack_file(stack: str) -> dict[str, Any]:
+    """The `config:` of Pulumi.<stack>.yaml (plain values; secure ones are left out)."""
+    import yaml
+
+    path = ROOT / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no stack file {path.name} (stacks here: "
+                                f"{', '.join(p.name for p in ROOT.glob('Pulumi.*.yaml'))})")
+    data = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in (data.get("config") or {}).items() if not (isinstance(v, dict) and "secure" in v)}
+
+
+def demo_master_key(name: str) -> str:
+    """A throwaway site key in the masterKeys form, derived from the site name.
+
+    tor's expanded key is SHA-512 of a 32-byte seed with the scalar half clamped
+    (RFC 8032 5.1.5), which is what `python -m onion keygen` produces from a random seed.
+    """
+    expanded = bytearray(hashlib.sha512(b"onionstack-demo-seed:" + name.encode()).digest())
+    expanded[0] &= 248
+    expanded[31] &= 127
+    expanded[31] |= 64
+    return "ED25519-V3:" + base64.b64encode(bytes(expanded)).decode()
+
+
+def demo_ssh_key_pair() -> tuple[str, str]:
+    """A fresh throwaway (public line, private PEM) ed25519 pair."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return f"{public} onionstack-demo", private
+
+
+def with_demo_secrets(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`config` plus demo values for the secrets it lacks; returns what was injected."""
+    cfg = dict(config)
+    injected = []
+    ns = f"{PROJECT}:"
+    sites = cfg.get(f"{ns}sites") or []
+    if f"{ns}masterKeys" not in cfg:
+        cfg[f"{ns}masterKeys"] = {s["name"]: demo_master_key(s["name"]) for s in sites if isinstance(s, dict) and "name" in s}
+        injected.append("masterKeys (demo site keys derived from the site names)")
+    if f"{ns}sshPrivateKey" not in cfg:
+        public, private = demo_ssh_key_pair()
+        cfg[f"{ns}sshPrivateKey"] = private
+        cfg[f"{ns}sshPublicKey"] = public
+        injected.append("sshPublicKey + sshPrivateKey (a fresh throwaway ed25519 pair)")
+    return cfg, injected
+
+
+# ---------------------------------------------------------------- printing
+def render_tree(result: ProgramResult) -> str:
+    by_parent: dict[str, list[MockedResource]] = defaultdict(list)
+    for r in result.resources:
+        by_parent[r.parent].append(r)
+    lines: list[str] = []
+
+    def label(r: MockedResource) -> str:
+        flags = []
+        if r.protect:
+            flags.append("protected")
+        if r.retain_on_delete:
+            flags.append("retained on delete")
+        extra = f"  [{', '.join(flags)}]" if flags else ""
+        return f"{r.type}  {r.name}{extra}"
+
+    def walk(parent: str, prefix: str) -> None:
+        kids = by_parent.get(parent, [])
+        for i, r in enumerate(kids):
+            last = i == len(kids) - 1
+            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{label(r)}")
+            walk(r.urn, prefix + ("   " if last else "│  "))
+
+    for root in by_parent.get("", []):
+        lines.append(label(root))
+        walk(root.urn, "")
+    return "\n".join(lines)
+
+
+def render_summary(result: ProgramResult) -> str:
+    counts = result.counts()
+    components = Counter(r.type for r in result.resources if not r.custom and r.type != "pulumi:pulumi:Stack")
+    lines = [f"Resources: {sum(counts.values())} cloud resources, {sum(components.values())} components"]
+    for t, n in sorted(counts.items()):
+        lines.append(f"  {n:4d}  {t}")
+    lines.append("Outputs:")
+    for name in sorted(result.outputs):
+        value = "[secret]" if name in result.secret_outputs else json.dumps(result.outputs[name], indent=None)
+        lines.append(f"  {name}: {value}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mockrun",
+        description="Evaluate a stack's program under Pulumi mocks and print its resource tree.",
+    )
+    parser.add_argument("--stack", default="prod", help="stack name; config from Pulumi.<stack>.yaml (default prod)")
+    parser.add_argument("--workers", type=int, help="override onionstack:workers")
+    parser.add_argument("--availability-zones", type=int, help="override onionstack:availabilityZones")
+    args = parser.parse_args(argv)
+
+    from infra.config import ConfigError
+
+    try:
+        config = load_stack_file(args.stack)
+    except FileNotFoundError as exc:
+        print(f"mockrun: {exc}", file=sys.stderr)
+        return 2
+    if args.workers is not None:
+        config[f"{PROJECT}:workers"] = args.workers
+    if args.availability_zones is not None:
+        config[f"{PROJECT}:availabilityZones"] = args.availability_zones
+    config, injected = with_demo_secrets(config)
+    try:
+        result = run_program(config, stack=args.stack)
+    except ConfigError as exc:
+        print(f"mockrun: invalid config: {exc}", file=sys.stderr)
+        return 2
+    print(f"Previewing stack {PROJECT}/{args.stack} under Pulumi mocks (no cloud calls; "
+          f"region {config.get('aws:region', DEFAULT_REGION)}, AMI and AZs answered by mocks)")
+    for what in injected:
+        print(f"note: Pulumi.{args.stack}.yaml cannot hold secrets; injected throwaway {what}")
+    print()
+    print(render_tree(result))
+    print()
+    print(render_summary(result))
+    print(f"\nEvaluated in {result.seconds:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
