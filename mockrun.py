@@ -26,7 +26,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
@@ -258,21 +258,31 @@ def run_program(
     stack: str = "prod",
     preview: bool = False,
     secret_keys: Optional[Iterable[str]] = None,
+    program: Optional[Callable[[], Any]] = None,
 ) -> ProgramResult:
-    """Evaluate the real `__main__.py` once with `config` (keys bare or namespaced).
+    """Evaluate the real `__main__.py` (or `program`) once with `config`.
 
-    A fresh `contextvars.Context` gives each run its own root stack, config and settings;
-    a fresh monitor gives it its own resource registry. Raises what the program raises.
+    Config keys may be bare (`workers`, taken as `onionstack:workers`) or namespaced
+    (`aws:region`). A fresh `contextvars.Context` gives each run its own root stack,
+    config and settings; a fresh monitor gives it its own resource registry. An exception
+    from the program propagates with `.registered_resources` (what was declared before it).
     """
     from infra.config import SECRET_KEYS
 
     encoded = encode_config(config)
     if secret_keys is None:
         secret_keys = [f"{PROJECT}:{k}" for k in SECRET_KEYS if f"{PROJECT}:{k}" in encoded]
-    return contextvars.Context().run(_run, encoded, list(secret_keys), stack, preview)
+    if program is None:
+        program = run_main
+    return contextvars.Context().run(_run, encoded, list(secret_keys), stack, preview, program)
 
 
-def _run(config: dict[str, str], secret_keys: list[str], stack: str, preview: bool) -> ProgramResult:
+def run_main() -> None:
+    runpy.run_path(str(MAIN), run_name="__main__")
+
+
+def _run(config: dict[str, str], secret_keys: list[str], stack: str, preview: bool,
+         program: Callable[[], Any]) -> ProgramResult:
     from pulumi.runtime import config as runtime_config
 
     region = config.get("aws:region", DEFAULT_REGION)
@@ -281,7 +291,11 @@ def _run(config: dict[str, str], secret_keys: list[str], stack: str, preview: bo
     runtime_config.set_all_config(dict(config), secret_keys)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
     started = time.perf_counter()
-    _sync_await(run_pulumi_func(lambda: runpy.run_path(str(MAIN), run_name="__main__")))
+    try:
+        _sync_await(run_pulumi_func(program))
+    except Exception as exc:
+        exc.registered_resources = [r for r in monitor.recorded if r.type != "pulumi:pulumi:Stack"]
+        raise
     outputs, secret = _sync_await(_resolve_outputs(pulumi_settings.get_root_resource().outputs))
     elapsed = time.perf_counter() - started
     return ProgramResult(monitor.recorded, outputs, secret, mocks.invokes, elapsed)
