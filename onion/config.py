@@ -212,42 +212,15 @@ def check_key_file_mode(path: str) -> None:
 
 
 def load_frontend_key(path: str):
-    """Load a master identity key from tor's `hs_ed25519_secret_key` file or a PKCS#8 PEM.
-
-    Returns an `onion.keys.IdentityKey`. OnionBalance writes PEM keys (an ed25519 seed);
-    tor writes a 32-byte header plus the 64-byte expanded key. Both are accepted."""
+    """Load a master identity key from tor's `hs_ed25519_secret_key` file or a PKCS#8 PEM
+    (OnionBalance's format); returns an `onion.keys.IdentityKey`."""
     from onion import keys
 
     check_key_file_mode(path)
-    with open(path, "rb") as handle:
-        data = handle.read(1 << 16)
     try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return _key_from_pem(data, keys)
-        return keys.IdentityKey.from_tor_secret_file(path)
-    except ConfigError:
-        raise
+        return keys.IdentityKey.from_file(path)
     except ValueError as exc:
         raise ConfigError(f"key file {path}: {exc}") from None
-
-
-def _key_from_pem(data: bytes, keys):
-    from_pem = getattr(keys.IdentityKey, "from_pem", None)
-    if from_pem is not None:
-        return from_pem(data)
-    # Fallback while onion.keys has no PEM reader: OnionBalance's PEM is a PKCS#8 ed25519 seed.
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not an unencrypted PKCS#8 PEM private key ({exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError("PEM key is not an ed25519 key; use the service's ed25519 key")
-    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                             serialization.NoEncryption())
-    return keys.IdentityKey.from_seed(seed)
 
 
 # ----------------------------------------------------------------------------- loading

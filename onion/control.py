@@ -179,6 +179,16 @@ class TorControl:
         except stem.ControllerError as exc:
             raise CommandRejected(f"GETINFO {key}: {exc}") from None
 
+    def get_conf(self, key: str) -> str | None:
+        import stem
+
+        try:
+            return self._ctl().get_conf(key)
+        except stem.SocketClosed as exc:
+            raise ControlError(f"control connection closed: {exc}") from None
+        except stem.ControllerError as exc:
+            raise CommandRejected(f"GETCONF {key}: {exc}") from None
+
     def signal_active(self) -> None:
         """Keep tor out of dormant mode: a balancer only talks to tor over the control port."""
         import stem

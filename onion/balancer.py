@@ -1,0 +1,593 @@
+"""The balancer core: keeps each frontend's master descriptors on the HSDirs, built from the
+introduction points of its live instances.
+
+Threading: one thread owns all state. stem's event thread, the probe threads and signal
+handlers only *enqueue* messages (or set a flag); `Balancer.run_forever` takes them off the
+queue one at a time. So nothing here needs a lock.
+
+Event-driven: HS_DESC_CONTENT (an instance descriptor arrived), HS_DESC (upload confirmed or
+failed, fetch failed), NEWCONSENSUS (hash ring / time period changed), probe results.
+Timers are the backstop: periodic refetch, periodic republish, retries with backoff,
+upload timeouts, reconnects.
+
+Time periods: at a period change the instances' old-period intro points die with their old
+descriptors, so we first fetch the instances' new-period descriptors, wait (briefly) for
+them, then republish. OnionBalance 0.2.4 did it the other way round and failed for minutes
+after every period start.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from onion import publisher
+from onion.config import BalancerConfig, ConfigError, load_config, load_keys
+from onion.control import (CommandRejected, Connected, ControlError, DescContent, DescEvent,
+                           Disconnected, NewConsensus)
+from onion.instances import InstanceState
+from onion.probe import ProbeResult
+from onion.publisher import UploadBook, assign_windows, interleave
+from onion.status import iso, write_status
+
+log = logging.getLogger("onion.balancer")
+
+PERIOD_HOLD = 20.0            # after a period change: wait this long for new instance descriptors
+AWAIT_REFETCH = 4.0           # ... refetching those still missing this often
+FETCH_INTERVAL = 300.0        # backstop refetch of every instance (shorter on fast test networks)
+PROBE_RETRY = 4.0             # after a failed probe, probe again this soon
+RECONNECT_MAX = 30.0
+STATUS_MIN_INTERVAL = 1.0
+
+
+# ----------------------------------------------------------------------------- interfaces
+
+@dataclass(frozen=True)
+class Slot:
+    """One of the descriptors a service keeps published (tor's first/second descriptor)."""
+    period: int
+    hsdirs: tuple[str, ...]
+    role: str = ""  # "current" / "next", for the status only
+
+
+@dataclass(frozen=True)
+class RingInfo:
+    valid_after: float          # consensus valid-after (unix time)
+    current_period: int         # the time period clients use now (what HSFETCH fetches)
+    period_length: int          # minutes
+    voting_interval: float      # seconds
+
+
+class ControlPort(Protocol):
+    def connect(self) -> None: ...
+    def close(self) -> None: ...
+    def fetch_descriptor(self, address: str, servers: Sequence[str] = ()) -> None: ...
+    def post_descriptor(self, text: str, address: str, server: str) -> None: ...
+    def signal_active(self) -> None: ...
+
+
+class OnionProtocol(Protocol):
+    """Crypto + hash ring, over `onion.descriptor` / `onion.hashring` (see onion/frontend.py)."""
+    def refresh(self, control: Any) -> RingInfo: ...
+    def slots(self, identity: Any, now: float) -> list[Slot]: ...
+    def decode(self, text: str, address: str, periods: Sequence[int], now: float): ...
+    def build(self, identity: Any, period: int, intro_points: Sequence[Any], now: float) -> tuple[str, int]: ...
+    def fetch_hsdirs(self, address: str, now: float) -> list[str]: ...
+
+
+class Prober(Protocol):
+    def start(self, address: str) -> None: ...
+    def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- state
+
+@dataclass
+class FrontendState:
+    name: str
+    identity: Any
+    address: str
+    instances: list[str]                      # instance addresses in config order
+    max_intro_points: int = publisher.MAX_INTRO_POINTS
+    slots: list[Slot] = field(default_factory=list)
+    selected: list[Any] = field(default_factory=list)     # interleaved intro points in use
+    selected_from: dict[bytes, str] = field(default_factory=dict)  # auth key -> instance
+    note: str = ""
+    last_publish_at: float | None = None
+
+
+class Balancer:
+    def __init__(self, cfg: BalancerConfig, keys: dict[str, Any], control: ControlPort,
+                 protocol: OnionProtocol, prober: Prober | None, *,
+                 clock: Callable[[], float] = time.time, write_status_files: bool = True):
+        self.cfg = cfg
+        self.control = control
+        self.protocol = protocol
+        self.prober = prober
+        self.clock = clock
+        self.write_status_files = write_status_files
+        self.queue: "queue.Queue[object]" = queue.Queue()
+        self.book = UploadBook()
+        self.instances: dict[str, InstanceState] = {}
+        self.frontends: list[FrontendState] = []
+        self.by_address: dict[str, FrontendState] = {}
+        self.ring: RingInfo | None = None
+        self.connected = False
+        self.reconnect_failures = 0
+        self.next_connect_at = 0.0
+        self.last_error = ""
+        self.period_hold_until = 0.0
+        self.next_fetch_all_at = 0.0
+        self.status_dirty = True
+        self.last_status_at = 0.0
+        self.stop_requested = False
+        self.reload_requested = False
+        self._apply_config(cfg, keys)
+
+    # -- configuration --------------------------------------------------------
+    def _apply_config(self, cfg: BalancerConfig, keys: dict[str, Any]) -> None:
+        self.cfg = cfg
+        old = {fe.address: fe for fe in self.frontends}
+        frontends = []
+        wanted: dict[str, str | None] = {}
+        for fc in cfg.frontends:
+            identity = keys[fc.name]
+            fe = FrontendState(name=fc.name, identity=identity, address=identity.address,
+                               instances=[i.address for i in fc.instances],
+                               max_intro_points=fc.max_intro_points)
+            if fe.address in old:
+                fe.slots, fe.last_publish_at = old[fe.address].slots, old[fe.address].last_publish_at
+            frontends.append(fe)
+            for inst in fc.instances:
+                wanted[inst.address] = inst.name
+        for addr, name in wanted.items():
+            if addr not in self.instances:
+                self.instances[addr] = InstanceState(address=addr, name=name)
+        for addr in [a for a in self.instances if a not in wanted]:
+            del self.instances[addr]
+        self.frontends = frontends
+        self.by_address = {fe.address: fe for fe in frontends}
+        self.status_dirty = True
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; on any error keep running with the old one."""
+        try:
+            cfg = load_config(self.cfg.path, control_port=self.cfg.control.port if self._cli_control else None,
+                              control_socket=self.cfg.control.socket if self._cli_control else None,
+                              state_dir=self.cfg.state_dir)
+            keys = load_keys(cfg)
+        except (ConfigError, OSError, ValueError) as exc:
+            self.last_error = f"reload failed, old config kept: {exc}"
+            log.error("%s", self.last_error)
+            self.status_dirty = True
+            return
+        endpoint_changed = cfg.control != self.cfg.control
+        self._apply_config(cfg, keys)
+        log.info("config reloaded: %d frontends, %d instances", len(self.frontends), len(self.instances))
+        if endpoint_changed:
+            self._disconnected("control endpoint changed by reload")
+        elif self.connected:
+            self._refresh_ring(self.clock())
+            for inst in self.instances.values():
+                if inst.current is None:
+                    self._fetch(inst, self.clock())
+
+    _cli_control = False  # set by the CLI when --control-port/--control-socket override the file
+
+    # -- message intake (any thread) -----------------------------------------
+    def submit(self, message: object) -> None:
+        self.queue.put(message)
+
+    # -- main loop ------------------------------------------------------------
+    def run_forever(self) -> int:
+        def on_hup(_sig, _frame):
+            self.reload_requested = True  # a flag, not a queue put: no lock in a signal handler
+
+        def on_term(_sig, _frame):
+            self.stop_requested = True
+
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        log.info("balancer starting: %d frontends, publish=%s", len(self.frontends), self.cfg.publish)
+        try:
+            while not self.stop_requested:
+                self.step(timeout=1.0)
+        finally:
+            self.control.close()
+            if self.prober is not None:
+                self.prober.close()
+            self._write_status(force=True, stopping=True)
+        return 0
+
+    def step(self, timeout: float = 0.0) -> None:
+        """Handle everything queued (waiting up to `timeout` for the first), then timers."""
+        try:
+            message = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            message = None
+        while message is not None:
+            self.handle(message)
+            try:
+                message = self.queue.get_nowait()
+            except queue.Empty:
+                message = None
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reload()
+        self.tick()
+
+    def handle(self, message: object) -> None:
+        now = self.clock()
+        try:
+            if isinstance(message, DescContent):
+                self._on_content(message, now)
+            elif isinstance(message, DescEvent):
+                self._on_desc_event(message, now)
+            elif isinstance(message, NewConsensus):
+                self._refresh_ring(now)
+            elif isinstance(message, ProbeResult):
+                self._on_probe(message, now)
+            elif isinstance(message, Disconnected):
+                self._disconnected(message.reason or "control connection closed")
+            elif isinstance(message, Connected):
+                pass
+            else:
+                log.debug("ignoring message %r", message)
+        except ControlError as exc:
+            self._disconnected(str(exc))
+        self.status_dirty = True
+
+    def tick(self) -> None:
+        now = self.clock()
+        try:
+            if not self.connected:
+                if now >= self.next_connect_at:
+                    self._connect(now)
+                if not self.connected:
+                    return
+            for frontend, hsdir in self.book.expire(now):
+                log.warning("upload of %s.onion to %s: no answer from tor, will retry", frontend, hsdir)
+                self.status_dirty = True
+            self._fetch_due(now)
+            self._probe_due(now)
+            self._publish_all(now)
+        except ControlError as exc:
+            self._disconnected(str(exc))
+        self._write_status()
+
+    # -- connection -----------------------------------------------------------
+    def _connect(self, now: float) -> None:
+        try:
+            self.control.connect()
+        except ControlError as exc:
+            self.reconnect_failures += 1
+            delay = min(RECONNECT_MAX, 2 ** min(self.reconnect_failures - 1, 10))
+            self.next_connect_at = now + delay
+            if self.last_error != str(exc):
+                log.warning("%s; retrying in %.0f s", exc, delay)
+            self.last_error = str(exc)
+            self.status_dirty = True
+            return
+        self.connected = True
+        self.reconnect_failures = 0
+        self.last_error = ""
+        self.control.signal_active()
+        self._refresh_ring(now)
+        for inst in self.instances.values():
+            inst.next_fetch_at = 0.0  # fetch everything now
+            inst.probe.next_at = min(inst.probe.next_at, now)
+        self.status_dirty = True
+
+    def _disconnected(self, reason: str) -> None:
+        if not self.connected and self.last_error == reason:
+            return
+        log.warning("tor control: %s; reconnecting", reason)
+        self.connected = False
+        self.last_error = reason
+        self.control.close()
+        now = self.clock()
+        # Uploads in flight are lost with the connection: count them failed, retry later.
+        for frontend, hsdir in list(self.book.inflight):
+            self.book.fail(frontend, hsdir, "control connection lost", now)
+        for inst in self.instances.values():
+            inst.fetch_requested_at = None
+        self.next_connect_at = now + min(RECONNECT_MAX, 2 ** min(self.reconnect_failures, 10))
+        self.reconnect_failures += 1
+        self.status_dirty = True
+
+    # -- consensus / time period ----------------------------------------------
+    def _refresh_ring(self, now: float) -> None:
+        try:
+            ring = self.protocol.refresh(self.control)
+        except ControlError:
+            raise
+        except ValueError as exc:  # ConsensusError: no usable consensus yet
+            self.last_error = f"hash ring unavailable: {exc}"
+            log.info("%s", self.last_error)
+            return
+        old = self.ring
+        self.ring = ring
+        self.last_error = "" if self.last_error.startswith("hash ring") else self.last_error
+        for fe in self.frontends:
+            try:
+                fe.slots = self.protocol.slots(fe.identity, now)
+            except ValueError as exc:
+                fe.note = f"cannot compute responsible HSDirs: {exc}"
+                fe.slots = []
+            self.book.forget_periods(fe.address, [s.period for s in fe.slots])
+        if old is not None and ring.current_period != old.current_period:
+            self._period_changed(ring.current_period, now)
+        self.status_dirty = True
+
+    def _period_changed(self, period: int, now: float) -> None:
+        """New time period: the instances rotate their descriptors and the intro points of
+        the old ones close. Fetch the new ones first; publish when they are in (or after
+        PERIOD_HOLD), so we never re-advertise dying intro points."""
+        log.info("time period %d began: fetching instances' new descriptors before republishing", period)
+        self.period_hold_until = now + PERIOD_HOLD
+        for inst in self.instances.values():
+            inst.awaiting_period = period
+            inst.fetch_failures = 0
+            self._fetch(inst, now)
+
+    def _fetch_interval(self) -> float:
+        if self.ring is None:
+            return FETCH_INTERVAL
+        # On a test network periods are minutes long: refetch a few times per period.
+        return max(10.0, min(FETCH_INTERVAL, self.ring.period_length * 60 / 8))
+
+    # -- instance descriptors -------------------------------------------------
+    def _fetch(self, inst: InstanceState, now: float) -> None:
+        servers: list[str] = []
+        if self.ring is not None and inst.fetch_failures % 2 == 0:
+            # Ask responsible HSDirs directly: tor otherwise skips HSDirs it asked in the
+            # last 15 minutes, which needs NEWNYM (rate-limited) to undo. Every other
+            # attempt after a failure lets tor choose, in case our ring view is off.
+            try:
+                servers = self.protocol.fetch_hsdirs(inst.address, now)[:2]
+            except ValueError:
+                servers = []
+        self.control.fetch_descriptor(inst.address, servers)
+        inst.fetch_requested_at = now
+        inst.next_fetch_at = now + self._fetch_interval()
+
+    def _fetch_due(self, now: float) -> None:
+        for inst in self.instances.values():
+            awaiting = inst.awaiting_period is not None and now < self.period_hold_until
+            if awaiting and inst.fetch_requested_at is not None and now - inst.fetch_requested_at >= AWAIT_REFETCH:
+                self._fetch(inst, now)
+            elif now >= inst.next_fetch_at:
+                self._fetch(inst, now)
+
+    def _periods_for_decode(self) -> list[int]:
+        if self.ring is None:
+            return []
+        p = self.ring.current_period
+        return [p, p + 1, p - 1]
+
+    def _on_content(self, msg: DescContent, now: float) -> None:
+        inst = self.instances.get(msg.address)
+        if inst is None:
+            return  # not ours (or our own frontend's descriptor)
+        offer = inst.offer(msg.text, msg.hsdir, now, self.protocol.decode, self._periods_for_decode())
+        if offer.accepted and offer.changed:
+            log.info("instance %s.onion: %s (%d intro points)", inst.address, offer.reason,
+                     len(inst.current.decoded.intro_points))
+        if not offer.accepted and msg.text.strip():
+            inst.next_fetch_at = min(inst.next_fetch_at, now + 30.0)  # maybe another HSDir has a good one
+
+    def _on_desc_event(self, msg: DescEvent, now: float) -> None:
+        action = msg.action.upper()
+        fe = self.by_address.get(msg.address)
+        if fe is not None and msg.hsdir:
+            if action == "UPLOADED":
+                rec = self.book.confirm(fe.address, msg.hsdir, now)
+                if rec is not None:
+                    log.info("frontend %s: descriptor for period stored on %s", fe.name, msg.hsdir)
+            elif action == "FAILED":
+                rec = self.book.fail(fe.address, msg.hsdir, msg.reason or "UNKNOWN", now)
+                if rec is not None:
+                    log.warning("frontend %s: upload to %s failed (%s); retry in %.0f s", fe.name, msg.hsdir,
+                                msg.reason, rec.next_retry_at - now)
+            return
+        inst = self.instances.get(msg.address)
+        if inst is not None and action == "FAILED":
+            # Fetch failed at one HSDir (NOT_FOUND, …). Others may still answer; the retry
+            # below is the backstop when none does.
+            inst.fetch_failures += 1
+            retry = min(60.0, 2.0 * 2 ** min(inst.fetch_failures, 5))
+            inst.next_fetch_at = min(inst.next_fetch_at, now + retry)
+
+    # -- liveness probes ------------------------------------------------------
+    def _probe_due(self, now: float) -> None:
+        if self.prober is None or not self.cfg.probe.enabled or self.ring is None:
+            return
+        for inst in self.instances.values():
+            p = inst.probe
+            if p.in_flight_since is not None:
+                if now - p.in_flight_since < self.cfg.probe.timeout + 30:
+                    continue
+                p.in_flight_since = None  # lost result (should not happen): probe again
+            if inst.current is None or now < p.next_at:
+                continue
+            p.in_flight_since = now
+            self.prober.start(inst.address)
+
+    def _on_probe(self, msg: ProbeResult, now: float) -> None:
+        inst = self.instances.get(msg.address)
+        if inst is None:
+            return
+        settings = self.cfg.probe
+        changed = inst.probe_result(msg.ok, msg.detail, now, settings.failures)
+        inst.probe.next_at = now + (settings.interval if msg.ok else min(settings.interval, PROBE_RETRY))
+        if changed:
+            state = "down" if inst.probe_down(settings.failures) else "up"
+            log.warning("instance %s.onion is %s (probe: %s); republishing", inst.address, state, msg.detail)
+
+    # -- publishing -----------------------------------------------------------
+    def _usable(self, fe: FrontendState, now: float) -> tuple[list[InstanceState], str]:
+        valid = [self.instances[a] for a in sorted(fe.instances)
+                 if a in self.instances and self.instances[a].has_valid_descriptor(now)]
+        alive = [i for i in valid if not i.probe_down(self.cfg.probe.failures)] if self.cfg.probe.enabled else valid
+        if valid and not alive:
+            # Every probe fails: more likely our own tor is in trouble than every worker
+            # dead. Keep advertising them all rather than nothing.
+            return valid, "all instances fail their probes: keeping all of them"
+        return alive, ""
+
+    def select(self, fe: FrontendState, now: float) -> list[Any]:
+        usable, note = self._usable(fe, now)
+        fe.note = note
+        groups = [inst.current.decoded.intro_points for inst in usable]
+        fe.selected_from = {ip.auth_key: inst.address for inst in usable for ip in inst.current.decoded.intro_points}
+        return interleave(groups)
+
+    def _holding(self, fe: FrontendState, now: float) -> bool:
+        if now >= self.period_hold_until:
+            return False
+        return any(self.instances[a].awaiting_period is not None for a in fe.instances if a in self.instances)
+
+    def _publish_all(self, now: float) -> None:
+        if self.ring is None:
+            return
+        for fe in self.frontends:
+            if not fe.slots:
+                continue
+            if self._holding(fe, now):
+                fe.note = "new time period: waiting for the instances' new descriptors"
+                continue
+            points = self.select(fe, now)
+            fe.selected = points
+            if not points:
+                fe.note = fe.note or "no instance with a valid descriptor yet: nothing to publish"
+                continue
+            self._publish(fe, points, now)
+
+    def _publish(self, fe: FrontendState, points: list[Any], now: float) -> None:
+        built: dict[tuple[int, frozenset], tuple[str, int]] = {}
+        for slot in fe.slots:
+            windows = assign_windows(points, slot.hsdirs, fe.max_intro_points)
+            for hsdir, window in windows.items():
+                content = frozenset(ip.auth_key for ip in window)
+                reason = self.book.needs_upload(fe.address, slot.period, hsdir, content, now)
+                if reason is None:
+                    continue
+                key = (slot.period, content)
+                if key not in built:
+                    try:
+                        built[key] = self.protocol.build(fe.identity, slot.period, window, now)
+                    except ValueError as exc:
+                        fe.note = f"cannot build descriptor: {exc}"
+                        log.error("frontend %s: %s", fe.name, fe.note)
+                        return
+                text, revision = built[key]
+                if not self.cfg.publish:
+                    self.book.standby(fe.address, slot.period, hsdir, content, now, revision)
+                    continue
+                self.book.sent(fe.address, slot.period, hsdir, content, now, revision)
+                try:
+                    self.control.post_descriptor(text, fe.address, hsdir)
+                except CommandRejected as exc:
+                    self.book.fail(fe.address, hsdir, f"HSPOST refused: {exc}", now)
+                log.info("frontend %s: upload period %d to %s (%s, %d intro points, rev %d)",
+                         fe.name, slot.period, hsdir, reason, len(window), revision)
+                fe.last_publish_at = now
+                self.status_dirty = True
+
+    # -- status ---------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        out_frontends = []
+        for fe in self.frontends:
+            instances = []
+            for addr in fe.instances:
+                inst = self.instances.get(addr)
+                if inst is None:
+                    continue
+                desc = None
+                if inst.current is not None:
+                    d = inst.current.decoded
+                    desc = {
+                        "received_at": inst.current.received_at,
+                        "age_seconds": round(now - inst.current.received_at, 1),
+                        "revision": d.revision, "time_period": d.period,
+                        "signing_key_expiry": iso(d.signing_key_expiry),
+                        "from_hsdir": inst.current.hsdir,
+                        "intro_points": [ip.auth_key.hex() for ip in d.intro_points],
+                    }
+                p = inst.probe
+                instances.append({
+                    "address": addr, "name": inst.name, "healthy": p.healthy,
+                    "in_use": any(fe.selected_from.get(ip.auth_key) == addr for ip in fe.selected),
+                    "descriptor": desc, "rejected_descriptors": inst.rejected,
+                    "last_error": inst.last_error or None, "last_error_at": inst.last_error_at,
+                    "awaiting_new_period": inst.awaiting_period,
+                    "probe": {"consecutive_failures": p.consecutive_failures, "last_at": p.last_at,
+                              "last_ok_at": p.last_ok_at, "last_result": p.last_result or None},
+                })
+            descriptors = []
+            published: dict[bytes, str] = {}
+            for slot in fe.slots:
+                ups = []
+                for hsdir in slot.hsdirs:
+                    rec = self.book.records.get((fe.address, slot.period, hsdir))
+                    if rec is None:
+                        ups.append({"hsdir": hsdir, "state": "not yet"})
+                        continue
+                    ups.append({"hsdir": hsdir, "state": rec.state, "result": rec.result or None,
+                                "attempted_at": rec.attempted_at, "confirmed_at": rec.confirmed_at,
+                                "failures": rec.failures, "revision": rec.revision,
+                                "next_retry_at": rec.next_retry_at if rec.state == "failed" else None,
+                                "intro_points": len(rec.content)})
+                    if rec.state in ("uploaded", "standby"):
+                        for k in rec.content:
+                            published.setdefault(k, fe.selected_from.get(k, "?"))
+                descriptors.append({"time_period": slot.period, "role": slot.role, "hsdirs": ups})
+            next_at = self.book.next_due(fe.address, [s.period for s in fe.slots],
+                                         {s.period: s.hsdirs for s in fe.slots})
+            if self._holding(fe, now):
+                next_at = self.period_hold_until
+            out_frontends.append({
+                "name": fe.name, "address": fe.address, "instances": instances,
+                "published_intro_points": [{"auth_key": k.hex(), "instance": v} for k, v in published.items()],
+                "descriptors": descriptors, "next_publish_at": next_at,
+                "last_publish_at": fe.last_publish_at, "note": fe.note or None,
+            })
+        ring = self.ring
+        return {
+            "version": 1, "pid": os.getpid(), "written_at": now, "publish": self.cfg.publish,
+            "config": self.cfg.path,
+            "tor": {"connected": self.connected, "control": self.cfg.control.describe(),
+                    "time_period": ring.current_period if ring else None,
+                    "period_length_minutes": ring.period_length if ring else None,
+                    "consensus_valid_after": iso(ring.valid_after) if ring else None,
+                    "last_error": self.last_error or None},
+            "frontends": out_frontends,
+        }
+
+    def _write_status(self, force: bool = False, stopping: bool = False) -> None:
+        if not self.write_status_files:
+            return
+        now = self.clock()
+        if not force and (not self.status_dirty or now - self.last_status_at < STATUS_MIN_INTERVAL):
+            return
+        try:
+            data = self.status()
+        except Exception:  # a status bug must never stop publishing
+            log.exception("cannot compute status")
+            self.last_status_at = now
+            return
+        if stopping:
+            data["tor"]["connected"] = False
+            data["tor"]["last_error"] = "balancer stopped"
+        try:
+            write_status(self.cfg.state_dir, data)
+        except OSError as exc:
+            log.error("cannot write status file in %s: %s", self.cfg.state_dir, exc)
+        self.status_dirty = False
+        self.last_status_at = now

@@ -1,0 +1,164 @@
+"""The balancer's view of the Tor network and its crypto, over onion.hashring/onion.descriptor.
+
+`TorOnionProtocol` is what `onion.balancer.Balancer` calls for: the hash ring from the
+balancer tor's consensus, the (first, second) descriptor slots of a frontend with their
+responsible HSDirs, decoding + verifying instance descriptors, and building master
+descriptors. Tests substitute a fake with the same methods.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import logging
+import re
+from typing import Any, Sequence
+
+from onion import descriptor as desc
+from onion import hashring, keys
+from onion.errors import ConsensusError
+from onion.instances import Decoded
+
+log = logging.getLogger("onion.frontend")
+
+_ED25519_LINE = re.compile(r"^id ed25519 (\S+)\s*$", re.M)
+BUILDER_MAX_AGE = 3600.0  # rebuild the signing key/cert hourly (the cert lives 54 h)
+HSDIR_SPREAD_FETCH = 3    # tor's hsdir_spread_fetch default: clients try these per replica
+
+
+def _timestamp(value: Any) -> float:
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value.timestamp()
+    return float(value)
+
+
+def microdesc_ed25519_ids(md_all: str) -> dict[str, str]:
+    """sha256 digest (unpadded base64, as in the consensus `m` line) -> `id ed25519` value,
+    from the text of `GETINFO md/all`. Hand-written: stem has no digest -> id index."""
+    out: dict[str, str] = {}
+    text = md_all.replace("\r\n", "\n")
+    starts = [m.start() for m in re.finditer(r"^onion-key\b", text, re.M)]
+    for i, start in enumerate(starts):
+        block = text[start: starts[i + 1] if i + 1 < len(starts) else len(text)]
+        m = _ED25519_LINE.search(block)
+        if not m:
+            continue
+        digest = base64.b64encode(hashlib.sha256(block.encode()).digest()).decode().rstrip("=")
+        out[digest] = m.group(1)
+    return out
+
+
+class TorOnionProtocol:
+    def __init__(self) -> None:
+        self.ring: hashring.HashRing | None = None
+        self._builders: dict[tuple[str, int], tuple[float, Any]] = {}
+
+    # -- consensus ------------------------------------------------------------
+    def refresh(self, control) -> "RingInfo":
+        from stem.descriptor.networkstatus import NetworkStatusDocumentV3
+
+        from onion.balancer import RingInfo
+
+        text = ""
+        for key in ("dir/status-vote/current/consensus-microdesc", "dir/status-vote/current/consensus"):
+            try:
+                text = control.get_info(key)
+            except ValueError:
+                continue
+            if text:
+                break
+        if not text:
+            raise ConsensusError("tor has no consensus yet")
+        try:
+            consensus = NetworkStatusDocumentV3(text.encode(), validate=False)
+        except Exception as exc:  # stem raises a variety of errors on odd input
+            raise ConsensusError(f"cannot parse tor's consensus: {exc}") from None
+        try:
+            md_ids = microdesc_ed25519_ids(control.get_info("md/all"))
+        except ValueError:
+            md_ids = {}
+        ed_ids: dict[str, str] = {}
+        for fp, router in consensus.routers.items():
+            digest = getattr(router, "microdescriptor_digest", None)
+            if digest and digest.rstrip("=") in md_ids:
+                ed_ids[fp] = md_ids[digest.rstrip("=")]
+        testing = None
+        try:
+            testing = str(control.get_conf("TestingTorNetwork")).strip() == "1"
+        except (ValueError, AttributeError):
+            testing = None
+        ring = hashring.ring_for(consensus, ed_ids, testing_network=testing)
+        if not ring.hsdirs:
+            raise ConsensusError("no HSDir with a known ed25519 identity yet (microdescriptors missing)")
+        self.ring = ring
+        t = ring.timing
+        return RingInfo(valid_after=float(t.valid_after), current_period=t.time_period_number(),
+                        period_length=t.period_length, voting_interval=float(t.voting_interval))
+
+    def _need_ring(self) -> hashring.HashRing:
+        if self.ring is None:
+            raise ConsensusError("no hash ring yet")
+        return self.ring
+
+    # -- frontends --------------------------------------------------------------
+    def slots(self, identity, now: float) -> list:
+        from onion.balancer import Slot
+
+        ring = self._need_ring()
+        out = []
+        for slot in ring.descriptor_slots():
+            blinded = identity.blind(slot.time_period_number, slot.period_length)
+            hsdirs = ring.responsible_hsdirs(blinded.public_key, slot)
+            out.append(Slot(period=slot.time_period_number,
+                            hsdirs=tuple(dict.fromkeys(h.fingerprint for h in hsdirs)),
+                            role="current" if slot.which == "first" else "next"))
+        return out
+
+    def _slot(self, period: int):
+        ring = self._need_ring()
+        for slot in ring.descriptor_slots():
+            if slot.time_period_number == period:
+                return slot
+        raise ConsensusError(f"time period {period} is neither of the descriptors published now")
+
+    def build(self, identity, period: int, intro_points: Sequence[Any], now: float) -> tuple[str, int]:
+        slot = self._slot(period)
+        key = (identity.address, period)
+        cached = self._builders.get(key)
+        if cached is None or now - cached[0] > BUILDER_MAX_AGE:
+            builder = desc.MasterDescriptorBuilder(identity, time_period_number=period,
+                                                   period_length=slot.period_length, now=now)
+            self._builders = {k: v for k, v in self._builders.items() if k[1] >= period - 1}
+            self._builders[key] = (now, builder)
+        builder = self._builders[key][1]
+        revision = desc.revision_counter(builder.blinded_key, slot.revision_base, now)
+        built = builder.build(list(intro_points), revision_counter=revision)
+        return built.text, built.revision_counter
+
+    # -- instances --------------------------------------------------------------
+    def decode(self, text: str, address: str, periods: Sequence[int], now: float) -> Decoded:
+        ring = self._need_ring()
+        d = desc.decrypt_descriptor(text, address, time_period_numbers=tuple(periods) or
+                                    (ring.timing.time_period_number(),),
+                                    period_length=ring.timing.period_length, now=now)
+        return Decoded(intro_points=tuple(d.intro_points), revision=d.revision_counter,
+                       period=d.time_period_number, blinded_key=d.blinded_key,
+                       signing_key_expiry=_timestamp(d.signing_key_expiry))
+
+    def fetch_hsdirs(self, address: str, now: float) -> list[str]:
+        """HSDirs a client would fetch the instance's current descriptor from (the first
+        `hsdir_spread_fetch` of each replica), in a deterministic rotating order."""
+        ring = self._need_ring()
+        period = ring.timing.time_period_number()
+        slot = self._slot(period)
+        blinded = keys.blind_public_key(keys.parse_address(address), period, slot.period_length)
+        hsdirs = [h.fingerprint for h in ring.responsible_hsdirs(blinded, slot)]
+        per_replica = max(1, len(hsdirs) // max(1, getattr(ring, "n_replicas", 2)))
+        fetchable = [h for i, h in enumerate(hsdirs) if i % per_replica < HSDIR_SPREAD_FETCH]
+        fetchable = list(dict.fromkeys(fetchable))
+        if not fetchable:
+            return []
+        shift = int(now // 10) % len(fetchable)
+        return fetchable[shift:] + fetchable[:shift]
