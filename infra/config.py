@@ -605,7 +605,11 @@ def load_config() -> StackConfig:
     for full in sorted(present):
         ns, _, key = full.partition(":")
         if ns == NAMESPACE and key not in SCHEMA and "." not in key:
-            raw[key] = cfg.get(key)
+            text = cfg.get(key) or ""
+            try:
+                raw[key] = json.loads(text)
+            except json.JSONDecodeError:
+                raw[key] = text
     for key in SCHEMA:
         # Plain `get` also reads secret keys; they are wrapped in `Secret` straight away
         # and reach resources only through `Secret.output()` (a Pulumi secret).

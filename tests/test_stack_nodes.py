@@ -1,0 +1,125 @@
+"""Instances: AMI lookup, IMDSv2, encrypted roots, key pair, types, and the bootstrap seam."""
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+import pytest
+
+import mockrun
+from tests.stackmocks import minimal_config, prod_config, run, ssh_pair
+
+INSTANCE = "aws:ec2/instance:Instance"
+
+
+@pytest.mark.parametrize("config", [minimal_config(workers=3), prod_config()], ids=["minimal", "prod"])
+def test_every_instance_is_hardened(config):
+    result = run(config)
+    instances = result.of_type(INSTANCE)
+    assert instances
+    for inst in instances:
+        meta = inst.input("metadataOptions")
+        assert meta["httpTokens"] == "required" and meta["httpEndpoint"] == "enabled", inst.name
+        assert meta["httpPutResponseHopLimit"] == 1
+        root = inst.input("rootBlockDevice")
+        assert root["encrypted"] is True and root["volumeType"] == "gp3", inst.name
+        assert not inst.input("ebsBlockDevices") and not inst.input("userData")
+
+
+def test_ami_is_looked_up_never_hard_coded():
+    result = run(minimal_config())
+    (call,) = [args for token, args in result.invokes if token == "aws:ec2/getAmi:getAmi"]
+    assert call["owners"] == ["099720109477"] and call["mostRecent"] is True
+    assert {"name": "name", "values": ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"]} in call["filters"]
+    assert {"name": "architecture", "values": ["x86_64"]} in call["filters"]
+    for inst in result.of_type(INSTANCE):
+        assert inst.input("ami") == mockrun.MOCK_AMI_ID
+        assert "ami" in inst.ignore_changes  # a new weekly AMI must not replace the fleet
+
+
+def test_one_key_pair_from_the_public_key_on_every_instance():
+    result = run(minimal_config(workers=2))
+    (pair,) = result.of_type("aws:ec2/keyPair:KeyPair")
+    assert pair.input("publicKey") == ssh_pair()[0]
+    assert {i.input("keyName") for i in result.of_type(INSTANCE)} == {pair.state["keyName"]}
+
+
+def test_instance_types_per_role():
+    result = run(minimal_config(workers=2, instanceTypes={"worker": "c7i.large", "database": "r7i.large"}))
+    types = {(i.input("tags")["role"], i.input("instanceType")) for i in result.of_type(INSTANCE)}
+    assert types == {("balancer", "t3.micro"), ("worker", "c7i.large"), ("database", "r7i.large")}
+
+
+def test_nodes_are_components_owning_their_instance():
+    result = run(minimal_config(workers=2))
+    for component, count in [("onionstack:nodes:BalancerNode", 1), ("onionstack:nodes:WorkerNode", 2),
+                             ("onionstack:nodes:DatabaseNode", 1)]:
+        nodes = result.of_type(component)
+        assert len(nodes) == count
+        for node in nodes:
+            kids = [c for c in result.children(node.urn) if c.type == INSTANCE]
+            assert len(kids) == 1 and kids[0].name == f"{node.name}-instance"
+
+
+# ---------------------------------------------------------------- the bootstrap seam
+def test_bootstrap_steps_become_children_after_the_instance():
+    """A later module adds remote steps through `bootstrap`; they must nest under the node,
+    wait for the instance (and the database's volume attachments), and see its address."""
+    from pulumi_command import remote
+
+    from nodes.database import DatabaseNode, DatabaseNodeArgs
+    from nodes.instance import InstanceArgs
+    from nodes.worker import WorkerNode, WorkerNodeArgs
+    from infra.storage import database_volume_specs
+
+    seen = {}
+
+    def bootstrap(node):
+        seen[node.node_name] = node
+        remote.Command(
+            f"{node.node_name}-hello",
+            connection={"host": node.ssh_host, "user": node.ssh_user,
+                        "private_key": pulumi.Output.secret("not-a-real-key"),
+                        "proxy": {"host": node.jump_host, "user": node.ssh_user}},
+            create="true",
+            opts=node.child_opts(),
+        )
+
+    def program():
+        def args(role):
+            return InstanceArgs(role=role, instance_type="t3.small", ami_id="ami-x",
+                                subnet_id=subnet.id, security_group_ids=[], key_name="k")
+        vpc = aws.ec2.Vpc("v", cidr_block="10.0.0.0/16")
+        subnet = aws.ec2.Subnet("s", vpc_id=vpc.id, cidr_block="10.0.1.0/24", availability_zone="us-east-1a")
+        WorkerNode("w", WorkerNodeArgs(instance=args("worker"), index=0, availability_zone="us-east-1a",
+                                       jump_host="203.0.113.9", bootstrap=bootstrap))
+        DatabaseNode("d", DatabaseNodeArgs(instance=args("database"), availability_zone="us-east-1a",
+                                           volumes=database_volume_specs(1, 1, 1), jump_host="203.0.113.9",
+                                           protect_data=False, bootstrap=bootstrap))
+
+    result = mockrun.run_program(minimal_config(), program=program)
+    assert set(seen) == {"w", "d"}
+    for node_name in ("w", "d"):
+        step = result.named(f"{node_name}-hello")
+        node = result.named(node_name)
+        assert step.parent == node.urn
+        assert result.named(f"{node_name}-instance").urn in step.dependencies
+        conn = step.input("connection")
+        assert conn["host"] == result.named(f"{node_name}-instance").state["privateIp"]
+        assert conn["proxy"]["host"] == "203.0.113.9"
+    db_step = result.named("d-hello")
+    for purpose in ("data", "journal", "log"):
+        assert result.named(f"d-volumes-{purpose}-attach").urn in db_step.dependencies
+
+
+def test_private_roles_refuse_a_public_ip():
+    from nodes.instance import InstanceArgs
+    from nodes.worker import WorkerNode, WorkerNodeArgs
+
+    def program():
+        WorkerNode("w", WorkerNodeArgs(
+            instance=InstanceArgs(role="worker", instance_type="t3.small", ami_id="ami-x", subnet_id="s",
+                                  security_group_ids=[], key_name="k", public_ip=True),
+            index=0, availability_zone="us-east-1a", jump_host="203.0.113.9"))
+
+    with pytest.raises(ValueError, match="workers accept nothing from the internet"):
+        mockrun.run_program(minimal_config(), program=program)

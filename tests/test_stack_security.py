@@ -1,0 +1,83 @@
+"""Security groups: exactly the design's ingress rules, nothing open to the world."""
+from __future__ import annotations
+
+import pytest
+
+from tests.stackmocks import ANYWHERE, minimal_config, prod_config, run
+
+SG = "aws:ec2/securityGroup:SecurityGroup"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+
+
+def group_roles(result) -> dict[str, str]:
+    return {g.id: g.input("tags")["role"] for g in result.of_type(SG)}
+
+
+def rules(result, type_) -> set[tuple]:
+    roles = group_roles(result)
+    out = set()
+    for r in result.of_type(type_):
+        if r.input("referencedSecurityGroupId"):
+            peer = "sg:" + roles[r.input("referencedSecurityGroupId")]
+        else:
+            peer = r.input("cidrIpv4") or r.input("cidrIpv6")
+        out.add((roles[r.input("securityGroupId")], r.input("ipProtocol"),
+                 int(r.input("fromPort")), int(r.input("toPort")), peer))
+    return out
+
+
+def test_ingress_is_exactly_the_design():
+    result = run(minimal_config(adminCidrs=["198.51.100.7/32", "2001:db8::/64"]))
+    assert rules(result, INGRESS) == {
+        ("balancer", "tcp", 22, 22, "198.51.100.7/32"),
+        ("balancer", "tcp", 22, 22, "2001:db8::/64"),
+        ("worker", "tcp", 22, 22, "sg:balancer"),
+        ("database", "tcp", 22, 22, "sg:balancer"),
+        ("database", "tcp", 5432, 5432, "sg:worker"),
+    }
+    (v6,) = [r for r in result.of_type(INGRESS) if r.input("cidrIpv6")]
+    assert v6.input("cidrIpv4") is None
+
+
+def test_egress_per_role():
+    result = run(minimal_config())
+    assert rules(result, EGRESS) == {
+        ("balancer", "tcp", 0, 65535, ANYWHERE),
+        ("worker", "tcp", 0, 65535, ANYWHERE),
+        ("database", "tcp", 80, 80, ANYWHERE),
+        ("database", "tcp", 443, 443, ANYWHERE),
+    }
+
+
+@pytest.mark.parametrize("config", [minimal_config(), prod_config(), minimal_config(database={"enabled": False})],
+                         ids=["minimal", "prod", "no-database"])
+def test_nothing_else_is_open(config):
+    result = run(config)
+    for group in result.of_type(SG):
+        # No inline rules: every rule is a separate, visible resource.
+        assert not group.input("ingress") and not group.input("egress"), group.name
+    for rule in result.of_type(INGRESS):
+        assert rule.input("cidrIpv4") != ANYWHERE and rule.input("cidrIpv6") != "::/0"
+        assert int(rule.input("fromPort")) == int(rule.input("toPort")), "ingress opens single ports only"
+        assert rule.input("ipProtocol") == "tcp"
+    opened = {(g, p) for g, _, p, _, _ in rules(result, INGRESS)}
+    assert opened <= {("balancer", 22), ("worker", 22), ("database", 22), ("database", 5432)}
+    # Only the balancer has a rule with a CIDR source; the private machines only admit groups.
+    cidr_sources = {g for g, *_, peer in rules(result, INGRESS) if not peer.startswith("sg:")}
+    assert cidr_sources == {"balancer"}
+
+
+def test_no_database_means_no_database_group_or_rules():
+    result = run(minimal_config(database={"enabled": False}))
+    assert set(group_roles(result).values()) == {"balancer", "worker"}
+    assert not any(role == "database" for role, *_ in rules(result, INGRESS) | rules(result, EGRESS))
+
+
+def test_each_instance_uses_its_role_group():
+    result = run(minimal_config(workers=3))
+    roles = group_roles(result)
+    for inst in result.of_type("aws:ec2/instance:Instance"):
+        groups = inst.input("vpcSecurityGroupIds")
+        assert [roles[g] for g in groups] == [inst.input("tags")["role"]], inst.name
+        assert not inst.input("securityGroups")
