@@ -19,16 +19,29 @@ Typical balancer use::
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
+import hashlib
+import ipaddress
+import os
+import struct
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import nacl.bindings as sodium
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from onion import crypto
 from onion.errors import (
     BlindedKeyMismatchError, CertificateError, CertificateExpiredError, DescriptorDecryptionError,
     DescriptorError, DescriptorFormatError, DescriptorSignatureError, DescriptorTooLargeError,
     RevisionCounterError, TooManyIntroPointsError,
 )
-from onion.keys import BlindedKey, IdentityKey
+from onion.keys import BlindedKey, IdentityKey, parse_address, onion_address
 
 __all__ = [
     "LinkSpecifier", "IntroPoint", "MasterDescriptor", "MasterDescriptorBuilder",
@@ -42,10 +55,30 @@ __all__ = [
 
 MAX_INTRO_POINTS = 20               # tor: HS_CONFIG_V3_MAX_INTRO_POINTS; clients reject more
 DEFAULT_LIFETIME_MINUTES = 180      # tor: HS_DESC_DEFAULT_LIFETIME
+MAX_LIFETIME_MINUTES = 720          # tor: HS_DESC_MAX_LIFETIME
 SIGNING_CERT_LIFETIME_HOURS = 54    # tor: HS_DESC_CERT_LIFETIME
 MAX_DESCRIPTOR_SIZE = 50000         # tor: HS_DESC_MAX_LEN (consensus HSV3MaxDescriptorSize)
 SUPERENCRYPTED_PAD_MULTIPLE = 10000  # tor: HS_DESC_SUPERENC_PLAINTEXT_PAD_MULTIPLE
+FAKE_AUTH_CLIENTS = 16              # tor: HS_DESC_AUTH_CLIENT_MULTIPLE
+DEFAULT_FLOW_CONTROL = "1-2 31"     # tor 0.4.8+: protover FlowCtrl=1-2, sendme_inc 31
 
+CERT_TYPE_DESC_SIGNING = 0x08       # CERT_TYPE_SIGNING_HS_DESC
+CERT_TYPE_INTRO_AUTH = 0x09         # CERT_TYPE_AUTH_HS_IP_KEY
+CERT_TYPE_INTRO_ENC = 0x0B          # CERT_TYPE_CROSS_HS_IP_KEYS
+_CERT_KEY_TYPE_ED25519 = 1
+_CERTEXT_SIGNED_WITH_KEY = 4
+_CERTEXT_FLAG_AFFECTS_VALIDATION = 1
+
+_SIG_PREFIX = b"Tor onion service descriptor sig v3"
+_SUPERENC_CONSTANT = b"hsdir-superencrypted-data"
+_ENC_CONSTANT = b"hsdir-encrypted-data"
+_SALT_LEN, _MAC_LEN, _KEY_LEN, _IV_LEN = 16, 32, 32, 16
+
+LS_IPV4, LS_IPV6, LS_LEGACY_ID, LS_ED25519_ID = 0, 1, 2, 3
+_LS_LENGTHS = {LS_IPV4: 6, LS_IPV6: 18, LS_LEGACY_ID: 20, LS_ED25519_ID: 32}
+
+
+# --- data ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LinkSpecifier:
@@ -58,8 +91,72 @@ class LinkSpecifier:
     type: int
     data: bytes
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.type <= 255:
+            raise DescriptorFormatError(f"link specifier type {self.type} is not a byte")
+        if len(self.data) > 255:
+            raise DescriptorFormatError(f"link specifier of type {self.type} is {len(self.data)} "
+                                        "bytes, at most 255 fit")
+        want = _LS_LENGTHS.get(self.type)
+        if want is not None and len(self.data) != want:
+            raise DescriptorFormatError(f"link specifier of type {self.type} must be {want} bytes, "
+                                        f"got {len(self.data)}")
+
+    @classmethod
+    def ipv4(cls, address: str, port: int) -> "LinkSpecifier":
+        return cls(LS_IPV4, ipaddress.IPv4Address(address).packed + struct.pack(">H", port))
+
+    @classmethod
+    def ipv6(cls, address: str, port: int) -> "LinkSpecifier":
+        return cls(LS_IPV6, ipaddress.IPv6Address(address).packed + struct.pack(">H", port))
+
+    @classmethod
+    def legacy_id(cls, fingerprint: str | bytes) -> "LinkSpecifier":
+        raw = bytes.fromhex(fingerprint.lstrip("$")) if isinstance(fingerprint, str) else fingerprint
+        return cls(LS_LEGACY_ID, raw)
+
+    @classmethod
+    def ed25519_id(cls, key: bytes) -> "LinkSpecifier":
+        return cls(LS_ED25519_ID, key)
+
     def encode(self) -> bytes:
-        raise NotImplementedError
+        return bytes([self.type, len(self.data)]) + self.data
+
+    def __repr__(self) -> str:
+        if self.type == LS_IPV4:
+            return f"LinkSpecifier.ipv4({str(ipaddress.IPv4Address(self.data[:4]))!r}, {int.from_bytes(self.data[4:], 'big')})"
+        if self.type == LS_IPV6:
+            return f"LinkSpecifier.ipv6({str(ipaddress.IPv6Address(self.data[:16]))!r}, {int.from_bytes(self.data[16:], 'big')})"
+        if self.type == LS_LEGACY_ID:
+            return f"LinkSpecifier.legacy_id({self.data.hex().upper()!r})"
+        return f"LinkSpecifier(type={self.type}, data={self.data.hex()})"
+
+
+def encode_link_specifiers(specs: Sequence[LinkSpecifier]) -> bytes:
+    if not 1 <= len(specs) <= 255:
+        raise DescriptorFormatError(f"an introduction point needs 1..255 link specifiers, got {len(specs)}")
+    return bytes([len(specs)]) + b"".join(s.encode() for s in specs)
+
+
+def decode_link_specifiers(raw: bytes) -> tuple[LinkSpecifier, ...]:
+    if not raw:
+        raise DescriptorFormatError("introduction-point link specifiers are empty")
+    count, pos, out = raw[0], 1, []
+    for i in range(count):
+        if pos + 2 > len(raw):
+            raise DescriptorFormatError(f"introduction-point link specifier {i + 1} of {count} is truncated")
+        ls_type, ls_len = raw[pos], raw[pos + 1]
+        data = raw[pos + 2:pos + 2 + ls_len]
+        if len(data) != ls_len:
+            raise DescriptorFormatError(f"introduction-point link specifier {i + 1} of {count} is truncated")
+        out.append(LinkSpecifier(ls_type, data))
+        pos += 2 + ls_len
+    if pos != len(raw):
+        raise DescriptorFormatError(f"introduction-point link specifiers have {len(raw) - pos} "
+                                    "trailing bytes")
+    if not out:
+        raise DescriptorFormatError("introduction-point has no link specifiers")
+    return tuple(out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,11 +176,22 @@ class IntroPoint:
     legacy_key: bytes | None = None       # DER RSA-1024 key, only for pre-0.3.2 intro relays
     legacy_key_cert: bytes | None = None  # its cross-certificate (not re-emittable: see docs)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "link_specifiers", tuple(self.link_specifiers))
+        for name in ("onion_key", "auth_key", "enc_key"):
+            value = getattr(self, name)
+            if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
+                raise DescriptorFormatError(f"introduction point {name} must be 32 bytes, got "
+                                            f"{len(value) if isinstance(value, (bytes, bytearray)) else type(value).__name__}")
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IntroPoint) and other.auth_key == self.auth_key
 
     def __hash__(self) -> int:
         return hash(self.auth_key)
+
+    def __repr__(self) -> str:
+        return f"IntroPoint(auth_key={base64.b64encode(self.auth_key).decode()[:12]}..., link_specifiers={list(self.link_specifiers)})"
 
 
 @dataclass(frozen=True)
@@ -118,29 +226,351 @@ class DecryptedDescriptor:
     extra_lines: tuple[str, ...] = field(default=())  # inner-layer lines we do not interpret
 
 
+# --- encoding helpers -----------------------------------------------------------------------
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _b64_nopad(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _b64_multiline(data: bytes) -> str:
+    """tor's base64_encode(..., BASE64_ENCODE_MULTILINE): 64 columns, every line ends in NL."""
+    text = base64.b64encode(data).decode("ascii")
+    return "".join(text[i:i + 64] + "\n" for i in range(0, len(text), 64))
+
+
+def _b64_decode(text: str, what: str) -> bytes:
+    cleaned = "".join(text.split())
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise DescriptorFormatError(f"{what} is not valid base64") from None
+
+
+def _pem(kind: str, data: bytes) -> str:
+    return f"-----BEGIN {kind}-----\n{_b64_multiline(data)}-----END {kind}-----"
+
+
+def _hours_to_datetime(hours: int) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(hours * 3600, _dt.timezone.utc)
+
+
+# --- ed25519 certificates (cert-spec.txt) ----------------------------------------------------
+
+def make_certificate(cert_type: int, certified_key: bytes, expiry_hours: int,
+                     signer_public: bytes, sign) -> bytes:
+    """An ed25519 cert with the signed-with-ed25519-key extension, as tor makes them."""
+    body = (struct.pack(">BBIB", 1, cert_type, expiry_hours, _CERT_KEY_TYPE_ED25519) + certified_key
+            + b"\x01" + struct.pack(">HBB", 32, _CERTEXT_SIGNED_WITH_KEY, 0) + signer_public)
+    return body + sign(body)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    cert_type: int
+    expiry_hours: int
+    certified_key: bytes
+    signing_key: bytes | None
+    body: bytes
+    signature: bytes
+
+    @property
+    def expiry(self) -> _dt.datetime:
+        return _hours_to_datetime(self.expiry_hours)
+
+    def check(self, expected_type: int, what: str, *, signer: bytes | None = None,
+              now: float | None = None) -> None:
+        """tor's cert_is_valid + tor_cert_checksig: type, embedded signer, signature, expiry."""
+        if self.cert_type != expected_type:
+            raise CertificateError(f"{what} certificate has type 0x{self.cert_type:02x}, "
+                                   f"expected 0x{expected_type:02x}")
+        if self.signing_key is None:
+            raise CertificateError(f"{what} certificate does not include its signing key")
+        key = self.signing_key if signer is None else signer
+        if now is not None and now > self.expiry_hours * 3600:
+            raise CertificateExpiredError(
+                f"{what} certificate expired at {self.expiry:%Y-%m-%d %H:%M} UTC")
+        if not crypto.verify(key, self.body, self.signature):
+            raise CertificateError(f"{what} certificate has a bad signature")
+
+
+def parse_certificate(raw: bytes, what: str) -> Certificate:
+    if len(raw) < 40 + 64:
+        raise CertificateError(f"{what} certificate is truncated ({len(raw)} bytes)")
+    version, cert_type, expiry_hours, key_type = struct.unpack(">BBIB", raw[:7])
+    if version != 1:
+        raise CertificateError(f"{what} certificate has version {version}, expected 1")
+    certified_key = raw[7:39]
+    n_ext, pos = raw[39], 40
+    signing_key = None
+    for _ in range(n_ext):
+        if pos + 4 > len(raw) - 64:
+            raise CertificateError(f"{what} certificate extensions are truncated")
+        ext_len, ext_type, ext_flags = struct.unpack(">HBB", raw[pos:pos + 4])
+        data = raw[pos + 4:pos + 4 + ext_len]
+        if len(data) != ext_len or pos + 4 + ext_len > len(raw) - 64:
+            raise CertificateError(f"{what} certificate extensions are truncated")
+        if ext_type == _CERTEXT_SIGNED_WITH_KEY:
+            if ext_len != 32 or signing_key is not None:
+                raise CertificateError(f"{what} certificate has a malformed signed-with-key extension")
+            signing_key = data
+        elif ext_flags & _CERTEXT_FLAG_AFFECTS_VALIDATION:
+            raise CertificateError(f"{what} certificate has unknown extension {ext_type} that "
+                                   "affects validation")
+        pos += 4 + ext_len
+    if len(raw) - pos != 64:
+        raise CertificateError(f"{what} certificate has {len(raw) - pos - 64} stray bytes")
+    return Certificate(cert_type, expiry_hours, certified_key, signing_key, raw[:pos], raw[pos:])
+
+
+# --- layer encryption (rend-spec-v3 [HS-DESC-ENCRYPTION-KEYS]) -----------------------------
+
+def subcredential(public_key: bytes, blinded_key: bytes) -> bytes:
+    credential = crypto.sha3_256(b"credential", public_key)
+    return crypto.sha3_256(b"subcredential", credential, blinded_key)
+
+
+def _layer_keys(secret_data: bytes, subcred: bytes, revision: int, salt: bytes,
+                constant: bytes) -> tuple[bytes, bytes, bytes]:
+    keys = hashlib.shake_256(secret_data + subcred + struct.pack(">Q", revision) + salt
+                             + constant).digest(_KEY_LEN + _IV_LEN + _MAC_LEN)
+    return keys[:_KEY_LEN], keys[_KEY_LEN:_KEY_LEN + _IV_LEN], keys[_KEY_LEN + _IV_LEN:]
+
+
+def _mac(mac_key: bytes, salt: bytes, ciphertext: bytes) -> bytes:
+    return hashlib.sha3_256(struct.pack(">Q", len(mac_key)) + mac_key + struct.pack(">Q", len(salt))
+                            + salt + ciphertext).digest()
+
+
+def encrypt_layer(plaintext: bytes, constant: bytes, secret_data: bytes, subcred: bytes,
+                  revision: int) -> bytes:
+    salt = os.urandom(_SALT_LEN)
+    key, iv, mac_key = _layer_keys(secret_data, subcred, revision, salt, constant)
+    enc = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    ciphertext = enc.update(plaintext) + enc.finalize()
+    return salt + ciphertext + _mac(mac_key, salt, ciphertext)
+
+
+def decrypt_layer(blob: bytes, constant: bytes, secret_data: bytes, subcred: bytes,
+                  revision: int, what: str) -> str:
+    if len(blob) <= _SALT_LEN + _MAC_LEN:
+        raise DescriptorFormatError(f"{what} is too short ({len(blob)} bytes) to hold salt, data and MAC")
+    salt, ciphertext, mac = blob[:_SALT_LEN], blob[_SALT_LEN:-_MAC_LEN], blob[-_MAC_LEN:]
+    key, iv, mac_key = _layer_keys(secret_data, subcred, revision, salt, constant)
+    if not _consttime_eq(_mac(mac_key, salt, ciphertext), mac):
+        raise DescriptorDecryptionError(
+            f"{what} MAC does not match: wrong address or time period, or altered data")
+    dec = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
+    plaintext = dec.update(ciphertext) + dec.finalize()
+    end = plaintext.find(b"\x00")
+    if end != -1:
+        plaintext = plaintext[:end]
+    if not plaintext:
+        raise DescriptorFormatError(f"{what} is empty")
+    try:
+        return plaintext.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DescriptorFormatError(f"{what} is not text") from None
+
+
+def _consttime_eq(a: bytes, b: bytes) -> bool:
+    import hmac
+    return hmac.compare_digest(a, b)
+
+
+# --- tokenizer --------------------------------------------------------------------------------
+
+@dataclass
+class _Item:
+    keyword: str
+    args: list[str]
+    obj_type: str | None = None
+    obj: bytes | None = None
+    line: int = 0
+
+
+def _tokenize(text: str, what: str) -> list[_Item]:
+    """Split a descriptor section into keyword lines with optional PEM-style objects."""
+    items: list[_Item] = []
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.strip():
+            continue
+        if line.startswith("-----"):
+            raise DescriptorFormatError(f"{what} line {i}: object without a keyword")
+        parts = line.split()
+        item = _Item(parts[0], parts[1:], line=i)
+        if i < len(lines) and lines[i].startswith("-----BEGIN "):
+            begin = lines[i]
+            if not begin.endswith("-----"):
+                raise DescriptorFormatError(f"{what} line {i + 1}: malformed object header")
+            kind = begin[len("-----BEGIN "):-5]
+            end_line = f"-----END {kind}-----"
+            body: list[str] = []
+            i += 1
+            while i < len(lines) and lines[i] != end_line:
+                body.append(lines[i])
+                i += 1
+            if i >= len(lines):
+                raise DescriptorFormatError(f"{what}: {item.keyword} object has no {end_line!r}")
+            i += 1
+            item.obj_type = kind
+            item.obj = _b64_decode("".join(body), f"{what} {item.keyword} object")
+        items.append(item)
+    return items
+
+
+def _one(items: list[_Item], keyword: str, what: str, *, obj_type: str | None = None,
+         nargs: int | None = None) -> _Item:
+    found = [it for it in items if it.keyword == keyword]
+    if not found:
+        raise DescriptorFormatError(f"{what} has no {keyword!r} line")
+    if len(found) > 1:
+        raise DescriptorFormatError(f"{what} has {len(found)} {keyword!r} lines, expected one")
+    item = found[0]
+    if obj_type is not None and item.obj_type != obj_type:
+        raise DescriptorFormatError(f"{what} {keyword!r} needs a {obj_type} object, got "
+                                    f"{item.obj_type or 'none'}")
+    if nargs is not None and len(item.args) < nargs:
+        raise DescriptorFormatError(f"{what} {keyword!r} needs {nargs} argument(s)")
+    return item
+
+
+def _int_arg(item: _Item, what: str, maximum: int) -> int:
+    value = item.args[0] if item.args else ""
+    if not value.isdigit() or int(value) > maximum:
+        raise DescriptorFormatError(f"{what} {item.keyword} {value!r} is not an integer in 0..{maximum}")
+    return int(value)
+
+
+# --- building ---------------------------------------------------------------------------------
+
 class MasterDescriptorBuilder:
     """Builds descriptors of one identity for one time period, fast enough to build a
     distinct descriptor per HSDir: the blinded key, the descriptor-signing key and its
     certificate, and each intro point's re-made certificates are computed once.
+
+    The descriptor-signing key is fresh per builder (tor makes one per descriptor); its
+    certificate and the intro-point certificates expire 54 hours after `now`, like tor's.
+    Create a new builder for every time period and at least once a day.
     """
 
     def __init__(self, identity: IdentityKey, *, time_period_number: int, period_length: int,
                  lifetime_minutes: int = DEFAULT_LIFETIME_MINUTES, now: float | None = None,
-                 single_onion: bool = False) -> None:
-        raise NotImplementedError
+                 single_onion: bool = False, flow_control: str | None = DEFAULT_FLOW_CONTROL) -> None:
+        if not 1 <= lifetime_minutes <= MAX_LIFETIME_MINUTES:
+            raise DescriptorError(f"descriptor lifetime {lifetime_minutes} minutes is outside "
+                                  f"1..{MAX_LIFETIME_MINUTES} (tor clients reject longer)")
+        if period_length <= 0 or time_period_number < 0:
+            raise DescriptorError(f"time period {time_period_number} of {period_length} minutes is invalid")
+        now = time.time() if now is None else now
+        self._identity = identity
+        self._blinded = identity.blind(time_period_number, period_length)
+        self._subcredential = subcredential(identity.public_key, self._blinded.public_key)
+        self._signing = crypto.SeedSigningKey()
+        self.time_period_number = time_period_number
+        self.period_length = period_length
+        self.lifetime_minutes = lifetime_minutes
+        self.single_onion = single_onion
+        self.flow_control = flow_control
+        # tor_cert_create_ed25519: expiry = CEIL((now + lifetime) / 1 h)
+        lifetime = SIGNING_CERT_LIFETIME_HOURS * 3600
+        self._cert_expiry_hours = -(-(int(now) + lifetime) // 3600)
+        signing_cert = make_certificate(CERT_TYPE_DESC_SIGNING, self._signing.public_key,
+                                        self._cert_expiry_hours, self._blinded.public_key,
+                                        self._blinded.sign)
+        self._signing_cert_pem = _pem("ED25519 CERT", signing_cert)
+        # setup_desc_intro_point: intro certs count from the start of the hour.
+        self._intro_expiry_hours = -(-((int(now) // 3600) * 3600 + lifetime) // 3600)
+        self._intro_cache: dict[tuple, str] = {}
 
     @property
     def blinded_key(self) -> BlindedKey:
-        raise NotImplementedError
+        return self._blinded
 
     @property
     def signing_key_expiry(self) -> _dt.datetime:
-        raise NotImplementedError
+        return _hours_to_datetime(self._cert_expiry_hours)
+
+    def _encode_intro(self, ip: IntroPoint) -> str:
+        key = (ip.auth_key, ip.enc_key, ip.onion_key, ip.link_specifiers)
+        text = self._intro_cache.get(key)
+        if text is None:
+            auth_cert = make_certificate(CERT_TYPE_INTRO_AUTH, ip.auth_key, self._intro_expiry_hours,
+                                         self._signing.public_key, self._signing.sign)
+            enc_cert = make_certificate(CERT_TYPE_INTRO_ENC, crypto.curve25519_to_ed25519_public(ip.enc_key),
+                                        self._intro_expiry_hours, self._signing.public_key,
+                                        self._signing.sign)
+            # Legacy keys are not re-emitted: their cross-certificate signs the instance's
+            # descriptor-signing key, which the master descriptor does not use.
+            text = (f"introduction-point {_b64(encode_link_specifiers(ip.link_specifiers))}\n"
+                    f"onion-key ntor {_b64(ip.onion_key)}\n"
+                    f"auth-key\n{_pem('ED25519 CERT', auth_cert)}\n"
+                    f"enc-key ntor {_b64(ip.enc_key)}\n"
+                    f"enc-key-cert\n{_pem('ED25519 CERT', enc_cert)}\n")
+            if len(self._intro_cache) > 4096:
+                self._intro_cache.clear()
+            self._intro_cache[key] = text
+        return text
 
     def build(self, intro_points: Sequence[IntroPoint], *, revision_counter: int) -> MasterDescriptor:
         """Build, sign and encrypt one descriptor. Raises `TooManyIntroPointsError` above 20
         and `DescriptorTooLargeError` if the result exceeds 50000 bytes."""
-        raise NotImplementedError
+        intro_points = tuple(intro_points)
+        if len(intro_points) > MAX_INTRO_POINTS:
+            raise TooManyIntroPointsError(
+                f"{len(intro_points)} introduction points for one descriptor, tor clients accept at "
+                f"most {MAX_INTRO_POINTS}: spread them over distinct descriptors per HSDir")
+        if len(set(intro_points)) != len(intro_points):
+            raise DescriptorError("the same introduction point (auth key) appears twice")
+        if not 0 <= revision_counter < 2**64:
+            raise DescriptorError(f"revision counter {revision_counter} is outside 0..2^64-1")
+        blinded = self._blinded.public_key
+        # Inner layer (hs_descriptor.c get_inner_encrypted_layer_plaintext).
+        inner = ["create2-formats 2\n"]
+        if self.single_onion:
+            inner.append("single-onion-service\n")
+        if self.flow_control:
+            inner.append(f"flow-control {self.flow_control}\n")
+        inner.extend(self._encode_intro(ip) for ip in intro_points)
+        inner_blob = encrypt_layer("".join(inner).encode("ascii"), _ENC_CONSTANT, blinded,
+                                   self._subcredential, revision_counter)
+        # Middle layer: no client auth, so 16 fake auth-client lines and a throw-away
+        # ephemeral key, exactly as tor does to hide the number of authorised clients.
+        ephemeral = sodium.crypto_scalarmult_base(os.urandom(32))
+        fake = os.urandom(FAKE_AUTH_CLIENTS * 40)
+        clients = "".join(
+            f"auth-client {_b64_nopad(fake[i:i + 8])} {_b64_nopad(fake[i + 8:i + 24])} "
+            f"{_b64_nopad(fake[i + 24:i + 40])}\n" for i in range(0, len(fake), 40))
+        middle = (f"desc-auth-type x25519\ndesc-auth-ephemeral-key {_b64(ephemeral)}\n{clients}"
+                  f"encrypted\n-----BEGIN MESSAGE-----\n{_b64_multiline(inner_blob)}-----END MESSAGE-----"
+                  ).encode("ascii")
+        # tor pads the middle layer with NULs to a multiple of 10000 (stem 1.8.2 pads by
+        # len % 10000 instead, which is wrong).
+        middle += b"\x00" * (-len(middle) % SUPERENCRYPTED_PAD_MULTIPLE)
+        middle_blob = encrypt_layer(middle, _SUPERENC_CONSTANT, blinded, self._subcredential,
+                                    revision_counter)
+        body = (f"hs-descriptor 3\ndescriptor-lifetime {self.lifetime_minutes}\n"
+                f"descriptor-signing-key-cert\n{self._signing_cert_pem}\n"
+                f"revision-counter {revision_counter}\n"
+                f"superencrypted\n-----BEGIN MESSAGE-----\n{_b64_multiline(middle_blob)}-----END MESSAGE-----\n")
+        signature = self._signing.sign(_SIG_PREFIX + body.encode("ascii"))
+        text = f"{body}signature {_b64_nopad(signature)}\n"
+        if len(text) >= MAX_DESCRIPTOR_SIZE:
+            raise DescriptorTooLargeError(
+                f"descriptor with {len(intro_points)} introduction points is {len(text)} bytes; "
+                f"tor accepts less than {MAX_DESCRIPTOR_SIZE}: use fewer introduction points")
+        return MasterDescriptor(text=text, blinded_key=blinded,
+                                time_period_number=self.time_period_number,
+                                period_length=self.period_length,
+                                revision_counter=revision_counter, intro_points=intro_points,
+                                signing_key_expiry=self.signing_key_expiry)
 
 
 def build_master_descriptor(identity: IdentityKey, intro_points: Sequence[IntroPoint], *,
@@ -148,8 +578,17 @@ def build_master_descriptor(identity: IdentityKey, intro_points: Sequence[IntroP
                             lifetime_minutes: int = DEFAULT_LIFETIME_MINUTES,
                             now: float | None = None) -> MasterDescriptor:
     """One-shot `MasterDescriptorBuilder(...).build(...)`."""
-    raise NotImplementedError
+    if len(intro_points) > MAX_INTRO_POINTS:  # fail before any crypto
+        raise TooManyIntroPointsError(
+            f"{len(intro_points)} introduction points for one descriptor, tor clients accept at "
+            f"most {MAX_INTRO_POINTS}: spread them over distinct descriptors per HSDir")
+    builder = MasterDescriptorBuilder(identity, time_period_number=time_period_number,
+                                      period_length=period_length,
+                                      lifetime_minutes=lifetime_minutes, now=now)
+    return builder.build(intro_points, revision_counter=revision_counter)
 
+
+# --- decrypting -------------------------------------------------------------------------------
 
 def decrypt_descriptor(text: str | bytes, address: str, *,
                        time_period_numbers: int | Iterable[int], period_length: int,
@@ -167,7 +606,162 @@ def decrypt_descriptor(text: str | bytes, address: str, *,
     (`DescriptorDecryptionError`), the intro points (`DescriptorFormatError`,
     `TooManyIntroPointsError`, `CertificateError` for their certs).
     """
-    raise NotImplementedError
+    now = time.time() if now is None else now
+    if isinstance(text, bytes):
+        if len(text) > max_size:
+            raise DescriptorTooLargeError(f"descriptor is {len(text)} bytes, at most {max_size} accepted")
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise DescriptorFormatError("descriptor is not ASCII text") from None
+    if len(text) > max_size:
+        raise DescriptorTooLargeError(f"descriptor is {len(text)} bytes, at most {max_size} accepted")
+    public_key = parse_address(address)
+    periods = [time_period_numbers] if isinstance(time_period_numbers, int) else list(time_period_numbers)
+    if not periods:
+        raise ValueError("time_period_numbers is empty: pass the periods the descriptor may be for")
+
+    # Outer layer (desc_decode_plaintext_v3).
+    items = _tokenize(text, "descriptor")
+    if not items or items[0].keyword != "hs-descriptor":
+        raise DescriptorFormatError("descriptor does not start with 'hs-descriptor'")
+    if items[0].args != ["3"]:
+        raise DescriptorFormatError(f"descriptor version {' '.join(items[0].args)!r} is not 3")
+    if items[-1].keyword != "signature":
+        raise DescriptorFormatError("descriptor does not end with a 'signature' line")
+    lifetime = _int_arg(_one(items, "descriptor-lifetime", "descriptor", nargs=1), "descriptor",
+                        2**32 - 1)
+    if lifetime > MAX_LIFETIME_MINUTES:
+        raise DescriptorFormatError(f"descriptor-lifetime {lifetime} minutes exceeds tor's "
+                                    f"maximum of {MAX_LIFETIME_MINUTES}")
+    cert_item = _one(items, "descriptor-signing-key-cert", "descriptor", obj_type="ED25519 CERT")
+    revision = _int_arg(_one(items, "revision-counter", "descriptor", nargs=1), "descriptor", 2**64 - 1)
+    super_item = _one(items, "superencrypted", "descriptor", obj_type="MESSAGE")
+    sig_item = _one(items, "signature", "descriptor", nargs=1)
+
+    cert = parse_certificate(cert_item.obj, "descriptor-signing-key")
+    cert.check(CERT_TYPE_DESC_SIGNING, "descriptor-signing-key", now=now)
+    blinded = cert.signing_key
+    period = next((tp for tp in periods
+                   if crypto.blind_public_key(public_key, tp, period_length) == blinded), None)
+    if period is None:
+        raise BlindedKeyMismatchError(
+            f"descriptor is not signed by the blinded key of {onion_address(public_key)} for time "
+            f"period(s) {', '.join(map(str, periods))} ({period_length} min): another service's "
+            "descriptor, or one for another period")
+    signature = _b64_decode(sig_item.args[0], "descriptor signature")
+    sig_start = text.find("\nsignature ")
+    if len(signature) != 64 or sig_start < 0 or not crypto.verify(
+            cert.certified_key, _SIG_PREFIX + text[:sig_start + 1].encode("ascii"), signature):
+        raise DescriptorSignatureError(
+            f"descriptor of {onion_address(public_key)} has a bad signature")
+    if last_revision_counter is not None and revision <= last_revision_counter:
+        raise RevisionCounterError(
+            f"descriptor of {onion_address(public_key)} has revision counter {revision}, not above "
+            f"the last one seen ({last_revision_counter}): a replayed or stale copy")
+
+    # Middle layer.
+    subcred = subcredential(public_key, blinded)
+    middle = decrypt_layer(super_item.obj, _SUPERENC_CONSTANT, blinded, subcred, revision,
+                           "superencrypted layer")
+    middle_items = _tokenize(middle, "superencrypted layer")
+    auth_type = _one(middle_items, "desc-auth-type", "superencrypted layer", nargs=1)
+    if auth_type.args[0] != "x25519":
+        raise DescriptorFormatError(f"superencrypted layer desc-auth-type {auth_type.args[0]!r} "
+                                    "is not x25519")
+    enc_item = _one(middle_items, "encrypted", "superencrypted layer", obj_type="MESSAGE")
+    try:
+        inner = decrypt_layer(enc_item.obj, _ENC_CONSTANT, blinded, subcred, revision,
+                              "encrypted layer")
+    except DescriptorDecryptionError:
+        raise DescriptorDecryptionError(
+            f"inner layer of {onion_address(public_key)} does not decrypt: the service requires "
+            "client authorization") from None
+    return _parse_inner(inner, address=onion_address(public_key), blinded=blinded,
+                        period=period, period_length=period_length, revision=revision,
+                        lifetime=lifetime, cert=cert, now=now)
+
+
+_INNER_HEADER_KEYWORDS = {"create2-formats", "intro-auth-required", "single-onion-service",
+                          "flow-control", "pow-params"}
+
+
+def _parse_inner(inner: str, *, address: str, blinded: bytes, period: int, period_length: int,
+                 revision: int, lifetime: int, cert: Certificate, now: float) -> DecryptedDescriptor:
+    what = "encrypted layer"
+    head, sep, rest = inner.partition("\nintroduction-point ")
+    if inner.startswith("introduction-point "):
+        head, rest, sep = "", inner[len("introduction-point "):], "x"
+    header = _tokenize(head, what)
+    formats_item = _one(header, "create2-formats", what)
+    try:
+        formats = tuple(int(a) for a in formats_item.args)
+    except ValueError:
+        raise DescriptorFormatError(f"{what} create2-formats {formats_item.args!r} are not integers") from None
+    if 2 not in formats:
+        raise DescriptorFormatError(f"{what} create2-formats {formats} lack ntor (2)")
+    flow = next((" ".join(it.args) for it in header if it.keyword == "flow-control"), None)
+    single = any(it.keyword == "single-onion-service" for it in header)
+    extra = tuple(" ".join([it.keyword, *it.args]) for it in header
+                  if it.keyword not in ("create2-formats", "flow-control", "single-onion-service"))
+    sections = ("introduction-point " + rest).split("\nintroduction-point ") if sep else []
+    if len(sections) > MAX_INTRO_POINTS:
+        raise TooManyIntroPointsError(f"descriptor of {address} has {len(sections)} introduction "
+                                      f"points, tor accepts at most {MAX_INTRO_POINTS}")
+    intro_points = []
+    for n, section in enumerate(sections, 1):
+        if n > 1:
+            section = "introduction-point " + section
+        intro_points.append(_parse_intro_point(section, n, cert.certified_key, now))
+    return DecryptedDescriptor(
+        address=address, blinded_key=blinded, time_period_number=period,
+        period_length=period_length, revision_counter=revision, lifetime_minutes=lifetime,
+        signing_key=cert.certified_key, signing_key_expiry=cert.expiry,
+        intro_points=tuple(intro_points), create2_formats=formats, flow_control=flow,
+        single_onion=single, extra_lines=extra)
+
+
+def _curve25519_arg(item: _Item, what: str) -> bytes:
+    if len(item.args) < 2 or item.args[0] != "ntor":
+        raise DescriptorFormatError(f"{what} {item.keyword} is not an ntor key")
+    raw = _b64_decode(item.args[1], f"{what} {item.keyword}")
+    if len(raw) != 32:
+        raise DescriptorFormatError(f"{what} {item.keyword} is {len(raw)} bytes, expected 32")
+    return raw
+
+
+def _parse_intro_point(section: str, n: int, signing_key: bytes, now: float) -> IntroPoint:
+    what = f"introduction point {n}"
+    items = _tokenize(section, what)
+    ls_item = _one(items, "introduction-point", what, nargs=1)
+    link_specifiers = decode_link_specifiers(_b64_decode(ls_item.args[0], f"{what} link specifiers"))
+    onion_keys = [it for it in items if it.keyword == "onion-key" and it.args[:1] == ["ntor"]]
+    if not onion_keys:
+        raise DescriptorFormatError(f"{what} has no 'onion-key ntor' line")
+    onion_key = _curve25519_arg(onion_keys[0], what)
+    auth_item = _one(items, "auth-key", what, obj_type="ED25519 CERT")
+    auth_cert = parse_certificate(auth_item.obj, f"{what} auth-key")
+    auth_cert.check(CERT_TYPE_INTRO_AUTH, f"{what} auth-key", signer=signing_key, now=now)
+    if auth_cert.signing_key != signing_key:
+        raise CertificateError(f"{what} auth-key certificate names another signing key")
+    enc_key = _curve25519_arg(_one(items, "enc-key", what, nargs=2), what)
+    enc_cert_item = _one(items, "enc-key-cert", what, obj_type="ED25519 CERT")
+    enc_cert = parse_certificate(enc_cert_item.obj, f"{what} enc-key-cert")
+    enc_cert.check(CERT_TYPE_INTRO_ENC, f"{what} enc-key-cert", signer=signing_key, now=now)
+    if enc_cert.signing_key != signing_key:
+        raise CertificateError(f"{what} enc-key-cert names another signing key")
+    legacy = next((it for it in items if it.keyword == "legacy-key"), None)
+    legacy_cert = next((it for it in items if it.keyword == "legacy-key-cert"), None)
+    return IntroPoint(link_specifiers=link_specifiers, onion_key=onion_key,
+                      auth_key=auth_cert.certified_key, enc_key=enc_key,
+                      legacy_key=legacy.obj if legacy else None,
+                      legacy_key_cert=legacy_cert.obj if legacy_cert else None)
+
+
+# --- revision counters ------------------------------------------------------------------------
+
+_OPE_CACHE: "OrderedDict[bytes, crypto.OrderPreservingCipher]" = OrderedDict()
+_OPE_CACHE_LOCK = threading.Lock()
 
 
 def revision_counter(blinded_key: BlindedKey, revision_base: int, now: float) -> int:
@@ -178,4 +772,15 @@ def revision_counter(blinded_key: BlindedKey, revision_base: int, now: float) ->
     and the clock, so it grows across restarts, agrees between balancers sharing a key,
     and continues the counters of a tor that published with the same key before.
     """
-    raise NotImplementedError
+    seconds = int(now) - int(revision_base) + 1
+    seconds = min(max(seconds, 1), crypto.OPE_INPUT_MAX)  # tor clamps too-large inputs
+    key = blinded_key.ope_key
+    with _OPE_CACHE_LOCK:
+        cipher = _OPE_CACHE.get(key)
+        if cipher is None:
+            cipher = _OPE_CACHE[key] = crypto.OrderPreservingCipher(key)
+            while len(_OPE_CACHE) > 64:
+                _OPE_CACHE.popitem(last=False)
+        else:
+            _OPE_CACHE.move_to_end(key)
+        return cipher.encrypt(seconds)

@@ -4,7 +4,8 @@ Everything follows tor's code (hs_common.c, shared_random_state.c, nodelist.c) r
 than hard-coded production numbers, so a private test network works without a flag:
 
 * voting interval = consensus fresh-until - valid-after;
-* time-period length = `hsdir-interval` consensus param (default 1440 minutes), or on a
+* time-period length = `hsdir_interval` consensus param (default 1440 minutes; tor's
+  code reads `hsdir_interval`, with an underscore, clamped to 30..14400), or on a
   test network 24 x voting interval (one SRV protocol run), as tor does under
   `TestingTorNetwork`;
 * rotation offset = 12 x voting interval (one SRV phase);
@@ -19,6 +20,15 @@ Typical balancer use::
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
+import calendar
+import datetime as _dt
+import hashlib
+import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -37,14 +47,36 @@ SRV_ROUNDS_PER_PHASE = 12      # SHARED_RANDOM_N_ROUNDS
 SRV_PHASES = 2                 # SHARED_RANDOM_N_PHASES
 
 
+VOTING_INTERVAL_PRODUCTION = 3600  # seconds; any other interval means a test network
+_PERIOD_LENGTH_BOUNDS = (30, 60 * 24 * 10)   # tor HS_TIME_PERIOD_LENGTH_MIN/MAX
+_N_REPLICAS_BOUNDS = (1, 16)
+_SPREAD_STORE_BOUNDS = (1, 128)
+
+
+def _unix(when) -> int:
+    if isinstance(when, (int, float)):
+        return int(when)
+    if isinstance(when, _dt.datetime):
+        if when.tzinfo is not None:
+            return int(when.timestamp())
+        return calendar.timegm(when.utctimetuple())  # stem's datetimes are naive UTC
+    raise ConsensusError(f"expected a datetime or unix time, got {type(when).__name__}")
+
+
+def _param(params: Mapping[str, int], name: str, default: int, bounds: tuple[int, int]) -> int:
+    """tor's networkstatus_get_param: default when absent, clamped into bounds."""
+    value = params.get(name, default) if params else default
+    return min(max(int(value), bounds[0]), bounds[1])
+
+
 @dataclass(frozen=True)
 class NetworkTiming:
     """Time parameters of a consensus, as tor derives them."""
 
-    valid_after: int          # unix seconds; tor's "now" for HS computations
-    voting_interval: int      # seconds
-    period_length: int        # minutes
-    rotation_offset: int      # minutes (12 voting intervals)
+    valid_after: int               # unix seconds; tor's "now" for HS computations
+    voting_interval: int           # seconds (fresh-until - valid-after)
+    period_length: int             # minutes
+    rotation_offset_seconds: int   # one SRV phase: 12 voting intervals
     testing_network: bool
 
     @classmethod
@@ -52,28 +84,71 @@ class NetworkTiming:
         """From a stem `NetworkStatusDocumentV3`.
 
         `testing_network`: whether the tor using this consensus runs with
-        `TestingTorNetwork 1` (then the period is one SRV run, not `hsdir-interval`).
-        None = guess: a voting interval other than 3600 s means a test network.
-        Pass the real value when known (`GETCONF TestingTorNetwork`).
+        `TestingTorNetwork 1` (then the period is one SRV run, not `hsdir_interval`).
+        None = guess: a voting interval other than 3600 s means a test network (the
+        public network has always voted hourly; a test network voting hourly gets the
+        same 1440-minute period either way). Pass the real value when known
+        (`GETCONF TestingTorNetwork` on the balancer's tor).
         """
-        raise NotImplementedError
+        try:
+            valid_after = _unix(consensus.valid_after)
+            fresh_until = _unix(consensus.fresh_until)
+        except AttributeError:
+            raise ConsensusError("consensus has no valid-after/fresh-until times "
+                                 "(is it a NetworkStatusDocumentV3?)") from None
+        return cls.from_times(valid_after, fresh_until, getattr(consensus, "params", None) or {},
+                              testing_network=testing_network)
+
+    @classmethod
+    def from_times(cls, valid_after: int, fresh_until: int, params: Mapping[str, int] | None = None,
+                   *, testing_network: bool | None = None) -> "NetworkTiming":
+        voting_interval = int(fresh_until) - int(valid_after)
+        if voting_interval <= 0:
+            raise ConsensusError(
+                f"consensus fresh-until ({fresh_until}) is not after valid-after ({valid_after})")
+        testing = (voting_interval != VOTING_INTERVAL_PRODUCTION
+                   if testing_network is None else bool(testing_network))
+        if testing:
+            # hs_common.c get_time_period_length(): one SRV protocol run, in minutes.
+            period_length = (SRV_PHASES * SRV_ROUNDS_PER_PHASE * voting_interval) // 60
+            if period_length <= 0:
+                raise ConsensusError(
+                    f"voting interval {voting_interval}s is too short for a test network "
+                    "(tor needs 24 voting intervals > 60 s)")
+        else:
+            period_length = _param(params or {}, "hsdir_interval", DEFAULT_PERIOD_LENGTH,
+                                   _PERIOD_LENGTH_BOUNDS)
+        return cls(valid_after=int(valid_after), voting_interval=voting_interval,
+                   period_length=period_length,
+                   rotation_offset_seconds=SRV_ROUNDS_PER_PHASE * voting_interval,
+                   testing_network=testing)
+
+    @property
+    def srv_run_duration(self) -> int:
+        """Seconds in one SRV protocol run (24 voting intervals)."""
+        return SRV_PHASES * SRV_ROUNDS_PER_PHASE * self.voting_interval
 
     def time_period_number(self, when: int | None = None) -> int:
         """tor's hs_get_time_period_num (default: at `valid_after`)."""
-        raise NotImplementedError
+        now = self.valid_after if when is None else int(when)
+        minutes = now // 60 - self.rotation_offset_seconds // 60
+        return minutes // self.period_length
 
     def time_period_start(self, number: int) -> int:
-        """Unix time at which time period `number` starts."""
-        raise NotImplementedError
+        """Unix time at which time period `number` starts (tor's rotation offset applied)."""
+        return number * self.period_length * 60 + self.rotation_offset_seconds
 
     def srv_run_start(self) -> int:
-        """Start of the current SRV protocol run (unix seconds)."""
-        raise NotImplementedError
+        """Start of the current SRV protocol run (unix seconds), from `valid_after`."""
+        slot = (self.valid_after // self.voting_interval) % (SRV_PHASES * SRV_ROUNDS_PER_PHASE)
+        return self.valid_after - slot * self.voting_interval
 
     def in_period_between_tp_and_srv(self) -> bool:
-        """tor's hs_in_period_between_tp_and_srv: after a new time period started but
-        before the next SRV (production: 12:00-24:00 UTC)."""
-        raise NotImplementedError
+        """tor's hs_in_period_between_tp_and_srv: a new time period has started but the
+        next SRV has not (production: 12:00-24:00 UTC)."""
+        srv_start = self.srv_run_start()
+        next_tp_start = self.time_period_start(self.time_period_number(srv_start) + 1)
+        return not (srv_start <= self.valid_after < next_tp_start)
 
 
 @dataclass(frozen=True)
@@ -96,14 +171,73 @@ class HSDir:
     ed25519_id: bytes         # 32 bytes, from its microdescriptor's `id ed25519`
 
 
+def disaster_srv(period_number: int, period_length: int) -> bytes:
+    """SHA3-256("shared-random-disaster" | INT_8(period_length) | INT_8(period_number))."""
+    return hashlib.sha3_256(b"shared-random-disaster"
+                            + struct.pack(">QQ", period_length, period_number)).digest()
+
+
+def hs_index(blinded_key: bytes, replica: int, period_number: int, period_length: int) -> bytes:
+    """SHA3-256("store-at-idx" | blinded key | INT_8(replica) | INT_8(length) | INT_8(period))."""
+    return hashlib.sha3_256(b"store-at-idx" + blinded_key
+                            + struct.pack(">QQQ", replica, period_length, period_number)).digest()
+
+
+def hsdir_index(ed25519_id: bytes, srv: bytes, period_number: int, period_length: int) -> bytes:
+    """SHA3-256("node-idx" | ed25519 id | SRV | INT_8(period) | INT_8(length)).
+
+    (Period number before length here, the other way round from hs_index: as tor's
+    hs_build_hsdir_index and rend-spec-v3 [HASHRING] have it.)
+    """
+    return hashlib.sha3_256(b"node-idx" + ed25519_id + srv
+                            + struct.pack(">QQ", period_number, period_length)).digest()
+
+
+def _decode_ed25519_id(fingerprint: str, value: bytes | str) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+    else:
+        text = value.strip()
+        try:
+            raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConsensusError(f"ed25519 identity of relay {fingerprint} is not base64: "
+                                 f"{text!r}") from None
+    if len(raw) != 32:
+        raise ConsensusError(f"ed25519 identity of relay {fingerprint} is {len(raw)} bytes, "
+                             "expected 32")
+    return raw
+
+
+def _decode_srv(value, which: str) -> bytes | None:
+    if not value:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConsensusError(f"consensus shared-rand-{which}-value is not base64: {value!r}") from None
+    if len(raw) != 32:
+        raise ConsensusError(f"consensus shared-rand-{which}-value is {len(raw)} bytes, expected 32")
+    return raw
+
+
 class HashRing:
     """Responsible HSDirs for one consensus; sorted rings cached per (period, SRV)."""
 
     def __init__(self, timing: NetworkTiming, hsdirs: Sequence[HSDir], *,
                  srv_current: bytes | None, srv_previous: bytes | None,
                  n_replicas: int = DEFAULT_N_REPLICAS,
-                 spread_store: int = DEFAULT_SPREAD_STORE) -> None:
-        raise NotImplementedError
+                 spread_store: int = DEFAULT_SPREAD_STORE,
+                 skipped_without_ed25519: int = 0) -> None:
+        self._timing = timing
+        self._hsdirs = tuple(hsdirs)
+        self._srv_current = srv_current
+        self._srv_previous = srv_previous
+        self.n_replicas = n_replicas
+        self.spread_store = spread_store
+        self.skipped_without_ed25519 = skipped_without_ed25519
+        self._rings: dict[tuple[int, int, bytes], tuple[list[bytes], list[HSDir]]] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def from_consensus(cls, consensus, ed25519_ids: Mapping[str, bytes | str], *,
@@ -111,52 +245,150 @@ class HashRing:
         """From a stem consensus (full or microdesc flavour) and a mapping relay fingerprint
         -> ed25519 identity (32 bytes or unpadded base64, as in a microdescriptor's
         `id ed25519`). Relays without HSDir flag, without an ed25519 identity or without
-        HSDir=2 support (when the consensus lists protocols) are not in the ring."""
-        raise NotImplementedError
+        HSDir=2 support (when the consensus lists protocols) are not in the ring: tor
+        leaves them out the same way (node_has_hsdir_index, node_supports_v3_hsdir)."""
+        timing = NetworkTiming.from_consensus(consensus, testing_network=testing_network)
+        params = getattr(consensus, "params", None) or {}
+        ids = {k.lstrip("$").upper(): v for k, v in ed25519_ids.items()}
+        routers = getattr(consensus, "routers", None)
+        if routers is None:
+            raise ConsensusError("consensus has no router entries (is it a NetworkStatusDocumentV3?)")
+        entries = routers.values() if isinstance(routers, Mapping) else routers
+        hsdirs: list[HSDir] = []
+        skipped = 0
+        for entry in entries:
+            if "HSDir" not in (entry.flags or ()):
+                continue
+            protocols = getattr(entry, "protocols", None)
+            if protocols and 2 not in protocols.get("HSDir", ()):
+                continue
+            fingerprint = entry.fingerprint.upper()
+            ed = ids.get(fingerprint)
+            if ed is None:
+                skipped += 1
+                continue
+            hsdirs.append(HSDir(fingerprint, entry.nickname, _decode_ed25519_id(fingerprint, ed)))
+        return cls(
+            timing, hsdirs,
+            srv_current=_decode_srv(getattr(consensus, "shared_randomness_current_value", None), "current"),
+            srv_previous=_decode_srv(getattr(consensus, "shared_randomness_previous_value", None), "previous"),
+            n_replicas=_param(params, "hsdir_n_replicas", DEFAULT_N_REPLICAS, _N_REPLICAS_BOUNDS),
+            spread_store=_param(params, "hsdir_spread_store", DEFAULT_SPREAD_STORE, _SPREAD_STORE_BOUNDS),
+            skipped_without_ed25519=skipped,
+        )
 
     @property
     def timing(self) -> NetworkTiming:
-        raise NotImplementedError
+        return self._timing
 
     @property
     def hsdirs(self) -> tuple[HSDir, ...]:
-        raise NotImplementedError
+        return self._hsdirs
+
+    def _key(self) -> tuple:
+        return (self._timing, self._srv_current, self._srv_previous, self.n_replicas,
+                self.spread_store, self._hsdirs)
 
     def current_srv(self, period_number: int) -> bytes:
         """The consensus' current SRV, or the disaster SRV for `period_number`."""
-        raise NotImplementedError
+        if self._srv_current is not None:
+            return self._srv_current
+        return disaster_srv(period_number, self._timing.period_length)
 
     def previous_srv(self, period_number: int) -> bytes:
         """The consensus' previous SRV, or the disaster SRV for `period_number`."""
-        raise NotImplementedError
+        if self._srv_previous is not None:
+            return self._srv_previous
+        return disaster_srv(period_number, self._timing.period_length)
 
     def descriptor_slots(self) -> tuple[DescriptorSlot, DescriptorSlot]:
-        """The (first, second) descriptors a service publishes now (hs_service.c)."""
-        raise NotImplementedError
+        """The (first, second) descriptors a service publishes now.
+
+        hs_service.c / nodelist.c node_set_hsdir_index: the first descriptor is stored
+        with the *previous* SRV, the second with the *current* one; between a new time
+        period and the next SRV they are for periods (n-1, n), otherwise (n, n+1).
+        Their revision counters count from the start of the previous / current SRV run.
+        """
+        t = self._timing
+        current = t.time_period_number()
+        if t.in_period_between_tp_and_srv():
+            first_tp, second_tp = current - 1, current
+        else:
+            first_tp, second_tp = current, current + 1
+        run_start = t.srv_run_start()
+        return (
+            DescriptorSlot("first", first_tp, t.period_length, self.previous_srv(first_tp),
+                           run_start - t.srv_run_duration),
+            DescriptorSlot("second", second_tp, t.period_length, self.current_srv(second_tp),
+                           run_start),
+        )
+
+    def _ring(self, period_number: int, period_length: int, srv: bytes) -> tuple[list[bytes], list[HSDir]]:
+        key = (period_number, period_length, srv)
+        ring = self._rings.get(key)
+        if ring is None:
+            with self._lock:
+                ring = self._rings.get(key)
+                if ring is None:
+                    pairs = sorted(
+                        ((hsdir_index(h.ed25519_id, srv, period_number, period_length), h)
+                         for h in self._hsdirs), key=lambda pair: pair[0])
+                    ring = ([p[0] for p in pairs], [p[1] for p in pairs])
+                    if len(self._rings) >= 8:
+                        self._rings.clear()
+                    self._rings[key] = ring
+        return ring
 
     def responsible_hsdirs(self, blinded_key: bytes, slot: DescriptorSlot) -> list[HSDir]:
         """The HSDirs that store the descriptor of `blinded_key` for `slot`, in replica order:
         for each replica, `spread_store` distinct relays from the first one whose index
-        follows the replica's hs_index on the ring."""
-        raise NotImplementedError
+        is >= the replica's hs_index on the ring (hs_get_responsible_hsdirs)."""
+        if len(blinded_key) != 32:
+            raise ValueError(f"blinded key must be 32 bytes, got {len(blinded_key)}")
+        if not self._hsdirs:
+            raise ConsensusError(
+                "consensus lists no usable HSDir relays"
+                + (f" ({self.skipped_without_ed25519} HSDir relays have no known ed25519 "
+                   "identity: fetch their microdescriptors)" if self.skipped_without_ed25519 else ""))
+        indices, nodes = self._ring(slot.time_period_number, slot.period_length, slot.srv)
+        chosen: list[HSDir] = []
+        seen: set[str] = set()
+        n = len(nodes)
+        for replica in range(1, self.n_replicas + 1):
+            target = hs_index(blinded_key, replica, slot.time_period_number, slot.period_length)
+            idx = bisect.bisect_left(indices, target)
+            if idx == n:
+                idx = 0
+            start, added = idx, 0
+            while added < self.spread_store:
+                node = nodes[idx]
+                if node.fingerprint not in seen:
+                    seen.add(node.fingerprint)
+                    chosen.append(node)
+                    added += 1
+                idx = (idx + 1) % n
+                if idx == start:
+                    break
+        return chosen
+
+
+_RING_CACHE: "OrderedDict[tuple, HashRing]" = OrderedDict()
+_RING_CACHE_SIZE = 4
+_RING_CACHE_LOCK = threading.Lock()
 
 
 def ring_for(consensus, ed25519_ids: Mapping[str, bytes | str], *,
              testing_network: bool | None = None) -> HashRing:
-    """`HashRing.from_consensus`, cached for the last few consensuses."""
-    raise NotImplementedError
-
-
-def disaster_srv(period_number: int, period_length: int) -> bytes:
-    """SHA3-256("shared-random-disaster" | INT_8(period_length) | INT_8(period_number))."""
-    raise NotImplementedError
-
-
-def hs_index(blinded_key: bytes, replica: int, period_number: int, period_length: int) -> bytes:
-    """SHA3-256("store-at-idx" | blinded key | INT_8(replica) | INT_8(length) | INT_8(period))."""
-    raise NotImplementedError
-
-
-def hsdir_index(ed25519_id: bytes, srv: bytes, period_number: int, period_length: int) -> bytes:
-    """SHA3-256("node-idx" | ed25519 id | SRV | INT_8(period) | INT_8(length))."""
-    raise NotImplementedError
+    """`HashRing.from_consensus`, cached for the last few consensuses: a ring equal in
+    timing, SRVs, parameters and HSDirs is reused with its sorted-index cache."""
+    fresh = HashRing.from_consensus(consensus, ed25519_ids, testing_network=testing_network)
+    key = fresh._key()
+    with _RING_CACHE_LOCK:
+        cached = _RING_CACHE.get(key)
+        if cached is not None:
+            _RING_CACHE.move_to_end(key)
+            return cached
+        _RING_CACHE[key] = fresh
+        while len(_RING_CACHE) > _RING_CACHE_SIZE:
+            _RING_CACHE.popitem(last=False)
+    return fresh

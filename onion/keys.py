@@ -109,8 +109,9 @@ class BlindedKey:
 
     @property
     def ope_key(self) -> bytes:
-        """Tor's revision-counter OPE key: SHA3-256("rev-counter-generation" | blinded secret)."""
-        return crypto.sha3_256(b"rev-counter-generation", self._expanded)
+        """tor's OPE key: SHA3-256("rev-counter-generation" NUL | blinded secret key)."""
+        # sizeof() of the C string in hs_service.c: the prefix includes its NUL byte.
+        return crypto.sha3_256(b"rev-counter-generation\x00", self._expanded)
 
     def __repr__(self) -> str:
         return (f"BlindedKey(public_key={self.public_key.hex()}, "
