@@ -326,6 +326,14 @@ def _resolve(path: str, base_dir: str) -> str:
 
 def _parse_onionstack(data: dict, base_dir: str) -> dict:
     _unknown_keys(data, {"publish", "control", "socks_port", "state_dir", "frontends", "probe"}, "config")
+    # Scalars first, so their errors are not hidden behind a frontend's.
+    publish = _bool(data.get("publish", True), "publish")
+    control = _control(data.get("control", {"port": DEFAULT_CONTROL_PORT}), "control")
+    socks_port = _port(data.get("socks_port", DEFAULT_SOCKS_PORT), "socks_port")
+    state_dir = data.get("state_dir", DEFAULT_STATE_DIR)
+    if not isinstance(state_dir, str) or not state_dir:
+        raise _fail("state_dir", state_dir, "must be a directory path", f"use e.g. {DEFAULT_STATE_DIR}")
+    probe = _probe(data.get("probe"), "probe")
     frontends_raw = data["frontends"]
     if not isinstance(frontends_raw, list) or not frontends_raw:
         raise _fail("frontends", frontends_raw, "must be a non-empty list",
@@ -356,17 +364,9 @@ def _parse_onionstack(data: dict, base_dir: str) -> dict:
         frontends.append(FrontendConfig(name=name, key_file=_resolve(key_file, base_dir),
                                         instances=_instances(item["instances"], f"{here}.instances"),
                                         max_intro_points=max_ip))
-    state_dir = data.get("state_dir", DEFAULT_STATE_DIR)
-    if not isinstance(state_dir, str) or not state_dir:
-        raise _fail("state_dir", state_dir, "must be a directory path", f"use e.g. {DEFAULT_STATE_DIR}")
     return {
-        "format": "onionstack",
-        "publish": _bool(data.get("publish", True), "publish"),
-        "control": _control(data.get("control", {"port": DEFAULT_CONTROL_PORT}), "control"),
-        "socks_port": _port(data.get("socks_port", DEFAULT_SOCKS_PORT), "socks_port"),
-        "state_dir": _resolve(state_dir, base_dir),
-        "probe": _probe(data.get("probe"), "probe"),
-        "frontends": frontends,
+        "format": "onionstack", "publish": publish, "control": control, "socks_port": socks_port,
+        "state_dir": _resolve(state_dir, base_dir), "probe": probe, "frontends": frontends,
     }
 
 
