@@ -1,0 +1,30 @@
+"""Session-scoped lab fixtures: ONE private Tor network shared by every lab test.
+
+Tests that need it are marked `lab`. The network is torn down at the end of the session,
+also on failure or Ctrl-C; every daemon also dies with pytest if pytest itself is killed
+(see lab/procs.py).
+"""
+from __future__ import annotations
+
+import pytest
+
+LAB_VOTING_INTERVAL = 10  # s; a time period is 24 x this = 240 s (issue 5 test f)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """A running lab: the private network (client bootstrapped) and the origin."""
+    from lab.stack import Lab
+
+    the_lab = Lab.create(tmp_path_factory.mktemp("lab"), tie_to_parent=True,
+                         voting_interval=LAB_VOTING_INTERVAL, progress=_progress)
+    try:
+        the_lab.start_network()
+        the_lab.start_origin(listeners=2)
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+def _progress(line: str) -> None:
+    print(f"[lab] {line}", flush=True)
