@@ -3,8 +3,9 @@
     python -m infra.restore VOLUME --list [--region R]
     python -m infra.restore VOLUME (--snapshot SNAP | --recovery-point ARN | --latest) [--dry-run]
 
-VOLUME is a volume id (`vol-…`) or the value of the stack's `role` or `Name` tag
-(narrow it with `--stack`). The restore follows the runbook of the backup seed: create a
+VOLUME is a volume id (`vol-…`), its `Name` tag (`onionstack-prod-database-data`), that
+name without the `<project>-<stack>-` prefix (`database-data`, narrowed with `--stack`),
+or its `role` tag when that is unique. The restore follows the runbook of the backup seed: create a
 volume from the snapshot in the instance's AZ (same type, size, IOPS/throughput,
 encryption and KMS key, the original's tags plus `restored-from`), stop the instance,
 detach the old volume (kept and tagged `replaced-by`), attach the new one at the same
@@ -25,13 +26,22 @@ from typing import Callable, Iterable
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
-# Tags the stack puts on its volumes (infra/storage.py). The backup selection picks
-# volumes by BACKUP_TAG_KEY=BACKUP_TAG_VALUE; tests check these match storage.py.
+# Tags the stack puts on its volumes (infra/tags.py, infra/storage.py): Name
+# `<project>-<stack>-<role>-<purpose>`, project, stack, role, purpose, and the backup tag
+# BACKUP_TAG_KEY=`<project>-<stack>` the backup selection matches. Kept as plain strings
+# (infra.tags imports pulumi); tests check they agree with infra.tags.
 BACKUP_TAG_KEY = "backup"
-BACKUP_TAG_VALUE = "onionstack"
+PROJECT_TAG = "project"
 STACK_TAG = "stack"
 ROLE_TAG = "role"
 NAME_TAG = "Name"
+
+
+def backup_tag_value(volume_tags: dict[str, str]) -> str | None:
+    """The backup tag value the stack gives this volume (infra.tags.backup_tag_value)."""
+    if PROJECT_TAG in volume_tags and STACK_TAG in volume_tags:
+        return f"{volume_tags[PROJECT_TAG]}-{volume_tags[STACK_TAG]}"
+    return None
 
 # Tags this tool writes.
 RESTORED_FROM_TAG = "restored-from"
@@ -165,7 +175,7 @@ class Restorer:
     clients). `out` receives every progress line."""
 
     def __init__(self, ec2, backup=None, *, region: str, sts=None, out: Callable[[str], None] = print,
-                 backup_tag: tuple[str, str | None] = (BACKUP_TAG_KEY, BACKUP_TAG_VALUE),
+                 backup_tag: tuple[str, str | None] | None = None,
                  waiter_delay: int = 5, waiter_attempts: int = 120,
                  now: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.timezone.utc)):
         self.ec2 = ec2
@@ -191,8 +201,9 @@ class Restorer:
                                    f"check the id and --region") from None
             return Volume.from_api(vols[0])
         found: dict[str, Volume] = {}
-        for tag in (ROLE_TAG, NAME_TAG):
-            filters = [{"Name": f"tag:{tag}", "Values": [ref]}]
+        # the Name itself, the Name without its `<project>-<stack>-` prefix, or the role
+        for tag, value in ((NAME_TAG, ref), (NAME_TAG, f"*-{ref}"), (ROLE_TAG, ref)):
+            filters = [{"Name": f"tag:{tag}", "Values": [value]}]
             if stack:
                 filters.append({"Name": f"tag:{STACK_TAG}", "Values": [stack]})
             for page in self.ec2.get_paginator("describe_volumes").paginate(Filters=filters):
@@ -202,7 +213,8 @@ class Restorer:
                         found[vol.id] = vol
         if not found:
             where = f" in stack {stack!r}" if stack else ""
-            raise RestoreError(f"no volume with tag {ROLE_TAG} or {NAME_TAG} = {ref!r}{where} in {self.region}; "
+            raise RestoreError(f"no volume named {ref!r} (tag {NAME_TAG}, {NAME_TAG} suffix or {ROLE_TAG}){where} "
+                               f"in {self.region}; "
                                f"pass a volume id (vol-…) or check --region/--stack")
         if len(found) > 1:
             # e.g. a restored volume left unattached by a failed restore: the attached one
@@ -239,9 +251,12 @@ class Restorer:
         snaps: dict[str, dict] = {}
         owner = {"OwnerIds": ["self"]}
         queries = [[{"Name": "volume-id", "Values": [volume.id]}]]
-        lineage = {k: volume.tags[k] for k in (STACK_TAG, ROLE_TAG) if k in volume.tags}
+        # A restored volume keeps its Name (and stack), so Name+stack+backup tag also finds
+        # the backups of the volumes it replaced. (role alone is shared by a machine's
+        # several volumes: database data/journal/log.)
+        lineage = {k: volume.tags[k] for k in (NAME_TAG, STACK_TAG) if k in volume.tags}
         if len(lineage) == 2:
-            key, value = self.backup_tag
+            key, value = self.backup_tag or (BACKUP_TAG_KEY, backup_tag_value(volume.tags))
             tag_query = _tags_filter(lineage)
             tag_query.append({"Name": f"tag:{key}", "Values": [value]} if value else {"Name": "tag-key", "Values": [key]})
             queries.append(tag_query)
@@ -528,7 +543,8 @@ def format_points(volume: Volume, points: list[RecoveryPoint]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m infra.restore", description=__doc__.splitlines()[0])
-    p.add_argument("volume", help="volume id (vol-…) or the stack's role/Name tag of the volume")
+    p.add_argument("volume", help="volume id (vol-…), its Name tag (onionstack-prod-database-data), the Name "
+                                  "without the project-stack prefix (database-data) or its role tag")
     p.add_argument("--region", help="AWS region (default: the AWS profile's)")
     p.add_argument("--stack", help="only volumes tagged stack=STACK (when resolving a role/Name)")
     what = p.add_mutually_exclusive_group(required=True)
@@ -541,16 +557,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="target device when the volume is not attached (e.g. /dev/sdf)")
     p.add_argument("--any-snapshot", action="store_true",
                    help="allow a snapshot that is not a recovery point of this volume")
-    p.add_argument("--backup-tag", default=f"{BACKUP_TAG_KEY}={BACKUP_TAG_VALUE}",
-                   help="KEY=VALUE (or KEY) the backup plan selects volumes by "
-                        f"(default {BACKUP_TAG_KEY}={BACKUP_TAG_VALUE})")
+    p.add_argument("--backup-tag",
+                   help="KEY=VALUE (or KEY: any value) the backup plan selects volumes by "
+                        f"(default {BACKUP_TAG_KEY}=<project>-<stack> from the volume's tags, as the stack sets it)")
     return p
 
 
 def main(argv: list[str] | None = None, *, session=None, out=print, err=None) -> int:
     err = err or (lambda s: print(s, file=sys.stderr))
     args = build_parser().parse_args(argv)
-    key, _, value = args.backup_tag.partition("=")
+    backup_tag = None
+    if args.backup_tag:
+        key, _, value = args.backup_tag.partition("=")
+        backup_tag = (key, value or None)
     session = session or boto3.session.Session(region_name=args.region)
     region = session.region_name
     if not region:
@@ -558,7 +577,7 @@ def main(argv: list[str] | None = None, *, session=None, out=print, err=None) ->
         return 2
     restorer = Restorer(session.client("ec2"), session.client("backup"), region=region,
                         sts=session.client("sts"), out=out,
-                        backup_tag=(key, value or None))
+                        backup_tag=backup_tag)
     try:
         volume = restorer.find_volume(args.volume, args.stack)
         if args.list:

@@ -42,8 +42,11 @@ def stack(aws):
     image = AMI
     inst = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.small",
                              Placement={"AvailabilityZone": f"{REGION}a"})["Instances"][0]["InstanceId"]
-    vol_tags = {"project": "onionstack", "stack": "prod", "role": "database-data", "Name": "prod-database-data",
-                restore.BACKUP_TAG_KEY: restore.BACKUP_TAG_VALUE}
+    # the tags infra/storage.py gives the database's volumes
+    def stack_tags(purpose):
+        return {"project": "onionstack", "stack": "prod", "role": "database", "purpose": purpose,
+                "Name": f"onionstack-prod-database-{purpose}", "backup": "onionstack-prod"}
+    vol_tags = stack_tags("data")
     vol = ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=20, VolumeType="gp3", Iops=4000,
                             Throughput=250, Encrypted=True, KmsKeyId=key_arn,
                             TagSpecifications=[{"ResourceType": "volume", "Tags": [
@@ -53,10 +56,13 @@ def stack(aws):
     for i in range(2):
         snaps.append(ec2.create_snapshot(VolumeId=vol, Description=f"backup {i}", TagSpecifications=[
             {"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in vol_tags.items()]}])["SnapshotId"])
-    other = ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=8, VolumeType="gp2",
-                              TagSpecifications=[{"ResourceType": "volume", "Tags": [
-                                  {"Key": "role", "Value": "worker-state"}, {"Key": "stack", "Value": "prod"}]}])["VolumeId"]
-    foreign = ec2.create_snapshot(VolumeId=other)["SnapshotId"]
+    # the journal volume: same role, own snapshots that must never count as the data volume's
+    jtags = [{"Key": k, "Value": v} for k, v in stack_tags("journal").items()]
+    other = ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=4, VolumeType="gp3", Encrypted=True,
+                              TagSpecifications=[{"ResourceType": "volume", "Tags": jtags}])["VolumeId"]
+    ec2.attach_volume(VolumeId=other, InstanceId=inst, Device="/dev/sdg")
+    foreign = ec2.create_snapshot(VolumeId=other, TagSpecifications=[
+        {"ResourceType": "snapshot", "Tags": jtags}])["SnapshotId"]
     return {"ec2": ec2, "instance": inst, "volume": vol, "snapshots": snaps, "foreign": foreign,
             "key": key_arn, "tags": vol_tags, "other_volume": other}
 
@@ -114,7 +120,7 @@ def test_full_restore_swaps_volume_and_keeps_old(stack):
     assert {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in i["BlockDeviceMappings"]}["/dev/sdf"] == new
     assert any("stopping" in l for l in lines) and any("starting" in l for l in lines)
     # the name now resolves to the restored volume (the replaced one is skipped)
-    assert r.find_volume("prod-database-data").id == new
+    assert r.find_volume("onionstack-prod-database-data").id == new
 
 
 def test_cli_restore_prints_what_changed(stack):
@@ -234,7 +240,7 @@ def test_attach_failure_rollback(stack, monkeypatch):
     ec2.attach_volume(VolumeId=old, InstanceId=inst, Device="/dev/sdf")
     ec2.delete_tags(Resources=[old], Tags=[{"Key": "replaced-by"}, {"Key": "detached-at"}])
     ec2.start_instances(InstanceIds=[inst])
-    assert r.find_volume("prod-database-data", stack="prod").id == old
+    assert r.find_volume("database-data", stack="prod").id == old
 
 
 def test_cli_failure_prints_rollback(stack, monkeypatch, capsys):
@@ -291,18 +297,37 @@ def test_unknown_volume(stack):
     r = make(stack)
     with pytest.raises(RestoreError, match=r"volume 'vol-0000000000000000f' not found in us-east-1"):
         r.find_volume("vol-0000000000000000f")
-    with pytest.raises(RestoreError, match=r"no volume with tag role or Name = 'nope' in stack 'prod'"):
+    with pytest.raises(RestoreError, match=r"no volume named 'nope' .* in stack 'prod'"):
         r.find_volume("nope", stack="prod")
 
 
-def test_ambiguous_volume_name(stack):
+def test_volume_names(stack):
     ec2 = stack["ec2"]
-    ec2.create_volume(AvailabilityZone=f"{REGION}b", Size=1, TagSpecifications=[
-        {"ResourceType": "volume", "Tags": [{"Key": "role", "Value": "database-data"}, {"Key": "stack", "Value": "staging"}]}])
     r = make(stack)
-    with pytest.raises(RestoreError, match=r"matches 2 volumes .* --stack"):
+    assert r.find_volume("onionstack-prod-database-data").id == stack["volume"]
+    assert r.find_volume("database-journal").id == stack["other_volume"]
+    # the role is shared by the database's three volumes
+    with pytest.raises(RestoreError, match=r"'database' matches 2 volumes .*pass the volume id"):
+        r.find_volume("database")
+    # the same name in two stacks needs --stack
+    ec2.create_volume(AvailabilityZone=f"{REGION}b", Size=1, TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": "Name", "Value": "onionstack-staging-database-data"},
+                                            {"Key": "stack", "Value": "staging"}]}])
+    with pytest.raises(RestoreError, match=r"'database-data' matches 2 volumes .* --stack"):
         r.find_volume("database-data")
     assert r.find_volume("database-data", stack="prod").id == stack["volume"]
+
+
+def test_backup_tag_matches_the_stack(monkeypatch):
+    """restore derives the backup tag the way infra/tags.py sets it."""
+    import pulumi
+    from infra import tags as stack_tags
+    monkeypatch.setattr(pulumi, "get_project", lambda: "onionstack")
+    monkeypatch.setattr(pulumi, "get_stack", lambda: "prod")
+    t = stack_tags.tags("database", "database-data", purpose="data")
+    assert restore.BACKUP_TAG_KEY == stack_tags.BACKUP_TAG_KEY
+    assert restore.backup_tag_value(t) == stack_tags.backup_tag_value()
+    assert {restore.NAME_TAG, restore.STACK_TAG, restore.ROLE_TAG, restore.PROJECT_TAG} <= set(t)
 
 
 def test_wrong_az(stack):
@@ -326,10 +351,12 @@ def test_detached_volume_restores_to_given_instance(stack):
     ec2, inst = stack["ec2"], stack["instance"]
     ec2.detach_volume(VolumeId=stack["volume"], InstanceId=stack["instance"])
     r = make(stack)
-    plan = r.plan(r.find_volume(stack["volume"]), stack["snapshots"][0], instance_id=inst, device="/dev/sdg")
+    with pytest.raises(RestoreError, match="device /dev/sdg is already in use"):
+        r.plan(r.find_volume(stack["volume"]), stack["snapshots"][0], instance_id=inst, device="/dev/sdg")
+    plan = r.plan(r.find_volume(stack["volume"]), stack["snapshots"][0], instance_id=inst, device="/dev/sdi")
     new = r.execute(plan)
     att = ec2.describe_volumes(VolumeIds=[new])["Volumes"][0]["Attachments"]
-    assert [(a["InstanceId"], a["Device"]) for a in att] == [(inst, "/dev/sdg")]
+    assert [(a["InstanceId"], a["Device"]) for a in att] == [(inst, "/dev/sdi")]
 
 
 def test_stopped_instance_stays_stopped(stack):
