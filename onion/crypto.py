@@ -119,29 +119,44 @@ class SeedSigningKey:
 
 # --- key blinding (rend-spec-v3 [KEYBLIND]) ---------------------------------------------
 
-def blinding_factor(public_key: bytes, period_number: int, period_length: int) -> bytes:
-    """h = clamp(SHA3-256(BLIND_STRING | A | B | N)), N = "key-blinding" | INT_8(tp) | INT_8(len)."""
+def blinding_param(public_key: bytes, period_number: int, period_length: int) -> bytes:
+    """h = SHA3-256(BLIND_STRING | A | B | N), N = "key-blinding" | INT_8(tp) | INT_8(len).
+
+    (Clamped before use, as tor's ed25519_blind_* do.)
+    """
     nonce = b"key-blinding" + struct.pack(">QQ", period_number, period_length)
-    return clamp(sha3_256(BLIND_STRING, public_key, ED25519_BASEPOINT, nonce))
+    return sha3_256(BLIND_STRING, public_key, ED25519_BASEPOINT, nonce)
 
 
-def blind_public_key(public_key: bytes, period_number: int, period_length: int) -> bytes:
-    """A' = h A for time period `period_number` of `period_length` minutes."""
-    h = reduce_scalar(blinding_factor(public_key, period_number, period_length))
+def blind_public_key_with_param(public_key: bytes, param: bytes) -> bytes:
+    """A' = clamp(param) A (tor's ed25519_public_blind)."""
+    h = reduce_scalar(clamp(param))
     try:
         return sodium.crypto_scalarmult_ed25519_noclamp(h, public_key)
     except (nacl.exceptions.RuntimeError, nacl.exceptions.CryptoError) as exc:
         raise KeyFormatError("public key is not a valid ed25519 point of prime order") from exc
 
 
-def blind_expanded_secret(expanded: bytes, public_key: bytes, period_number: int,
-                          period_length: int) -> bytes:
-    """The blinded expanded secret: (h a mod l) | SHA-512(prefix string | prefix)[:32]."""
-    h = reduce_scalar(blinding_factor(public_key, period_number, period_length))
+def blind_expanded_secret_with_param(expanded: bytes, param: bytes) -> bytes:
+    """(clamp(param) a mod l) | SHA-512(prefix string | prefix)[:32] (ed25519_keypair_blind)."""
+    h = reduce_scalar(clamp(param))
     a = reduce_scalar(expanded[:32])
     blinded_scalar = sodium.crypto_core_ed25519_scalar_mul(h, a)
     prefix = hashlib.sha512(BLIND_PREFIX_STRING + expanded[32:64]).digest()[:32]
     return blinded_scalar + prefix
+
+
+def blind_public_key(public_key: bytes, period_number: int, period_length: int) -> bytes:
+    """The blinded public key for time period `period_number` of `period_length` minutes."""
+    return blind_public_key_with_param(public_key,
+                                       blinding_param(public_key, period_number, period_length))
+
+
+def blind_expanded_secret(expanded: bytes, public_key: bytes, period_number: int,
+                          period_length: int) -> bytes:
+    """The blinded expanded secret key for a time period."""
+    return blind_expanded_secret_with_param(
+        expanded, blinding_param(public_key, period_number, period_length))
 
 
 # --- curve25519 -> ed25519 ------------------------------------------------------------
