@@ -1,0 +1,223 @@
+"""Hostile instance descriptors through the balancer's real code path (issue 5, item 4e).
+
+Real crypto (onion.descriptor) and a real hash ring over a synthetic set of HSDirs; only tor
+is faked. Malformed, expired, wrongly signed, foreign, replayed, oversized and over-full
+descriptors are fed to the balancer as HS_DESC_CONTENT events: it must never crash, never
+drop its good descriptor for a bad one, and every descriptor it uploads must decrypt and
+verify, with exactly the good intro points.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import nacl.bindings as sodium
+import pytest
+
+from onion import descriptor as desc
+from onion import hashring
+from onion.balancer import Balancer
+from onion.config import BalancerConfig, ControlEndpoint, FrontendConfig, InstanceConfig, ProbeSettings
+from onion.control import DescContent, DescEvent
+from onion.frontend import TorOnionProtocol, microdesc_ed25519_ids
+from onion.keys import IdentityKey
+
+from tests.test_balancer_core import FakeControl, FakeProber
+
+VOTING = 3600
+
+
+def intro_point(i: int) -> desc.IntroPoint:
+    auth_pk, _ = sodium.crypto_sign_keypair()
+    enc_sk = os.urandom(32)
+    enc_pk = sodium.crypto_scalarmult_base(enc_sk)
+    onion_pk = sodium.crypto_scalarmult_base(os.urandom(32))
+    relay_ed, _ = sodium.crypto_sign_keypair()
+    return desc.IntroPoint(
+        link_specifiers=(desc.LinkSpecifier.ipv4("127.0.0.1", 5000 + i),
+                         desc.LinkSpecifier.legacy_id(os.urandom(20)),
+                         desc.LinkSpecifier.ed25519_id(relay_ed)),
+        onion_key=onion_pk, auth_key=auth_pk, enc_key=enc_pk)
+
+
+def make_ring(now: float) -> hashring.HashRing:
+    valid_after = int(now // VOTING * VOTING)
+    timing = hashring.NetworkTiming.from_times(valid_after, valid_after + VOTING, {}, testing_network=False)
+    hsdirs = [hashring.HSDir(os.urandom(20).hex().upper(), f"relay{i}", sodium.crypto_sign_keypair()[0])
+              for i in range(10)]
+    return hashring.HashRing(timing, hsdirs, srv_current=os.urandom(32), srv_previous=os.urandom(32))
+
+
+class Env:
+    def __init__(self, tmp_path, now):
+        self.now = now
+        self.frontend = IdentityKey.generate()
+        self.instance = IdentityKey.generate()
+        self.other = IdentityKey.generate()
+        self.proto = TorOnionProtocol()
+        self.proto.ring = make_ring(now)
+        self.proto.refresh = lambda control: self._ring_info()
+        self.period = self.proto.ring.timing.time_period_number()
+        self.length = self.proto.ring.timing.period_length
+        cfg = BalancerConfig(publish=True, control=ControlEndpoint(port=9051), socks_port=9050,
+                             state_dir=str(tmp_path / "state"),
+                             frontends=(FrontendConfig("site", "unused", (InstanceConfig(self.instance.address),)),),
+                             probe=ProbeSettings(enabled=False), path=str(tmp_path / "c.yaml"))
+        self.control = FakeControl()
+        self.bal = Balancer(cfg, {"site": self.frontend}, self.control, self.proto, FakeProber(),
+                            clock=lambda: self.now)
+
+    def _ring_info(self):
+        from onion.balancer import RingInfo
+        t = self.proto.ring.timing
+        return RingInfo(float(t.valid_after), t.time_period_number(), t.period_length, float(t.voting_interval))
+
+    def instance_desc(self, ips, *, revision=100, identity=None, period=None, now=None) -> str:
+        return desc.MasterDescriptorBuilder(
+            identity or self.instance, time_period_number=self.period if period is None else period,
+            period_length=self.length, now=self.now if now is None else now,
+        ).build(ips, revision_counter=revision).text
+
+    def feed(self, text: str) -> None:
+        self.bal.handle(DescContent(self.instance.address, "AB" * 20, None, text))
+        self.bal.tick()
+
+    def posted_intro_keys(self, start=0) -> list[set[bytes]]:
+        out = []
+        for text, address, _hsdir in self.control.posts[start:]:
+            assert address == self.frontend.address
+            d = desc.decrypt_descriptor(text, self.frontend.address, time_period_numbers=(self.period, self.period + 1, self.period - 1),
+                                        period_length=self.length, now=self.now)
+            out.append({ip.auth_key for ip in d.intro_points})
+        return out
+
+
+@pytest.fixture()
+def env(tmp_path):
+    return Env(tmp_path, time.time())
+
+
+def tamper_signature(text: str) -> str:
+    head, sig = text.rstrip("\n").rsplit("signature ", 1)
+    flipped = ("A" if sig[0] != "A" else "B") + sig[1:]
+    return f"{head}signature {flipped}\n"
+
+
+def tamper_revision(text: str, revision: int) -> str:
+    import re
+    return re.sub(r"^revision-counter \d+$", f"revision-counter {revision}", text, flags=re.M)
+
+
+def test_good_descriptor_is_republished_in_a_verifiable_master_descriptor(env):
+    good = [intro_point(i) for i in range(3)]
+    env.bal.tick()
+    env.feed(env.instance_desc(good))
+    assert env.bal.instances[env.instance.address].rejected == 0
+    posted = env.posted_intro_keys()
+    assert posted and all(keys == {ip.auth_key for ip in good} for keys in posted)
+    # one upload per responsible HSDir of each of the two descriptors (minus shared ones)
+    slots = env.proto.slots(env.frontend, env.now)
+    hsdirs = {h for s in slots for h in s.hsdirs}
+    assert {h for _, _, h in env.control.posts} <= hsdirs
+    assert len(env.control.posts) >= len(slots[0].hsdirs)
+
+
+def test_hostile_descriptors_are_refused_and_never_published(env, monkeypatch):
+    good_ips = [intro_point(i) for i in range(3)]
+    env.bal.tick()
+    env.feed(env.instance_desc(good_ips, revision=1000))
+    good_keys = {ip.auth_key for ip in good_ips}
+    state = env.bal.instances[env.instance.address]
+    current = state.current
+    evil = [intro_point(100 + i) for i in range(3)]
+
+    valid_evil = env.instance_desc(evil, revision=2000)
+    with monkeypatch.context() as m:  # tor's builder refuses > 20: lift the limit to craft one
+        m.setattr(desc, "MAX_INTRO_POINTS", 40)
+        too_many = env.instance_desc([intro_point(200 + i) for i in range(21)], revision=3000)
+    hostile = {
+        "malformed": "hs-descriptor 3\nthis is not a descriptor\n",
+        "binary junk": os.urandom(3000).decode("latin-1"),
+        "truncated": valid_evil[: len(valid_evil) // 2],
+        "wrong signature": tamper_signature(valid_evil),
+        "altered revision (signature no longer matches)": tamper_revision(valid_evil, 5000),
+        "expired certificate": env.instance_desc(evil, revision=2500, now=env.now - 60 * 3600),
+        "another service's descriptor": env.instance_desc(evil, revision=2600, identity=env.other),
+        "wrong time period": env.instance_desc(evil, revision=2700, period=env.period - 5),
+        "replayed older revision": env.instance_desc(evil, revision=999),
+        "oversized": valid_evil.replace("signature ", "x" * 60_000 + "\nsignature "),
+        "too many intro points": too_many,
+    }
+    posts_before = len(env.control.posts)
+    reasons = {}
+    for name, text in hostile.items():
+        rejected = state.rejected
+        env.feed(text)
+        assert state.rejected == rejected + 1, f"{name} was not refused"
+        assert state.current is current, f"{name} replaced the good descriptor"
+        reasons[name] = state.last_error
+    # each refusal says why (shown in `status`)
+    assert "Expired" in reasons["expired certificate"]
+    assert "Signature" in reasons["wrong signature"]
+    assert "oversized" in reasons["oversized"] or "TooLarge" in reasons["oversized"]
+    assert "replayed older revision" in reasons["replayed older revision"]
+    assert "BlindedKeyMismatch" in reasons["another service's descriptor"]
+    assert "BlindedKeyMismatch" in reasons["wrong time period"]
+    assert "TooManyIntroPoints" in reasons["too many intro points"] or "too many" in reasons["too many intro points"]
+    # nothing new was published, and whatever was published carries only good intro points
+    assert len(env.control.posts) == posts_before
+    assert all(keys == good_keys for keys in env.posted_intro_keys())
+    # the balancer is still fully working: a genuinely newer descriptor is taken
+    newer = [intro_point(300 + i) for i in range(2)]
+    for _t, addr, hsdir in list(env.control.posts):
+        env.bal.handle(DescEvent("UPLOADED", addr, hsdir))
+    env.feed(env.instance_desc(newer, revision=4000))
+    after = env.posted_intro_keys(posts_before)
+    assert after and all(keys == {ip.auth_key for ip in newer} for keys in after)
+
+
+def test_same_descriptor_twice_is_not_an_error(env):
+    text = env.instance_desc([intro_point(1)], revision=5)
+    env.bal.tick()
+    env.feed(text)
+    env.feed(text)
+    state = env.bal.instances[env.instance.address]
+    assert state.rejected == 0 and state.current is not None
+
+
+def test_more_than_20_intro_points_across_instances_give_valid_distinct_descriptors(tmp_path):
+    env = Env(tmp_path, time.time())
+    instances = [IdentityKey.generate() for _ in range(6)]
+    cfg = env.bal.cfg
+    from dataclasses import replace
+    cfg = replace(cfg, frontends=(FrontendConfig("site", "unused", tuple(InstanceConfig(i.address) for i in instances)),))
+    env.bal = Balancer(cfg, {"site": env.frontend}, env.control, env.proto, FakeProber(), clock=lambda: env.now)
+    env.bal.tick()
+    all_keys = set()
+    for inst in instances:
+        ips = [intro_point(i) for i in range(5)]
+        all_keys |= {ip.auth_key for ip in ips}
+        env.instance = inst
+        env.feed(env.instance_desc(ips, identity=inst))
+    for _t, addr, hsdir in list(env.control.posts):
+        env.bal.handle(DescEvent("UPLOADED", addr, hsdir))
+    env.bal.tick()
+    posted = env.posted_intro_keys()
+    # the last round: every descriptor holds 20 of the 30 intro points, together all 30
+    latest = {}
+    for (_, _, hsdir), keys in zip(env.control.posts, posted):
+        latest[hsdir] = keys
+    assert all(len(k) == 20 for k in latest.values())
+    assert set().union(*latest.values()) == all_keys
+    assert len({frozenset(k) for k in latest.values()}) == 2
+
+
+def test_microdesc_ed25519_index():
+    md = ("onion-key\n-----BEGIN RSA PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----\n"
+          "ntor-onion-key abc=\nid ed25519 QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY\n")
+    other = "onion-key\n-----BEGIN RSA PUBLIC KEY-----\nBBBB\n-----END RSA PUBLIC KEY-----\nntor-onion-key x=\n"
+    import base64
+    import hashlib
+    digest = base64.b64encode(hashlib.sha256(md.encode()).digest()).decode().rstrip("=")
+    ids = microdesc_ed25519_ids(md + other)
+    assert ids == {digest: "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY"}
