@@ -489,15 +489,16 @@ def _parse_database(value: Any) -> DatabaseConfig:
     )
 
 
-# Rule name, config key, schedule (AWS cron, UTC; staggered so no two rules start in the
-# same hour, because AWS Backup skips a job that overlaps another of the same plan), and
-# the longest time one period can span, in days.
 def _max_days_of_months(n: int) -> int:
     """The most days any run of `n` consecutive calendar months can span (leap years included)."""
-    lengths = [calendar.monthrange(2000 + y, m)[1] for y in range(8) for m in range(1, 13)]
-    return max(sum(lengths[s:s + n]) for s in range(len(lengths) - n)) if n <= 48 else math.ceil(n * 366 / 12)
+    years = n // 12 + 9  # enough windows to meet every leap-year placement
+    lengths = [calendar.monthrange(2000 + y, m)[1] for y in range(years) for m in range(1, 13)]
+    return max(sum(lengths[s:s + n]) for s in range(len(lengths) - n + 1))
 
 
+# Rule name, config key, schedule (AWS cron, UTC; staggered so no two rules start in the
+# same hour: AWS Backup runs one job per resource at a time and a queued job that cannot
+# start within its start window fails), and the period in days (None: calendar months).
 BACKUP_RULES = (
     ("three-hourly", "threeHourlyKeep", "cron(0 0/3 * * ? *)", 3 / 24),
     ("daily", "dailyKeep", "cron(30 1 * * ? *)", 1),
