@@ -617,4 +617,11 @@ def load_config() -> StackConfig:
         text = cfg.get(key)
         if text is not None:
             raw[key] = decode_raw(key, text)
-    return parse_config(raw)
+    parsed = parse_config(raw)
+    for key in SECRET_KEYS:
+        if key in raw and not runtime_config.is_config_secret(f"{NAMESPACE}:{key}"):
+            pulumi.log.warn(
+                f"{NAMESPACE}:{key} is stored in plain text in the stack config; set it with "
+                f"`pulumi config set --secret` so it is encrypted at rest"
+            )
+    return parsed

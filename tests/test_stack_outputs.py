@@ -121,3 +121,18 @@ def test_demo_command_prints_the_prod_tree(capsys):
 def test_demo_command_reports_bad_config(capsys):
     assert mockrun.main(["--workers", "31"]) == 2
     assert "invalid config: onionstack:workers = 31: must be an integer from 1 to 30" in capsys.readouterr().err
+
+
+def test_secret_keys_stored_in_plain_text_are_warned_about(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        mockrun.run_program(minimal_config(), secret_keys=[])
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "onionstack:masterKeys is stored in plain text" in warned
+    assert "onionstack:sshPrivateKey is stored in plain text" in warned
+    assert "PRIVATE KEY" not in warned and "ED25519-V3:" not in warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        mockrun.run_program(minimal_config())  # both marked secret
+    assert "plain text" not in " ".join(r.getMessage() for r in caplog.records)
