@@ -8,13 +8,13 @@ from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
 from infra.storage import database_volume_specs
 from nodes.balancer import BalancerNode, BalancerNodeArgs
 from nodes.database import DatabaseNode, DatabaseNodeArgs
-from nodes.instance import SSH_USER, InstanceArgs, ubuntu_noble_ami
+from nodes.instance import SSH_USER, AmiCatalog, InstanceArgs
 from nodes.worker import WorkerNode, WorkerNodeArgs, spread
 
 config = load_config()  # raises ConfigError before any resource exists
 
 zones = available_zones(config.availability_zones)
-ami = ubuntu_noble_ami()
+ami_for = AmiCatalog()
 network = Network(
     "net",
     NetworkArgs(config.vpc_cidr, zones, nat_per_az=config.nat_gateways == "perAz"),
@@ -30,7 +30,7 @@ def instance(role: str, instance_type: str, subnet, group, public_ip: bool = Fal
     return InstanceArgs(
         role=role,
         instance_type=instance_type,
-        ami_id=ami,
+        ami_id=ami_for(instance_type),
         subnet_id=subnet.id,
         security_group_ids=[group.id],
         key_name=key_pair.key_name,

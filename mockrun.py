@@ -13,13 +13,12 @@ camelCased with secrets wrapped in a marker dict.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextvars
 import hashlib
 import ipaddress
 import json
-import os
+import re
 import runpy
 import sys
 import time
@@ -42,7 +41,8 @@ PROJECT = "onionstack"
 MAIN = ROOT / "__main__.py"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # pulumi's secret marker key
 DEFAULT_REGION = "us-east-1"
-MOCK_AMI_ID = "ami-0mock0noble0000001"
+MOCK_AMI_IDS = {"x86_64": "ami-0mock0noble0amd64", "arm64": "ami-0mock0noble0arm64"}
+MOCK_AMI_ID = MOCK_AMI_IDS["x86_64"]
 DOCUMENTATION_NET = ipaddress.ip_network("203.0.113.0/24")  # RFC 5737: public IPs in mocks
 
 
@@ -148,15 +148,22 @@ class StackMocks(pulumi_mocks.Mocks):
                 "groupNames": [self.region] * len(self.zones),
             }
         if args.token == "aws:ec2/getAmi:getAmi":
+            arch = next(f["values"][0] for f in args.args["filters"] if f["name"] == "architecture")
+            ami = MOCK_AMI_IDS[arch]
             return {
-                "id": MOCK_AMI_ID,
-                "imageId": MOCK_AMI_ID,
-                "name": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20261101",
-                "architecture": "x86_64",
+                "id": ami,
+                "imageId": ami,
+                "name": f"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{'amd64' if arch == 'x86_64' else arch}-server-20261101",
+                "architecture": arch,
                 "ownerId": "099720109477",
                 "rootDeviceType": "ebs",
                 "virtualizationType": "hvm",
             }
+        if args.token == "aws:ec2/getInstanceType:getInstanceType":
+            itype = args.args["instanceType"]
+            # Graviton families have a "g" right after the generation digit (t4g, m7gd, c7gn).
+            arch = "arm64" if re.match(r"^[a-z]+\d+g[a-z]*\.", itype) else "x86_64"
+            return {"id": itype, "instanceType": itype, "supportedArchitectures": [arch]}
         if args.token == "aws:index/getPartition:getPartition":
             return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
         if args.token == "aws:index/getRegion:getRegion":

@@ -1,6 +1,7 @@
 """The one way onionstack makes an EC2 instance, and the base of the three node roles.
 
-Every instance: Ubuntu 24.04 LTS (latest Canonical AMI, looked up at deploy time),
+Every instance: Ubuntu 24.04 LTS (latest Canonical AMI for the type's CPU architecture,
+looked up at deploy time),
 IMDSv2 required, an encrypted gp3 root volume, the admin key pair, tags. Instances are
 disposable; state worth keeping lives on separate EBS volumes (infra/storage.py).
 
@@ -12,7 +13,7 @@ node.child_opts())`) become children of the node and run after the instance is u
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import pulumi
@@ -21,23 +22,59 @@ import pulumi_aws as aws
 from infra.tags import tags
 
 CANONICAL_OWNER = "099720109477"
-UBUNTU_NOBLE_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+# Canonical's image names per CPU architecture (EC2's names: x86_64, arm64).
+UBUNTU_NOBLE_NAMES = {
+    "x86_64": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
+    "arm64": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-*",
+}
+UBUNTU_NOBLE_NAME = UBUNTU_NOBLE_NAMES["x86_64"]
 SSH_USER = "ubuntu"
 
 
-def ubuntu_noble_ami() -> str:
-    """The id of the newest Canonical Ubuntu 24.04 LTS amd64 AMI in the region (an invoke)."""
+def ubuntu_noble_ami(architecture: str = "x86_64") -> str:
+    """The id of the newest Canonical Ubuntu 24.04 LTS AMI for `architecture` (an invoke)."""
     ami = aws.ec2.get_ami(
         most_recent=True,
         owners=[CANONICAL_OWNER],
         filters=[
-            {"name": "name", "values": [UBUNTU_NOBLE_NAME]},
+            {"name": "name", "values": [UBUNTU_NOBLE_NAMES[architecture]]},
             {"name": "virtualization-type", "values": ["hvm"]},
-            {"name": "architecture", "values": ["x86_64"]},
+            {"name": "architecture", "values": [architecture]},
             {"name": "root-device-type", "values": ["ebs"]},
         ],
     )
     return ami.id
+
+
+def architecture_of(instance_type: str) -> str:
+    """x86_64 or arm64 (Graviton), as EC2 reports it for `instance_type` (an invoke)."""
+    supported = aws.ec2.get_instance_type(instance_type=instance_type).supported_architectures or []
+    for arch in UBUNTU_NOBLE_NAMES:
+        if arch in supported:
+            return arch
+    raise ValueError(
+        f"instance type {instance_type} supports {', '.join(supported) or 'no known architecture'}; "
+        f"onionstack's Ubuntu images are for {' or '.join(UBUNTU_NOBLE_NAMES)}: pick another in "
+        f"onionstack:instanceTypes"
+    )
+
+
+class AmiCatalog:
+    """The right Ubuntu 24.04 AMI per instance type, so a Graviton type (t4g, m7g, ...)
+    gets the arm64 image instead of failing at launch. One invoke per distinct type and
+    architecture."""
+
+    def __init__(self) -> None:
+        self._arch: dict[str, str] = {}
+        self._ami: dict[str, str] = {}
+
+    def __call__(self, instance_type: str) -> str:
+        if instance_type not in self._arch:
+            self._arch[instance_type] = architecture_of(instance_type)
+        arch = self._arch[instance_type]
+        if arch not in self._ami:
+            self._ami[arch] = ubuntu_noble_ami(arch)
+        return self._ami[arch]
 
 
 @dataclass(frozen=True)

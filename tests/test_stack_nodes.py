@@ -32,8 +32,22 @@ def test_ami_is_looked_up_never_hard_coded():
     assert {"name": "name", "values": ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"]} in call["filters"]
     assert {"name": "architecture", "values": ["x86_64"]} in call["filters"]
     for inst in result.of_type(INSTANCE):
-        assert inst.input("ami") == mockrun.MOCK_AMI_ID
+        assert inst.input("ami") == mockrun.MOCK_AMI_IDS["x86_64"]
         assert "ami" in inst.ignore_changes  # a new weekly AMI must not replace the fleet
+    # One architecture lookup per distinct instance type (t3.micro, t3.small).
+    looked_up = sorted(a["instanceType"] for t, a in result.invokes if t == "aws:ec2/getInstanceType:getInstanceType")
+    assert looked_up == ["t3.micro", "t3.small"]
+
+
+def test_graviton_types_get_the_arm64_image():
+    result = run(minimal_config(workers=2, instanceTypes={"worker": "t4g.small"}))
+    amis = {(i.input("tags")["role"], i.input("ami")) for i in result.of_type(INSTANCE)}
+    assert amis == {("balancer", mockrun.MOCK_AMI_IDS["x86_64"]), ("database", mockrun.MOCK_AMI_IDS["x86_64"]),
+                    ("worker", mockrun.MOCK_AMI_IDS["arm64"])}
+    names = sorted(next(f["values"][0] for f in a["filters"] if f["name"] == "name")
+                   for t, a in result.invokes if t == "aws:ec2/getAmi:getAmi")
+    assert names == ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
+                     "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-*"]
 
 
 def test_one_key_pair_from_the_public_key_on_every_instance():
