@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Command modules, in help order. Add a module here when it gains commands.
-COMMAND_MODULES: tuple[str, ...] = ("onion.servicecli", "onion.keycli")
+COMMAND_MODULES: tuple[str, ...] = ("onion.servicecli", "onion.keycli", "onion.tconf")
 
 
 def build_parser() -> argparse.ArgumentParser:

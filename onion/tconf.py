@@ -1,0 +1,593 @@
+"""`python -m onion import-tconf FILE.tconf`: EOTK site configuration -> onionstack stack config.
+
+EOTK's configuration language (lib.d/do-configure.pl and expand-config.pl in EOTK) is a
+line language: lines ending in an odd number of backslashes are joined to the next, then
+whole-line `#` comments and blank lines are dropped, and each line is split on whitespace:
+
+    set VARIABLE VALUE…                    (VALUE is the rest of the line, single-spaced)
+    hardmap ONION|%NEW_V3_ONION% DOMAIN [SUBDOMAIN…]
+    softmap ONION|%NEW_V3_ONION% DOMAIN [SUBDOMAIN…]
+    foreignmap ONION DOMAIN
+
+Each hardmap/softmap line becomes one onionstack site (one onion address for a domain and
+its subdomains; onionstack balances every site, so both kinds map the same way). EOTK's
+settings that have an onionstack equivalent are converted (block lists, intro points and
+tor daemons per worker); every other setting is reported on stderr as having no
+equivalent. The stack config YAML goes to stdout; private keys never do: new keys are
+written as tor hidden-service directories under --keys-dir and stderr shows the
+`pulumi config set --secret` commands that read them from there.
+
+This parser is hand-written because EOTK's own is Perl inside EOTK and no library reads
+the format; it mirrors EOTK's rules (see the functions' comments) and adds line numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from onion.errors import OnionError
+from onion.keys import (HOSTNAME_FILE, SECRET_KEY_FILE, AddressError, IdentityKey, KeyFileError,
+                        onion_address, parse_address)
+
+NEW_ONION = "%NEW_V3_ONION%"
+RETIRED_NEW_ONIONS = ("%NEW_ONION%", "%NEW_HARD_ONION%", "%NEW_SOFT_ONION%")
+MAP_DIRECTIVES = ("hardmap", "softmap")
+SITE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")       # infra/config.py's rule
+DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+DNS_NAME_RE = re.compile(rf"^(?:{DNS_LABEL}\.)+{DNS_LABEL}$")
+LABEL_RE = re.compile(rf"^{DNS_LABEL}$")
+VAR_RE = re.compile(r"^[A-Za-z_]\w+$")                      # EOTK's SetEnv check
+BLOCK_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/%+-]*$")       # nodes/render.py's blockPaths rule
+OTHER_EXPANSION_RE = re.compile(r"%([\w+]+)%")
+
+# onionstack's limits (infra/config.py) for the settings that carry over.
+INTRO_POINTS_RANGE = (1, 20)
+DAEMONS_PER_WORKER_RANGE = (1, 8)
+WORKERS_RANGE = (1, 30)
+
+# EOTK's settings (do-configure.pl's defaults and blank list), to tell "no equivalent"
+# from "not an EOTK setting at all" (a typo EOTK itself warns about).
+EOTK_SETTINGS = frozenset("""
+block_err debug_csp_sandbox debug_origin_headers deonionify_post_bodies drop_unrewritable_content
+force_https hard_mode left_tld_re nginx_action_abort nginx_block_busy_size nginx_block_count
+nginx_block_size nginx_cache_min_uses nginx_cache_seconds nginx_cache_size nginx_hash_bucket_size
+nginx_hello_onion nginx_resolver nginx_rlim nginx_syslog nginx_template nginx_timeout
+nginx_tmpfile_size nginx_workers onion_version preserve_before preserve_after preserve_preamble_re
+project projects_home softmap_nginx_workers softmap_tor_workers ssl_cert_each_onion ssl_mkcert
+ssl_tool suppress_header_csp suppress_header_hpkp suppress_header_hsts suppress_methods_except_get
+suppress_tor2web template_tool tor_single_onion tor_syslog tor_template tor_worker_prefix
+x_from_onion_value block_host block_host_re block_location block_location_re block_origin
+block_origin_re block_param block_param_re block_path block_path_re block_referer block_referer_re
+block_user_agent block_user_agent_re cookie_lock debug_trap extra_processing_csv
+extra_subs_filter_types foreignmap_csv hardcoded_endpoint_csv host_blacklist host_blacklist_re
+host_whitelist host_whitelist_re inject_headers_upstream inject_origin inject_referer
+kludge_disable_sri log_separate nginx_modules_dirs no_cache_content_type no_cache_host
+origin_blacklist origin_blacklist_re origin_whitelist origin_whitelist_re param_blacklist
+param_blacklist_re param_whitelist param_whitelist_re path_blacklist path_blacklist_re
+path_whitelist path_whitelist_re preserve_csv redirect_fixed_host redirect_fixed_path
+redirect_host redirect_path referer_blacklist referer_blacklist_re referer_whitelist
+referer_whitelist_re ssl_proof_csv tor_intros_per_daemon user_agent_blacklist
+user_agent_blacklist_re user_agent_whitelist user_agent_whitelist_re cert_common_name ssl_dir
+log_dir project_dir
+""".split())
+
+# Settings this importer converts (the rest of EOTK_SETTINGS has no equivalent).
+CONVERTED = frozenset({"project", "tor_intros_per_daemon", "softmap_tor_workers", "block_host",
+                       "block_host_re", "block_path", "block_path_re", "block_location",
+                       "block_location_re"})
+
+
+class TconfError(OnionError):
+    """The .tconf file is malformed or asks for something that cannot be converted."""
+
+
+@dataclass(frozen=True)
+class Line:
+    number: int          # first physical line of a joined line
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Mapping:
+    kind: str                     # hardmap | softmap
+    onion: str | None             # 56-char address, None for %NEW_V3_ONION%
+    domain: str
+    subdomains: tuple[str, ...]
+    project: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    value: str
+    line: int
+
+
+@dataclass
+class Tconf:
+    source: str
+    settings: dict[str, Setting] = field(default_factory=dict)
+    mappings: list[Mapping] = field(default_factory=list)
+    foreign: list[Mapping] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+def logical_lines(text: str, source: str) -> list[Line]:
+    """EOTK's JoinLines then comment filter: a line ending in an odd number of backslashes
+    continues on the next (joined with one space, surrounding blanks trimmed); an even
+    number is literal. Comments are whole lines starting with `#` (after blanks), and
+    they are dropped *after* joining, as EOTK does. A `#` later in a line is data."""
+    joined: list[tuple[int, str]] = []
+    pending = False
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.rstrip("\r")
+        if pending:
+            first, prev = joined.pop()
+            line = prev.rstrip() + " " + line.lstrip()
+            number = first
+        m = re.search(r"(\\+)$", line)
+        pending = bool(m) and len(m.group(1)) % 2 == 1
+        if pending:
+            line = line[:-1]
+        joined.append((number, line))
+    if pending:
+        raise TconfError(f"{source}:{joined[-1][0]}: the last line ends in a backslash (a line "
+                         "continuation with nothing to continue); remove it")
+    out = []
+    for number, line in joined:
+        if re.match(r"^\s*(#.*)?$", line):
+            continue
+        out.append(Line(number, tuple(line.split())))
+    return out
+
+
+def parse(text: str, source: str = "<tconf>") -> Tconf:
+    conf = Tconf(source)
+    project = "default"              # EOTK's default project name
+    project_kind: dict[str, str] = {}
+    for line in logical_lines(text, source):
+        where = f"{source}:{line.number}"
+        cmd, args = line.words[0], list(line.words[1:])
+        for word in args:
+            m = OTHER_EXPANSION_RE.search(word)
+            if m and word != NEW_ONION:
+                if word in RETIRED_NEW_ONIONS:
+                    raise TconfError(f"{where}: {word} is retired EOTK syntax (v2 onions); use {NEW_ONION}")
+                raise TconfError(f"{where}: %{m.group(1)}% expands an environment variable at EOTK "
+                                 f"configure time; write its value into the file instead")
+        if cmd == "set":
+            if not args:
+                raise TconfError(f"{where}: 'set' needs a variable name: set VARIABLE VALUE…")
+            name = args[0]
+            if not VAR_RE.match(name):
+                raise TconfError(f"{where}: {name!r} is not a variable name (letters, digits, _)")
+            name = name.lower()
+            value = " ".join(args[1:])
+            if name in conf.settings and name != "project":
+                conf.warnings.append(f"{where}: set {name} overrides line {conf.settings[name].line}")
+            conf.settings[name] = Setting(name, value, line.number)
+            if name == "project":
+                if not value:
+                    raise TconfError(f"{where}: 'set project' needs a project name")
+                project = value
+        elif cmd in MAP_DIRECTIVES:
+            mapping = _parse_map(cmd, args, project, line.number, where)
+            # EOTK: a project is all-hardmap or all-softmap.
+            kind = project_kind.setdefault(project, cmd)
+            if kind != cmd:
+                raise TconfError(f"{where}: {cmd} in project {project!r}, which already has "
+                                 f"{kind} lines; EOTK keeps one kind per project (set project NAME first)")
+            conf.mappings.append(mapping)
+        elif cmd == "foreignmap":
+            if len(args) != 2:
+                raise TconfError(f"{where}: foreignmap takes ONION DOMAIN, got {len(args)} words")
+            onion = _onion(args[0], where, allow_new=False)
+            conf.foreign.append(Mapping("foreignmap", onion, _domain(args[1], where), (), project, line.number))
+        else:
+            raise TconfError(f"{where}: unknown directive {cmd!r}; EOTK knows set, hardmap, softmap "
+                             "and foreignmap")
+    if not conf.mappings:
+        raise TconfError(f"{source}: no hardmap or softmap line: nothing to serve "
+                         f"(e.g. `hardmap {NEW_ONION} example.com`)")
+    _check_unique(conf)
+    return conf
+
+
+def _parse_map(cmd: str, args: list[str], project: str, number: int, where: str) -> Mapping:
+    if len(args) < 2:
+        raise TconfError(f"{where}: {cmd} needs ONION DOMAIN [SUBDOMAIN…], e.g. "
+                         f"`{cmd} {NEW_ONION} example.com www`")
+    onion = _onion(args[0], where, allow_new=True, legacy_suffix=(cmd == "hardmap"))
+    domain = _domain(args[1], where)
+    subs = []
+    for sub in args[2:]:
+        s = sub.lower()
+        if not all(LABEL_RE.match(label) for label in s.split(".")):
+            raise TconfError(f"{where}: subdomain {sub!r} of {domain} is not a DNS label (letters, digits, "
+                             "inner hyphens)")
+        subs.append(s)
+    return Mapping(cmd, onion, domain, tuple(subs), project, number)
+
+
+def _onion(word: str, where: str, *, allow_new: bool, legacy_suffix: bool = False) -> str | None:
+    if word == NEW_ONION:
+        if not allow_new:
+            raise TconfError(f"{where}: {NEW_ONION} makes no sense in a foreignmap (it names another "
+                             "site's existing onion)")
+        return None
+    # EOTK's ExtractOnion: strip a path and `.onion`; hardmap also took `ONION.key` once.
+    text = word.rsplit("/", 1)[-1]
+    if legacy_suffix:
+        text = re.sub(r"\.(key|pem)$", "", text)
+    try:
+        return onion_address(parse_address(text))
+    except AddressError as exc:
+        raise TconfError(f"{where}: {exc}") from None
+
+
+def _domain(word: str, where: str) -> str:
+    d = word.lower().rstrip(".")
+    if not DNS_NAME_RE.match(d):
+        raise TconfError(f"{where}: {word!r} is not a DNS name such as example.com")
+    if d.endswith(".onion"):
+        raise TconfError(f"{where}: {word!r} is an onion name; the second word is the clearnet domain "
+                         "(ONION DOMAIN)")
+    return d
+
+
+def _check_unique(conf: Tconf) -> None:
+    by_domain: dict[str, Mapping] = {}
+    by_onion: dict[str, Mapping] = {}
+    for m in conf.mappings + conf.foreign:
+        where = f"{conf.source}:{m.line}"
+        if m.domain in by_domain:
+            raise TconfError(f"{where}: {m.domain} is already mapped on line {by_domain[m.domain].line}; "
+                             "one onion per domain")
+        by_domain[m.domain] = m
+        if m.onion:
+            if m.onion in by_onion:
+                raise TconfError(f"{where}: {m.onion}.onion is already used on line {by_onion[m.onion].line}; "
+                                 "an onionstack site has one onion address and one domain")
+            by_onion[m.onion] = m
+
+
+# ---- converting ---------------------------------------------------------------------------
+
+def site_name(domain: str, taken: set[str]) -> str:
+    """`example.com` -> `example-com`, made to fit infra/config.py's site name rule and unique."""
+    base = re.sub(r"[^a-z0-9]+", "-", domain.lower()).strip("-")
+    if not base or not base[0].isalpha():
+        base = "s-" + base
+    base = base[:31].rstrip("-")
+    name, n = base, 2
+    while name in taken:
+        suffix = f"-{n}"
+        name = base[: 31 - len(suffix)].rstrip("-") + suffix
+        n += 1
+    assert SITE_NAME_RE.match(name), name
+    taken.add(name)
+    return name
+
+
+def _unescape(value: str) -> str:
+    # EOTK values land inside double-quoted nginx strings, where `\\` is one backslash;
+    # the demo files write `\\.` for a regex `\.`.
+    return value.replace("\\\\", "\\")
+
+
+def _int_setting(s: Setting, lo: int, hi: int, key: str, source: str) -> int:
+    try:
+        n = int(s.value)
+    except ValueError:
+        raise TconfError(f"{source}:{s.line}: set {s.name} {s.value!r} must be a whole number "
+                         f"(onionstack's {key} takes {lo}..{hi})") from None
+    if not lo <= n <= hi:
+        raise TconfError(f"{source}:{s.line}: set {s.name} {n} is out of range: onionstack's {key} takes "
+                         f"{lo}..{hi}")
+    return n
+
+
+def _anchored_literal(rx: str) -> str | None:
+    """`^/wp-admin\\.php` -> `/wp-admin.php`; None unless the regex is `^` + plain text."""
+    if not rx.startswith("^"):
+        return None
+    body = rx[1:]
+    if any(c in body.replace("\\.", "") for c in ".^$*+?()[]{}|\\"):
+        return None
+    return body.replace("\\.", ".")
+
+
+_HOST_PREFIX_RE = re.compile(r"^\^\(?([a-z0-9|-]+)\)?\\\.$")
+
+
+@dataclass
+class SiteOut:
+    name: str
+    mapping: Mapping
+    key: IdentityKey | None = None
+    key_path: Path | None = None      # what `python -m onion import` reads
+    new: bool = False
+    block_hosts: list[str] = field(default_factory=list)
+    block_paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    config: dict
+    sites: list[SiteOut]
+    notes: list[str]          # settings without equivalent, and other remarks
+    commands: list[str]       # shell commands that move the keys into the stack secrets
+
+
+def convert(conf: Tconf, *, keys_dir: Path | None, secrets_dirs: list[Path], stack: str | None = None,
+            workers: int | None = None, write_keys: bool = True) -> Result:
+    src = conf.source
+    notes = list(conf.warnings)
+    taken: set[str] = set()
+    sites = [SiteOut(site_name(m.domain, taken), m) for m in conf.mappings]
+
+    # keys first: fail before writing anything when one is missing
+    for s in sites:
+        if s.mapping.onion is None:
+            if keys_dir is None:
+                raise TconfError(f"{src}:{s.mapping.line}: {NEW_ONION} needs --keys-dir DIR to keep the new "
+                                 f"key (the key is the site's identity: losing it loses the address)")
+            continue
+        found = find_key(s.mapping.onion, keys_dir, secrets_dirs)
+        if found is None:
+            looked = [str(d) for d in ([keys_dir] if keys_dir else []) + secrets_dirs]
+            raise TconfError(f"{src}:{s.mapping.line}: no key for {s.mapping.onion}.onion in "
+                             f"{', '.join(looked) or '(no directory given)'}; pass --secrets-dir (EOTK keeps "
+                             f"it as secrets.d/{s.mapping.onion}.v3sec.key) or --keys-dir with its "
+                             f"hidden-service directory")
+        s.key, s.key_path = found
+
+    _convert_blocks(conf, sites, notes)
+
+    config: dict = {}
+    entries = []
+    for s in sites:
+        e = {"name": s.name, "domain": s.mapping.domain}
+        if s.block_hosts:
+            e["blockHosts"] = s.block_hosts
+        if s.block_paths:
+            e["blockPaths"] = s.block_paths
+        entries.append(e)
+    config["onionstack:sites"] = entries
+    st = conf.settings
+    if "tor_intros_per_daemon" in st and st["tor_intros_per_daemon"].value:
+        config["onionstack:introPointsPerDaemon"] = _int_setting(
+            st["tor_intros_per_daemon"], *INTRO_POINTS_RANGE, "introPointsPerDaemon", src)
+    if "softmap_tor_workers" in st and st["softmap_tor_workers"].value:
+        config["onionstack:torDaemonsPerWorker"] = _int_setting(
+            st["softmap_tor_workers"], *DAEMONS_PER_WORKER_RANGE, "torDaemonsPerWorker", src)
+    if workers is not None:
+        config["onionstack:workers"] = workers
+
+    for name, s in sorted(st.items(), key=lambda kv: kv[1].line):
+        if name in CONVERTED:
+            continue
+        if name not in EOTK_SETTINGS:
+            notes.append(f"{src}:{s.line}: set {name}: not an EOTK setting (a typo?); ignored")
+        else:
+            notes.append(f"{src}:{s.line}: set {name}: no onionstack equivalent; ignored")
+    for f in conf.foreign:
+        notes.append(f"{src}:{f.line}: foreignmap {f.onion}.onion {f.domain}: no onionstack equivalent "
+                     "(links to that domain are not rewritten to its onion); ignored")
+    projects = sorted({m.project for m in conf.mappings})
+    if len(projects) > 1:
+        notes.append(f"EOTK projects {', '.join(projects)} become sites of one stack")
+    for s in sites:
+        if s.mapping.subdomains:
+            notes.append(f"{src}:{s.mapping.line}: subdomains {' '.join(s.mapping.subdomains)} of "
+                         f"{s.mapping.domain}: onionstack serves every subdomain of a site's domain; nothing to set")
+
+    # Everything is checked; now make and write keys. A key already in keys_dir/<site>
+    # (an earlier run of this import) is reused rather than replaced by a new one.
+    for s in sites:
+        target = keys_dir / s.name if keys_dir else None
+        if s.mapping.onion is None:
+            if target is not None and (target / SECRET_KEY_FILE).is_file():
+                s.key, s.key_path = IdentityKey.from_hs_dir(target), target
+                notes.append(f"{src}:{s.mapping.line}: {NEW_ONION} for {s.mapping.domain}: reusing the key "
+                             f"already in {target} ({s.key.hostname}) from an earlier import")
+                continue
+            s.key, s.new = IdentityKey.generate(), True
+        if target is not None and (s.new or s.key_path.resolve() != target.resolve()):
+            if write_keys:
+                s.key.write_hs_dir(target)
+            s.key_path = target
+
+    commands = []
+    stack_opt = f" --stack {shlex.quote(stack)}" if stack else ""
+    for s in sites:
+        commands.append(f"python -m onion import {shlex.quote(str(s.key_path))} | pulumi config set{stack_opt} "
+                        f"--secret --path {shlex.quote('masterKeys.' + s.name)}")
+    return Result(config={"config": config}, sites=sites, notes=notes, commands=commands)
+
+
+def _convert_blocks(conf: Tconf, sites: list[SiteOut], notes: list[str]) -> None:
+    """EOTK's block_* settings are global (every project); onionstack's are per site.
+    block_host/block_path match exactly, the *_re forms are case-insensitive regexes
+    (`$http_host ~* "…"`, `$uri ~* "…"` in EOTK's nginx)."""
+    src, st = conf.source, conf.settings
+    onion_to_site = {s.mapping.onion: s for s in sites if s.mapping.onion}
+
+    def add_host(host: str, s: Setting) -> None:
+        host = host.lower().rstrip(".")
+        # an onion-side name (sub.<onion>.onion) means the same host of that onion's domain
+        if host.endswith(".onion"):
+            labels = host[: -len(".onion")].split(".")
+            site = onion_to_site.get(labels[-1])
+            if site is None:
+                notes.append(f"{src}:{s.line}: set {s.name} {host}: not one of this file's onions; ignored")
+                return
+            host = ".".join(labels[:-1] + [site.mapping.domain])
+        owners = [x for x in sites if host == x.mapping.domain or host.endswith("." + x.mapping.domain)]
+        if not owners or not DNS_NAME_RE.match(host):
+            notes.append(f"{src}:{s.line}: set {s.name} {host}: not under any mapped domain; ignored")
+            return
+        for x in owners:
+            if host not in x.block_hosts:
+                x.block_hosts.append(host)
+
+    if "block_host" in st:
+        for host in st["block_host"].value.split():
+            add_host(host, st["block_host"])
+    if "block_host_re" in st:
+        s = st["block_host_re"]
+        for pattern in s.value.split():
+            rx = _unescape(pattern).lower()
+            # Only leftmost-label patterns like `^(login|donate)\.` translate to names;
+            # blockHosts takes DNS names, not regexes.
+            m = _HOST_PREFIX_RE.match(rx)
+            if m and all(LABEL_RE.match(p) for p in m.group(1).split("|")):
+                for x in sites:
+                    for label in m.group(1).split("|"):
+                        h = f"{label}.{x.mapping.domain}"
+                        if h not in x.block_hosts:
+                            x.block_hosts.append(h)
+                notes.append(f"{src}:{s.line}: set block_host_re {pattern}: converted to blockHosts "
+                             f"{{{m.group(1).replace('|', ',')}}}.<domain> of every site")
+            else:
+                notes.append(f"{src}:{s.line}: set block_host_re {pattern}: no onionstack equivalent "
+                             "(blockHosts takes DNS names, not regexes); ignored")
+    # onionstack's blockPaths are URL path prefixes (nginx `location ^~ PREFIX`, see
+    # nodes/render.py). An exact EOTK path becomes a prefix; a regex converts only when it
+    # is an anchored literal (`^/wp-admin`); anything else is reported.
+    paths: list[str] = []
+    for exact, regex in (("block_path", "block_path_re"), ("block_location", "block_location_re")):
+        if exact in st:
+            s = st[exact]
+            for p in s.value.split():
+                p = _unescape(p)
+                if BLOCK_PATH_RE.match(p):
+                    paths.append(p)
+                    notes.append(f"{src}:{s.line}: set {exact} {p}: converted to blockPaths prefix {p} "
+                                 "(EOTK matched the exact path; a prefix also blocks the paths below it)")
+                else:
+                    notes.append(f"{src}:{s.line}: set {exact} {p}: no onionstack equivalent (blockPaths "
+                                 "takes /path prefixes of A-Za-z0-9._~/%+-); ignored")
+        if regex in st:
+            s = st[regex]
+            for p in s.value.split():
+                rx = _unescape(p)
+                try:
+                    re.compile(rx)
+                except re.error as exc:
+                    raise TconfError(f"{src}:{s.line}: set {regex} {p!r} is not a valid regular "
+                                     f"expression ({exc})") from None
+                literal = _anchored_literal(rx)
+                if literal and BLOCK_PATH_RE.match(literal):
+                    paths.append(literal)
+                    notes.append(f"{src}:{s.line}: set {regex} {p}: converted to blockPaths prefix {literal} "
+                                 "(EOTK matched case-insensitively; the prefix is case-sensitive)")
+                else:
+                    notes.append(f"{src}:{s.line}: set {regex} {p}: no onionstack equivalent (blockPaths "
+                                 "takes /path prefixes, not regular expressions); ignored")
+    for n in ("block_location", "block_location_re"):
+        if n in st:
+            notes.append(f"{src}:{st[n].line}: set {n} is deprecated in EOTK; treated like "
+                         f"{n.replace('location', 'path')}")
+    for x in sites:
+        x.block_paths = list(dict.fromkeys(paths))
+
+
+def find_key(onion: str, keys_dir: Path | None, secrets_dirs: list[Path]) -> tuple[IdentityKey, Path] | None:
+    """The key of `onion` in EOTK's secrets.d (`<onion>.v3sec.key`) or a tor
+    hidden-service directory (`<dir>/<onion>/`, or any `<dir>/*/` whose hostname says so)."""
+    candidates: list[Path] = []
+    for d in ([keys_dir] if keys_dir else []) + secrets_dirs:
+        if not d.is_dir():
+            continue
+        candidates += [d / f"{onion}.v3sec.key", d / onion, d / f"{onion}.onion"]
+        for sub in sorted(p for p in d.iterdir() if p.is_dir()):
+            host = sub / HOSTNAME_FILE
+            if host.is_file() and host.read_text(errors="replace").strip() == f"{onion}.onion":
+                candidates.append(sub)
+    for c in candidates:
+        if c.is_file() or (c.is_dir() and (c / SECRET_KEY_FILE).is_file()):
+            key = IdentityKey.from_file(c)
+            if key.address != onion:
+                raise KeyFileError(f"{c} holds the key of {key.hostname}, not {onion}.onion")
+            return key, c
+    return None
+
+
+def count_workers(path: Path) -> int:
+    """EOTK's eotk-workers.conf: one worker hostname per line."""
+    hosts = [l.strip() for l in path.read_text().splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    if not WORKERS_RANGE[0] <= len(hosts) <= WORKERS_RANGE[1]:
+        raise TconfError(f"{path}: {len(hosts)} workers; onionstack's workers takes "
+                         f"{WORKERS_RANGE[0]}..{WORKERS_RANGE[1]}")
+    return len(hosts)
+
+
+def render_yaml(result: Result, source: str, stack: str | None) -> str:
+    head = [f"# onionstack stack config for Pulumi.{stack or '<stack>'}.yaml, imported from EOTK {source}",
+            "# by `python -m onion import-tconf`. The master keys are NOT here: run the commands",
+            "# printed on stderr. Still to set: adminCidrs, sshPublicKey, sshPrivateKey (secret).",
+            "# Sites and their onion addresses:"]
+    for s in result.sites:
+        head.append(f"#   {s.name}: {s.mapping.domain} -> {s.key.hostname}{' (new key)' if s.new else ''}")
+    return "\n".join(head) + "\n" + yaml.safe_dump(result.config, sort_keys=False, default_flow_style=False)
+
+
+# ---- command --------------------------------------------------------------------------------
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "import-tconf", help="convert an EOTK .tconf site configuration to onionstack stack config",
+        description=__doc__.split("\n\n")[0])
+    p.add_argument("file", type=Path, help="EOTK configuration (.tconf or .conf)")
+    p.add_argument("--keys-dir", type=Path,
+                   help="where keys go: one tor hidden-service directory per site (created 0700, keys 0600); "
+                        "also searched for existing onions' keys")
+    p.add_argument("--secrets-dir", type=Path, action="append", default=None,
+                   help="EOTK secrets.d holding <onion>.v3sec.key files (default: secrets.d beside FILE); "
+                        "may repeat")
+    p.add_argument("--workers-file", type=Path,
+                   help="EOTK's eotk-workers.conf, to carry over the number of workers "
+                        "(default: eotk-workers.conf beside FILE when present)")
+    p.add_argument("--stack", help="stack name used in the printed pulumi commands")
+    p.set_defaults(func=run)
+
+
+def run(args, out=None, err=None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    path: Path = args.file
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TconfError(f"{path}: not UTF-8 text ({exc})") from None
+    conf = parse(text, str(path))
+    secrets = args.secrets_dir if args.secrets_dir is not None else [path.parent / "secrets.d"]
+    workers_file = args.workers_file or (path.parent / "eotk-workers.conf")
+    workers = count_workers(workers_file) if (args.workers_file or workers_file.is_file()) else None
+    keys_dir = args.keys_dir
+    if keys_dir is not None:
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    result = convert(conf, keys_dir=keys_dir, secrets_dirs=secrets, stack=args.stack, workers=workers)
+    out.write(render_yaml(result, str(path), args.stack))
+    for s in result.sites:
+        how = f"new key written to {s.key_path}" if s.new else f"key from {s.key_path}"
+        print(f"site {s.name}: {s.mapping.domain} -> {s.key.hostname} ({how})", file=err)
+    if workers is not None:
+        print(f"workers: {workers} (from {workers_file})", file=err)
+    for n in result.notes:
+        print(f"note: {n}", file=err)
+    print("Store the master keys as stack secrets (each reads the key from its directory; "
+          "none appears on a command line):", file=err)
+    for c in result.commands:
+        print(f"  {c}", file=err)
+    return 0

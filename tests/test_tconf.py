@@ -1,0 +1,296 @@
+"""`python -m onion import-tconf`: EOTK's demo configurations (retyped in
+tests/fixtures/eotk/) to onionstack stack config, keys, and precise errors."""
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from nodes.render import SiteSpec
+from onion import tconf
+from onion.__main__ import main as onion_main
+from onion.keys import IdentityKey
+from onion.tconf import TconfError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eotk"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_import(path: Path, *extra: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    parser = __import__("onion.__main__", fromlist=["build_parser"]).build_parser()
+    args = parser.parse_args(["import-tconf", str(path), *extra])
+    rc = tconf.run(args, out=out, err=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def sites_of(stdout: str) -> list[dict]:
+    doc = yaml.safe_load(stdout)
+    assert list(doc) == ["config"]
+    return doc["config"]["onionstack:sites"]
+
+
+def assert_private_dir(d: Path) -> IdentityKey:
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    for f in d.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    return IdentityKey.from_hs_dir(d)
+
+
+def secrets_in(keys_dir: Path) -> list[str]:
+    return [IdentityKey.from_hs_dir(d).to_config_string().split(":", 1)[1] for d in keys_dir.iterdir()]
+
+
+# ---- EOTK's demo configurations -------------------------------------------------------------
+
+def test_example_demo(tmp_path):
+    keys = tmp_path / "keys"
+    rc, out, err = run_import(FIXTURES / "example.tconf", "--keys-dir", str(keys), "--stack", "prod")
+    assert rc == 0
+    sites = sites_of(out)
+    assert [(s["name"], s["domain"]) for s in sites] == [
+        ("foo-local", "foo.local"), ("bar-local", "bar.local"), ("example-com", "example.com"),
+        ("example-org", "example.org"), ("example-net", "example.net")]
+    assert "# onionstack stack config for Pulumi.prod.yaml" in out
+    addresses = set()
+    for s in sites:
+        key = assert_private_dir(keys / s["name"])
+        addresses.add(key.address)
+        assert f"#   {s['name']}: {s['domain']} -> {key.hostname} (new key)" in out
+        assert (f"python -m onion import {keys / s['name']} | pulumi config set --stack prod --secret "
+                f"--path masterKeys.{s['name']}") in err
+        # each site is one the node renderer accepts
+        SiteSpec(name=s["name"], domain=s["domain"], onion_address=key.address)
+    assert len(addresses) == 5                       # five distinct new onions
+    assert "foreignmap facebookwkhpilnemxj7asaniu7vnjjbiltxjqhye3mhbshg7kx5tfyd.onion facebook.com: no onionstack equivalent" in err
+    assert "EOTK projects hardexample, softexample become sites of one stack" in err
+    for secret in secrets_in(keys):                  # no private key on stdout or stderr
+        assert secret not in out and secret not in err
+
+
+def test_wikipedia_demo_blocks_and_unsupported_settings(tmp_path):
+    keys = tmp_path / "keys"
+    rc, out, err = run_import(FIXTURES / "wikipedia.tconf", "--keys-dir", str(keys))
+    assert rc == 0
+    sites = sites_of(out)
+    assert [s["domain"] for s in sites] == ["mediawiki.org", "wikimedia.org", "wikipedia.org", "wiktionary.org"]
+    for s in sites:
+        # `set block_host_re ^(login|donate)\\.` is a leftmost-label pattern: names per site
+        assert s["blockHosts"] == [f"login.{s['domain']}", f"donate.{s['domain']}"]
+        # both block_path_re values are unanchored regexes: no prefix equivalent
+        assert "blockPaths" not in s
+        key = IdentityKey.from_hs_dir(keys / s["name"])
+        SiteSpec(name=s["name"], domain=s["domain"], onion_address=key.address,
+                 block_hosts=tuple(s["blockHosts"]))
+    src = str(FIXTURES / "wikipedia.tconf")
+    for line, name in ((5, "preserve_csv"), (10, "nginx_resolver"), (15, "nginx_cache_seconds"),
+                       (19, "suppress_methods_except_get"), (31, "block_param_re"),
+                       (35, "user_agent_whitelist_re")):
+        assert f"note: {src}:{line}: set {name}: no onionstack equivalent; ignored" in err
+    assert f"{src}:26: set block_path_re /User:: no onionstack equivalent" in err
+    assert "converted to blockHosts {login,donate}.<domain> of every site" in err
+    assert f"{src}:46: subdomains m of wikipedia.org: onionstack serves every subdomain" in err
+
+
+def test_tpo_and_human_rights_demos(tmp_path):
+    rc, out, err = run_import(FIXTURES / "tpo.tconf", "--keys-dir", str(tmp_path / "k1"))
+    assert rc == 0
+    assert sites_of(out) == [{"name": "torproject-org", "domain": "torproject.org"}]
+    for name in ("nginx_resolver", "ssl_mkcert", "log_separate", "preserve_csv"):
+        assert f"set {name}: no onionstack equivalent" in err
+    rc, out, err = run_import(FIXTURES / "human-rights.tconf", "--keys-dir", str(tmp_path / "k2"))
+    assert rc == 0
+    assert [s["name"] for s in sites_of(out)] == ["aclu-org", "liberty-human-rights-org-uk"]
+
+
+def test_printed_command_yields_the_stack_key(tmp_path, capsys):
+    """The left half of each printed pipeline prints the key the stack config takes."""
+    keys = tmp_path / "keys"
+    run_import(FIXTURES / "human-rights.tconf", "--keys-dir", str(keys))
+    assert onion_main(["import", str(keys / "aclu-org")]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert IdentityKey.from_config_string(printed).address == IdentityKey.from_hs_dir(keys / "aclu-org").address
+
+
+def test_cli_entry_point(tmp_path):
+    keys = tmp_path / "keys"
+    proc = subprocess.run([sys.executable, "-m", "onion", "import-tconf", str(FIXTURES / "tpo.tconf"),
+                           "--keys-dir", str(keys)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert sites_of(proc.stdout)[0]["domain"] == "torproject.org"
+    assert "ED25519-V3:" not in proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "onion", "import-tconf", str(FIXTURES / "tpo.tconf")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2
+    assert f"onion import-tconf: {FIXTURES / 'tpo.tconf'}:16: %NEW_V3_ONION% needs --keys-dir DIR" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_rerun_reuses_generated_keys(tmp_path):
+    keys = tmp_path / "keys"
+    _, first, _ = run_import(FIXTURES / "human-rights.tconf", "--keys-dir", str(keys))
+    before = {d.name: IdentityKey.from_hs_dir(d).address for d in keys.iterdir()}
+    rc, second, err = run_import(FIXTURES / "human-rights.tconf", "--keys-dir", str(keys))
+    assert rc == 0
+    assert {d.name: IdentityKey.from_hs_dir(d).address for d in keys.iterdir()} == before
+    assert "reusing the key already in" in err
+    assert yaml.safe_load(first) == yaml.safe_load(second)
+
+
+# ---- existing onions and softmap settings -------------------------------------------------
+
+def eotk_secret(secrets: Path) -> IdentityKey:
+    """A key as EOTK keeps it: secrets.d/<onion>.v3sec.key and .v3pub.key."""
+    key = IdentityKey.generate()
+    secrets.mkdir(exist_ok=True)
+    (secrets / f"{key.address}.v3sec.key").write_bytes(key.to_tor_secret_key())
+    (secrets / f"{key.address}.v3pub.key").write_bytes(key.to_tor_public_key())
+    return key
+
+
+def test_softmap_with_existing_onions_from_secrets_d(tmp_path):
+    secrets = tmp_path / "secrets.d"
+    news, shop = eotk_secret(secrets), eotk_secret(secrets)
+    (tmp_path / "eotk-workers.conf").write_text("# workers\nwolfgang\nwilliam\nwalter\n")
+    conf = tmp_path / "site.tconf"
+    conf.write_text(f"""set softmap_tor_workers 4
+set tor_intros_per_daemon 5
+set project shop
+softmap {news.hostname} news.example \\
+    www m
+softmap {shop.address} shop.example
+set block_host {"login." + news.hostname} ads.shop.example
+set block_path /wp-admin/
+set block_path_re ^/private\\\\.d/
+""")
+    # without --keys-dir the commands read EOTK's own key files
+    rc, out, err = run_import(conf)
+    assert rc == 0
+    doc = yaml.safe_load(out)["config"]
+    assert doc["onionstack:torDaemonsPerWorker"] == 4
+    assert doc["onionstack:introPointsPerDaemon"] == 5
+    assert doc["onionstack:workers"] == 3
+    s_news, s_shop = doc["onionstack:sites"]
+    assert s_news == {"name": "news-example", "domain": "news.example", "blockHosts": ["login.news.example"],
+                      "blockPaths": ["/wp-admin/", "/private.d/"]}
+    assert s_shop["blockHosts"] == ["ads.shop.example"]
+    assert f"python -m onion import {secrets / (news.address + '.v3sec.key')} | pulumi config set --secret " \
+           f"--path masterKeys.news-example" in err
+    assert f"#   news-example: news.example -> {news.hostname}\n" in out
+    assert "subdomains www m of news.example" in err
+
+    # with --keys-dir they are copied into one hidden-service directory per site
+    keys = tmp_path / "keys"
+    rc, out, err = run_import(conf, "--keys-dir", str(keys))
+    assert rc == 0
+    assert assert_private_dir(keys / "news-example").address == news.address
+    assert assert_private_dir(keys / "shop-example").address == shop.address
+    assert f"python -m onion import {keys / 'shop-example'} |" in err
+
+
+def test_existing_onion_in_keys_dir_hs_layout(tmp_path):
+    keys = tmp_path / "keys"
+    key = IdentityKey.generate()
+    key.write_hs_dir(keys / "old-name")          # a tor HiddenServiceDir, found by its hostname file
+    conf = tmp_path / "a.tconf"
+    conf.write_text(f"hardmap {key.address} example.com\n")
+    rc, out, err = run_import(conf, "--keys-dir", str(keys), "--secrets-dir", str(tmp_path / "none"))
+    assert rc == 0
+    assert IdentityKey.from_hs_dir(keys / "example-com").address == key.address
+
+
+def test_missing_key_is_an_error(tmp_path):
+    key = IdentityKey.generate()
+    conf = tmp_path / "a.tconf"
+    conf.write_text(f"# comment\nhardmap {key.address} example.com\n")
+    with pytest.raises(TconfError, match=rf"a.tconf:2: no key for {key.address}.onion in .*secrets.d.*--secrets-dir"):
+        run_import(conf, "--keys-dir", str(tmp_path / "keys"))
+    assert not (tmp_path / "keys" / "example-com").exists()
+
+
+def test_key_file_for_another_onion_is_refused(tmp_path):
+    secrets = tmp_path / "secrets.d"
+    a, b = eotk_secret(secrets), IdentityKey.generate()
+    os.rename(secrets / f"{a.address}.v3sec.key", secrets / f"{b.address}.v3sec.key")
+    conf = tmp_path / "a.tconf"
+    conf.write_text(f"hardmap {b.address} example.com\n")
+    with pytest.raises(ValueError, match=f"holds the key of {a.hostname}, not {b.address}.onion"):
+        run_import(conf)
+
+
+# ---- the line language -----------------------------------------------------------------------
+
+def test_line_joining_and_comments():
+    text = "set a one \\\n   two\\\n three\n# a comment \\\nset swallowed x\nset b ends\\\\\nset c 3\n"
+    lines = tconf.logical_lines(text, "t")
+    # odd backslashes join (numbered by the first line), a comment swallows its continuation,
+    # an even number is literal
+    assert [(l.number, l.words) for l in lines] == [
+        (1, ("set", "a", "one", "two", "three")), (6, ("set", "b", "ends\\\\")), (7, ("set", "c", "3"))]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("hardmap %NEW_V3_ONION% example.com\nfrobnicate x\n", r"t.tconf:2: unknown directive 'frobnicate'"),
+    ("set xy \\\n  y\nhardmap %NEW_V3_ONION%\n", r"t.tconf:3: hardmap needs ONION DOMAIN"),
+    ("hardmap %NEW_V3_ONION% example.com \\\n", r"t.tconf:1: the last line ends in a backslash"),
+    ("hardmap fbcebookwkhpilnemxj7asaniu7vnjjbiltxjqhye3mhbshg7kx5tfyd example.com\n",
+     r"t.tconf:1: onion address .* wrong checksum"),
+    ("hardmap abcdefghijklmnop example.com\n", r"t.tconf:1: .*16 characters.*v2"),
+    ("hardmap %NEW_ONION% example.com\n", r"t.tconf:1: %NEW_ONION% is retired EOTK syntax"),
+    ("set x %HOME%\nhardmap %NEW_V3_ONION% a.com\n", r"t.tconf:1: %HOME% expands an environment variable"),
+    ("hardmap %NEW_V3_ONION% a.com\nsoftmap %NEW_V3_ONION% b.com\n",
+     r"t.tconf:2: softmap in project 'default', which already has hardmap lines"),
+    ("hardmap %NEW_V3_ONION% a.com\nhardmap %NEW_V3_ONION% A.com\n", r"t.tconf:2: a.com is already mapped on line 1"),
+    ("hardmap %NEW_V3_ONION% not_a_domain\n", r"t.tconf:1: 'not_a_domain' is not a DNS name"),
+    ("hardmap %NEW_V3_ONION% a.com bad_sub\n", r"t.tconf:1: subdomain 'bad_sub' of a.com"),
+    ("foreignmap %NEW_V3_ONION% a.com\nhardmap %NEW_V3_ONION% b.com\n", r"t.tconf:1: %NEW_V3_ONION% makes no sense"),
+    ("set project\nhardmap %NEW_V3_ONION% b.com\n", r"t.tconf:1: 'set project' needs a project name"),
+    ("set 9lives x\nhardmap %NEW_V3_ONION% b.com\n", r"t.tconf:1: '9lives' is not a variable name"),
+    ("# nothing\nset project x\n", r"t.tconf: no hardmap or softmap line"),
+    ("set tor_intros_per_daemon three\nhardmap %NEW_V3_ONION% b.com\n",
+     r"t.tconf:1: set tor_intros_per_daemon 'three' must be a whole number .*1..20"),
+    ("set softmap_tor_workers 9\nsoftmap %NEW_V3_ONION% b.com\n",
+     r"t.tconf:1: set softmap_tor_workers 9 is out of range: onionstack's torDaemonsPerWorker takes 1..8"),
+    ("\n\nset block_path_re ^/(unclosed\nhardmap %NEW_V3_ONION% b.com\n",
+     r"t.tconf:3: set block_path_re '\^/\(unclosed' is not a valid regular expression"),
+])
+def test_bad_input_names_the_line(tmp_path, text, message):
+    conf = tmp_path / "t.tconf"
+    conf.write_text(text)
+    with pytest.raises(TconfError, match=message):
+        run_import(conf, "--keys-dir", str(tmp_path / "keys"))
+    assert not (tmp_path / "keys").exists() or not any((tmp_path / "keys").iterdir())
+
+
+def test_unknown_setting_is_reported_as_typo(tmp_path):
+    conf = tmp_path / "t.tconf"
+    conf.write_text("set nginx_resolvr 10.0.0.2\nhardmap %NEW_V3_ONION% b.com\n")
+    rc, out, err = run_import(conf, "--keys-dir", str(tmp_path / "k"))
+    assert rc == 0
+    assert "t.tconf:1: set nginx_resolvr: not an EOTK setting (a typo?); ignored" in err
+
+
+def test_site_names_fit_the_stack_rule():
+    taken: set[str] = set()
+    names = [tconf.site_name(d, taken) for d in
+             ("example.com", "example-com.net", "example.com.", "3com.com",
+              "a-very-long-subdomain-name.of-a-very-long-domain.example")]
+    assert names[0] == "example-com" and names[1] == "example-com-net"
+    assert names[2] == "example-com-2"             # unique
+    assert names[3] == "s-3com-com"                # starts with a letter
+    assert all(tconf.SITE_NAME_RE.match(n) and len(n) <= 31 for n in names)
+
+
+def test_onionstack_limits_match_the_stack_config():
+    """The ranges and name rule the importer enforces are the stack config's."""
+    from infra import config as stack_config
+    assert tconf.SITE_NAME_RE.pattern == stack_config.SITE_NAME_RE.pattern
+    from nodes import render
+    assert tconf.BLOCK_PATH_RE.pattern == render.BLOCK_PATH_RE.pattern
