@@ -134,9 +134,9 @@ class StackMocks(pulumi_mocks.Mocks):
         self.zones = [f"{region}{chr(ord('a') + i)}" for i in range(zone_count)]
         self.invokes: list[tuple[str, dict]] = []
         self._subnets: dict[str, tuple[ipaddress.IPv4Network, str]] = {}
-        self._next_host: dict[str, int] = defaultdict(lambda: 10)
-        self._public = DOCUMENTATION_NET.hosts()
-        self._serial = 0
+        # Ids and addresses derive from resource names, not registration order (which
+        # varies between runs), so the same program prints the same tree and outputs.
+        self._taken: set[str] = set()
 
     def call(self, args: pulumi_mocks.MockCallArgs):
         self.invokes.append((args.token, dict(args.args)))
@@ -171,9 +171,23 @@ class StackMocks(pulumi_mocks.Mocks):
         # An unanswered invoke would silently yield None: make it loud instead.
         raise NotImplementedError(f"mockrun: no mock answer for invoke {args.token}")
 
-    def _id(self, prefix: str) -> str:
-        self._serial += 1
-        return f"{prefix}-{self._serial:017x}"
+    @staticmethod
+    def _digest(*parts: str) -> int:
+        return int.from_bytes(hashlib.sha256("\0".join(parts).encode()).digest()[:8], "big")
+
+    def _id(self, prefix: str, type_: str, name: str) -> str:
+        return f"{prefix}-{self._digest(type_, name):016x}"[: len(prefix) + 18]
+
+    def _address(self, net: ipaddress.IPv4Network, name: str, first: int = 10) -> str:
+        """A stable free host address in `net` for `name` (reserved low addresses skipped)."""
+        span = net.num_addresses - first - 1
+        start = self._digest(str(net), name) % span
+        for step in range(span):
+            ip = str(net.network_address + first + (start + step) % span)
+            if ip not in self._taken:
+                self._taken.add(ip)
+                return ip
+        raise RuntimeError(f"mock subnet {net} is full")
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
         inputs = dict(args.inputs)
@@ -193,19 +207,17 @@ class StackMocks(pulumi_mocks.Mocks):
             "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": "sgr",
             "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": "sgr",
         }.get(t, t.split(":")[-1].lower())
-        id_ = self._id(prefix)
+        id_ = self._id(prefix, t, args.name)
         state["arn"] = f"arn:aws:mock:{self.region}:000000000000:{prefix}/{id_}"
         if t == "aws:ec2/subnet:Subnet":
             self._subnets[id_] = (ipaddress.ip_network(inputs["cidrBlock"]), inputs.get("availabilityZone"))
         elif t == "aws:ec2/instance:Instance":
             net, zone = self._subnets[reveal(inputs["subnetId"])]
-            host = self._next_host[str(net)]
-            self._next_host[str(net)] += 1
-            state["privateIp"] = str(net.network_address + host)
+            state["privateIp"] = self._address(net, args.name)
             state["availabilityZone"] = zone
-            state["publicIp"] = str(next(self._public)) if inputs.get("associatePublicIpAddress") else ""
+            state["publicIp"] = self._address(DOCUMENTATION_NET, args.name) if inputs.get("associatePublicIpAddress") else ""
         elif t == "aws:ec2/eip:Eip":
-            state["publicIp"] = str(next(self._public))
+            state["publicIp"] = self._address(DOCUMENTATION_NET, args.name)
         elif t == "aws:ec2/keyPair:KeyPair":
             state["keyName"] = inputs.get("keyName") or f"{inputs.get('keyNamePrefix', '')}{id_}"
         elif t == "aws:kms/key:Key":
@@ -390,8 +402,13 @@ def render_tree(result: ProgramResult) -> str:
         extra = f"  [{', '.join(flags)}]" if flags else ""
         return f"{r.type}  {r.name}{extra}"
 
+    def order(r: MockedResource) -> tuple:
+        # Own resources first, then sub-components; by type, then name with numbers in order.
+        natural = tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", r.name))
+        return (not r.custom, r.type, natural)
+
     def walk(parent: str, prefix: str) -> None:
-        kids = by_parent.get(parent, [])
+        kids = sorted(by_parent.get(parent, []), key=order)
         for i, r in enumerate(kids):
             last = i == len(kids) - 1
             lines.append(f"{prefix}{'└─ ' if last else '├─ '}{label(r)}")

@@ -136,3 +136,13 @@ def test_secret_keys_stored_in_plain_text_are_warned_about(caplog):
     with caplog.at_level(logging.WARNING):
         mockrun.run_program(minimal_config())  # both marked secret
     assert "plain text" not in " ".join(r.getMessage() for r in caplog.records)
+
+
+def test_mock_runs_are_deterministic():
+    """Ids and addresses come from names, not registration order: same config, same result."""
+    a = mockrun.run_program(prod_config())
+    b = mockrun.run_program(prod_config())
+    assert a.outputs == b.outputs
+    assert mockrun.render_tree(a) == mockrun.render_tree(b)
+    ips = a.outputs["workerPrivateIps"] + [a.outputs["databasePrivateIp"], a.outputs["balancerPrivateIp"]]
+    assert len(set(ips)) == len(ips)
