@@ -1,0 +1,264 @@
+"""onion.hashring: tor's test vectors (hs_common.c tests, OnionBalance's ring vector),
+time periods on production and test networks, descriptor slots, stem consensus input."""
+from __future__ import annotations
+
+import base64
+import calendar
+import datetime as dt
+import hashlib
+import struct
+
+import pytest
+from stem.descriptor.networkstatus import NetworkStatusDocumentV3
+
+from onion import hashring
+from onion.errors import ConsensusError
+from onion.hashring import (
+    HashRing, HSDir, NetworkTiming, disaster_srv, hs_index, hsdir_index, ring_for,
+)
+from onion.keys import IdentityKey
+
+
+def utc(text: str) -> int:
+    return calendar.timegm(dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timetuple())
+
+
+def hourly(valid_after: int, params=None) -> NetworkTiming:
+    return NetworkTiming.from_times(valid_after, valid_after + 3600, params or {})
+
+
+# --- vectors ------------------------------------------------------------------------------------
+
+def test_hs_index_and_hsdir_index_match_tor_vectors():
+    # tor test_hs_common.c test_hs_indexes: key 0x42*32, SRV 0x43*32, period 42, length 1440
+    assert hs_index(b"\x42" * 32, 1, 42, 1440).hex() == \
+        "37e5cbbd56a22823714f18f1623ece5983a0d64c78495a8cfab854245e5f9a8a"
+    assert hsdir_index(b"\x42" * 32, b"\x43" * 32, 42, 1440).hex() == \
+        "db475361014a09965e7e5e4d4a25b8f8d4b8f16cb1d8a7e95eed50249cc1a2d5"
+
+
+def test_disaster_srv_is_rend_spec_formula():
+    # rend-spec-v3 [SHAREDRANDOM]: H("shared-random-disaster" | INT_8(len) | INT_8(num))
+    expected = hashlib.sha3_256(b"shared-random-disaster" + (1440).to_bytes(8, "big")
+                                + (17000).to_bytes(8, "big")).digest()
+    assert disaster_srv(17000, 1440) == expected
+    assert disaster_srv(17001, 1440) != expected and disaster_srv(17000, 240) != expected
+
+
+def test_responsible_hsdirs_match_onionbalance_vector():
+    """OnionBalance's tests/v3/test_v3_hashring.py: 255 relays, fixed SRVs and blinded keys."""
+    hsdirs = [HSDir((bytes([i]) * 20).hex().upper(), f"n{i}", bytes([i]) * 32) for i in range(1, 256)]
+    ring = HashRing(hourly(10101010101), hsdirs, srv_current=bytes([41]) * 32,
+                    srv_previous=bytes([42]) * 32)
+    first, second = ring.descriptor_slots()
+    got_first = ring.responsible_hsdirs(bytes.fromhex(
+        "063AEC5E1FD3025098F2DF71EF570B28D94B463FFCCB5EC6A9C061E38F551C6A"), first)
+    got_second = ring.responsible_hsdirs(bytes.fromhex(
+        "5DB624F2D74F103E6E8C6FBCCD074586EF5A5572F90673C00B77DEF94EC11499"), second)
+    assert [h.fingerprint[:2] for h in got_first] == ["D1", "2F", "B0", "3A", "5A", "DF", "F7", "34"]
+    assert [h.fingerprint[:2] for h in got_second] == ["5D", "9A", "D1", "7A", "C3", "C6", "E9", "86"]
+
+
+# --- time periods -----------------------------------------------------------------------------------
+
+def test_time_period_numbers_match_tor():
+    # tor test_hs_common.c test_time_period (prop224 [TIME-PERIODS] example)
+    t = utc("2016-04-13 11:00:00")
+    timing = hourly(t)
+    assert timing.period_length == 1440 and timing.rotation_offset_seconds == 12 * 3600
+    assert timing.time_period_number() == 16903
+    assert timing.time_period_number(t + 3599) == 16903
+    assert timing.time_period_start(16904) == utc("2016-04-13 12:00:00")
+    assert timing.time_period_number(t + 3600) == 16904
+    assert timing.time_period_start(16905) == utc("2016-04-14 12:00:00")
+
+
+def test_test_network_timing_matches_tor():
+    # tor test_start_time_of_next_time_period with TestingTorNetwork and a 10 s voting
+    # interval: 4-minute periods, 120 s rotation offset.
+    t = utc("2016-04-13 00:00:00")
+    timing = NetworkTiming.from_times(t, t + 10, {"hsdir_interval": 60})
+    assert timing.testing_network and timing.period_length == 4
+    assert timing.rotation_offset_seconds == 120
+    assert timing.time_period_start(timing.time_period_number(t) + 1) == utc("2016-04-13 00:02:00")
+    t2 = utc("2016-04-13 00:02:00")
+    assert timing.time_period_start(timing.time_period_number(t2) + 1) == utc("2016-04-13 00:06:00")
+    # 20 s voting (the lab's old default): 8-minute periods, 4-minute offset
+    assert NetworkTiming.from_times(t, t + 20).period_length == 8
+
+
+def test_period_length_comes_from_the_consensus_param_and_is_clamped():
+    t = utc("2016-04-13 11:00:00")
+    assert hourly(t, {"hsdir_interval": 720}).period_length == 720
+    assert hourly(t, {"hsdir_interval": 5}).period_length == 30
+    assert hourly(t, {"hsdir_interval": 10**6}).period_length == 14400
+    # an explicit TestingTorNetwork overrides the guess either way
+    assert NetworkTiming.from_times(t, t + 3600, testing_network=True).period_length == 1440
+    assert NetworkTiming.from_times(t, t + 600, {"hsdir_interval": 120},
+                                    testing_network=False).period_length == 120
+
+
+@pytest.mark.parametrize("valid_after, between", [
+    # tor test_hs_common.c test_time_between_tp_and_srv
+    ("1985-10-26 00:00:00", False), ("1985-10-26 11:00:00", False),
+    ("1985-10-26 12:00:00", True), ("1985-10-26 23:00:00", True), ("1985-10-27 00:00:00", False),
+])
+def test_between_tp_and_srv_matches_tor(valid_after, between):
+    assert hourly(utc(valid_after)).in_period_between_tp_and_srv() is between
+
+
+def test_descriptor_slots_follow_tors_four_cases():
+    hsdirs = [HSDir("AA" * 20, "a", b"\x01" * 32)]
+    cur, prev = b"C" * 32, b"P" * 32
+    # 00:00-12:00: first = (tp, previous SRV), second = (tp+1, current SRV)
+    morning = HashRing(hourly(utc("2016-04-14 03:00:00")), hsdirs, srv_current=cur, srv_previous=prev)
+    first, second = morning.descriptor_slots()
+    tp = morning.timing.time_period_number()
+    assert tp == 16904
+    assert (first.time_period_number, first.srv) == (tp, prev)
+    assert (second.time_period_number, second.srv) == (tp + 1, cur)
+    assert first.revision_base == utc("2016-04-13 00:00:00")     # previous SRV run
+    assert second.revision_base == utc("2016-04-14 00:00:00")    # current SRV run
+    # 12:00-24:00: first = (tp-1, previous SRV), second = (tp, current SRV)
+    evening = HashRing(hourly(utc("2016-04-14 15:00:00")), hsdirs, srv_current=cur, srv_previous=prev)
+    first, second = evening.descriptor_slots()
+    tp = evening.timing.time_period_number()
+    assert tp == 16905
+    assert (first.time_period_number, first.srv) == (tp - 1, prev)
+    assert (second.time_period_number, second.srv) == (tp, cur)
+    # the second descriptor of the evening is the first one of the next morning: same
+    # period, same SRV, same revision base (so its counters keep growing)
+    next_morning = HashRing(hourly(utc("2016-04-15 03:00:00")), hsdirs, srv_current=b"N" * 32,
+                            srv_previous=cur).descriptor_slots()[0]
+    assert (next_morning.time_period_number, next_morning.srv, next_morning.revision_base) == \
+        (second.time_period_number, second.srv, second.revision_base)
+
+
+def test_disaster_fallback_per_slot():
+    hsdirs = [HSDir("AA" * 20, "a", b"\x01" * 32)]
+    ring = HashRing(hourly(utc("2016-04-14 03:00:00")), hsdirs, srv_current=None, srv_previous=None)
+    first, second = ring.descriptor_slots()
+    assert first.srv == disaster_srv(first.time_period_number, 1440)
+    assert second.srv == disaster_srv(second.time_period_number, 1440)
+    assert first.srv != second.srv
+
+
+# --- responsible HSDirs ---------------------------------------------------------------------------
+
+def _reference_hsdirs(hsdirs, blinded, slot, replicas, spread):
+    """A deliberately naive restatement of rend-spec-v3 [HASHRING] for cross-checking."""
+    ring = sorted(hsdirs, key=lambda h: hsdir_index(h.ed25519_id, slot.srv, slot.time_period_number,
+                                                   slot.period_length))
+    idx = [hsdir_index(h.ed25519_id, slot.srv, slot.time_period_number, slot.period_length) for h in ring]
+    out = []
+    for replica in range(1, replicas + 1):
+        target = hs_index(blinded, replica, slot.time_period_number, slot.period_length)
+        start = next((i for i, v in enumerate(idx) if v >= target), 0)
+        added, i = 0, start
+        for _ in range(len(ring)):
+            if added == spread:
+                break
+            if ring[i] not in out:
+                out.append(ring[i])
+                added += 1
+            i = (i + 1) % len(ring)
+    return out
+
+
+@pytest.mark.parametrize("n_relays, replicas, spread", [(1, 2, 4), (3, 2, 4), (8, 2, 4), (50, 2, 4),
+                                                        (300, 3, 5), (40, 1, 1)])
+def test_responsible_hsdirs_small_and_large_rings(n_relays, replicas, spread):
+    hsdirs = [HSDir(hashlib.sha1(bytes([i % 256, i // 256])).hexdigest().upper(), f"r{i}",
+                    hashlib.sha256(bytes([i % 256, i // 256])).digest()) for i in range(n_relays)]
+    ring = HashRing(hourly(utc("2016-04-14 03:00:00")), hsdirs, srv_current=b"c" * 32,
+                    srv_previous=b"p" * 32, n_replicas=replicas, spread_store=spread)
+    key = IdentityKey.generate()
+    for slot in ring.descriptor_slots():
+        blinded = key.blind(slot.time_period_number, slot.period_length).public_key
+        got = ring.responsible_hsdirs(blinded, slot)
+        assert got == _reference_hsdirs(hsdirs, blinded, slot, replicas, spread)
+        assert len(got) == min(n_relays, replicas * spread)  # never loops, never repeats
+        assert len({h.fingerprint for h in got}) == len(got)
+
+
+def test_empty_ring_is_a_clear_error():
+    ring = HashRing(hourly(utc("2016-04-14 03:00:00")), [], srv_current=None, srv_previous=None,
+                    skipped_without_ed25519=5)
+    with pytest.raises(ConsensusError, match="5 HSDir relays have no known ed25519 identity"):
+        ring.responsible_hsdirs(b"\x00" * 32, ring.descriptor_slots()[0])
+
+
+# --- from a stem consensus ------------------------------------------------------------------------
+
+def make_consensus(n: int, *, valid_after="2016-04-14 03:00:00", interval=3600, params="",
+                   srv=True, extra_flags=lambda i: "HSDir", protocols=lambda i: "HSDir=1-2"):
+    va = dt.datetime.strptime(valid_after, "%Y-%m-%d %H:%M:%S")
+    fmt = "%Y-%m-%d %H:%M:%S"
+    lines = ["network-status-version 3 microdesc", "vote-status consensus", "consensus-method 32",
+             f"valid-after {va:{fmt}}", f"fresh-until {va + dt.timedelta(seconds=interval):{fmt}}",
+             f"valid-until {va + dt.timedelta(seconds=3 * interval):{fmt}}",
+             "voting-delay 300 300", "known-flags Fast HSDir Running Stable V2Dir Valid"]
+    if params:
+        lines.append(f"params {params}")
+    if srv:
+        lines.append("shared-rand-previous-value 9 " + base64.b64encode(b"p" * 32).decode())
+        lines.append("shared-rand-current-value 9 " + base64.b64encode(b"c" * 32).decode())
+    ids = {}
+    for i in range(n):
+        fp = hashlib.sha1(struct.pack(">I", i)).digest()
+        ident = base64.b64encode(fp).decode().rstrip("=")
+        lines += [f"r relay{i} {ident} 2016-04-14 02:00:00 10.{i // 65536}.{i // 256 % 256}.{i % 256} 9001 0",
+                  "m " + base64.b64encode(hashlib.sha256(fp).digest()).decode().rstrip("="),
+                  f"s Fast Running Stable V2Dir Valid {extra_flags(i)}".rstrip(),
+                  f"pr {protocols(i)}"]
+        ids[fp.hex().upper()] = base64.b64encode(hashlib.sha256(b"ed" + fp).digest()).decode().rstrip("=")
+    lines.append("directory-footer")
+    doc = NetworkStatusDocumentV3(("\n".join(lines) + "\n").encode(), validate=False)
+    return doc, ids
+
+
+def test_ring_from_stem_consensus_filters_and_reads_params():
+    doc, ids = make_consensus(12, params="hsdir_n_replicas=3 hsdir_spread_store=2",
+                              extra_flags=lambda i: "" if i == 0 else "HSDir",
+                              protocols=lambda i: "HSDir=1" if i == 1 else "HSDir=1-2")
+    del ids[hashlib.sha1(struct.pack(">I", 5)).hexdigest().upper()]  # no microdescriptor yet
+    ring = HashRing.from_consensus(doc, ids)
+    assert (ring.n_replicas, ring.spread_store) == (3, 2)
+    names = {h.nickname for h in ring.hsdirs}
+    # relay0: no HSDir flag; relay1: no HSDir=2; relay5: no ed25519 identity
+    assert names == {f"relay{i}" for i in range(12)} - {"relay0", "relay1", "relay5"}
+    assert ring.skipped_without_ed25519 == 1
+    assert ring.timing.period_length == 1440 and not ring.timing.testing_network
+    first, second = ring.descriptor_slots()
+    assert (first.srv, second.srv) == (b"p" * 32, b"c" * 32)
+    assert len(ring.responsible_hsdirs(b"\x05" * 32, first)) == 6
+
+
+def test_ring_from_test_network_consensus_without_srv():
+    doc, ids = make_consensus(5, interval=10, srv=False)
+    ring = HashRing.from_consensus(doc, ids)
+    assert ring.timing.testing_network and ring.timing.period_length == 4
+    first, second = ring.descriptor_slots()
+    assert first.srv == disaster_srv(first.time_period_number, 4)
+    assert second.srv == disaster_srv(second.time_period_number, 4)
+
+
+def test_bad_ed25519_identity_is_named():
+    doc, ids = make_consensus(3)
+    fp = next(iter(ids))
+    ids[fp] = "not base64!"
+    with pytest.raises(ConsensusError, match=f"ed25519 identity of relay {fp} is not base64"):
+        HashRing.from_consensus(doc, ids)
+
+
+def test_ring_for_caches_per_consensus():
+    hashring._RING_CACHE.clear()
+    doc, ids = make_consensus(20)
+    a = ring_for(doc, ids)
+    slot = a.descriptor_slots()[0]
+    a.responsible_hsdirs(b"\x07" * 32, slot)
+    assert len(a._rings) == 1
+    doc2, _ = make_consensus(20)  # same content parsed again
+    assert ring_for(doc2, ids) is a
+    later, _ = make_consensus(20, valid_after="2016-04-14 04:00:00")
+    assert ring_for(later, ids) is not a
