@@ -20,7 +20,7 @@ network = Network(
     NetworkArgs(config.vpc_cidr, zones, nat_per_az=config.nat_gateways == "perAz"),
 )
 security = SecurityGroups(
-    "sg",
+    "access",
     SecurityArgs(network.vpc.id, config.admin_cidrs, database=config.database.enabled),
 )
 key_pair = admin_key_pair("admin-key", config.ssh_public_key)

@@ -85,6 +85,8 @@ class SecurityGroups(pulumi.ComponentResource):
     def _group(self, role: str, vpc_id, description: str) -> aws.ec2.SecurityGroup:
         return aws.ec2.SecurityGroup(
             f"{self._name}-{role}",
+            # Pulumi auto-names the group from the logical name plus a suffix; AWS refuses
+            # group names starting with "sg-", which is why the component is not called "sg".
             vpc_id=vpc_id,
             description=f"onionstack {description}",
             tags=tags(role, f"{role}-sg"),

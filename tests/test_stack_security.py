@@ -81,3 +81,11 @@ def test_each_instance_uses_its_role_group():
         groups = inst.input("vpcSecurityGroupIds")
         assert [roles[g] for g in groups] == [inst.input("tags")["role"]], inst.name
         assert not inst.input("securityGroups")
+
+
+def test_group_names_are_valid_for_aws():
+    result = run(minimal_config())
+    for group in result.of_type(SG):
+        # Pulumi auto-names a group "<logical name>-<suffix>"; EC2 rejects names like sg-*.
+        assert not group.name.lower().startswith("sg-") and not group.input("name")
+        assert group.input("description").startswith("onionstack ")
