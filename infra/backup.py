@@ -106,7 +106,6 @@ class Backup(pulumi.ComponentResource):
             )
         self.selection = aws.backup.Selection(
             f"{name}-selection",
-            name=f"onionstack-{pulumi.get_stack()}-tagged",
             plan_id=self.plan.id,
             iam_role_arn=self.role.arn,
             selection_tags=[
