@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import zlib
 
 import nacl.bindings as sodium
 import nacl.exceptions
@@ -181,13 +182,33 @@ OPE_INPUT_MAX = 1 << 18
 _OPE_SAMPLE = 1024  # cumulative sums are cached every this many values
 
 
+def _byte_sum(data: bytes) -> int:
+    """Exact sum of the bytes of `data`, at C speed.
+
+    Why zlib: Python has no vectorised integer sum and numpy is not a balancer
+    dependency. adler32's low half is 1 + sum(bytes) mod 65521; a 256-byte chunk sums to
+    at most 65280 < 65521, so per chunk it is exact. ~10x faster than sum(memoryview).
+    """
+    view = memoryview(data)
+    total = 0
+    for i in range(0, len(view), 256):
+        total += (zlib.adler32(view[i:i + 256]) & 0xFFFF) - 1
+    return total
+
+
+def _sum_u16le(data: bytes) -> int:
+    """Sum of the little-endian 16-bit words of `data`."""
+    return _byte_sum(data[0::2]) + 256 * _byte_sum(data[1::2])
+
+
 class OrderPreservingCipher:
     """Tor's rudimentary OPE: E(n) = sum_{i<n} (LE16(AES-256-CTR(key, iv=0)[2i:2i+2]) + 1).
 
     Strictly increasing in n and keyed, so revision counters grow with time without
     revealing the service's clock. Cumulative sums are cached every 1024 values as
-    they are first needed, so any encryption after the first costs at most one 2 KiB
-    keystream chunk.
+    they are first needed, so after the first call for a key every encryption costs at
+    most one 2 KiB keystream chunk; the first call late in a 2-day SRV window costs
+    ~1-2 ms (one AES-CTR pass and the byte sums above).
     """
 
     __slots__ = ("_key", "_sums")
@@ -199,8 +220,8 @@ class OrderPreservingCipher:
         self._sums = [0]  # _sums[j] = E(j * 1024)
 
     def _keystream(self, first_value: int, count: int) -> bytes:
-        # Value i sits at keystream byte 2i; 1024 values = 128 AES blocks, so chunk
-        # starts are block-aligned and the CTR counter is first_value * 2 / 16.
+        # Value i sits at keystream bytes 2i, 2i+1; 1024 values = 128 AES blocks, so chunk
+        # starts are block-aligned and the CTR counter starts at first_value * 2 / 16.
         iv = (first_value * 2 // 16).to_bytes(16, "big")
         enc = Cipher(algorithms.AES(self._key), modes.CTR(iv)).encryptor()
         return enc.update(bytes(2 * count))
@@ -213,17 +234,12 @@ class OrderPreservingCipher:
         if len(sums) <= chunk:
             start = len(sums) - 1
             ks = self._keystream(start * _OPE_SAMPLE, (chunk - start) * _OPE_SAMPLE)
-            values = memoryview(ks).cast("H")  # little-endian hosts only; checked below
+            step = 2 * _OPE_SAMPLE
             total = sums[-1]
             for j in range(chunk - start):
-                total += sum(values[j * _OPE_SAMPLE:(j + 1) * _OPE_SAMPLE]) + _OPE_SAMPLE
+                total += _sum_u16le(ks[j * step:(j + 1) * step]) + _OPE_SAMPLE
                 sums.append(total)
         value = sums[chunk]
         if rest:
-            ks = self._keystream(chunk * _OPE_SAMPLE, rest)
-            value += sum(memoryview(ks).cast("H")) + rest
+            value += _sum_u16le(self._keystream(chunk * _OPE_SAMPLE, rest)) + rest
         return value
-
-
-if struct.pack("=H", 1) != b"\x01\x00":  # pragma: no cover - every platform we ship on
-    raise ImportError("onion.crypto assumes a little-endian host (OPE keystream sums)")
