@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import difflib
 import ipaddress
 import json
 import math
@@ -541,8 +542,14 @@ def parse_config(raw: Mapping[str, Any]) -> StackConfig:
     """Validate plain config values (keys without the `onionstack:` prefix)."""
     unknown = sorted(set(raw) - set(SCHEMA))
     if unknown:
-        raise _fail(unknown[0], raw[unknown[0]], f"unknown key; onionstack accepts {', '.join(SCHEMA)}",
-                    secret=False)
+        key = unknown[0]
+        close = difflib.get_close_matches(key, SCHEMA, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        # The value is not shown: a mistyped key may well hold a secret (`masterKey`).
+        raise ConfigError(
+            f"{NAMESPACE}:{key} is not a known key{hint}; remove it with "
+            f"`pulumi config rm {key}`; onionstack accepts {', '.join(SCHEMA)}"
+        )
 
     def get(key: str) -> Any:
         value = raw.get(key)
@@ -579,17 +586,15 @@ def decode_raw(key: str, text: str) -> Any:
     """Turn one Pulumi config string into its value by the key's declared type.
 
     The engine hands every value to the program as a string; objects, lists, numbers and
-    booleans arrive JSON-encoded. Strings stay as they are.
+    booleans arrive JSON-encoded. Strings stay as they are, and so does text that is not
+    JSON, for `parse_config` to reject with the key's own accepted form.
     """
-    kind = SCHEMA.get(key, (None, None))[0]
-    if kind == "string":
+    if SCHEMA.get(key, (None, None))[0] == "string":
         return text
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        if key in SECRET_KEYS:
-            raise ConfigError(f"{NAMESPACE}:{key} = {SECRET_SHOWN}: is not valid JSON") from None
-        raise _fail(key, text, "is not valid JSON for this key's type") from None
+        return text
 
 
 def load_config() -> StackConfig:
@@ -606,11 +611,7 @@ def load_config() -> StackConfig:
     for full in sorted(present):
         ns, _, key = full.partition(":")
         if ns == NAMESPACE and key not in SCHEMA and "." not in key:
-            text = cfg.get(key) or ""
-            try:
-                raw[key] = json.loads(text)
-            except json.JSONDecodeError:
-                raw[key] = text
+            raw[key] = decode_raw(key, cfg.get(key) or "")
     for key in SCHEMA:
         # Plain `get` also reads secret keys; they are wrapped in `Secret` straight away
         # and reach resources only through `Secret.output()` (a Pulumi secret).

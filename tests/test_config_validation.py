@@ -126,7 +126,12 @@ def test_balancer_publish():
 
 def test_unknown_top_level_key():
     msg = error_of(worker=3)
-    assert msg.startswith("onionstack:worker = 3: unknown key; onionstack accepts sites, masterKeys, workers")
+    assert msg.startswith("onionstack:worker is not a known key (did you mean workers?); "
+                          "remove it with `pulumi config rm worker`; onionstack accepts sites, masterKeys, workers")
+    # A mistyped secret key must not be echoed.
+    secret = demo_master_key("news")
+    msg = error_of(masterKey={"news": secret})
+    assert "did you mean masterKeys?" in msg and secret not in msg
 
 
 # ---------------------------------------------------------------- sites

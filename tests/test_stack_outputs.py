@@ -84,7 +84,12 @@ def test_secret_config_values_reach_pulumi_as_secrets():
         ({"masterKeys": {}}, "onionstack:masterKeys.news is missing"),
         ({"vpcCidr": "10.0.0.0/8"}, 'onionstack:vpcCidr = "10.0.0.0/8"'),
         ({"natGateways": "many"}, 'onionstack:natGateways = "many"'),
-        ({"worker": 2}, "onionstack:worker = 2: unknown key"),
+        ({"worker": 2}, "onionstack:worker is not a known key (did you mean workers?)"),
+        # As the CLI passes them: strings, JSON for non-string keys, or text that is not JSON.
+        ({"workers": "three"}, 'onionstack:workers = "three": must be an integer from 1 to 30'),
+        ({"protectData": "yes"}, 'onionstack:protectData = "yes": must be true or false'),
+        ({"database": "big"}, 'onionstack:database = "big": must be an object with keys enabled'),
+        ({"masterKeys": "ED25519-V3:abc"}, "onionstack:masterKeys = [secret]: must be an object"),
     ],
 )
 def test_bad_config_stops_the_program_before_any_resource(overrides, message):
