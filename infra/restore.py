@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -520,6 +522,61 @@ class Restorer:
             raise RestoreError(f"new volume {new_id} does not match the plan: " + "; ".join(wrong))
 
 
+def rewrite_state(state: dict, old_volume: str, new_volume: str) -> int:
+    """Point an exported Pulumi state (`pulumi stack export`) at the restored volume.
+
+    Every string in the stack's resources that names `old_volume` (the volume's id, ARN,
+    the attachment's volumeId, command triggers…) is rewritten to `new_volume`, so after
+    `pulumi stack import` the stack manages the restored volume under the same logical
+    name and nothing that depended on the volume id sees a change. Encrypted secret
+    values are left alone. Returns how many strings changed; refuses a state in which
+    no resource has the old volume as its id. `pulumi refresh` then reads the restored
+    volume's real properties (snapshot id, tags)."""
+    resources = state.get("deployment", {}).get("resources")
+    if not isinstance(resources, list):
+        raise RestoreError("not an exported Pulumi stack (no deployment.resources); "
+                           "make it with `pulumi stack export --file FILE`")
+    owners = [r.get("urn") for r in resources if r.get("id") == old_volume]
+    if len(owners) != 1:
+        already = [r.get("urn") for r in resources if r.get("id") == new_volume]
+        hint = " (it already names the new volume: nothing to do)" if already else ""
+        raise RestoreError(f"{len(owners)} resources in the state have id {old_volume}, expected exactly 1"
+                           f"{hint}; check the stack and the volume id")
+    count = 0
+
+    def walk(node):
+        nonlocal count
+        if isinstance(node, dict):
+            if "ciphertext" in node:        # a secret: never touched
+                return node
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str) and old_volume in node:
+            count += 1
+            return node.replace(old_volume, new_volume)
+        return node
+
+    state["deployment"]["resources"] = walk(resources)
+    return count
+
+
+def _rewrite_state_file(path: str, old_volume: str, new_volume: str, out) -> None:
+    for v in (old_volume, new_volume):
+        if not v.startswith("vol-"):
+            raise RestoreError(f"{v!r} is not a volume id (vol-…)")
+    with open(path, encoding="utf-8") as f:
+        state = json.load(f)
+    n = rewrite_state(state, old_volume, new_volume)
+    backup = path + ".before-restore"
+    shutil.copyfile(path, backup)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=4)
+        f.write("\n")
+    out(f"rewrote {n} references {old_volume} -> {new_volume} in {path} (original kept as {backup})")
+    out(f"next: pulumi stack import --file {path} && pulumi refresh && pulumi preview")
+
+
 def _snapshot_id(ref: str) -> str:
     """`snap-…` or an EBS recovery point ARN (`arn:aws:ec2:REGION::snapshot/snap-…`)."""
     sid = ref.rsplit("/", 1)[-1] if ref.startswith("arn:") else ref
@@ -552,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--snapshot", help="restore this snapshot (snap-…)")
     what.add_argument("--recovery-point", help="restore this AWS Backup recovery point ARN")
     what.add_argument("--latest", action="store_true", help="restore the newest completed recovery point")
+    what.add_argument("--rewrite-state", metavar="STATE.json",
+                      help="after a restore: rewrite an exported Pulumi state (pulumi stack export) so the "
+                           "stack manages the volume given by --new instead of VOLUME; no AWS calls")
+    p.add_argument("--new", metavar="VOL", help="with --rewrite-state: the restored volume's id")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--instance", help="target instance when the volume is not attached")
     p.add_argument("--device", help="target device when the volume is not attached (e.g. /dev/sdf)")
@@ -566,6 +627,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, *, session=None, out=print, err=None) -> int:
     err = err or (lambda s: print(s, file=sys.stderr))
     args = build_parser().parse_args(argv)
+    if args.rewrite_state:
+        if not args.new:
+            err("restore: --rewrite-state needs --new vol-… (the restored volume, see its old volume's "
+                "replaced-by tag)")
+            return 2
+        try:
+            _rewrite_state_file(args.rewrite_state, args.volume, args.new, out)
+        except (RestoreError, OSError, ValueError) as exc:
+            err(f"restore: {exc}")
+            return 1
+        return 0
     backup_tag = None
     if args.backup_tag:
         key, _, value = args.backup_tag.partition("=")

@@ -374,3 +374,62 @@ def test_no_choice_of_point_is_an_error(stack):
     r = make(stack)
     with pytest.raises(RestoreError, match="choose a recovery point"):
         r.plan(r.find_volume(stack["volume"]))
+
+
+# ---- reconciling the Pulumi state --------------------------------------------------------
+
+def exported_state(old: str, inst: str) -> dict:
+    """The shape of `pulumi stack export` for the database volume, its attachment and a
+    bootstrap command whose triggers name the volume."""
+    comp = "urn:pulumi:prod::onionstack::onionstack:nodes:DatabaseNode$onionstack:infra:AttachedVolumes::database-volumes"
+    vol_urn = comp.replace("::database-volumes", "$aws:ebs/volume:Volume::database-volumes-data")
+    att_urn = comp.replace("::database-volumes", "$aws:ec2/volumeAttachment:VolumeAttachment::database-volumes-data-attach")
+    return {"version": 3, "deployment": {"manifest": {"time": "x"}, "resources": [
+        {"urn": comp, "custom": False, "type": "onionstack:infra:AttachedVolumes"},
+        {"urn": vol_urn, "custom": True, "id": old, "type": "aws:ebs/volume:Volume", "protect": True,
+         "inputs": {"size": 20, "type": "gp3"},
+         "outputs": {"id": old, "arn": f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/{old}", "snapshotId": ""}},
+        {"urn": att_urn, "custom": True, "id": "vai-1234", "type": "aws:ec2/volumeAttachment:VolumeAttachment",
+         "inputs": {"volumeId": old, "instanceId": inst, "deviceName": "/dev/sdf"},
+         "outputs": {"volumeId": old}, "dependencies": [vol_urn],
+         "propertyDependencies": {"volumeId": [vol_urn]}},
+        {"urn": "urn:pulumi:prod::onionstack::command:remote:Command::db-bootstrap", "custom": True, "id": "cmd",
+         "inputs": {"triggers": [inst, old], "stdin": {"4dabf18193072939515e22adb298388d":
+                                                       "1b47061264138c4ac30d75fd1eb44270",
+                                                       "ciphertext": f"v1:{old}-lookalike"}}},
+    ]}}
+
+
+def test_rewrite_state_points_the_stack_at_the_restored_volume(tmp_path):
+    old, new, inst = "vol-0aaaaaaaaaaaaaaaa", "vol-0bbbbbbbbbbbbbbbb", "i-0123"
+    state_file = tmp_path / "state.json"
+    import json
+    state_file.write_text(json.dumps(exported_state(old, inst)))
+    out, err = [], []
+    rc = restore.main([old, "--rewrite-state", str(state_file), "--new", new], out=out.append, err=err.append)
+    assert rc == 0, err
+    state = json.loads(state_file.read_text())
+    vol, att, cmd = state["deployment"]["resources"][1:]
+    assert vol["id"] == new and vol["outputs"]["id"] == new and vol["outputs"]["arn"].endswith(f"volume/{new}")
+    assert vol["protect"] is True and vol["urn"].endswith("::database-volumes-data")   # same logical name
+    assert att["inputs"]["volumeId"] == new and att["outputs"]["volumeId"] == new
+    assert cmd["inputs"]["triggers"] == [inst, new]                    # triggers see no change
+    assert cmd["inputs"]["stdin"]["ciphertext"] == f"v1:{old}-lookalike"  # secrets untouched
+    assert old not in json.dumps(state).replace(f"v1:{old}-lookalike", "")
+    assert json.loads((tmp_path / "state.json.before-restore").read_text()) == exported_state(old, inst)
+    assert "rewrote 6 references" in out[0] and "pulumi stack import --file" in out[1]
+    # running it again is refused, and says why
+    rc = restore.main([old, "--rewrite-state", str(state_file), "--new", new], out=out.append, err=err.append)
+    assert rc == 1 and "already names the new volume" in err[-1]
+
+
+def test_rewrite_state_errors(tmp_path):
+    f = tmp_path / "s.json"
+    f.write_text('{"not": "a state"}')
+    err = []
+    assert restore.main(["vol-1", "--rewrite-state", str(f), "--new", "vol-2"], out=print, err=err.append) == 1
+    assert "not an exported Pulumi stack" in err[-1]
+    assert restore.main(["vol-1", "--rewrite-state", str(f)], out=print, err=err.append) == 2
+    assert "needs --new" in err[-1]
+    assert restore.main(["vol-1", "--rewrite-state", str(f), "--new", "snap-2"], out=print, err=err.append) == 1
+    assert "'snap-2' is not a volume id" in err[-1]
