@@ -73,8 +73,8 @@ class InstanceState:
     address: str
     name: str | None = None
     current: InstanceDescriptor | None = None
-    # highest revision accepted per blinded key, and the digest of that descriptor
-    revisions: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    # highest revision accepted per blinded key, and the intro points (auth keys) it had
+    revisions: dict[bytes, tuple[int, frozenset]] = field(default_factory=dict)
     last_error: str = ""
     last_error_at: float | None = None
     rejected: int = 0
@@ -114,25 +114,28 @@ class InstanceState:
         if decoded.signing_key_expiry <= now:
             return self._reject("descriptor-signing-key certificate expired", now)
         digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+        intro_keys = frozenset(ip.auth_key for ip in decoded.intro_points)
         seen = self.revisions.get(decoded.blinded_key)
         if seen is not None:
-            rev, seen_digest = seen
+            rev, seen_keys = seen
             if decoded.revision < rev:
                 return self._reject(f"replayed older revision {decoded.revision} (have {rev})", now)
             if decoded.revision == rev:
-                if digest != seen_digest:
-                    return self._reject(f"revision {rev} seen before with different content", now)
-                # The same descriptor again (another HSDir, or a refetch): it is still there.
-                if self.current is not None and self.current.digest == digest:
+                # The same descriptor from another HSDir. tor encrypts each upload afresh
+                # (new salts), so the bytes differ; the signed content is the same.
+                if (self.current is not None and self.current.decoded.blinded_key == decoded.blinded_key
+                        and self.current.decoded.revision == rev):
                     self.current.received_at = now
+                if seen_keys != intro_keys:
+                    return Offer(False, False, f"revision {rev} seen before with other intro points: kept the first")
                 return Offer(True, False, "unchanged")
         current = self.current
         if (current is not None and current.decoded.period is not None and decoded.period is not None
                 and decoded.period < current.decoded.period):
             # Valid, but for an earlier time period than the descriptor in use.
-            self.revisions[decoded.blinded_key] = (decoded.revision, digest)
+            self.revisions[decoded.blinded_key] = (decoded.revision, intro_keys)
             return Offer(True, False, "older time period than the descriptor in use")
-        self.revisions[decoded.blinded_key] = (decoded.revision, digest)
+        self.revisions[decoded.blinded_key] = (decoded.revision, intro_keys)
         new = InstanceDescriptor(decoded=decoded, received_at=now, hsdir=hsdir, digest=digest)
         changed = current is None or current.intro_keys != new.intro_keys
         self.current = new

@@ -413,7 +413,6 @@ def test_bad_descriptors_never_crash_and_never_replace_good_one(tmp_path):
         DescContent(A, "H1", None, "DESC " + "x" * 60_000),
         DescContent(A, "H1", None, f"DESC {B} 100 9 evil\n"),          # someone else's
         content(A, 100, 0, ["old"]),                                    # replayed older revision
-        content(A, 100, 1, ["other"]),                                  # same revision, new content
         content(A, 100, 7, [f"k{i}" for i in range(21)]),              # > 20 intro points
         DescContent(A, "H1", None, f"DESC {A} 100 8 late 5\n"),        # expired certificate
     ]
@@ -428,6 +427,18 @@ def test_bad_descriptors_never_crash_and_never_replace_good_one(tmp_path):
     # an empty answer (HSDir has nothing) is not an error
     bal.handle(DescContent(A, "H1", None, ""))
     assert bal.instances[A].rejected == len(bad)
+    # the same revision again with other intro points: the first one seen is kept
+    bal.handle(content(A, 100, 1, ["other"]))
+    assert bal.instances[A].current is good and bal.instances[A].rejected == len(bad)
+
+
+def test_same_revision_from_another_hsdir_refreshes_the_descriptor(tmp_path):
+    bal, control, *_ , clock = make(tmp_path)
+    start_with_descriptors(bal, control)
+    clock.t += 100
+    # tor encrypts every upload afresh: same revision, other bytes, same intro points
+    bal.handle(DescContent(A, "H2", None, f"DESC {A} 100 1 a1,a2,a3 4000000000\n"))
+    assert bal.instances[A].current.received_at == clock.t and bal.instances[A].rejected == 0
 
 
 def test_status_file_is_atomic_public_and_complete(tmp_path):
