@@ -10,6 +10,11 @@ with itself at the end of its constructor, after the instance (and its volumes) 
 the remote steps a later module declares (`command.remote.Command(..., opts=
 node.child_opts())`) become children of the node and run after the instance is up.
 `ssh_host` and `jump_host` say how to reach the machine.
+
+Steps that need other nodes (the balancer's config is rendered from the workers' onion
+addresses, and the workers are built after the balancer because they use it as jump host)
+are declared later, from the composition, with the same `node.child_opts(*those_steps)`:
+a component accepts children after its constructor has returned.
 """
 from __future__ import annotations
 

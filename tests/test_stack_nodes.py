@@ -80,16 +80,16 @@ def test_bootstrap_steps_become_children_after_the_instance():
     wait for the instance (and the database's volume attachments), and see its address."""
     from pulumi_command import remote
 
+    from nodes.balancer import BalancerNode, BalancerNodeArgs
     from nodes.database import DatabaseNode, DatabaseNodeArgs
     from nodes.instance import InstanceArgs
     from nodes.worker import WorkerNode, WorkerNodeArgs
     from infra.storage import database_volume_specs
 
-    seen = {}
+    steps = {}
 
     def bootstrap(node):
-        seen[node.node_name] = node
-        remote.Command(
+        steps[node.node_name] = remote.Command(
             f"{node.node_name}-hello",
             connection={"host": node.ssh_host, "user": node.ssh_user,
                         "private_key": pulumi.Output.secret("not-a-real-key"),
@@ -99,19 +99,27 @@ def test_bootstrap_steps_become_children_after_the_instance():
         )
 
     def program():
-        def args(role):
-            return InstanceArgs(role=role, instance_type="t3.small", ami_id="ami-x",
+        def args(role, public_ip=False):
+            return InstanceArgs(role=role, instance_type="t3.small", ami_id="ami-x", public_ip=public_ip,
                                 subnet_id=subnet.id, security_group_ids=[], key_name="k")
         vpc = aws.ec2.Vpc("v", cidr_block="10.0.0.0/16")
         subnet = aws.ec2.Subnet("s", vpc_id=vpc.id, cidr_block="10.0.1.0/24", availability_zone="us-east-1a")
+        balancer = BalancerNode("b", BalancerNodeArgs(instance=args("balancer", public_ip=True), sites=()))
         WorkerNode("w", WorkerNodeArgs(instance=args("worker"), index=0, availability_zone="us-east-1a",
-                                       jump_host="203.0.113.9", bootstrap=bootstrap))
+                                       jump_host=balancer.public_ip, bootstrap=bootstrap))
         DatabaseNode("d", DatabaseNodeArgs(instance=args("database"), availability_zone="us-east-1a",
-                                           volumes=database_volume_specs(1, 1, 1), jump_host="203.0.113.9",
+                                           volumes=database_volume_specs(1, 1, 1), jump_host=balancer.public_ip,
                                            protect_data=False, bootstrap=bootstrap))
+        # A balancer step that needs the workers' steps, declared after them.
+        remote.Command("b-config", connection={"host": balancer.ssh_host, "user": balancer.ssh_user},
+                       create="true", opts=balancer.child_opts(steps["w"]))
 
     result = mockrun.run_program(minimal_config(), program=program)
-    assert set(seen) == {"w", "d"}
+    late = result.named("b-config")
+    assert late.parent == result.named("b").urn
+    assert result.named("w-hello").urn in late.dependencies
+    assert result.named("b-instance").urn in late.dependencies
+    assert set(steps) == {"w", "d"}
     for node_name in ("w", "d"):
         step = result.named(f"{node_name}-hello")
         node = result.named(node_name)
@@ -119,7 +127,7 @@ def test_bootstrap_steps_become_children_after_the_instance():
         assert result.named(f"{node_name}-instance").urn in step.dependencies
         conn = step.input("connection")
         assert conn["host"] == result.named(f"{node_name}-instance").state["privateIp"]
-        assert conn["proxy"]["host"] == "203.0.113.9"
+        assert conn["proxy"]["host"] == result.named("b-instance").state["publicIp"]
     db_step = result.named("d-hello")
     for purpose in ("data", "journal", "log"):
         assert result.named(f"d-volumes-{purpose}-attach").urn in db_step.dependencies
