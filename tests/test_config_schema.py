@@ -59,3 +59,15 @@ def test_prod_stack_file_is_valid_and_non_secret():
     assert cfg.workers == 3 and cfg.availability_zones == 3 and cfg.nat_gateways == "perAz"
     assert "0.0.0.0/0" not in cfg.admin_cidrs
     assert yaml.safe_load(text)["config"]["aws:region"]
+
+
+def test_program_with_cli_applied_defaults_equals_program_without():
+    """The CLI passes Pulumi.yaml defaults to the program (JSON text for objects, numbers and
+    booleans); the mocks pass nothing. Both must declare the same stack."""
+    from tests.stackmocks import minimal_config, run
+
+    declared = project()["config"]
+    with_defaults = minimal_config(**{k: d["default"] for k, d in declared.items() if "default" in d})
+    a, b = run(minimal_config()), run(with_defaults)
+    assert a.counts() == b.counts() and a.outputs == b.outputs
+    assert sorted((r.type, r.name) for r in a.resources) == sorted((r.type, r.name) for r in b.resources)
