@@ -91,8 +91,10 @@ class ProcessRegistry:
 
     def _ours(self, pid: int) -> bool:
         popen = next((p for p in self._popens.values() if p.pid == pid), None)
-        if popen is not None and popen.poll() is not None:
-            return False  # exited (and now reaped): the pid may belong to someone else
+        if popen is not None:
+            # Our own unreaped child: its pid cannot have been reused. (Its /proc cmdline
+            # may still be the parent's for a moment right after the fork.)
+            return popen.poll() is None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             stat = Path(f"/proc/{pid}/stat").read_text()

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from lab import balancer as balancer_mod
 from lab import origin as origin_mod
+from lab.client import wait_reachable
 from lab.ports import PortAllocator, wait_for_port
 from lab.procs import ProcessRegistry
-from lab.tornet import TorNetwork
+from lab.tornet import TorNetwork, TorNode
+from lab.workers import Worker, start_worker, stop_worker
 
 Progress = Callable[[str], None]
 
@@ -94,6 +97,119 @@ class Lab:
         self.save()
         self.progress(f"origin: https://{domain} on 127.0.0.1 ports {ports} (test CA {files['ca']})")
 
+    def make_frontend_key(self, tag: str = "lab"):
+        """A fresh frontend (master) identity, as a tor hs_ed25519_secret_key file (0600).
+
+        `python -m onion keygen` makes the same kind of key for a real site; the lab's key
+        is throw-away and never leaves the state dir."""
+        from onion.keys import IdentityKey
+
+        key = IdentityKey.generate()
+        key_dir = key.write_hs_dir(self.state_dir / "keys" / tag)
+        self.info["frontend"] = key.hostname
+        self.info["frontend_key_file"] = str(key_dir / "hs_ed25519_secret_key")
+        self.save()
+        return key
+
+    def start_workers(self, count: int, *, tor_daemons: int = 2, intro_points: int = 3,
+                      tag: str = "w") -> list[Worker]:
+        """`count` workers for the current frontend, each proxying to its own origin listener."""
+        origin = self.info["origin"]
+        if count > len(origin["ports"]):
+            raise ValueError(f"workers: {count} workers need {count} origin listeners, the origin "
+                             f"has {len(origin['ports'])}; start the origin with more listeners")
+        workers = []
+        for i in range(1, count + 1):
+            worker = start_worker(
+                self.procs, self.state_dir, i, tag=tag,
+                frontend_address=self.info["frontend"].removesuffix(".onion"),
+                domain=origin["domain"], origin_port=origin["ports"][i - 1], ca_file=origin["ca"],
+                network_torrc=str(self.net.network_torrc), tor_daemons=tor_daemons,
+                intro_points=intro_points)
+            workers.append(worker)
+            self.progress(f"worker {worker.name}: {tor_daemons} tor instances "
+                          f"{', '.join(a[:12] + '...' for a in worker.instance_addresses)} + nginx "
+                          f"-> origin listener {i - 1}")
+        self.info["workers"] = [w.to_json() for w in workers]
+        self.save()
+        return workers
+
+    @property
+    def workers(self) -> list[Worker]:
+        return [Worker.from_json(w) for w in self.info.get("workers", [])]
+
+    def instance_addresses(self) -> list[str]:
+        return [a for w in self.workers for a in w.instance_addresses]
+
+    def kill_worker(self, worker: Worker) -> list[str]:
+        return stop_worker(self.procs, worker)
+
+    def start_balancer(self, kind: str = "onion", tag: str = "balancer") -> None:
+        """The balancer's tor (gated as the notes say), then the balancer itself."""
+        if kind not in balancer_mod.KINDS:
+            raise ValueError(f"balancer: {kind!r} is not one of {', '.join(balancer_mod.KINDS)}")
+        if kind == "onionbalance" and self.voting_interval != balancer_mod.ONIONBALANCE_VOTING_INTERVAL:
+            raise ValueError(f"voting_interval: OnionBalance 0.2.4 works only with "
+                             f"{balancer_mod.ONIONBALANCE_VOTING_INTERVAL} s on a test network, "
+                             f"the lab has {self.voting_interval} s")
+        node = self.net.add_tor(self.procs, self.ports, f"tor{tag}", [], socks=True) \
+            if f"tor{tag}" not in {n.nickname for n in self.net.nodes} else self.net.node(f"tor{tag}")
+        if not self.procs.is_running(node.process_name):
+            self.net.start_tor(self.procs, node)
+        balancer_mod.wait_balancer_tor_ready(self.net, self.procs, node)
+        self.progress(f"balancer tor: bootstrapped, holds every HSDir (control 127.0.0.1:"
+                      f"{node.control_port}, socks 127.0.0.1:{node.socks_port})")
+        key_file = Path(self.info["frontend_key_file"])
+        bdir = self.state_dir / "balancer" / tag
+        if kind == "onion":
+            config = balancer_mod.write_onion_config(
+                bdir / "balancer.yaml", control_port=node.control_port,
+                socks_port=node.socks_port, state_dir=bdir / "state", key_file=key_file,
+                instances=self.instance_addresses())
+            argv = balancer_mod.onion_command(config, node.control_port)
+        else:
+            script = balancer_mod.ensure_onionbalance(self.ob_venv)
+            config = balancer_mod.write_onionbalance_config(
+                bdir / "config.yaml", key_file=key_file, instances=self.instance_addresses())
+            argv = balancer_mod.onionbalance_command(script, config, node.control_port)
+        self.procs.start(tag, argv, cwd=_repo_root())
+        self.info["balancer"] = {"kind": kind, "process": tag, "tor": node.nickname,
+                                 "config": str(config), "started": time.time()}
+        self.save()
+        self.progress(f"balancer: {kind} started ({' '.join(argv[1:3]) if kind == 'onion' else 'onionbalance'}"
+                      f" --config {config})")
+
+    @property
+    def ob_venv(self) -> Path:
+        return self.state_dir / "ob-venv"
+
+    def balancer_tor(self) -> TorNode:
+        return self.net.node(self.info["balancer"]["tor"])
+
+    def stop_balancer(self) -> bool:
+        return self.procs.stop(self.info["balancer"]["process"])
+
+    def wait_frontend(self, timeout: float = 180.0) -> float:
+        """Block until the frontend answers through the client; returns seconds waited."""
+        resp, took = wait_reachable(self.net.client.socks_port, f"http://{self.info['frontend']}/",
+                                    timeout=timeout, what="frontend")
+        return took
+
+    def up(self, workers: int = 2, balancer: str = "onion", tor_daemons: int = 2) -> None:
+        t0 = time.monotonic()
+        self.start_network()
+        self.start_origin(listeners=workers)
+        self.make_frontend_key()
+        self.progress(f"frontend: {self.info['frontend']}")
+        self.start_workers(workers, tor_daemons=tor_daemons)
+        self.start_balancer(balancer)
+        self.progress("waiting for the frontend to answer through the client ...")
+        took = self.wait_frontend()
+        self.info["up_seconds"] = round(time.monotonic() - t0, 1)
+        self.save()
+        self.progress(f"frontend reachable {took:.0f} s after the balancer started "
+                      f"({self.info['up_seconds']:.0f} s in total)")
+
     # ---------------------------------------------------------------- teardown / status
     def down(self) -> list[str]:
         stopped = self.procs.stop_all()
@@ -116,6 +232,17 @@ class Lab:
             o = self.info["origin"]
             lines.append(f"origin: https://{o['domain']} ports {o['ports']} "
                          f"({'running' if self.procs.is_running('origin') else 'stopped'})")
+        for w in self.workers:
+            states = ["up" if self.procs.is_running(n) else "DOWN" for n in w.process_names()]
+            lines.append(f"worker {w.name}: " + ", ".join(
+                f"{n} {st}" for n, st in zip(w.process_names(), states)))
+            for a in w.instance_addresses:
+                lines.append(f"    instance {a}.onion")
+        if "balancer" in self.info:
+            b = self.info["balancer"]
+            lines.append(f"balancer: {b['kind']} "
+                         f"({'running' if self.procs.is_running(b['process']) else 'stopped'}), "
+                         f"config {b['config']}")
         if "frontend" in self.info:
             lines.append(f"frontend: {self.info['frontend']}")
             lines.append(f"try: {self.curl_line()}")

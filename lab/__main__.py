@@ -1,0 +1,108 @@
+"""`python -m lab up|status|down`: the whole onion site on a private Tor network on 127.0.0.1.
+
+up      start the network, origin, workers and balancer; print the frontend and a curl line
+status  what is running (tor bootstrap per node, workers, balancer, frontend)
+down    stop every process the lab started, by pid
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from lab.balancer import KINDS
+
+DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".lab"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                        help=f"where everything lives (default {DEFAULT_STATE_DIR})")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="start the lab and print the frontend address")
+    up.add_argument("--workers", type=_count(1, 8, "--workers"), default=2,
+                    help="number of workers (1..8, default 2)")
+    up.add_argument("--tor-daemons", type=_count(1, 8, "--tor-daemons"), default=2,
+                    help="tor daemons per worker (1..8, default 2)")
+    up.add_argument("--balancer", choices=KINDS, default="onion",
+                    help="onion: onionstack's balancer core (default); onionbalance: 0.2.4 baseline")
+    up.add_argument("--voting-interval", type=_count(10, 300, "--voting-interval"), default=20,
+                    help="seconds (10..300, default 20); a time period is 24 of them")
+    sub.add_parser("status", help="show what is running")
+    sub.add_parser("down", help="stop every process of the lab")
+    return parser
+
+
+def _count(lo: int, hi: int, flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not a whole number in {lo}..{hi}")
+        return value
+    return parse
+
+
+def cmd_up(args) -> int:
+    from lab.stack import Lab
+
+    def progress(line: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+    lab = Lab.create(args.state_dir, voting_interval=args.voting_interval, progress=progress)
+    # SIGTERM tears down like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        lab.up(workers=args.workers, balancer=args.balancer, tor_daemons=args.tor_daemons)
+    except BaseException as exc:
+        stopped = lab.down()
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc}"
+        print(f"lab up {reason}; stopped {len(stopped)} processes. Logs: {lab.procs.log_dir}",
+              file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    print()
+    print(f"frontend: {lab.info['frontend']}")
+    print(f"try:      {lab.curl_line()}")
+    print(f"status:   python -m lab status{_state_flag(args)}")
+    print(f"stop:     python -m lab down{_state_flag(args)}")
+    return 0
+
+
+def _state_flag(args) -> str:
+    return "" if args.state_dir == DEFAULT_STATE_DIR else f" --state-dir {args.state_dir}"
+
+
+def cmd_status(args) -> int:
+    from lab.stack import Lab
+
+    lab = Lab.load(args.state_dir)
+    print("\n".join(lab.status_lines()))
+    return 0
+
+
+def cmd_down(args) -> int:
+    from lab.procs import ProcessRegistry
+
+    stopped = ProcessRegistry(args.state_dir).stop_all()
+    print(f"stopped {len(stopped)} processes" + (f": {', '.join(stopped)}" if stopped else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"up": cmd_up, "status": cmd_status, "down": cmd_down}[args.command](args)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"lab {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

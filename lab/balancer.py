@@ -1,0 +1,102 @@
+"""The lab's balancer: its own tor on the private network (ControlPort + SocksPort, like the
+AWS balancer's) and either onionstack's balancer core (`python -m onion run`) or, as the
+baseline, OnionBalance 0.2.4 from PyPI in its own venv (`<state>/ob-venv`, never the
+project's venv).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from lab.ports import PortAllocator
+from lab.procs import ProcessRegistry
+from lab.tornet import TorNetwork, TorNode, check_alive, consensus_fingerprints, controller, bootstrap_progress
+
+KINDS = ("onion", "onionbalance")
+ONIONBALANCE_VERSION = "0.2.4"
+# OnionBalance 0.2.4's --is-testnet hard-codes chutney's timing: it works only there.
+ONIONBALANCE_VOTING_INTERVAL = 20
+
+
+def start_balancer_tor(net: TorNetwork, procs: ProcessRegistry, ports: PortAllocator,
+                       nickname: str = "balancer") -> TorNode:
+    return net.add_tor(procs, ports, nickname, [], socks=True)
+
+
+def wait_balancer_tor_ready(net: TorNetwork, procs: ProcessRegistry, node: TorNode,
+                            timeout: float = 120.0) -> None:
+    """Gate (notes): bootstrapped, and it holds every HSDir relay and its microdescriptor,
+    so the balancer's first HSDir computation sees the whole ring."""
+    want = {n.fingerprint for n in net.relays}
+    deadline = time.monotonic() + timeout
+    while True:
+        check_alive(procs, [node])
+        if bootstrap_progress(node) == 100 and consensus_fingerprints(node) >= want:
+            with controller(node) as ctl:
+                missing = [fp for fp in want if not _has_microdesc(ctl, fp)]
+            if not missing:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"balancer tor not ready within {timeout:.0f} s; see "
+                               f"{procs.log_path(node.process_name)}")
+        time.sleep(0.5)
+
+
+def _has_microdesc(ctl, fingerprint: str) -> bool:
+    try:
+        return bool(ctl.get_info(f"md/id/{fingerprint}", ""))
+    except Exception:  # noqa: BLE001 - "not found" comes back as an error reply
+        return False
+
+
+def write_onion_config(path: Path, *, control_port: int, socks_port: int, state_dir: Path,
+                       key_file: Path, instances: list[str], probe_interval: float = 10.0,
+                       probe_failures: int = 2) -> Path:
+    """onionstack's balancer YAML (api.md); probes are tighter than the AWS default so a
+    dead worker is noticed within the lab tests' failover budget."""
+    config = {
+        "publish": True,
+        "control": {"port": control_port},
+        "socks_port": socks_port,
+        "state_dir": str(state_dir),
+        "probe": {"port": 80, "interval": probe_interval, "timeout": 30,
+                  "failures": probe_failures},
+        "frontends": [{"name": "lab", "key_file": str(key_file),
+                       "instances": [{"address": f"{a}.onion"} for a in instances]}],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def write_onionbalance_config(path: Path, *, key_file: Path, instances: list[str]) -> Path:
+    config = {"services": [{"key": str(key_file), "instances": [
+        {"address": f"{a}.onion", "name": f"instance{i}"} for i, a in enumerate(instances)]}]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def ensure_onionbalance(venv: Path) -> Path:
+    """OnionBalance 0.2.4 in its own venv (created once, then reused); returns its script."""
+    script = venv / "bin" / "onionbalance"
+    if script.exists():
+        return script
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
+                    f"onionbalance=={ONIONBALANCE_VERSION}"], check=True)
+    return script
+
+
+def onion_command(config: Path, control_port: int) -> list[str]:
+    return [sys.executable, "-m", "onion", "run", "--config", str(config),
+            "--control-port", str(control_port)]
+
+
+def onionbalance_command(script: Path, config: Path, control_port: int) -> list[str]:
+    return [str(script), "--is-testnet", "-c", str(config), "-i", "127.0.0.1",
+            "-p", str(control_port), "-v", "info"]

@@ -1,0 +1,113 @@
+"""Lab workers: each is M tor daemons (OnionBalance instances with `ob_config`) plus one
+nginx, all rendered by `nodes.render.render_worker` -- the same templates AWS workers get --
+into `<state>/workers/wN/` and started as ordinary processes.
+
+Lab-only differences, all through WorkerSpec fields the renderer offers for this: every
+torrc `%include`s the private network's options, tor's seccomp sandbox is off, daemons run
+as the lab's user, nginx trusts the lab's test CA, and each worker's `originAddress` is its
+own origin listener (so a response says which worker carried it).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nodes.render import Layout, NginxTuning, SiteSpec, TorTuning, WorkerSpec, render_worker
+
+from lab.procs import ProcessRegistry
+from lab.services import read_hostname
+
+SITE_NAME = "lab"
+
+
+@dataclass
+class Worker:
+    index: int
+    root: str
+    tor_daemons: int
+    instance_addresses: list[str]  # one per tor daemon, without ".onion"
+    tag: str = "w"
+
+    @property
+    def name(self) -> str:
+        return f"{self.tag}{self.index}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Worker":
+        return cls(**data)
+
+    def process_names(self) -> list[str]:
+        return [f"{self.name}-tor{d}" for d in range(1, self.tor_daemons + 1)] + [f"{self.name}-nginx"]
+
+
+def worker_spec(root: Path, *, frontend_address: str, domain: str, origin_port: int,
+                ca_file: str, network_torrc: str, tor_daemons: int, intro_points: int) -> WorkerSpec:
+    site = SiteSpec(name=SITE_NAME, domain=domain, onion_address=frontend_address,
+                    origin_address=f"127.0.0.1:{origin_port}")
+    return WorkerSpec(
+        sites=(site,), resolver="127.0.0.1", tor_daemons=tor_daemons,
+        tor=TorTuning(intro_points=intro_points, sandbox=False),
+        nginx=NginxTuning(trusted_ca_file=ca_file),
+        layout=Layout(root=str(root)), tor_user=None, nginx_user=None,
+        tor_include=network_torrc)
+
+
+def write_rendered(root: Path, files) -> None:
+    for rel, f in sorted(files.items()):
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(f.content)
+        os.chmod(dest, f.mode)
+
+
+def prepare_dirs(spec: WorkerSpec) -> None:
+    """Directories the daemons need before they start (on AWS the bootstrap script makes
+    them): tor refuses data and hidden-service dirs that others can read."""
+    layout = spec.layout
+    for daemon in spec.daemon_names:
+        for d in [spec.data_dir(daemon)] + [spec.hs_dir(daemon, s) for s in spec.sites]:
+            Path(d).mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        Path(layout.path("lib_dir", "nginx", sub)).mkdir(parents=True, exist_ok=True)
+    for name in ("run_dir", "log_dir"):
+        Path(layout.path(name)).mkdir(parents=True, exist_ok=True)
+
+
+def _check(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} rejected the rendered config:\n{proc.stdout}{proc.stderr}")
+
+
+def start_worker(procs: ProcessRegistry, state_dir: Path, index: int, tag: str = "w",
+                 **spec_kw) -> Worker:
+    root = Path(state_dir) / "workers" / f"{tag}{index}"
+    spec = worker_spec(root, **spec_kw)
+    write_rendered(root, render_worker(spec))
+    prepare_dirs(spec)
+    nginx_conf = spec.layout.path("etc_dir", "nginx", "nginx.conf")
+    nginx_cmd = ["nginx", "-c", nginx_conf, "-e", spec.layout.path("log_dir", "nginx-start.log")]
+    # The real tools check the rendered files first, as the AWS bootstrap does.
+    _check(nginx_cmd + ["-t", "-q"], "nginx -t")
+    torrcs = [spec.layout.path("etc_dir", "tor", f"{d}.torrc") for d in spec.daemon_names]
+    for torrc in torrcs:
+        _check(["tor", "--verify-config", "-f", torrc], "tor --verify-config")
+    worker = Worker(index=index, root=str(root), tor_daemons=spec.tor_daemons,
+                    instance_addresses=[], tag=tag)
+    procs.start(f"{worker.name}-nginx", nginx_cmd + ["-g", "daemon off;"])
+    for daemon, torrc in zip(spec.daemon_names, torrcs):
+        procs.start(f"{worker.name}-{daemon}", ["tor", "-f", torrc])
+    for daemon in spec.daemon_names:
+        host = read_hostname(Path(spec.hs_dir(daemon, spec.sites[0])))
+        worker.instance_addresses.append(host.removesuffix(".onion"))
+    return worker
+
+
+def stop_worker(procs: ProcessRegistry, worker: Worker) -> list[str]:
+    return [n for n in worker.process_names() if procs.stop(n)]
