@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import pulumi
 import pulumi_aws as aws
 
+from infra.config import ConfigError
 from infra.tags import tags
 
 
@@ -139,7 +140,7 @@ def available_zones(count: int) -> tuple[str, ...]:
     )
     names = sorted(zones.names or [])
     if len(names) < count:
-        raise ValueError(
+        raise ConfigError(
             f"onionstack:availabilityZones = {count}: this region has only {len(names)} "
             f"available zones ({', '.join(names) or 'none'}); lower it to {len(names)} or less"
         )

@@ -143,7 +143,10 @@ def test_too_many_zones_for_the_region_is_a_clear_error():
     original = mockrun.StackMocks
     mockrun.StackMocks = FewZones
     try:
-        with pytest.raises(ValueError, match=r"onionstack:availabilityZones = 3: this region has only 2 available zones"):
+        from infra.config import ConfigError
+
+        with pytest.raises(ConfigError, match=r"onionstack:availabilityZones = 3: this region has only 2 available zones") as info:
             mockrun.run_program(minimal_config(availabilityZones=3))
+        assert info.value.registered_resources == []  # found before anything was declared
     finally:
         mockrun.StackMocks = original
