@@ -500,6 +500,21 @@ class Restorer:
                       f"aws ec2 detach-volume --volume-id {new_id}{r}",
                       f"aws ec2 wait volume-available --volume-ids {new_id}{r}"]
                 raise fail(step, exc, rb + reattach_old + untag_old + start_cmd + leftover) from None
+
+        # 6. verify what the instance sees
+        step = "verify"
+        try:
+            inst_now = self._instance(inst)
+            mapped = {m["DeviceName"]: m.get("Ebs", {}).get("VolumeId") for m in inst_now.get("BlockDeviceMappings", [])}
+            state = inst_now["State"]["Name"]
+            want_state = "running" if was_running else "stopped"
+            if mapped.get(dev) != new_id or state != want_state:
+                raise RestoreError(f"instance {inst} shows {dev} -> {mapped.get(dev)} and state {state!r}; "
+                                   f"expected {new_id} and {want_state!r}")
+            self.out(f"verified: {inst} is {state} with {new_id} at {dev}")
+        except (ClientError, BotoCoreError, RestoreError) as exc:
+            raise fail(step, exc, [f"aws ec2 describe-instances --instance-ids {inst}{r}  # inspect before "
+                                   f"rolling back; the old volume {old} is kept"] + leftover) from None
         return new_id
 
     def _check_new_volume(self, new_id: str, plan: RestorePlan) -> None:

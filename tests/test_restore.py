@@ -119,6 +119,7 @@ def test_full_restore_swaps_volume_and_keeps_old(stack):
     assert i["State"]["Name"] == "running"
     assert {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in i["BlockDeviceMappings"]}["/dev/sdf"] == new
     assert any("stopping" in l for l in lines) and any("starting" in l for l in lines)
+    assert f"verified: {inst} is running with {new} at /dev/sdf" in lines
     # the name now resolves to the restored volume (the replaced one is skipped)
     assert r.find_volume("onionstack-prod-database-data").id == new
 
@@ -174,6 +175,20 @@ def test_list_uses_aws_backup_and_ec2(stack):
     assert any("snap-0123456789abcdef0" in l and "no such snapshot" in l for l in lines)
     text = restore.format_points(r.find_volume(stack["volume"]), points)
     assert "vault onionstack-prod" in text and "EC2 only" in text
+
+
+def test_cli_list(stack):
+    out, err = [], []
+    rc = restore.main(["database-data", "--stack", "prod", "--list"],
+                      session=boto3.session.Session(region_name=REGION), out=out.append, err=err.append)
+    assert rc == 0, err
+    text = "\n".join(out)
+    assert "recovery points of" in text and "onionstack-prod-database-data" in text
+    for snap in stack["snapshots"]:
+        assert f"{snap}  completed 20 GiB  EC2 only" in text
+    assert stack["foreign"] not in text           # the journal volume's snapshot
+    # moto has no ListRecoveryPointsByResource: the CLI says so and falls back to EC2
+    assert any("AWS Backup listing unavailable" in l for l in out)
 
 
 def test_list_falls_back_when_backup_api_fails(stack):
