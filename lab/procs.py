@@ -95,14 +95,19 @@ class ProcessRegistry:
             # Our own unreaped child: its pid cannot have been reused. (Its /proc cmdline
             # may still be the parent's for a moment right after the fork.)
             return popen.poll() is None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-        return str(self.state_dir).encode() in cmdline
+        for attempt in range(3):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return False
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+            if str(self.state_dir).encode() in cmdline:
+                return True
+            # A process that is just being exec'd can briefly show its parent's cmdline.
+            time.sleep(0.05)
+        return False
 
     def stop(self, name: str, timeout: float = 10.0) -> bool:
         """SIGTERM, then SIGKILL after `timeout`; True if a process of ours was stopped."""
