@@ -104,15 +104,35 @@ class SeedSigningKey:
     Because we hold its seed, libsodium's `crypto_sign` signs in one C call.
     """
 
-    __slots__ = ("public_key", "_sk")
+    __slots__ = ("public_key", "_sk", "_expanded")
 
     def __init__(self, seed: bytes | None = None) -> None:
-        pk, sk = sodium.crypto_sign_seed_keypair(seed if seed is not None else os.urandom(32))
+        seed = seed if seed is not None else os.urandom(32)
+        pk, sk = sodium.crypto_sign_seed_keypair(seed)
         self.public_key: bytes = pk
         self._sk = sk
+        self._expanded = expand_seed(seed)
 
     def sign(self, message: bytes) -> bytes:
         return sodium.crypto_sign(message, self._sk)[:64]
+
+    def sign_large(self, message: bytes) -> bytes:
+        """Sign a large message (a 40-50 kB descriptor) hashing it once instead of twice.
+
+        RFC 8032 derives the nonce r from H(prefix | M), a second pass over M. Any secret,
+        never-repeated r gives a signature every verifier accepts; here r comes from the
+        kernel CSPRNG mixed with the secret prefix, so it is unique and secret without
+        reading M. Used only for whole descriptors, where that pass is ~10% of a build.
+        """
+        r = reduce_scalar(hashlib.sha512(self._expanded[32:] + os.urandom(32)).digest())
+        big_r = sodium.crypto_scalarmult_ed25519_base_noclamp(r)
+        h = hashlib.sha512(big_r)
+        h.update(self.public_key)
+        h.update(message)
+        k = reduce_scalar(h.digest())
+        s = sodium.crypto_core_ed25519_scalar_add(
+            r, sodium.crypto_core_ed25519_scalar_mul(k, reduce_scalar(self._expanded[:32])))
+        return big_r + s
 
     def __repr__(self) -> str:
         return f"SeedSigningKey(public_key={self.public_key.hex()})"
@@ -170,7 +190,7 @@ def curve25519_to_ed25519_public(u: bytes, sign_bit: int = 0) -> bytes:
     other way, so this is two field operations in Python.
     """
     x = int.from_bytes(u, "little") & ((1 << 255) - 1)
-    y = ((x - 1) * pow(x + 1, P - 2, P)) % P
+    y = ((x - 1) * pow(x + 1, -1, P)) % P  # pow(.., -1, P): extended Euclid, ~20x faster than P-2
     out = bytearray(y.to_bytes(32, "little"))
     out[31] |= (sign_bit & 1) << 7
     return bytes(out)

@@ -175,10 +175,16 @@ class IntroPoint:
     enc_key: bytes                   # curve25519 encryption key (32 bytes)
     legacy_key: bytes | None = None       # DER RSA-1024 key, only for pre-0.3.2 intro relays
     legacy_key_cert: bytes | None = None  # its cross-certificate (not re-emittable: see docs)
+    # The ed25519 form of enc_key that the instance's enc-key-cert certified (tor: sign bit
+    # 0). Re-certified as is, like OnionBalance; derived from enc_key when None.
+    enc_key_ed25519: bytes | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "link_specifiers", tuple(self.link_specifiers))
-        for name in ("onion_key", "auth_key", "enc_key"):
+        if self.enc_key_ed25519 is None:
+            object.__setattr__(self, "enc_key_ed25519",
+                               crypto.curve25519_to_ed25519_public(self.enc_key))
+        for name in ("onion_key", "auth_key", "enc_key", "enc_key_ed25519"):
             value = getattr(self, name)
             if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
                 raise DescriptorFormatError(f"introduction point {name} must be 32 bytes, got "
@@ -236,10 +242,29 @@ def _b64_nopad(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii").rstrip("=")
 
 
+_LINE_SPLITTERS: dict[int, struct.Struct] = {}
+
+
+def _b64_lines(data: bytes) -> bytes:
+    """tor's base64_encode(..., BASE64_ENCODE_MULTILINE): 64 columns, every line ends in NL.
+
+    Why struct: splitting ~1000 lines per descriptor in a Python loop was the largest
+    single cost of a build; one `Struct("64s" * n).unpack_from` call does it in C.
+    """
+    encoded = binascii.b2a_base64(data, newline=False)
+    full = len(encoded) // 64
+    splitter = _LINE_SPLITTERS.get(full)
+    if splitter is None:
+        if len(_LINE_SPLITTERS) > 256:
+            _LINE_SPLITTERS.clear()
+        splitter = _LINE_SPLITTERS[full] = struct.Struct("64s" * full)
+    tail = encoded[full * 64:]
+    lines = b"\n".join(splitter.unpack_from(encoded)) + b"\n" if full else b""
+    return lines + tail + b"\n" if tail else lines
+
+
 def _b64_multiline(data: bytes) -> str:
-    """tor's base64_encode(..., BASE64_ENCODE_MULTILINE): 64 columns, every line ends in NL."""
-    text = base64.b64encode(data).decode("ascii")
-    return "".join(text[i:i + 64] + "\n" for i in range(0, len(text), 64))
+    return _b64_lines(data).decode("ascii")
 
 
 def _b64_decode(text: str, what: str) -> bytes:
@@ -488,7 +513,17 @@ class MasterDescriptorBuilder:
         self._signing_cert_pem = _pem("ED25519 CERT", signing_cert)
         # setup_desc_intro_point: intro certs count from the start of the hour.
         self._intro_expiry_hours = -(-((int(now) // 3600) * 3600 + lifetime) // 3600)
-        self._intro_cache: dict[tuple, str] = {}
+        self._intro_cache: dict[tuple, bytes] = {}
+        # Middle layer head: no client auth, so 16 fake auth-client lines and a throw-away
+        # x25519 ephemeral key, hiding the number of authorised clients. Like tor, made
+        # once per descriptor (per period), re-used by every encoding of it.
+        ephemeral = sodium.crypto_scalarmult_base(os.urandom(32))
+        fake = os.urandom(FAKE_AUTH_CLIENTS * 40)
+        clients = "".join(
+            f"auth-client {_b64_nopad(fake[i:i + 8])} {_b64_nopad(fake[i + 8:i + 24])} "
+            f"{_b64_nopad(fake[i + 24:i + 40])}\n" for i in range(0, len(fake), 40))
+        self._middle_head = (f"desc-auth-type x25519\ndesc-auth-ephemeral-key {_b64(ephemeral)}\n"
+                             f"{clients}encrypted\n-----BEGIN MESSAGE-----\n").encode("ascii")
 
     @property
     def blinded_key(self) -> BlindedKey:
@@ -498,22 +533,24 @@ class MasterDescriptorBuilder:
     def signing_key_expiry(self) -> _dt.datetime:
         return _hours_to_datetime(self._cert_expiry_hours)
 
-    def _encode_intro(self, ip: IntroPoint) -> str:
+    def _encode_intro(self, ip: IntroPoint) -> bytes:
         key = (ip.auth_key, ip.enc_key, ip.onion_key, ip.link_specifiers)
         text = self._intro_cache.get(key)
         if text is None:
             auth_cert = make_certificate(CERT_TYPE_INTRO_AUTH, ip.auth_key, self._intro_expiry_hours,
                                          self._signing.public_key, self._signing.sign)
-            enc_cert = make_certificate(CERT_TYPE_INTRO_ENC, crypto.curve25519_to_ed25519_public(ip.enc_key),
+            enc_cert = make_certificate(CERT_TYPE_INTRO_ENC, ip.enc_key_ed25519,
                                         self._intro_expiry_hours, self._signing.public_key,
                                         self._signing.sign)
             # Legacy keys are not re-emitted: their cross-certificate signs the instance's
             # descriptor-signing key, which the master descriptor does not use.
-            text = (f"introduction-point {_b64(encode_link_specifiers(ip.link_specifiers))}\n"
-                    f"onion-key ntor {_b64(ip.onion_key)}\n"
-                    f"auth-key\n{_pem('ED25519 CERT', auth_cert)}\n"
-                    f"enc-key ntor {_b64(ip.enc_key)}\n"
-                    f"enc-key-cert\n{_pem('ED25519 CERT', enc_cert)}\n")
+            text = b"".join((
+                f"introduction-point {_b64(encode_link_specifiers(ip.link_specifiers))}\n"
+                f"onion-key ntor {_b64(ip.onion_key)}\nauth-key\n-----BEGIN ED25519 CERT-----\n"
+                .encode("ascii"), _b64_lines(auth_cert),
+                f"-----END ED25519 CERT-----\nenc-key ntor {_b64(ip.enc_key)}\n"
+                "enc-key-cert\n-----BEGIN ED25519 CERT-----\n".encode("ascii"),
+                _b64_lines(enc_cert), b"-----END ED25519 CERT-----\n"))
             if len(self._intro_cache) > 4096:
                 self._intro_cache.clear()
             self._intro_cache[key] = text
@@ -533,35 +570,28 @@ class MasterDescriptorBuilder:
             raise DescriptorError(f"revision counter {revision_counter} is outside 0..2^64-1")
         blinded = self._blinded.public_key
         # Inner layer (hs_descriptor.c get_inner_encrypted_layer_plaintext).
-        inner = ["create2-formats 2\n"]
+        inner = [b"create2-formats 2\n"]
         if self.single_onion:
-            inner.append("single-onion-service\n")
+            inner.append(b"single-onion-service\n")
         if self.flow_control:
-            inner.append(f"flow-control {self.flow_control}\n")
+            inner.append(f"flow-control {self.flow_control}\n".encode("ascii"))
         inner.extend(self._encode_intro(ip) for ip in intro_points)
-        inner_blob = encrypt_layer("".join(inner).encode("ascii"), _ENC_CONSTANT, blinded,
-                                   self._subcredential, revision_counter)
-        # Middle layer: no client auth, so 16 fake auth-client lines and a throw-away
-        # ephemeral key, exactly as tor does to hide the number of authorised clients.
-        ephemeral = sodium.crypto_scalarmult_base(os.urandom(32))
-        fake = os.urandom(FAKE_AUTH_CLIENTS * 40)
-        clients = "".join(
-            f"auth-client {_b64_nopad(fake[i:i + 8])} {_b64_nopad(fake[i + 8:i + 24])} "
-            f"{_b64_nopad(fake[i + 24:i + 40])}\n" for i in range(0, len(fake), 40))
-        middle = (f"desc-auth-type x25519\ndesc-auth-ephemeral-key {_b64(ephemeral)}\n{clients}"
-                  f"encrypted\n-----BEGIN MESSAGE-----\n{_b64_multiline(inner_blob)}-----END MESSAGE-----"
-                  ).encode("ascii")
+        inner_blob = encrypt_layer(b"".join(inner), _ENC_CONSTANT, blinded, self._subcredential,
+                                   revision_counter)
+        middle = b"".join((self._middle_head, _b64_lines(inner_blob), b"-----END MESSAGE-----"))
         # tor pads the middle layer with NULs to a multiple of 10000 (stem 1.8.2 pads by
         # len % 10000 instead, which is wrong).
         middle += b"\x00" * (-len(middle) % SUPERENCRYPTED_PAD_MULTIPLE)
         middle_blob = encrypt_layer(middle, _SUPERENC_CONSTANT, blinded, self._subcredential,
                                     revision_counter)
-        body = (f"hs-descriptor 3\ndescriptor-lifetime {self.lifetime_minutes}\n"
-                f"descriptor-signing-key-cert\n{self._signing_cert_pem}\n"
-                f"revision-counter {revision_counter}\n"
-                f"superencrypted\n-----BEGIN MESSAGE-----\n{_b64_multiline(middle_blob)}-----END MESSAGE-----\n")
-        signature = self._signing.sign(_SIG_PREFIX + body.encode("ascii"))
-        text = f"{body}signature {_b64_nopad(signature)}\n"
+        body = b"".join((
+            f"hs-descriptor 3\ndescriptor-lifetime {self.lifetime_minutes}\n"
+            f"descriptor-signing-key-cert\n{self._signing_cert_pem}\n"
+            f"revision-counter {revision_counter}\n"
+            "superencrypted\n-----BEGIN MESSAGE-----\n".encode("ascii"),
+            _b64_lines(middle_blob), b"-----END MESSAGE-----\n"))
+        signature = self._signing.sign_large(_SIG_PREFIX + body)
+        text = (body + b"signature " + _b64_nopad(signature).encode("ascii") + b"\n").decode("ascii")
         if len(text) >= MAX_DESCRIPTOR_SIZE:
             raise DescriptorTooLargeError(
                 f"descriptor with {len(intro_points)} introduction points is {len(text)} bytes; "
@@ -754,6 +784,7 @@ def _parse_intro_point(section: str, n: int, signing_key: bytes, now: float) -> 
     legacy_cert = next((it for it in items if it.keyword == "legacy-key-cert"), None)
     return IntroPoint(link_specifiers=link_specifiers, onion_key=onion_key,
                       auth_key=auth_cert.certified_key, enc_key=enc_key,
+                      enc_key_ed25519=enc_cert.certified_key,
                       legacy_key=legacy.obj if legacy else None,
                       legacy_key_cert=legacy_cert.obj if legacy_cert else None)
 

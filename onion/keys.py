@@ -311,9 +311,11 @@ class IdentityKey:
         key = (period_number, period_length)
         cached = self._blind_cache.get(key)
         if cached is None:
-            public = crypto.blind_public_key(self._public_key, period_number, period_length)
             secret = crypto.blind_expanded_secret(self._expanded, self._public_key,
                                                   period_number, period_length)
+            # h*A == (h*a mod l)*B: a fixed-base multiplication is ~6x cheaper than
+            # blinding the public point (libsodium also checks that point's subgroup).
+            public = crypto.public_from_expanded(secret)
             cached = BlindedKey(public, period_number, period_length, secret)
             if len(self._blind_cache) > 8:
                 self._blind_cache.clear()

@@ -1,0 +1,264 @@
+"""Benchmark: onion.descriptor / onion.hashring against stem 1.8.2 (OnionBalance's engine).
+
+(a) blinded public key + one blinded signature: ours (libsodium via PyNaCl) vs stem's
+    pure-Python `_blinded_pubkey` + `_blinded_sign`.
+(b) a complete master descriptor with 20 introduction points, every certificate made
+    afresh: ours (`build_master_descriptor`) vs what OnionBalance 0.2.4 does with stem
+    (re-certify the intro points, `HiddenServiceDescriptorV3.create` with blinding).
+(c) one publish cycle: 60 frontends x 2 time periods x 8 HSDirs, a distinct descriptor
+    per HSDir (20 of each frontend's 40 introduction points), over a synthetic
+    8000-relay consensus - ring built from the parsed consensus, responsible HSDirs,
+    blinding, revision counters, 960 descriptors. Measured cold (fresh keys, builders and
+    caches) and warm (the balancer's steady state: builders and OPE tables reused).
+
+Targets: (a) >= 50x, (b) >= 10x, (c) cold cycle under 1 s of CPU. The last line is
+`speedup_vs_stem: N` for (b).
+
+    .venv/bin/python -m bench.descriptor [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import os
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nacl.bindings as sodium  # noqa: E402
+import stem.descriptor.hidden_service as stem_hs  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from stem.client.datatype import LinkByFingerprint, LinkByIPv4  # noqa: E402
+from stem.descriptor.networkstatus import NetworkStatusDocumentV3  # noqa: E402
+
+from onion import crypto  # noqa: E402
+from onion.descriptor import (  # noqa: E402
+    IntroPoint, LinkSpecifier, MasterDescriptorBuilder, build_master_descriptor, revision_counter,
+)
+from onion.hashring import HashRing  # noqa: E402
+from onion.keys import IdentityKey  # noqa: E402
+
+TP, LEN = 20000, 1440
+
+
+def cpu_per_call(fn, n: int) -> float:
+    """Median CPU seconds per call over 3 batches of n calls."""
+    runs = []
+    for _ in range(3):
+        start = time.process_time()
+        for _ in range(n):
+            fn()
+        runs.append((time.process_time() - start) / n)
+    return statistics.median(runs)
+
+
+def random_intro() -> IntroPoint:
+    return IntroPoint(
+        link_specifiers=(LinkSpecifier.ipv4("10.%d.%d.%d" % tuple(os.urandom(3)), 9001),
+                         LinkSpecifier.legacy_id(os.urandom(20)),
+                         LinkSpecifier.ed25519_id(os.urandom(32))),
+        onion_key=sodium.crypto_scalarmult_base(os.urandom(32)),
+        auth_key=crypto.SeedSigningKey().public_key,
+        enc_key=sodium.crypto_scalarmult_base(os.urandom(32)))
+
+
+# --- (a) ------------------------------------------------------------------------------------
+
+def bench_blinding(quick: bool) -> float:
+    seed = os.urandom(32)
+    ours = IdentityKey.from_seed(seed)
+    theirs = Ed25519PrivateKey.from_private_bytes(seed)
+    msg = os.urandom(140)  # the size of a descriptor-signing-key certificate body
+    param = crypto.blinding_param(ours.public_key, TP, LEN)
+    counter = iter(range(10**9))
+
+    def ours_once():
+        ours._blind_cache.clear()  # measure the blinding, not the cache
+        ours.blind(TP + next(counter) % 1000, LEN).sign(msg)
+
+    def stem_once():
+        blinded = stem_hs._blinded_pubkey(theirs, param)
+        stem_hs._blinded_sign(msg, theirs, blinded, param)
+
+    # same key and period give the same bytes
+    ours._blind_cache.clear()
+    b = ours.blind(TP, LEN)
+    assert b.public_key == stem_hs._blinded_pubkey(theirs, param)
+    assert b.sign(msg) == stem_hs._blinded_sign(msg, theirs, b.public_key, param)
+    t_ours = cpu_per_call(ours_once, 200 if quick else 1000)
+    t_stem = cpu_per_call(stem_once, 3 if quick else 10)
+    ratio = t_stem / t_ours
+    print(f"(a) blinded key + blinded signature: ours {t_ours * 1e6:8.1f} us   "
+          f"stem {t_stem * 1e6:9.1f} us   ratio {ratio:6.1f}x  (target >= 50x)")
+    return ratio
+
+
+# --- (b) ------------------------------------------------------------------------------------
+
+def bench_build(quick: bool) -> float:
+    """Both sides start from 20 introduction points as parsed from instance descriptors and
+    produce the descriptor text; stem's side is OnionBalance 0.2.4's OBDescriptor minus its
+    pure-Python revision counter (which alone takes seconds late in an SRV period): a new
+    signing key, 40 re-certified intro certs, InnerLayer.create, HiddenServiceDescriptorV3
+    .create with blinding, str()."""
+    from stem.descriptor.certificate import Ed25519CertificateV1, Ed25519Extension, ExtensionType
+
+    seed = os.urandom(32)
+    ours = IdentityKey.from_seed(seed)
+    theirs = Ed25519PrivateKey.from_private_bytes(seed)
+    intros = [random_intro() for _ in range(20)]
+    param = crypto.blinding_param(ours.public_key, TP, LEN)
+    instance_signing = Ed25519PrivateKey.generate()
+    stem_intros = [stem_hs.IntroductionPointV3.create_for_link_specifiers(
+        [LinkByIPv4("10.0.0.%d" % i, 9001), LinkByFingerprint(os.urandom(20))],
+        onion_key=ip.onion_key, enc_key=ip.enc_key, auth_key=ip.auth_key,
+        signing_key=instance_signing) for i, ip in enumerate(intros)]
+
+    def ours_once():
+        ours._blind_cache.clear()
+        build_master_descriptor(ours, intros, time_period_number=TP, period_length=LEN,
+                                revision_counter=123456).text
+
+    def recertify(cert, signing):
+        ext = [Ed25519Extension(ExtensionType.HAS_SIGNING_KEY, None,
+                                signing.public_key().public_bytes_raw())]
+        return Ed25519CertificateV1(cert_type=cert.type, expiration=cert.expiration,
+                                    key_type=cert.key_type, key=cert.key, extensions=ext,
+                                    signing_key=signing)
+
+    def stem_once():
+        signing = Ed25519PrivateKey.generate()
+        recertified = [ip._replace(auth_key_cert=recertify(ip.auth_key_cert, signing),
+                                   enc_key_cert=recertify(ip.enc_key_cert, signing))
+                       for ip in stem_intros]
+        desc = stem_hs.HiddenServiceDescriptorV3.create(
+            blinding_nonce=param, identity_key=theirs, signing_key=signing,
+            inner_layer=stem_hs.InnerLayer.create(introduction_points=recertified),
+            revision_counter=123456)
+        str(desc)
+
+    # The balancer's steady state: the period's builder (blinded key, signing key, certs)
+    # is kept; a republish after an instance change swaps 2 of the 20 intro points.
+    spare = [random_intro() for _ in range(400)]
+    builder = MasterDescriptorBuilder(ours, time_period_number=TP, period_length=LEN)
+    builder.build(intros, revision_counter=1)
+    step = iter(range(10**9))
+
+    def ours_republish():
+        i = next(step)
+        current = intros[2:] + [spare[(2 * i) % 400], spare[(2 * i + 1) % 400]]
+        builder.build(current, revision_counter=2 + i).text
+
+    t_ours = cpu_per_call(ours_once, 20 if quick else 100)
+    t_warm = cpu_per_call(ours_republish, 20 if quick else 100)
+    t_stem = cpu_per_call(stem_once, 2 if quick else 5)
+    ratio = t_stem / t_ours
+    print(f"(b) master descriptor, 20 intro points, full build: ours {t_ours * 1e3:6.2f} ms   "
+          f"stem {t_stem * 1e3:7.2f} ms   ratio {ratio:6.1f}x  (target >= 10x)")
+    print(f"    same-period republish, 2 intro points changed: ours {t_warm * 1e3:6.2f} ms   "
+          f"ratio {t_stem / t_warm:6.1f}x (OnionBalance rebuilds everything every time)")
+    return ratio, t_stem
+
+
+# --- (c) ------------------------------------------------------------------------------------
+
+def synthetic_consensus(n_relays: int, valid_after: dt.datetime) -> tuple[str, dict[str, str]]:
+    """A microdesc consensus of n relays (~60% HSDir) and their ed25519 identities."""
+    fmt = "%Y-%m-%d %H:%M:%S"
+    lines = ["network-status-version 3 microdesc", "vote-status consensus", "consensus-method 32",
+             f"valid-after {valid_after:{fmt}}", f"fresh-until {valid_after + dt.timedelta(hours=1):{fmt}}",
+             f"valid-until {valid_after + dt.timedelta(hours=3):{fmt}}", "voting-delay 300 300",
+             "known-flags Exit Fast Guard HSDir Running Stable V2Dir Valid",
+             "params hsdir_n_replicas=2 hsdir_spread_store=4",
+             "shared-rand-previous-value 9 " + base64.b64encode(b"p" * 32).decode(),
+             "shared-rand-current-value 9 " + base64.b64encode(b"c" * 32).decode()]
+    ids = {}
+    for i in range(n_relays):
+        fp = hashlib.sha1(struct.pack(">I", i)).digest()
+        flags = "Fast Running Stable V2Dir Valid" + (" HSDir" if i % 5 < 3 else "")
+        lines += [f"r r{i} {base64.b64encode(fp).decode().rstrip('=')} 2026-11-22 02:00:00 "
+                  f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} 9001 0",
+                  "m " + base64.b64encode(hashlib.sha256(fp).digest()).decode().rstrip("="),
+                  f"s {flags}", "pr HSDir=1-2 Link=1-5"]
+        ids[fp.hex().upper()] = base64.b64encode(hashlib.sha256(b"ed" + fp).digest()).decode().rstrip("=")
+    lines.append("directory-footer")
+    return "\n".join(lines) + "\n", ids
+
+
+def publish_cycle(doc, ids, frontends, builders, now) -> tuple[int, int]:
+    ring = HashRing.from_consensus(doc, ids)       # fresh: no ring cache across cycles
+    count, total_bytes, seen = 0, 0, set()
+    for f, (identity, pool) in enumerate(frontends):
+        for slot in ring.descriptor_slots():
+            key = (f, slot.time_period_number)
+            builder = builders.get(key)
+            if builder is None:
+                builder = builders[key] = MasterDescriptorBuilder(
+                    identity, time_period_number=slot.time_period_number,
+                    period_length=slot.period_length, now=now)
+            rc = revision_counter(builder.blinded_key, slot.revision_base, now)
+            hsdirs = ring.responsible_hsdirs(builder.blinded_key.public_key, slot)
+            for j, _hsdir in enumerate(hsdirs[:8]):
+                chosen = [pool[(j * 5 + k) % len(pool)] for k in range(20)]  # distinct per HSDir
+                desc = builder.build(chosen, revision_counter=rc)
+                count += 1
+                total_bytes += len(desc.text)
+                seen.add(desc.text[-90:])
+    assert len(seen) == count, "descriptors must be distinct"
+    return count, total_bytes
+
+
+def bench_cycle(stem_build_seconds: float, quick: bool) -> float:
+    """Returns the cold cycle's CPU seconds (scaled to 60 frontends)."""
+    valid_after = dt.datetime(2026, 11, 22, 15, 0, 0)  # 15:00: late in the SRV window
+    text, ids = synthetic_consensus(8000, valid_after)
+    start = time.process_time()
+    doc = NetworkStatusDocumentV3(text.encode(), validate=False)
+    parse_cpu = time.process_time() - start
+    n_frontends = 12 if quick else 60
+    frontends = [(IdentityKey.generate(), [random_intro() for _ in range(40)]) for _ in range(n_frontends)]
+    from onion import descriptor as d
+    d._OPE_CACHE.clear()
+    now = valid_after.replace(tzinfo=dt.timezone.utc).timestamp() + 1800
+    builders: dict = {}
+    start = time.process_time()
+    count, size = publish_cycle(doc, ids, frontends, builders, now)
+    cold = time.process_time() - start
+    start = time.process_time()
+    publish_cycle(doc, ids, frontends, builders, now + 60)
+    warm = time.process_time() - start
+    scale = 60 / n_frontends
+    est_stem = stem_build_seconds * count * scale
+    print(f"(c) publish cycle, {n_frontends} frontends x 2 periods x 8 HSDirs = {count} distinct "
+          f"descriptors ({size / count / 1000:.1f} kB avg), 8000-relay consensus "
+          f"({len(ids) * 3 // 5} HSDirs):")
+    print(f"    cold {cold * scale:6.3f} s CPU   warm {warm * scale:6.3f} s CPU   (target cold < 1 s)"
+          + ("   [scaled from 12 frontends]" if quick else ""))
+    print(f"    consensus parse by stem (once per consensus, not per cycle): {parse_cpu:.3f} s CPU")
+    print(f"    stem building the same {int(count * scale)} descriptors (from (b)): ~{est_stem:.0f} s CPU"
+          f"   ratio ~{est_stem / (cold * scale):.0f}x")
+    return cold * scale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.descriptor")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
+    args = parser.parse_args(argv)
+    ratio_a = bench_blinding(args.quick)
+    ratio_b, stem_build = bench_build(args.quick)
+    cold = bench_cycle(stem_build, args.quick)
+    for name, met in (("(a) >= 50x", ratio_a >= 50), ("(b) >= 10x (full build)", ratio_b >= 10),
+                      ("(c) cold cycle < 1 s CPU", cold < 1.0)):
+        print(f"target {name}: {'met' if met else 'MISSED'}")
+    print(f"speedup_vs_stem: {ratio_b:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
