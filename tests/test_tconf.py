@@ -181,6 +181,9 @@ set block_path_re ^/private\\\\.d/
     assert s_news == {"name": "news-example", "domain": "news.example", "blockHosts": ["login.news.example"],
                       "blockPaths": ["/wp-admin/", "/private.d/"]}
     assert s_shop["blockHosts"] == ["ads.shop.example"]
+    # the node renderer accepts the converted block lists (its blockPaths are prefixes)
+    SiteSpec(name=s_news["name"], domain=s_news["domain"], onion_address=news.address,
+             block_hosts=tuple(s_news["blockHosts"]), block_paths=tuple(s_news["blockPaths"]))
     assert f"python -m onion import {secrets / (news.address + '.v3sec.key')} | pulumi config set --secret " \
            f"--path masterKeys.news-example" in err
     assert f"#   news-example: news.example -> {news.hostname}\n" in out
@@ -294,3 +297,25 @@ def test_onionstack_limits_match_the_stack_config():
     assert tconf.SITE_NAME_RE.pattern == stack_config.SITE_NAME_RE.pattern
     from nodes import render
     assert tconf.BLOCK_PATH_RE.pattern == render.BLOCK_PATH_RE.pattern
+
+
+@pytest.mark.parametrize("fixture", ["example.tconf", "wikipedia.tconf", "tpo.tconf", "human-rights.tconf"])
+def test_imported_config_is_accepted_by_the_stack(tmp_path, fixture, capsys):
+    """What import-tconf prints, plus the keys its commands store and the settings it says
+    are still to set, is a config the stack's own parser (infra/config.py) accepts."""
+    from infra.config import parse_config
+    from mockrun import demo_ssh_key_pair
+    keys = tmp_path / "keys"
+    rc, out, err = run_import(FIXTURES / fixture, "--keys-dir", str(keys))
+    assert rc == 0
+    raw = {k.split(":", 1)[1]: v for k, v in yaml.safe_load(out)["config"].items()}
+    raw["masterKeys"] = {}
+    for s in raw["sites"]:
+        assert onion_main(["import", str(keys / s["name"])]) == 0        # as the printed command does
+        raw["masterKeys"][s["name"]] = capsys.readouterr().out.strip()
+    raw["sshPublicKey"], raw["sshPrivateKey"] = demo_ssh_key_pair()
+    raw["adminCidrs"] = ["198.51.100.7/32"]
+    cfg = parse_config(raw)
+    assert [(s.name, s.domain, s.onion_address) for s in cfg.sites] == [
+        (s["name"], s["domain"], IdentityKey.from_hs_dir(keys / s["name"]).hostname) for s in raw["sites"]]
+    assert [list(s.block_hosts) for s in cfg.sites] == [s.get("blockHosts", []) for s in raw["sites"]]
