@@ -37,12 +37,13 @@ from onion.errors import ConsensusError
 __all__ = [
     "NetworkTiming", "DescriptorSlot", "HSDir", "HashRing", "ring_for",
     "disaster_srv", "hs_index", "hsdir_index", "ConsensusError",
-    "DEFAULT_PERIOD_LENGTH", "DEFAULT_N_REPLICAS", "DEFAULT_SPREAD_STORE",
+    "DEFAULT_PERIOD_LENGTH", "DEFAULT_N_REPLICAS", "DEFAULT_SPREAD_STORE", "DEFAULT_SPREAD_FETCH",
 ]
 
 DEFAULT_PERIOD_LENGTH = 1440   # minutes; tor HS_TIME_PERIOD_LENGTH_DEFAULT
 DEFAULT_N_REPLICAS = 2         # hsdir_n_replicas
 DEFAULT_SPREAD_STORE = 4       # hsdir_spread_store
+DEFAULT_SPREAD_FETCH = 3       # hsdir_spread_fetch
 SRV_ROUNDS_PER_PHASE = 12      # SHARED_RANDOM_N_ROUNDS
 SRV_PHASES = 2                 # SHARED_RANDOM_N_PHASES
 
@@ -51,6 +52,7 @@ VOTING_INTERVAL_PRODUCTION = 3600  # seconds; any other interval means a test ne
 _PERIOD_LENGTH_BOUNDS = (30, 60 * 24 * 10)   # tor HS_TIME_PERIOD_LENGTH_MIN/MAX
 _N_REPLICAS_BOUNDS = (1, 16)
 _SPREAD_STORE_BOUNDS = (1, 128)
+_SPREAD_FETCH_BOUNDS = (1, 128)
 
 
 def _unix(when) -> int:
@@ -228,6 +230,7 @@ class HashRing:
                  srv_current: bytes | None, srv_previous: bytes | None,
                  n_replicas: int = DEFAULT_N_REPLICAS,
                  spread_store: int = DEFAULT_SPREAD_STORE,
+                 spread_fetch: int = DEFAULT_SPREAD_FETCH,
                  skipped_without_ed25519: int = 0) -> None:
         self._timing = timing
         self._hsdirs = tuple(hsdirs)
@@ -235,6 +238,7 @@ class HashRing:
         self._srv_previous = srv_previous
         self.n_replicas = n_replicas
         self.spread_store = spread_store
+        self.spread_fetch = spread_fetch
         self.skipped_without_ed25519 = skipped_without_ed25519
         self._rings: dict[tuple[int, int, bytes], tuple[list[bytes], list[HSDir]]] = {}
         self._lock = threading.Lock()
@@ -274,6 +278,7 @@ class HashRing:
             srv_previous=_decode_srv(getattr(consensus, "shared_randomness_previous_value", None), "previous"),
             n_replicas=_param(params, "hsdir_n_replicas", DEFAULT_N_REPLICAS, _N_REPLICAS_BOUNDS),
             spread_store=_param(params, "hsdir_spread_store", DEFAULT_SPREAD_STORE, _SPREAD_STORE_BOUNDS),
+            spread_fetch=_param(params, "hsdir_spread_fetch", DEFAULT_SPREAD_FETCH, _SPREAD_FETCH_BOUNDS),
             skipped_without_ed25519=skipped,
         )
 
@@ -287,7 +292,7 @@ class HashRing:
 
     def _key(self) -> tuple:
         return (self._timing, self._srv_current, self._srv_previous, self.n_replicas,
-                self.spread_store, self._hsdirs)
+                self.spread_store, self.spread_fetch, self._hsdirs)
 
     def current_srv(self, period_number: int) -> bytes:
         """The consensus' current SRV, or the disaster SRV for `period_number`."""
@@ -323,6 +328,15 @@ class HashRing:
                            run_start),
         )
 
+    def fetch_slot(self) -> DescriptorSlot:
+        """The period and SRV a client fetching now uses (node_set_hsdir_index's fetch
+        index): the current period, with the current SRV between a new time period and
+        the next SRV, else the previous SRV. It is always one of `descriptor_slots()`.
+        Pass it to `responsible_hsdirs(..., spread=self.spread_fetch)` for the HSDirs a
+        client would ask for an instance's descriptor."""
+        first, second = self.descriptor_slots()
+        return second if self._timing.in_period_between_tp_and_srv() else first
+
     def _ring(self, period_number: int, period_length: int, srv: bytes) -> tuple[list[bytes], list[HSDir]]:
         key = (period_number, period_length, srv)
         ring = self._rings.get(key)
@@ -339,10 +353,13 @@ class HashRing:
                     self._rings[key] = ring
         return ring
 
-    def responsible_hsdirs(self, blinded_key: bytes, slot: DescriptorSlot) -> list[HSDir]:
+    def responsible_hsdirs(self, blinded_key: bytes, slot: DescriptorSlot, *,
+                           spread: int | None = None) -> list[HSDir]:
         """The HSDirs that store the descriptor of `blinded_key` for `slot`, in replica order:
-        for each replica, `spread_store` distinct relays from the first one whose index
-        is >= the replica's hs_index on the ring (hs_get_responsible_hsdirs)."""
+        for each replica, `spread` (default `spread_store`; clients use `spread_fetch`)
+        distinct relays from the first one whose index is >= the replica's hs_index on the
+        ring (hs_get_responsible_hsdirs)."""
+        spread = self.spread_store if spread is None else spread
         if len(blinded_key) != 32:
             raise ValueError(f"blinded key must be 32 bytes, got {len(blinded_key)}")
         if not self._hsdirs:
@@ -360,7 +377,7 @@ class HashRing:
             if idx == n:
                 idx = 0
             start, added = idx, 0
-            while added < self.spread_store:
+            while added < spread:
                 node = nodes[idx]
                 if node.fingerprint not in seen:
                     seen.add(node.fingerprint)

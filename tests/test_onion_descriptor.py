@@ -420,3 +420,28 @@ def test_random_corruption_never_crashes(identity, built):
             kinds += 1
             assert str(exc)
     assert kinds > 250  # nearly every mutation is caught (a few hit insignificant bits)
+
+
+def test_one_pass_large_signature_verifies_everywhere():
+    key = crypto.SeedSigningKey()
+    msg = os.urandom(45000)
+    a, b = key.sign_large(msg), key.sign_large(msg)
+    assert a != b  # random nonces
+    for sig in (a, b):
+        assert crypto.verify(key.public_key, msg, sig)
+        Ed25519PublicKey.from_public_bytes(key.public_key).verify(sig, msg)  # OpenSSL agrees
+    assert not crypto.verify(key.public_key, msg + b"x", a)
+
+
+def test_enc_key_cert_key_is_carried_from_the_instance(identity, built):
+    got = decrypt_descriptor(built.text, identity.address, time_period_numbers=TP, period_length=LEN)
+    for ip in got.intro_points:
+        # what the instance certified (tor: the ed25519 form of enc_key, sign bit 0)
+        assert ip.enc_key_ed25519 == crypto.curve25519_to_ed25519_public(ip.enc_key)
+    odd = IntroPoint(got.intro_points[0].link_specifiers, got.intro_points[0].onion_key,
+                     got.intro_points[0].auth_key, got.intro_points[0].enc_key,
+                     enc_key_ed25519=b"\x07" * 32)
+    again = build_master_descriptor(identity, [odd], time_period_number=TP, period_length=LEN,
+                                    revision_counter=9)
+    inner = stem_hs.HiddenServiceDescriptorV3(again.text, validate=True).decrypt(identity.hostname)
+    assert inner.introduction_points[0].enc_key_cert.key == b"\x07" * 32

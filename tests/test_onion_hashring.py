@@ -262,3 +262,19 @@ def test_ring_for_caches_per_consensus():
     assert ring_for(doc2, ids) is a
     later, _ = make_consensus(20, valid_after="2016-04-14 04:00:00")
     assert ring_for(later, ids) is not a
+
+
+def test_fetch_slot_is_the_one_clients_use():
+    hsdirs = [HSDir(hashlib.sha1(bytes([i])).hexdigest().upper(), f"r{i}",
+                    hashlib.sha256(bytes([i])).digest()) for i in range(30)]
+    for when, which in (("2016-04-14 03:00:00", "first"), ("2016-04-14 15:00:00", "second")):
+        ring = HashRing(hourly(utc(when)), hsdirs, srv_current=b"c" * 32, srv_previous=b"p" * 32)
+        fetch = ring.fetch_slot()
+        assert fetch.which == which
+        assert fetch.time_period_number == ring.timing.time_period_number()
+        # tor: fetch index uses the current SRV between TP and SRV, else the previous one
+        assert fetch.srv == (b"c" * 32 if which == "second" else b"p" * 32)
+        blinded = IdentityKey.generate().blind(fetch.time_period_number, 1440).public_key
+        fetched = ring.responsible_hsdirs(blinded, fetch, spread=ring.spread_fetch)
+        assert len(fetched) == 6
+        assert fetched == _reference_hsdirs(hsdirs, blinded, fetch, 2, 3)
