@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from nodes.render import SiteSpec
 from onion import tconf
 from onion.__main__ import main as onion_main
 from onion.keys import IdentityKey
@@ -66,8 +65,6 @@ def test_example_demo(tmp_path):
         assert f"#   {s['name']}: {s['domain']} -> {key.hostname} (new key)" in out
         assert (f"python -m onion import {keys / s['name']} | pulumi config set --stack prod --secret "
                 f"--path masterKeys.{s['name']}") in err
-        # each site is one the node renderer accepts
-        SiteSpec(name=s["name"], domain=s["domain"], onion_address=key.address)
     assert len(addresses) == 5                       # five distinct new onions
     assert "foreignmap facebookwkhpilnemxj7asaniu7vnjjbiltxjqhye3mhbshg7kx5tfyd.onion facebook.com: no onionstack equivalent" in err
     assert "EOTK projects hardexample, softexample become sites of one stack" in err
@@ -86,9 +83,6 @@ def test_wikipedia_demo_blocks_and_unsupported_settings(tmp_path):
         assert s["blockHosts"] == [f"login.{s['domain']}", f"donate.{s['domain']}"]
         # both block_path_re values are unanchored regexes: no prefix equivalent
         assert "blockPaths" not in s
-        key = IdentityKey.from_hs_dir(keys / s["name"])
-        SiteSpec(name=s["name"], domain=s["domain"], onion_address=key.address,
-                 block_hosts=tuple(s["blockHosts"]))
     src = str(FIXTURES / "wikipedia.tconf")
     for line, name in ((5, "preserve_csv"), (10, "nginx_resolver"), (15, "nginx_cache_seconds"),
                        (19, "suppress_methods_except_get"), (31, "block_param_re"),
@@ -181,9 +175,7 @@ set block_path_re ^/private\\\\.d/
     assert s_news == {"name": "news-example", "domain": "news.example", "blockHosts": ["login.news.example"],
                       "blockPaths": ["/wp-admin/", "/private.d/"]}
     assert s_shop["blockHosts"] == ["ads.shop.example"]
-    # the node renderer accepts the converted block lists (its blockPaths are prefixes)
-    SiteSpec(name=s_news["name"], domain=s_news["domain"], onion_address=news.address,
-             block_hosts=tuple(s_news["blockHosts"]), block_paths=tuple(s_news["blockPaths"]))
+    assert all(tconf.BLOCK_PATH_RE.match(p) for p in s_news["blockPaths"])
     assert f"python -m onion import {secrets / (news.address + '.v3sec.key')} | pulumi config set --secret " \
            f"--path masterKeys.news-example" in err
     assert f"#   news-example: news.example -> {news.hostname}\n" in out
@@ -292,11 +284,31 @@ def test_site_names_fit_the_stack_rule():
 
 
 def test_onionstack_limits_match_the_stack_config():
-    """The ranges and name rule the importer enforces are the stack config's."""
+    """The name rule the importer enforces is the stack config's."""
     from infra import config as stack_config
     assert tconf.SITE_NAME_RE.pattern == stack_config.SITE_NAME_RE.pattern
+
+
+def test_converted_sites_fit_the_node_renderer(tmp_path):
+    """The node renderer (nodes/render.py) accepts the converted sites and block lists;
+    its blockPaths rule (URL path prefixes) is the one the importer converts to."""
     from nodes import render
     assert tconf.BLOCK_PATH_RE.pattern == render.BLOCK_PATH_RE.pattern
+    secrets = tmp_path / "secrets.d"
+    key = eotk_secret(secrets)
+    conf = tmp_path / "site.tconf"
+    conf.write_text(f"set block_host login.example.com\nset block_path /wp-admin/ /xmlrpc.php\n"
+                    f"softmap {key.address} example.com\n")
+    for fixture in (FIXTURES / "wikipedia.tconf", FIXTURES / "example.tconf", conf):
+        keys = tmp_path / fixture.stem
+        rc, out, _ = run_import(fixture, "--keys-dir", str(keys))
+        assert rc == 0
+        for s in sites_of(out):
+            render.SiteSpec(name=s["name"], domain=s["domain"],
+                            onion_address=IdentityKey.from_hs_dir(keys / s["name"]).address,
+                            block_hosts=tuple(s.get("blockHosts", ())),
+                            block_paths=tuple(s.get("blockPaths", ())))
+    assert sites_of(out)[0]["blockPaths"] == ["/wp-admin/", "/xmlrpc.php"]
 
 
 @pytest.mark.parametrize("fixture", ["example.tconf", "wikipedia.tconf", "tpo.tconf", "human-rights.tconf"])
