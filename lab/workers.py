@@ -14,8 +14,6 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nodes.render import Layout, NginxTuning, SiteSpec, TorTuning, WorkerSpec, render_worker
-
 from lab.procs import ProcessRegistry
 from lab.services import read_hostname
 
@@ -46,7 +44,10 @@ class Worker:
 
 
 def worker_spec(root: Path, *, frontend_address: str, domain: str, origin_port: int,
-                ca_file: str, network_torrc: str, tor_daemons: int, intro_points: int) -> WorkerSpec:
+                ca_file: str, network_torrc: str, tor_daemons: int, intro_points: int):
+    """The WorkerSpec AWS would use, with the lab's paths and the private network."""
+    from nodes.render import Layout, NginxTuning, SiteSpec, TorTuning, WorkerSpec
+
     site = SiteSpec(name=SITE_NAME, domain=domain, onion_address=frontend_address,
                     origin_address=f"127.0.0.1:{origin_port}")
     return WorkerSpec(
@@ -65,7 +66,7 @@ def write_rendered(root: Path, files) -> None:
         os.chmod(dest, f.mode)
 
 
-def prepare_dirs(spec: WorkerSpec) -> None:
+def prepare_dirs(spec) -> None:
     """Directories the daemons need before they start (on AWS the bootstrap script makes
     them): tor refuses data and hidden-service dirs that others can read."""
     layout = spec.layout
@@ -87,6 +88,8 @@ def _check(cmd: list[str], what: str) -> None:
 
 def start_worker(procs: ProcessRegistry, state_dir: Path, index: int, tag: str = "w",
                  **spec_kw) -> Worker:
+    from nodes.render import render_worker
+
     root = Path(state_dir) / "workers" / f"{tag}{index}"
     spec = worker_spec(root, **spec_kw)
     write_rendered(root, render_worker(spec))
