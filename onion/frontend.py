@@ -23,7 +23,6 @@ log = logging.getLogger("onion.frontend")
 
 _ED25519_LINE = re.compile(r"^id ed25519 (\S+)\s*$", re.M)
 BUILDER_MAX_AGE = 3600.0  # rebuild the signing key/cert hourly (the cert lives 54 h)
-HSDIR_SPREAD_FETCH = 3    # tor's hsdir_spread_fetch default: clients try these per replica
 
 
 def _timestamp(value: Any) -> float:
@@ -148,16 +147,15 @@ class TorOnionProtocol:
                        signing_key_expiry=_timestamp(d.signing_key_expiry))
 
     def fetch_hsdirs(self, address: str, now: float) -> list[str]:
-        """HSDirs a client would fetch the instance's current descriptor from (the first
-        `hsdir_spread_fetch` of each replica), in a deterministic rotating order."""
+        """HSDirs a client would fetch the instance's current descriptor from (tor's fetch
+        index, `hsdir_spread_fetch` per replica), in an order that rotates over time so
+        successive fetches ask different ones."""
         ring = self._need_ring()
-        period = ring.timing.time_period_number()
-        slot = self._slot(period)
-        blinded = keys.blind_public_key(keys.parse_address(address), period, slot.period_length)
-        hsdirs = [h.fingerprint for h in ring.responsible_hsdirs(blinded, slot)]
-        per_replica = max(1, len(hsdirs) // max(1, getattr(ring, "n_replicas", 2)))
-        fetchable = [h for i, h in enumerate(hsdirs) if i % per_replica < HSDIR_SPREAD_FETCH]
-        fetchable = list(dict.fromkeys(fetchable))
+        slot = ring.fetch_slot()
+        blinded = keys.blind_public_key(keys.parse_address(address), slot.time_period_number,
+                                        slot.period_length)
+        fetchable = list(dict.fromkeys(
+            h.fingerprint for h in ring.responsible_hsdirs(blinded, slot, spread=ring.spread_fetch)))
         if not fetchable:
             return []
         shift = int(now // 10) % len(fetchable)

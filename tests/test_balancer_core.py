@@ -463,3 +463,43 @@ def test_status_file_is_atomic_public_and_complete(tmp_path):
     from onion.status import format_status
     text = format_status(data, now=clock.t)
     assert "frontend news" in text and "UPLOADED" in text and "next planned publish" in text
+
+
+def test_sighup_reload_applies_new_config_and_keeps_old_on_error(tmp_path):
+    from onion.config import load_config, load_keys
+    from onion.keys import IdentityKey
+
+    front, a, b = IdentityKey.generate(), IdentityKey.generate(), IdentityKey.generate()
+    key = tmp_path / "front.key"
+    key.write_bytes(front.to_tor_secret_key())
+    os.chmod(key, 0o600)
+    path = tmp_path / "balancer.yaml"
+
+    def write(instances):
+        lines = "".join(f"      - address: {i.address}\n" for i in instances)
+        path.write_text(f"state_dir: state\nprobe: false\nfrontends:\n  - name: news\n    key_file: {key}\n"
+                        f"    instances:\n{lines}")
+
+    write([a, b])
+    cfg = load_config(str(path))
+    control, proto, clock = FakeControl(), FakeProtocol(), Clock()
+    bal = Balancer(cfg, load_keys(cfg), control, proto, None, clock=clock)
+    bal.tick()
+    bal.handle(content(a.address, 100, 1, ["a1"]))
+    bal.handle(content(b.address, 100, 1, ["b1"]))
+    bal.tick()
+    confirm_all(bal, control)
+    bal.tick()
+    confirm_all(bal, control)
+    n = len(control.posts)
+    write([a])
+    bal.reload_requested = True  # what the SIGHUP handler sets
+    bal.step()
+    assert set(bal.instances) == {a.address}
+    new = posted_keys(control)[n:]
+    assert new and all(keys == ("a1",) for _, _, keys in new)
+    path.write_text("frontends: [\n")
+    bal.reload_requested = True
+    bal.step()
+    assert "reload failed, old config kept" in bal.last_error and "not valid YAML" in bal.last_error
+    assert set(bal.instances) == {a.address} and bal.frontends[0].address == front.address

@@ -221,3 +221,28 @@ def test_microdesc_ed25519_index():
     digest = base64.b64encode(hashlib.sha256(md.encode()).digest()).decode().rstrip("=")
     ids = microdesc_ed25519_ids(md + other)
     assert ids == {digest: "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY"}
+
+
+def test_fetch_hsdirs_are_the_clients_fetch_set_in_rotating_order(env):
+    ring = env.proto.ring
+    slot = ring.fetch_slot()
+    from onion import keys
+    blinded = keys.blind_public_key(env.instance.public_key, slot.time_period_number, slot.period_length)
+    store = [h.fingerprint for h in ring.responsible_hsdirs(blinded, slot)]
+    first = env.proto.fetch_hsdirs(env.instance.address, 1000.0)
+    assert 1 < len(first) <= ring.n_replicas * ring.spread_fetch
+    assert set(first) <= set(store)
+    later = env.proto.fetch_hsdirs(env.instance.address, 1010.0)
+    assert set(later) == set(first) and later != first
+
+
+def test_reencrypted_copy_of_the_same_revision_is_accepted(env):
+    ips = [intro_point(1), intro_point(2)]
+    builder = desc.MasterDescriptorBuilder(env.instance, time_period_number=env.period,
+                                           period_length=env.length, now=env.now)
+    one, two = (builder.build(ips, revision_counter=77).text for _ in range(2))
+    assert one != two  # fresh salts each time, as tor does per HSDir
+    env.bal.tick()
+    env.feed(one)
+    env.feed(two)
+    assert env.bal.instances[env.instance.address].rejected == 0
