@@ -448,9 +448,13 @@ class Balancer:
         return interleave(groups)
 
     def _holding(self, fe: FrontendState, now: float) -> bool:
+        """True while a new period's descriptor is still missing from a live instance
+        (one that failed its probes cannot hold the others up)."""
         if now >= self.period_hold_until:
             return False
-        return any(self.instances[a].awaiting_period is not None for a in fe.instances if a in self.instances)
+        failures = self.cfg.probe.failures
+        return any(self.instances[a].awaiting_period is not None and not self.instances[a].probe_down(failures)
+                   for a in fe.instances if a in self.instances)
 
     def _publish_all(self, now: float) -> None:
         if self.ring is None:

@@ -98,8 +98,12 @@ class TorControl:
             raise ControlError(f"cannot authenticate to tor's control {self.endpoint.describe()}: {exc}; "
                                "enable CookieAuthentication and let this user read the cookie") from None
 
-        def on_close(_controller, state, _timestamp):
-            if state == stem.control.State.CLOSED:
+        def on_close(closed, state, _timestamp):
+            # Only the connection in use counts: after close()/reconnect a late CLOSED from
+            # an old controller must not tear down the new connection.
+            with self._lock:
+                current = self._controller is closed
+            if state == stem.control.State.CLOSED and current:
                 self._sink(Disconnected("control connection closed"))
 
         controller.add_status_listener(on_close)

@@ -503,3 +503,64 @@ def test_sighup_reload_applies_new_config_and_keeps_old_on_error(tmp_path):
     bal.step()
     assert "reload failed, old config kept" in bal.last_error and "not valid YAML" in bal.last_error
     assert set(bal.instances) == {a.address} and bal.frontends[0].address == front.address
+
+
+def test_instance_down_does_not_hold_up_a_period_change(tmp_path):
+    bal, control, proto, prober, clock = make(tmp_path)
+    start_with_descriptors(bal, control)
+    confirm_all(bal, control)
+    for _ in range(3):
+        bal.handle(ProbeResult(B, False, "host unreachable", 1.0))
+    bal.tick()
+    confirm_all(bal, control)
+    posts = len(control.posts)
+    proto.period = 101
+    bal.handle(NewConsensus())
+    bal.handle(content(A, 101, 5, ["a4"]))
+    bal.tick()
+    new = posted_keys(control)[posts:]
+    assert new and all(keys == ("a4",) for _, _, keys in new)
+
+
+def test_late_close_event_of_an_old_connection_is_ignored(monkeypatch):
+    import stem.control
+
+    from onion.control import TorControl
+
+    class FakeStem:
+        def __init__(self):
+            self.status_listeners = []
+            self.closed = False
+
+        def authenticate(self):
+            pass
+
+        def add_status_listener(self, fn):
+            self.status_listeners.append(fn)
+
+        def add_event_listener(self, fn, *types):
+            pass
+
+        def get_version(self):
+            return "0.4.9"
+
+        def close(self):
+            self.closed = True
+
+        def fire_closed(self):
+            for fn in self.status_listeners:
+                fn(self, stem.control.State.CLOSED, 0)
+
+    made = []
+    monkeypatch.setattr(stem.control.Controller, "from_port",
+                        staticmethod(lambda address, port: made.append(FakeStem()) or made[-1]))
+    got = []
+    tc = TorControl(ControlEndpoint(port=9051), got.append)
+    tc.connect()
+    tc.close()
+    made[0].fire_closed()          # our own close(): not news
+    tc.connect()
+    made[0].fire_closed()          # late event of the old connection
+    assert got == [] and made[0].closed
+    made[1].fire_closed()          # the live connection closing is
+    assert [type(m).__name__ for m in got] == ["Disconnected"]
