@@ -375,6 +375,8 @@ class Balancer:
         if inst is None:
             return  # not ours (or our own frontend's descriptor)
         offer = inst.offer(msg.text, msg.hsdir, now, self.protocol.decode, self._periods_for_decode())
+        if offer.accepted:
+            inst.fetch_failures = 0
         if offer.accepted and offer.changed:
             log.info("instance %s.onion: %s (%d intro points)", inst.address, offer.reason,
                      len(inst.current.decoded.intro_points))
@@ -398,8 +400,10 @@ class Balancer:
         inst = self.instances.get(msg.address)
         if inst is not None and action == "FAILED":
             # Fetch failed at one HSDir (NOT_FOUND, …). Others may still answer; the retry
-            # below is the backstop when none does.
-            inst.fetch_failures += 1
+            # below is the backstop when none does. Count one failure per fetch, not per HSDir.
+            if inst.fetch_failed_for != inst.fetch_requested_at:
+                inst.fetch_failed_for = inst.fetch_requested_at
+                inst.fetch_failures += 1
             retry = min(60.0, 2.0 * 2 ** min(inst.fetch_failures, 5))
             inst.next_fetch_at = min(inst.next_fetch_at, now + retry)
 

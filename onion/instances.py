@@ -82,6 +82,7 @@ class InstanceState:
     # fetching
     fetch_requested_at: float | None = None
     fetch_failures: int = 0
+    fetch_failed_for: float | None = None  # fetch (by request time) already counted as failed
     next_fetch_at: float = 0.0
     awaiting_period: int | None = None  # a new time period began: waiting for its descriptor
 

@@ -564,3 +564,26 @@ def test_late_close_event_of_an_old_connection_is_ignored(monkeypatch):
     assert got == [] and made[0].closed
     made[1].fire_closed()          # the live connection closing is
     assert [type(m).__name__ for m in got] == ["Disconnected"]
+
+
+def test_failed_fetches_retry_with_backoff_and_alternate_hsdir_choice(tmp_path):
+    bal, control, proto, prober, clock = make(tmp_path, instances=(A,))
+    bal.tick()
+    waits = []
+    for attempt in range(4):
+        addr, servers = control.fetches[-1]
+        assert addr == A
+        # tor picks the HSDirs itself every other attempt, in case our ring view is off
+        assert bool(servers) == (attempt % 2 == 0)
+        n = len(control.fetches)
+        for hsdir in servers or ("H9",):
+            bal.handle(DescEvent("FAILED", A, hsdir, reason="NOT_FOUND"))
+        start = clock.t
+        while len(control.fetches) == n:
+            clock.t += 1
+            bal.tick()
+        waits.append(clock.t - start)
+    assert waits == [4, 8, 16, 32]
+    assert bal.instances[A].fetch_failures == 4
+    bal.handle(content(A, 100, 1, ["a1"]))
+    assert bal.instances[A].fetch_failures == 0
