@@ -1,5 +1,6 @@
-"""onionstack: composition only. config -> network -> security -> nodes -> backup -> exports."""
+"""onionstack: composition only. config -> network -> security -> nodes (+ remote steps) -> backup -> exports."""
 import pulumi
+import pulumi_random as random
 
 from infra.backup import Backup, BackupArgs
 from infra.config import load_config
@@ -7,6 +8,8 @@ from infra.network import Network, NetworkArgs, available_zones
 from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
 from infra.storage import database_volume_specs
 from nodes.balancer import BalancerNode, BalancerNodeArgs
+from nodes.bootstrap import (BootstrapContext, balancer_bootstrap, balancer_core_step, database_bootstrap,
+                             drain_step, worker_bootstrap)
 from nodes.database import DatabaseNode, DatabaseNodeArgs
 from nodes.instance import SSH_USER, AmiCatalog, InstanceArgs
 from nodes.worker import WorkerNode, WorkerNodeArgs, spread
@@ -24,6 +27,7 @@ security = SecurityGroups(
     SecurityArgs(network.vpc.id, config.admin_cidrs, database=config.database.enabled),
 )
 key_pair = admin_key_pair("admin-key", config.ssh_public_key)
+steps = BootstrapContext.of(config)  # remote steps: SSH key only as a secret Output
 
 
 def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False) -> InstanceArgs:
@@ -45,9 +49,11 @@ balancer = BalancerNode(
                           security.balancer, public_ip=True),
         sites=config.sites,
         publish=config.balancer.publish,
+        bootstrap=balancer_bootstrap(steps),
     ),
 )
 
+worker_steps = worker_bootstrap(steps)  # rendered once, the same for every worker
 workers = [
     WorkerNode(
         f"worker-{i + 1}",
@@ -59,13 +65,23 @@ workers = [
             jump_host=balancer.public_ip,
             tor_daemons=config.tor_daemons_per_worker,
             intro_points_per_daemon=config.intro_points_per_daemon,
+            bootstrap=worker_steps,
         ),
     )
     for i, z in enumerate(spread(config.workers, zones))
 ]
 
+# The runbook's order: every worker's tor + nginx first, then the balancer core rendered
+# from their instance addresses; each worker's drain step holds its removal (scale-in)
+# until the balancer publishes without it (docs/bootstrap.md).
+balancer_core = balancer_core_step(steps, balancer, workers)
+for worker in workers:
+    drain_step(steps, worker, balancer, balancer_core)
+
 database = None
 if config.database.enabled:
+    # Generated once and kept in the state as a secret; reaches the machine only via stdin.
+    database_password = random.RandomPassword("database-password", length=32, special=False)
     database = DatabaseNode(
         "database",
         DatabaseNodeArgs(
@@ -77,6 +93,7 @@ if config.database.enabled:
             jump_host=balancer.public_ip,
             protect_data=config.protect_data,
             backup=config.backup.enabled,
+            bootstrap=database_bootstrap(steps, database_password.result),
         ),
     )
 
@@ -108,6 +125,10 @@ pulumi.export(
         for s in config.sites
     },
 )
+# Instance addresses are public (clients never see them; the balancer fetches their
+# descriptors): worker name -> site -> one address per tor daemon.
+pulumi.export("instanceAddresses", {w.node_name: w.instance_addresses for w in workers})
+pulumi.export("balancerPublishes", config.balancer.publish)
 pulumi.export(
     "introPoints",
     {

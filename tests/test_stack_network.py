@@ -30,9 +30,14 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": admin + (3 if database else 1),
         "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4 if database else 2,
         INSTANCE: 1 + workers + (1 if database else 0),
+        # Remote steps (nodes/bootstrap.py): per worker tor-nginx + drain; balancer base +
+        # core; the onion package copy; the database's postgres step and its password.
+        "command:remote:Command": 2 * workers + 2 + (1 if database else 0),
+        "command:remote:CopyToRemote": 1,
     })
     if database:
-        c.update({"aws:ebs/volume:Volume": 3, "aws:ec2/volumeAttachment:VolumeAttachment": 3})
+        c.update({"aws:ebs/volume:Volume": 3, "aws:ec2/volumeAttachment:VolumeAttachment": 3,
+                  "random:index/randomPassword:RandomPassword": 1})
     if backup:
         c.update({
             "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1, "aws:backup/vault:Vault": 1,

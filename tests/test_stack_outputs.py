@@ -43,7 +43,7 @@ def test_no_output_is_secret_and_none_leaks_a_secret():
         assert body not in dumped
         # Nor in any resource input outside a secret marker.
         for r in result.resources:
-            plain = json.dumps(_strip_secrets(r.inputs))
+            plain = json.dumps(_strip_secrets(r.inputs), default=str)
             assert body not in plain, r.name
 
 
