@@ -448,3 +448,38 @@ def test_rewrite_state_errors(tmp_path):
     assert "needs --new" in err[-1]
     assert restore.main(["vol-1", "--rewrite-state", str(f), "--new", "snap-2"], out=print, err=err.append) == 1
     assert "'snap-2' is not a volume id" in err[-1]
+
+
+def _raiser(code, op):
+    def f(**kwargs):
+        raise ClientError({"Error": {"Code": code, "Message": f"injected {op} failure"}}, op)
+    return f
+
+
+def test_create_failure_changes_nothing(stack, monkeypatch):
+    ec2 = stack["ec2"]
+    before = world(ec2)
+    monkeypatch.setattr(ec2, "create_volume", _raiser("KMS.DisabledException", "CreateVolume"))
+    r = make(stack)
+    with pytest.raises(RestoreError) as info:
+        r.execute(r.plan(r.find_volume(stack["volume"]), stack["snapshots"][0]))
+    assert "step 'create volume' failed: KMS.DisabledException" in str(info.value)
+    assert info.value.rollback == []                    # nothing to undo
+    assert world(ec2) == before
+
+
+def test_start_failure_rollback_goes_back_to_the_old_volume(stack, monkeypatch):
+    ec2, inst, old = stack["ec2"], stack["instance"], stack["volume"]
+    monkeypatch.setattr(ec2, "start_instances", _raiser("InsufficientInstanceCapacity", "StartInstances"))
+    r = make(stack)
+    with pytest.raises(RestoreError) as info:
+        r.execute(r.plan(r.find_volume(old), stack["snapshots"][0]))
+    rb = [l for l in info.value.rollback if not l.startswith("#")]
+    new = next(v["VolumeId"] for v in ec2.describe_volumes()["Volumes"] if tags_of(v).get("replaces") == old)
+    assert rb[:4] == [f"aws ec2 stop-instances --instance-ids {inst} --region {REGION}",
+                      f"aws ec2 wait instance-stopped --instance-ids {inst} --region {REGION}",
+                      f"aws ec2 detach-volume --volume-id {new} --region {REGION}",
+                      f"aws ec2 wait volume-available --volume-ids {new} --region {REGION}"]
+    assert f"aws ec2 attach-volume --volume-id {old} --instance-id {inst} --device /dev/sdf --region {REGION}" in rb
+    assert rb[-1] == f"aws ec2 start-instances --instance-ids {inst} --region {REGION}"
+    assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} >= {old, new}   # both kept
