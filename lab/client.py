@@ -65,3 +65,57 @@ def wait_reachable(socks_port: int, url: str, timeout: float, what: str,
             raise TimeoutError(f"{what} not reachable at {url} within {timeout:.0f} s "
                                f"(last: {resp.error or resp.status})")
         time.sleep(interval)
+
+
+@dataclass
+class Probe:
+    at: float  # time.time() when the request started
+    ok: bool  # HTTP 200
+    seconds: float
+    listener: str | None = None  # X-Lab-Origin-Listener: which worker carried it
+    error: str = ""
+
+
+class ProbeLoop:
+    """Requests the frontend every `interval` seconds, each on a fresh circuit (its own SOCKS
+    isolation token), in a background thread, until stopped. Used for steady load (failover,
+    restart) and for rotation soaks."""
+
+    def __init__(self, socks_port: int, url: str, interval: float = 2.0, timeout: float = 30.0,
+                 prefix: str = "probe") -> None:
+        import threading
+
+        self.socks_port, self.url, self.interval, self.timeout = socks_port, url, interval, timeout
+        self.prefix = prefix
+        self.results: list[Probe] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "ProbeLoop":
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Probe]:
+        self._stop.set()
+        self._thread.join(self.timeout + 15)
+        return self.snapshot()
+
+    def snapshot(self) -> list[Probe]:
+        with self._lock:
+            return list(self.results)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            started = time.time()
+            resp = fetch(self.socks_port, self.url, isolation=f"{self.prefix}{n}-{started:.0f}",
+                         timeout=self.timeout)
+            ok = resp.ok and resp.status == 200
+            probe = Probe(at=started, ok=ok, seconds=resp.seconds,
+                          listener=resp.headers.get("x-lab-origin-listener"),
+                          error="" if ok else (resp.error or f"HTTP {resp.status}"))
+            with self._lock:
+                self.results.append(probe)
+            self._stop.wait(max(0.0, self.interval - (time.time() - started)))

@@ -174,7 +174,8 @@ class Lab:
             argv = balancer_mod.onionbalance_command(script, config, node.control_port)
         self.procs.start(tag, argv, cwd=_repo_root())
         self.info["balancer"] = {"kind": kind, "process": tag, "tor": node.nickname,
-                                 "config": str(config), "started": time.time()}
+                                 "config": str(config), "state_dir": str(bdir / "state"),
+                                 "argv": argv, "started": time.time()}
         self.save()
         self.progress(f"balancer: {kind} started ({' '.join(argv[1:3]) if kind == 'onion' else 'onionbalance'}"
                       f" --config {config})")
@@ -188,6 +189,29 @@ class Lab:
 
     def stop_balancer(self) -> bool:
         return self.procs.stop(self.info["balancer"]["process"])
+
+    def restart_balancer(self) -> None:
+        """Stop the balancer process and start it again with the same config and key."""
+        b = self.info["balancer"]
+        self.procs.stop(b["process"])
+        self.procs.start(b["process"], b["argv"], cwd=_repo_root())
+        b["started"] = time.time()
+        self.save()
+
+    def reload_balancer(self) -> None:
+        """SIGHUP: the balancer core re-reads its config."""
+        import signal
+
+        pid = self.procs.pid(self.info["balancer"]["process"])
+        if pid is None or not self.procs.is_running(self.info["balancer"]["process"]):
+            raise RuntimeError("balancer is not running")
+        os.kill(pid, signal.SIGHUP)
+
+    def balancer_status(self) -> dict:
+        """The balancer core's status.json (what `python -m onion status --json` prints)."""
+        from onion.status import read_status
+
+        return read_status(self.info["balancer"]["state_dir"])
 
     def wait_frontend(self, timeout: float = 180.0) -> float:
         """Block until the frontend answers through the client; returns seconds waited."""

@@ -28,3 +28,19 @@ def lab(tmp_path_factory):
 
 def _progress(line: str) -> None:
     print(f"[lab] {line}", flush=True)
+
+
+@pytest.fixture(scope="session")
+def lab_workers(lab):
+    """Two workers (2 tor instances each, from the AWS worker templates) for one frontend
+    key, on the shared network. Their instance services publish on their own."""
+    lab.make_frontend_key()
+    return lab.start_workers(2, tor_daemons=2, intro_points=3)
+
+
+@pytest.fixture(scope="session")
+def lab_frontend(lab, lab_workers):
+    """onionstack's balancer core publishing the frontend; returns seconds until the
+    frontend first answered through the client."""
+    lab.start_balancer("onion")
+    return lab.wait_frontend(timeout=180)
