@@ -127,7 +127,12 @@ pulumi.export(
 )
 # Instance addresses are public (clients never see them; the balancer fetches their
 # descriptors): worker name -> site -> one address per tor daemon.
-pulumi.export("instanceAddresses", {w.node_name: w.instance_addresses for w in workers})
+pulumi.export(
+    "instanceAddresses",
+    {w.node_name: w.instance_addresses.apply(lambda per_site: {site: [f"{a}.onion" for a in addrs]
+                                                                for site, addrs in per_site.items()})
+     for w in workers},
+)
 pulumi.export("balancerPublishes", config.balancer.publish)
 pulumi.export(
     "introPoints",
