@@ -437,7 +437,8 @@ def balancer_core_script(site_names: Sequence[str], *, root: str = "/") -> str:
     ]
     activate = [
         # Keys of sites removed from the config do not stay on the machine.
-        f"for f in {BALANCER_KEY_DIR}/*; do case \" {keep} \" in *\" ${{f##*/}} \"*) ;; *) rm -f -- \"$f\" ;; esac; done",
+        f"keep=' {keep} '",
+        f"for f in {BALANCER_KEY_DIR}/*; do case \"$keep\" in *\" ${{f##*/}} \"*) ;; *) rm -f -- \"$f\" ;; esac; done",
         "systemctl daemon-reload",
         f"systemctl enable {BALANCER_UNIT}",
         f"systemctl restart {BALANCER_UNIT}",
