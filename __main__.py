@@ -118,6 +118,15 @@ if database is not None:
     pulumi.export("sshDatabase", pulumi.Output.concat("ssh -J ", jump, f" {SSH_USER}@", database.private_ip))
 if backup is not None:
     pulumi.export("backupVaultName", backup.vault.name)
+# What `pulumi destroy` keeps (protect + retainOnDelete; docs/stack.md "Teardown").
+kept = {}
+if config.protect_data:
+    if database is not None:
+        kept["databaseVolumes"] = [v.id for v in database.volumes.volumes.values()]
+    if backup is not None:
+        kept["backupVault"] = backup.vault.name
+        kept["backupKmsKey"] = backup.key.arn
+pulumi.export("keptOnDestroy", kept)
 pulumi.export(
     "sites",
     {
