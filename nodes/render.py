@@ -1,0 +1,384 @@
+"""Render every file that lands on a machine from the jinja2 templates in `nodes/templates/`.
+
+Plain jinja2 (no pulumi import) so that the Pulumi program, the local lab and the tests all
+render exactly the same bytes. Inputs are small frozen dataclasses validated on
+construction; each `render_*` function returns `{relative_path: RenderedFile}` where the
+path is relative to `Layout.root` (``"/"`` on a real machine, a scratch directory in the
+lab), so `os.path.join(root, path)` is where the file belongs.
+
+Secrets never pass through here: the balancer's master keys are written on the machine by
+`install-keys.sh` from its stdin (see `render_balancer`), and the database password is set
+by the remote step, not rendered.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+import jinja2
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+
+# Same rule as infra/config.py's site names (api.md): used in file, unit and nginx names.
+SITE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+# A DNS name as nginx and tor will see it: lowercase labels, at least two of them.
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$")
+# v3 onion address: 56 base32 chars, the last one encodes version 3 ('d'). tor checks the
+# checksum itself when it reads ob_config (`tor --verify-config`).
+ONION_RE = re.compile(r"^[a-z2-7]{55}d$")
+# Paths and names end up inside torrc/nginx/systemd/shell files unquoted: allow only
+# characters that need no quoting in any of them.
+SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9._/@+-]+$")
+SAFE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+BLOCK_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/%+-]*$")
+NGINX_RATE_RE = re.compile(r"^[1-9][0-9]{0,5}r/[sm]$")
+# Unix socket paths are limited to 108 bytes including the NUL (sun_path).
+MAX_UNIX_SOCKET_PATH = 107
+
+
+class RenderError(ValueError):
+    """A spec field has a value the templates cannot render; the message names the field."""
+
+
+def _fail(field_name: str, value: object, fix: str) -> None:
+    raise RenderError(f"{field_name}: {value!r} is invalid: {fix}")
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file's bytes and how it lands: `mode` (octal int) and `owner` (user name)."""
+
+    content: str
+    mode: int = 0o644
+    owner: str = "root"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live on a machine. Relative dirs are joined to `root`; absolute ones
+    are used as they are (the lab puts sockets in a short absolute dir: sun_path is 108
+    bytes). Only files under `root` can be rendered, so etc/lib dirs must be relative."""
+
+    root: str = "/"
+    etc_dir: str = "etc/onionstack"
+    lib_dir: str = "var/lib/onionstack"
+    run_dir: str = "run/onionstack"
+    log_dir: str = "var/log/onionstack"
+    systemd_dir: str = "etc/systemd/system"
+    script_dir: str = "usr/local/lib/onionstack"
+
+    def __post_init__(self) -> None:
+        if not self.root.startswith("/") or not SAFE_PATH_RE.match(self.root):
+            _fail("layout.root", self.root, "use an absolute path of [A-Za-z0-9._/@+-] characters")
+        for name in ("etc_dir", "lib_dir", "run_dir", "log_dir", "systemd_dir", "script_dir"):
+            value = getattr(self, name)
+            if not SAFE_PATH_RE.match(value) or ".." in value.split("/"):
+                _fail(f"layout.{name}", value, "use a path of [A-Za-z0-9._/@+-] characters without '..'")
+
+    def path(self, name: str, *parts: str) -> str:
+        """Absolute path of `parts` inside the layout directory `name` (e.g. "etc_dir")."""
+        return posixpath.normpath(posixpath.join(self.root, getattr(self, name), *parts))
+
+    def key(self, absolute: str) -> str:
+        """The render key (path relative to root) of an absolute path under root."""
+        rel = posixpath.relpath(absolute, self.root)
+        if rel.startswith(".."):
+            raise RenderError(f"layout: {absolute!r} is outside layout.root {self.root!r}: "
+                              "make that directory relative so the file lands under root")
+        return rel
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One onion site: the master onion address serving `domain` and all its subdomains
+    (`www.<domain>` <-> `www.<onion>`), proxied to the clearnet origin over verified TLS.
+
+    `origin_address` ("host:port", an IP literal) makes nginx connect there instead of
+    resolving the domain; SNI, Host and certificate verification still use the domain.
+    `block_hosts` are clearnet host names (the domain or its subdomains) answered with 403;
+    `block_paths` are URL path prefixes answered with 403.
+    """
+
+    name: str
+    domain: str
+    onion_address: str
+    origin_address: str | None = None
+    block_hosts: tuple[str, ...] = ()
+    block_paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not SITE_NAME_RE.match(self.name):
+            _fail("site.name", self.name, "use ^[a-z][a-z0-9-]{0,30}$, e.g. 'news'")
+        where = f"sites[{self.name}]"
+        domain = self.domain.lower().rstrip(".") if isinstance(self.domain, str) else self.domain
+        if not isinstance(domain, str) or not DOMAIN_RE.match(domain) or domain.endswith(".onion"):
+            _fail(f"{where}.domain", self.domain, "use a clearnet DNS name such as 'example.com'")
+        object.__setattr__(self, "domain", domain)
+        address = self.onion_address.lower() if isinstance(self.onion_address, str) else ""
+        address = address[:-len(".onion")] if address.endswith(".onion") else address
+        if not ONION_RE.match(address):
+            _fail(f"{where}.onion_address", self.onion_address,
+                  "use the 56-character v3 master address (with or without '.onion')")
+        object.__setattr__(self, "onion_address", address)
+        if self.origin_address is not None:
+            _check_ip_port(f"{where}.origin_address", self.origin_address)
+        hosts = tuple(h.lower().rstrip(".") for h in self.block_hosts)
+        for host in hosts:
+            if not DOMAIN_RE.match(host) or not (host == domain or host.endswith("." + domain)):
+                _fail(f"{where}.block_hosts", host, f"list {domain!r} or host names under it")
+        object.__setattr__(self, "block_hosts", hosts)
+        for path in self.block_paths:
+            if not isinstance(path, str) or not BLOCK_PATH_RE.match(path):
+                _fail(f"{where}.block_paths", path, "use URL path prefixes like '/admin/' "
+                      "(characters A-Za-z0-9._~/%+-)")
+        object.__setattr__(self, "block_paths", tuple(self.block_paths))
+
+    @property
+    def onion_host(self) -> str:
+        return self.onion_address + ".onion"
+
+
+def _check_ip_port(field_name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        ok = sep == ":" and port.isdigit() and 0 < int(port) < 65536 and ":" not in host.strip("[]")
+    except ValueError:
+        ok = False
+    if not ok:
+        _fail(field_name, value, "use IPv4 'a.b.c.d:port' (an IP literal: nginx must not "
+              "resolve names when it checks its config)")
+
+
+@dataclass(frozen=True)
+class TorTuning:
+    """Per-hidden-service protections rendered into every worker torrc."""
+
+    intro_points: int = 3            # HiddenServiceNumIntroductionPoints (introPointsPerDaemon)
+    max_streams: int = 32            # HiddenServiceMaxStreams per rendezvous circuit
+    # tor's seccomp sandbox: off by default. Measured here (tor 0.4.9.11, glibc 2.36) a
+    # sandboxed tor ignores SIGTERM; systemd's hardening of the unit confines it instead.
+    sandbox: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.intro_points, int) and 1 <= self.intro_points <= 20):
+            _fail("intro_points", self.intro_points, "use 1..20 (tor's limit per service)")
+        if not (isinstance(self.max_streams, int) and 1 <= self.max_streams <= 65535):
+            _fail("max_streams", self.max_streams, "use 1..65535")
+
+
+@dataclass(frozen=True)
+class NginxTuning:
+    """nginx limits and logging on a worker."""
+
+    rate: str = "10r/s"              # limit_req rate per rendezvous circuit
+    burst: int = 40                  # limit_req burst (served without delay, then 429)
+    access_log: bool = False         # off by default: onion visitors' requests are not kept
+    worker_connections: int = 1024
+    trusted_ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
+    modules_dir: str = "/usr/lib/nginx/modules"
+    mime_types: str = "/etc/nginx/mime.types"
+
+    def __post_init__(self) -> None:
+        if not NGINX_RATE_RE.match(str(self.rate)):
+            _fail("nginx.rate", self.rate, "use nginx limit_req syntax like '10r/s' or '30r/m'")
+        if not (isinstance(self.burst, int) and 0 <= self.burst <= 100000):
+            _fail("nginx.burst", self.burst, "use 0..100000")
+        for name in ("trusted_ca_file", "modules_dir", "mime_types"):
+            value = getattr(self, name)
+            if not value.startswith("/") or not SAFE_PATH_RE.match(value):
+                _fail(f"nginx.{name}", value, "use an absolute path of [A-Za-z0-9._/@+-] characters")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker: `tor_daemons` tor processes, each publishing one OnionBalance instance
+    service per site, and one nginx proxying every site.
+
+    `resolver` is the VPC's DNS resolver (the VPC CIDR base + 2); public resolvers are
+    refused. `tor_include` is an optional absolute path that every torrc `%include`s (the
+    lab's private-network options). `nginx_tcp_base_port` switches nginx from unix sockets
+    to 127.0.0.1:<port> listeners. `tor_user`/`nginx_user` None means "run as whoever
+    starts it" (the lab).
+    """
+
+    sites: tuple[SiteSpec, ...]
+    resolver: str
+    tor_daemons: int = 2
+    tor: TorTuning = field(default_factory=TorTuning)
+    nginx: NginxTuning = field(default_factory=NginxTuning)
+    layout: Layout = field(default_factory=Layout)
+    tor_user: str | None = "debian-tor"
+    nginx_user: str | None = "www-data"
+    tor_include: str | None = None
+    nginx_tcp_base_port: int | None = None
+    tor_binary: str = "/usr/bin/tor"
+    nginx_binary: str = "/usr/sbin/nginx"
+
+    def __post_init__(self) -> None:
+        sites = tuple(self.sites)
+        if not sites:
+            _fail("sites", sites, "give at least one site")
+        names = [s.name for s in sites]
+        for kind, values in (("name", names), ("domain", [s.domain for s in sites]),
+                             ("onion_address", [s.onion_address for s in sites])):
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                _fail(f"sites[].{kind}", dupes, f"each site needs its own {kind}")
+        for a in sites:
+            for b in sites:
+                if a is not b and a.domain.endswith("." + b.domain):
+                    _fail(f"sites[{a.name}].domain", a.domain,
+                          f"it is a subdomain of sites[{b.name}] ({b.domain}), which already maps it")
+        object.__setattr__(self, "sites", sites)
+        _check_resolver(self.resolver)
+        if not (isinstance(self.tor_daemons, int) and 1 <= self.tor_daemons <= 8):
+            _fail("tor_daemons", self.tor_daemons, "use 1..8 (torDaemonsPerWorker)")
+        for name in ("tor_user", "nginx_user"):
+            value = getattr(self, name)
+            if value is not None and not SAFE_NAME_RE.match(value):
+                _fail(name, value, "use a system user name or None")
+        for name in ("tor_include", "tor_binary", "nginx_binary"):
+            value = getattr(self, name)
+            if value is not None and (not value.startswith("/") or not SAFE_PATH_RE.match(value)):
+                _fail(name, value, "use an absolute path of [A-Za-z0-9._/@+-] characters")
+        port = self.nginx_tcp_base_port
+        if port is not None and not (isinstance(port, int)
+                                     and 1024 <= port <= 65535 - len(sites) * self.tor_daemons):
+            _fail("nginx_tcp_base_port", port, "use a free port >= 1024 with room for "
+                  "sites x tor_daemons consecutive ports, or None for unix sockets")
+        if port is None:
+            longest = max(self.listener(s, d) for s in sites for d in self.daemon_names)
+            if len(longest) - len("unix:") > MAX_UNIX_SOCKET_PATH:
+                _fail("layout.run_dir", self.layout.run_dir,
+                      f"socket path {longest[5:]!r} exceeds 107 bytes; use a shorter run_dir")
+
+    @property
+    def daemon_names(self) -> tuple[str, ...]:
+        return tuple(f"tor{i}" for i in range(1, self.tor_daemons + 1))
+
+    def listener(self, site: SiteSpec, daemon: str) -> str:
+        """Where nginx listens for `site`'s streams from `daemon`: one socket per pair, so
+        that nginx knows the site without trusting Host and circuit ids of different tor
+        processes (which may repeat) stay apart in the rate limiter."""
+        if self.nginx_tcp_base_port is not None:
+            index = self.sites.index(site) * self.tor_daemons + self.daemon_names.index(daemon)
+            return f"127.0.0.1:{self.nginx_tcp_base_port + index}"
+        return "unix:" + self.layout.path("run_dir", f"{site.name}.{daemon}.sock")
+
+    def data_dir(self, daemon: str) -> str:
+        return self.layout.path("lib_dir", "tor", daemon)
+
+    def hs_dir(self, daemon: str, site: SiteSpec) -> str:
+        return self.layout.path("lib_dir", "tor", daemon, "hs", site.name)
+
+
+def _check_resolver(value: str) -> None:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        ip = None
+    if ip is None or ip.version != 4 or not (ip.is_private or ip.is_loopback):
+        _fail("resolver", value, "use the VPC resolver's private IPv4 address (VPC CIDR base "
+              "+ 2, e.g. 10.42.0.2); public resolvers would see every origin lookup")
+
+
+# --------------------------------------------------------------------------- rendering
+
+def _shquote(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["re_escape"] = lambda s: re.sub(r"([.\-])", r"\\\1", s)
+    env.filters["shquote"] = _shquote
+    return env
+
+
+_ENV = _environment()
+
+
+def render_template(name: str, **context: object) -> str:
+    """Render one template by its name under nodes/templates (StrictUndefined)."""
+    return _ENV.get_template(name).render(**context)
+
+
+def content_hash(files: Mapping[str, RenderedFile]) -> str:
+    """Stable sha256 over paths, modes, owners and contents (order-independent): the
+    remote steps put it in `triggers` so a step re-runs exactly when a file changes."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        f = files[path]
+        for part in (path, f"{f.mode:o}", f.owner, f.content):
+            data = part.encode()
+            digest.update(len(data).to_bytes(8, "big"))
+            digest.update(data)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A directory a role needs before its services start (absolute path)."""
+
+    path: str
+    mode: int
+    owner: str = "root"
+
+
+def worker_directories(spec: WorkerSpec) -> tuple[Directory, ...]:
+    """Directories to create (in this order) before tor/nginx check or start: tor refuses
+    group/world-accessible DataDirectory and HiddenServiceDir, so those are 0700."""
+    layout, tor_owner = spec.layout, spec.tor_user or "root"
+    dirs = [Directory(layout.path("run_dir"), 0o755), Directory(layout.path("log_dir"), 0o750),
+            Directory(layout.path("lib_dir", "nginx"), 0o700, spec.nginx_user or "root"),
+            Directory(layout.path("lib_dir", "tor"), 0o755)]
+    for daemon in spec.daemon_names:
+        dirs.append(Directory(spec.data_dir(daemon), 0o700, tor_owner))
+        dirs.append(Directory(layout.path("lib_dir", "tor", daemon, "hs"), 0o700, tor_owner))
+        dirs.extend(Directory(spec.hs_dir(daemon, site), 0o700, tor_owner) for site in spec.sites)
+    return tuple(dirs)
+
+
+def render_worker(spec: WorkerSpec) -> dict[str, RenderedFile]:
+    """Every file of a worker: torrc + ob_config per tor daemon, nginx, units, scripts."""
+    layout = spec.layout
+    out: dict[str, RenderedFile] = {}
+    tor_owner = spec.tor_user or "root"
+
+    def put(path: str, content: str, mode: int = 0o644, owner: str = "root") -> None:
+        out[layout.key(path)] = RenderedFile(content, mode, owner)
+
+    for daemon in spec.daemon_names:
+        put(layout.path("etc_dir", "tor", f"{daemon}.torrc"),
+            render_template("worker/torrc.j2", spec=spec, daemon=daemon))
+        for site in spec.sites:
+            put(posixpath.join(spec.hs_dir(daemon, site), "ob_config"),
+                render_template("worker/ob_config.j2", site=site), 0o600, tor_owner)
+    put(layout.path("etc_dir", "nginx", "nginx.conf"),
+        render_template("worker/nginx.conf.j2", spec=spec, layout=layout))
+    put(layout.path("etc_dir", "nginx", "onionmap.conf"),
+        render_template("worker/onionmap.conf.j2", sites=spec.sites))
+    for site in spec.sites:
+        put(layout.path("etc_dir", "nginx", "sites", f"{site.name}.conf"),
+            render_template("worker/site.conf.j2", spec=spec, site=site))
+    return out
+
+
+__all__ = [
+    "Directory", "Layout", "NginxTuning", "RenderError", "RenderedFile", "SiteSpec", "TorTuning",
+    "WorkerSpec", "content_hash", "render_template", "render_worker", "replace", "worker_directories",
+]

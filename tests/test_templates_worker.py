@@ -1,0 +1,174 @@
+"""Worker templates rendered for a prod-like config (1 site) and a 3-site config, checked
+by the real tools: `tor --verify-config -f` on every torrc and `nginx -t` on nginx.conf."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nodes import render
+from nodes.render import Layout, NginxTuning, RenderError, SiteSpec, TorTuning, WorkerSpec
+from tests.conftest_tools import (NGINX, TOR, onion_address_for, onion_address_starting_with_digit,
+                                  run, short_tmpdir, write_tree)
+
+pytestmark = pytest.mark.tools
+
+PROD_SITE = SiteSpec("news", "example.com", onion_address_for("news"))
+THREE_SITES = (
+    SiteSpec("news", "example.com", onion_address_for("news"), block_paths=("/admin/",)),
+    SiteSpec("shop", "shop-example.org", onion_address_starting_with_digit(),
+             block_hosts=("checkout.shop-example.org",)),
+    SiteSpec("wiki-2", "wiki.example.net", onion_address_for("wiki"), origin_address="10.42.7.9:8443"),
+)
+
+
+def prod_like(root: Path, sites=(PROD_SITE,), daemons: int = 2) -> WorkerSpec:
+    """Production values (users, units, CA bundle, resolver) with the tree under `root`."""
+    return WorkerSpec(sites=sites, resolver="10.42.0.2", tor_daemons=daemons,
+                      layout=Layout(root=str(root)))
+
+
+def materialize(spec: WorkerSpec) -> dict:
+    files = render.render_worker(spec)
+    for d in render.worker_directories(spec):
+        os.makedirs(d.path, exist_ok=True)
+        os.chmod(d.path, d.mode)
+    write_tree(Path(spec.layout.root), files)
+    return files
+
+
+def tor_verify(spec: WorkerSpec, daemon: str):
+    return run([TOR, "--verify-config", "-f", f"{spec.layout.root}/etc/onionstack/tor/{daemon}.torrc"])
+
+
+def nginx_test(spec: WorkerSpec):
+    return run([NGINX, "-t", "-c", f"{spec.layout.root}/etc/onionstack/nginx/nginx.conf", "-e", "stderr"])
+
+
+@pytest.mark.parametrize("sites,daemons", [((PROD_SITE,), 2), (THREE_SITES, 3)], ids=["prod-1-site", "3-sites"])
+def test_real_tools_accept_rendered_worker(sites, daemons):
+    root = short_tmpdir()
+    spec = prod_like(root, sites, daemons)
+    files = materialize(spec)
+    torrcs = sorted(k for k in files if k.endswith(".torrc"))
+    assert torrcs == [f"etc/onionstack/tor/tor{i}.torrc" for i in range(1, daemons + 1)]
+    for daemon in spec.daemon_names:
+        result = tor_verify(spec, daemon)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Configuration was valid" in result.stdout
+        # tor parsed and registered every site's master address from ob_config
+        for site in sites:
+            assert f"MasterOnionAddress {site.onion_host} registered" in result.stdout
+    result = nginx_test(spec)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_each_hidden_service_has_the_required_options():
+    spec = prod_like(Path("/srv/x"), THREE_SITES, 2)
+    files = render.render_worker(spec)
+    torrc = files["etc/onionstack/tor/tor2.torrc"].content
+    blocks = torrc.split("HiddenServiceDir ")[1:]
+    assert len(blocks) == 3
+    for site, block in zip(THREE_SITES, blocks):
+        assert block.startswith(f"/srv/x/var/lib/onionstack/tor/tor2/hs/{site.name}\n")
+        for line in ("HiddenServiceOnionBalanceInstance 1", "HiddenServiceNumIntroductionPoints 3",
+                     "HiddenServiceExportCircuitID haproxy", "HiddenServiceEnableIntroDoSDefense 1",
+                     "HiddenServiceMaxStreams 32", "HiddenServiceMaxStreamsCloseCircuit 1",
+                     f"HiddenServicePort 80 unix:/srv/x/run/onionstack/{site.name}.tor2.sock"):
+            assert line + "\n" in block, (site.name, line)
+    assert "SafeLogging 1\n" in torrc and "SocksPort 0\n" in torrc
+    assert files["var/lib/onionstack/tor/tor2/hs/shop/ob_config"].content == \
+        f"MasterOnionAddress {THREE_SITES[1].onion_host}\n"
+    assert files["var/lib/onionstack/tor/tor2/hs/shop/ob_config"].owner == "debian-tor"
+    assert files["var/lib/onionstack/tor/tor2/hs/shop/ob_config"].mode == 0o600
+
+
+def test_bad_master_address_fails_tor_verify():
+    """The check is real: tor rejects an ob_config naming a malformed master address."""
+    root = short_tmpdir()
+    spec = prod_like(root)
+    materialize(spec)
+    ob_config = root / "var/lib/onionstack/tor/tor1/hs/news/ob_config"
+    ob_config.write_text("MasterOnionAddress not-an-onion.onion\n")
+    result = tor_verify(spec, "tor1")
+    assert result.returncode != 0
+    ob_config.unlink()
+    result = tor_verify(spec, "tor1")
+    assert result.returncode != 0, "tor must refuse an OnionBalance instance without ob_config"
+
+
+def test_include_and_lab_overrides(tmp_path):
+    """The lab's shape: current user, TCP listeners, an %include of private-network lines."""
+    extra = tmp_path / "extra.torrc"
+    extra.write_text("DisableNetwork 1\nClientUseIPv6 0\n")
+    root = short_tmpdir()
+    spec = WorkerSpec(sites=THREE_SITES[:2], resolver="127.0.0.1", tor_daemons=1,
+                      layout=Layout(root=str(root)), tor_user=None, nginx_user=None,
+                      tor_include=str(extra), nginx_tcp_base_port=24000,
+                      tor=TorTuning(intro_points=5), nginx=NginxTuning(access_log=True))
+    files = materialize(spec)
+    torrc = files["etc/onionstack/tor/tor1.torrc"].content
+    assert f"%include {extra}\n" in torrc
+    assert "HiddenServicePort 80 127.0.0.1:24000\n" in torrc
+    assert "HiddenServicePort 80 127.0.0.1:24001\n" in torrc
+    assert "HiddenServiceNumIntroductionPoints 5\n" in torrc
+    nginx_conf = files["etc/onionstack/nginx/nginx.conf"].content
+    assert "\nuser " not in nginx_conf and "access_log off" not in nginx_conf
+    result = tor_verify(spec, "tor1")
+    assert result.returncode == 0, result.stdout
+    assert f'Including configuration file "{extra}"' in result.stdout
+    assert nginx_test(spec).returncode == 0
+
+
+def test_rendering_is_deterministic_and_hash_tracks_changes():
+    a = render.render_worker(prod_like(Path("/r"), THREE_SITES))
+    b = render.render_worker(prod_like(Path("/r"), THREE_SITES))
+    assert a == b and render.content_hash(a) == render.content_hash(b)
+    c = render.render_worker(prod_like(Path("/r"), THREE_SITES, daemons=3))
+    assert render.content_hash(c) != render.content_hash(a)
+    mode_only = dict(a)
+    key = "etc/onionstack/nginx/nginx.conf"
+    mode_only[key] = render.RenderedFile(a[key].content, 0o600, a[key].owner)
+    assert render.content_hash(mode_only) != render.content_hash(a)
+    assert len(render.content_hash(a)) == 64
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(name="News"), "site.name"),
+    (dict(domain="http://example.com"), "sites[news].domain"),
+    (dict(onion_address="abc.onion"), "sites[news].onion_address"),
+    (dict(origin_address="origin.example.com:443"), "sites[news].origin_address"),
+    (dict(block_hosts=("evil.org",)), "sites[news].block_hosts"),
+    (dict(block_paths=("admin",)), "sites[news].block_paths"),
+    (dict(block_paths=("/a b",)), "sites[news].block_paths"),
+])
+def test_site_validation_names_field_and_value(kwargs, field):
+    base = dict(name="news", domain="example.com", onion_address=onion_address_for("news"))
+    with pytest.raises(RenderError) as err:
+        SiteSpec(**{**base, **kwargs})
+    assert str(err.value).startswith(field + ":")
+    assert repr(next(iter(kwargs.values()))).strip("()',") in str(err.value)
+
+
+def test_worker_validation():
+    with pytest.raises(RenderError, match=r"^resolver: '8.8.8.8'"):
+        WorkerSpec(sites=(PROD_SITE,), resolver="8.8.8.8")
+    with pytest.raises(RenderError, match=r"^tor_daemons: 9"):
+        WorkerSpec(sites=(PROD_SITE,), resolver="10.42.0.2", tor_daemons=9)
+    with pytest.raises(RenderError, match=r"^sites\[\]\.domain"):
+        WorkerSpec(sites=(PROD_SITE, SiteSpec("b", "example.com", onion_address_for("b"))),
+                   resolver="10.42.0.2")
+    with pytest.raises(RenderError, match=r"subdomain of sites\[news\]"):
+        WorkerSpec(sites=(PROD_SITE, SiteSpec("b", "www.example.com", onion_address_for("b"))),
+                   resolver="10.42.0.2")
+    with pytest.raises(RenderError, match=r"^layout.run_dir.*107 bytes"):
+        WorkerSpec(sites=(PROD_SITE,), resolver="10.42.0.2", layout=Layout(root="/" + "x" * 90))
+    with pytest.raises(RenderError, match=r"^intro_points: 0"):
+        TorTuning(intro_points=0)
+    with pytest.raises(RenderError, match=r"^nginx.rate: '10/s'"):
+        NginxTuning(rate="10/s")
+    # addresses are normalised: '.onion' suffix and case do not matter
+    upper = SiteSpec("news", "Example.COM.", onion_address_for("news").upper() + ".onion")
+    assert upper == PROD_SITE
