@@ -99,10 +99,13 @@ class SiteSpec:
     """One onion site: the master onion address serving `domain` and all its subdomains
     (`www.<domain>` <-> `www.<onion>`), proxied to the clearnet origin over verified TLS.
 
-    `origin_address` ("host:port", an IP literal) makes nginx connect there instead of
-    resolving the domain; SNI, Host and certificate verification still use the domain.
-    `block_hosts` are clearnet host names (the domain or its subdomains) answered with 403;
-    `block_paths` are URL path prefixes answered with 403.
+    `origin_address` ("host:port"; an IP literal, or a DNS name that nginx resolves at
+    request time through the VPC resolver) makes nginx connect there instead of to the
+    domain; SNI, Host and certificate verification still use the (sub)domain.
+    `block_hosts` are clearnet host names (the domain or its subdomains) answered with 403.
+    `block_paths` answered with 403: an entry starting with "/" is a literal URL path
+    prefix (`location ^~`), one starting with "^" a regular expression on the path
+    (`location ~`, PCRE; the stack config's `blockPaths` form).
     """
 
     name: str
@@ -134,9 +137,7 @@ class SiteSpec:
                 _fail(f"{where}.block_hosts", host, f"list {domain!r} or host names under it")
         object.__setattr__(self, "block_hosts", hosts)
         for path in self.block_paths:
-            if not isinstance(path, str) or not BLOCK_PATH_RE.match(path):
-                _fail(f"{where}.block_paths", path, "use URL path prefixes like '/admin/' "
-                      "(characters A-Za-z0-9._~/%+-)")
+            _check_block_path(f"{where}.block_paths", path)
         object.__setattr__(self, "block_paths", tuple(self.block_paths))
 
     @property
@@ -147,13 +148,35 @@ class SiteSpec:
 def _check_ip_port(field_name: str, value: str) -> None:
     host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
     try:
-        ipaddress.ip_address(host.strip("[]"))
-        ok = sep == ":" and port.isdigit() and 0 < int(port) < 65536 and ":" not in host.strip("[]")
+        ok = ipaddress.ip_address(host).version == 4
     except ValueError:
-        ok = False
+        ok = bool(DOMAIN_RE.match(host.lower()))
+    ok = ok and sep == ":" and port.isdigit() and 0 < int(port) < 65536
     if not ok:
-        _fail(field_name, value, "use IPv4 'a.b.c.d:port' (an IP literal: nginx must not "
-              "resolve names when it checks its config)")
+        _fail(field_name, value, "use 'a.b.c.d:port' or 'host.name:port'")
+
+
+def _check_block_path(field_name: str, value: object) -> None:
+    if isinstance(value, str) and value.startswith("/"):
+        if not BLOCK_PATH_RE.match(value):
+            _fail(field_name, value, "a path prefix may use only A-Za-z0-9._~/%+- characters")
+        return
+    if not isinstance(value, str) or not value.startswith("^"):
+        _fail(field_name, value, "use a path prefix starting with '/' (e.g. '/admin/') or a "
+              "regular expression starting with '^' (e.g. '^/wp-(admin|login)')")
+    # Rendered inside an nginx double-quoted string: no quotes, whitespace or controls.
+    if re.search(r'["\s\x00-\x1f\x7f]', value):
+        _fail(field_name, value, "a regular expression here may not contain quotes or whitespace")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        _fail(field_name, value, f"not a valid regular expression ({exc})")
+
+
+def nginx_quote(value: str) -> str:
+    """`value` as an nginx double-quoted string: nginx turns a doubled backslash into
+    one, so each escaped backslash in a regex is doubled again (values have no quotes)."""
+    return '"' + re.sub(r"\\(.)", lambda m: "\\" * 4 if m.group(1) == "\\" else m.group(0), value) + '"'
 
 
 @dataclass(frozen=True)
@@ -306,6 +329,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["re_escape"] = lambda s: re.sub(r"([.\-])", r"\\\1", s)
     env.filters["shquote"] = _shquote
+    env.filters["nginx_quote"] = nginx_quote
     return env
 
 

@@ -16,10 +16,11 @@ pytestmark = pytest.mark.tools
 
 PROD_SITE = SiteSpec("news", "example.com", onion_address_for("news"))
 THREE_SITES = (
-    SiteSpec("news", "example.com", onion_address_for("news"), block_paths=("/admin/",)),
+    SiteSpec("news", "example.com", onion_address_for("news"),
+             block_paths=("/admin/", r"^/wp-(admin|login)\.php", r"^/a\\b{2}$")),
     SiteSpec("shop", "shop-example.org", onion_address_starting_with_digit(),
              block_hosts=("checkout.shop-example.org",)),
-    SiteSpec("wiki-2", "wiki.example.net", onion_address_for("wiki"), origin_address="10.42.7.9:8443"),
+    SiteSpec("wiki-2", "wiki.example.net", onion_address_for("wiki"), origin_address="origin.example.org:443"),
 )
 
 
@@ -139,10 +140,13 @@ def test_rendering_is_deterministic_and_hash_tracks_changes():
     (dict(name="News"), "site.name"),
     (dict(domain="http://example.com"), "sites[news].domain"),
     (dict(onion_address="abc.onion"), "sites[news].onion_address"),
-    (dict(origin_address="origin.example.com:443"), "sites[news].origin_address"),
+    (dict(origin_address="origin.example.com"), "sites[news].origin_address"),
+    (dict(origin_address="origin_x:443"), "sites[news].origin_address"),
     (dict(block_hosts=("evil.org",)), "sites[news].block_hosts"),
     (dict(block_paths=("admin",)), "sites[news].block_paths"),
     (dict(block_paths=("/a b",)), "sites[news].block_paths"),
+    (dict(block_paths=("^/a(",)), "sites[news].block_paths"),
+    (dict(block_paths=('^/a"',)), "sites[news].block_paths"),
 ])
 def test_site_validation_names_field_and_value(kwargs, field):
     base = dict(name="news", domain="example.com", onion_address=onion_address_for("news"))
