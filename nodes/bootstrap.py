@@ -40,7 +40,8 @@ from pulumi_command import remote
 
 from infra.config import Site, StackConfig
 from nodes import steps
-from nodes.render import Layout, RenderedFile, SiteSpec, TorTuning, WorkerSpec, content_hash, render_worker
+from nodes.render import (RenderedFile, SiteSpec, TorTuning, WorkerSpec, content_hash, render_worker,
+                          worker_directories)
 from onion.keys import IdentityKey, parse_address
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,8 +179,8 @@ Wants=network-online.target
 [Service]
 Type=forking
 PIDFile=/run/onionstack/nginx.pid
-# Sockets nginx creates for tor must be connectable by debian-tor; the run dir (0750
-# root:debian-tor) is what keeps everyone else out.
+# The unix sockets nginx creates for tor must be connectable by debian-tor (nginx
+# creates them with the process umask); the worker runs nothing else.
 UMask=0000
 ExecStartPre=/usr/sbin/nginx -t -q -c /etc/onionstack/nginx/nginx.conf
 ExecStart=/usr/sbin/nginx -c /etc/onionstack/nginx/nginx.conf
@@ -207,17 +208,19 @@ def worker_script(spec: WorkerSpec, *, root: str = "/") -> str:
     layout = spec.layout
     torrcs = [layout.path("etc_dir", "tor", f"{d}.torrc") for d in spec.daemon_names]
     nginx_conf = layout.path("etc_dir", "nginx", "nginx.conf")
-    tor_dirs = [spec.data_dir(d) for d in spec.daemon_names] + [
-        spec.hs_dir(d, s) for d in spec.daemon_names for s in spec.sites]
-    nginx_dirs = [layout.path("lib_dir", "nginx", sub) for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")]
+    dirs = worker_directories(spec)
+    run_dir = next(d for d in dirs if d.path == layout.path("run_dir"))
     pre = [
-        f"install -d -m 0755 {q(layout.path('lib_dir'))} {q(layout.path('lib_dir', 'tor'))} {q(layout.path('lib_dir', 'nginx'))}",
-        f"install -d -o debian-tor -g debian-tor -m 0700 {steps.quoted_list(tor_dirs)}",
-        f"install -d -o www-data -g www-data -m 0700 {steps.quoted_list(nginx_dirs)}",
-        f"install -d -o root -g debian-tor -m 0750 {q(layout.path('run_dir'))}",
-        f"install -d -o root -g adm -m 0750 {q(layout.path('log_dir'))}",
+        # The directories the templates need, in order (tor refuses group/world-accessible
+        # DataDirectory and HiddenServiceDir). umask 022 so that missing parents are
+        # traversable (the script's own umask is 077).
+        "(",
+        "  umask 022",
+        *(f"  install -d -o {d.owner} -g {d.owner} -m {d.mode:04o} {q(d.path)}" for d in dirs),
+        ")",
         # The run dir is on tmpfs: recreate it at boot before nginx and tor start.
-        f"printf 'd {layout.path('run_dir')} 0750 root debian-tor -\\n' > /etc/tmpfiles.d/onionstack.conf",
+        f"printf 'd %s %s %s %s -\\n' {q(run_dir.path)} {run_dir.mode:04o} {run_dir.owner} {run_dir.owner}"
+        " > /etc/tmpfiles.d/onionstack.conf",
     ]
     verify = [f"tor --verify-config -f {q(t)} >/dev/null" for t in torrcs]
     verify.append(f"nginx -t -q -c {q(nginx_conf)}")

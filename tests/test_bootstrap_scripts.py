@@ -144,6 +144,7 @@ def test_worker_files_pass_tor_and_nginx_checks_as_the_step_runs_them(tmp_path):
                             "layout": Layout(root=str(tmp_path), run_dir=str(tmp_path / "run")),
                             "tor_user": None, "nginx_user": None})
     files = render_worker(scratch)
+    (tmp_path / "run").mkdir()
     for rel, f in files.items():
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -157,10 +158,11 @@ def test_worker_files_pass_tor_and_nginx_checks_as_the_step_runs_them(tmp_path):
         proc = subprocess.run(["tor", "--verify-config", "-f", str(torrc)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout[-2000:]
     # The directories the worker script creates before it installs the files.
-    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (tmp_path / "var/lib/onionstack/nginx" / sub).mkdir(parents=True, exist_ok=True)
-    (tmp_path / "var/log/onionstack").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "run").mkdir(exist_ok=True)
+    from nodes.render import worker_directories
+
+    for d in worker_directories(scratch):
+        Path(d.path).mkdir(parents=True, exist_ok=True)
+        Path(d.path).chmod(d.mode)
     proc = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "etc/onionstack/nginx/nginx.conf"),
                            "-e", "stderr"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
