@@ -103,8 +103,11 @@ class FrontendState:
 class Balancer:
     def __init__(self, cfg: BalancerConfig, keys: dict[str, Any], control: ControlPort,
                  protocol: OnionProtocol, prober: Prober | None, *,
-                 clock: Callable[[], float] = time.time, write_status_files: bool = True):
+                 clock: Callable[[], float] = time.time, write_status_files: bool = True,
+                 load_overrides: dict[str, Any] | None = None):
         self.cfg = cfg
+        # command-line overrides (control endpoint, state dir) that a reload must keep
+        self.load_overrides = dict(load_overrides or {})
         self.control = control
         self.protocol = protocol
         self.prober = prober
@@ -156,9 +159,7 @@ class Balancer:
     def reload(self) -> None:
         """SIGHUP: re-read the config; on any error keep running with the old one."""
         try:
-            cfg = load_config(self.cfg.path, control_port=self.cfg.control.port if self._cli_control else None,
-                              control_socket=self.cfg.control.socket if self._cli_control else None,
-                              state_dir=self.cfg.state_dir)
+            cfg = load_config(self.cfg.path, **self.load_overrides)
             keys = load_keys(cfg)
         except (ConfigError, OSError, ValueError) as exc:
             self.last_error = f"reload failed, old config kept: {exc}"
@@ -175,8 +176,6 @@ class Balancer:
             for inst in self.instances.values():
                 if inst.current is None:
                     self._fetch(inst, self.clock())
-
-    _cli_control = False  # set by the CLI when --control-port/--control-socket override the file
 
     # -- message intake (any thread) -----------------------------------------
     def submit(self, message: object) -> None:

@@ -51,14 +51,14 @@ def cmd_run(args) -> int:
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config, control_port=args.control_port, control_socket=args.control_socket,
-                      state_dir=args.state_dir)
+    overrides = {"control_port": args.control_port, "control_socket": args.control_socket,
+                 "state_dir": args.state_dir}
+    cfg = load_config(args.config, **overrides)
     keys = load_keys(cfg)
     sink: list = []
     control = TorControl(cfg.control, lambda m: sink[0](m))
     prober = Prober(cfg.socks_port, cfg.probe.port, cfg.probe.timeout, lambda m: sink[0](m))
-    balancer = Balancer(cfg, keys, control, TorOnionProtocol(), prober)
-    balancer._cli_control = args.control_port is not None or args.control_socket is not None
+    balancer = Balancer(cfg, keys, control, TorOnionProtocol(), prober, load_overrides=overrides)
     sink.append(balancer.submit)
     for fe in balancer.frontends:
         logging.getLogger("onion.balancer").info("frontend %s: %s.onion <- %d instances", fe.name,

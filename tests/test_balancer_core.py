@@ -587,3 +587,24 @@ def test_failed_fetches_retry_with_backoff_and_alternate_hsdir_choice(tmp_path):
     assert bal.instances[A].fetch_failures == 4
     bal.handle(content(A, 100, 1, ["a1"]))
     assert bal.instances[A].fetch_failures == 0
+
+
+def test_reload_keeps_command_line_overrides(tmp_path):
+    from onion.config import load_config, load_keys
+    from onion.keys import IdentityKey
+
+    front, a = IdentityKey.generate(), IdentityKey.generate()
+    key = tmp_path / "front.key"
+    key.write_bytes(front.to_tor_secret_key())
+    os.chmod(key, 0o600)
+    path = tmp_path / "balancer.yaml"
+    path.write_text(f"control: {{port: 9051}}\nfrontends:\n  - name: n\n    key_file: {key}\n"
+                    f"    instances: [{a.address}]\n")
+    overrides = {"control_port": 7777, "control_socket": None, "state_dir": str(tmp_path / "st")}
+    cfg = load_config(str(path), **overrides)
+    control = FakeControl()
+    bal = Balancer(cfg, load_keys(cfg), control, FakeProtocol(), None, clock=Clock(), load_overrides=overrides)
+    bal.reload_requested = True
+    bal.step()
+    assert bal.cfg.control.port == 7777 and bal.cfg.state_dir == str(tmp_path / "st")
+    assert control.closed == 0  # same endpoint: no reconnect
