@@ -1,6 +1,6 @@
 """The lab's balancer: its own tor on the private network (ControlPort + SocksPort, like the
 AWS balancer's) and either onionstack's balancer core (`python -m onion run`) or, as the
-baseline, OnionBalance 0.2.4 from PyPI in its own venv (`<state>/ob-venv`, never the
+baseline, OnionBalance 0.2.4 from PyPI in its own venv (`<repo>/.lab/ob-venv`, never the
 project's venv).
 """
 from __future__ import annotations

@@ -112,25 +112,28 @@ class Lab:
         return key
 
     def start_workers(self, count: int, *, tor_daemons: int = 2, intro_points: int = 3,
-                      tag: str = "w") -> list[Worker]:
-        """`count` workers for the current frontend, each proxying to its own origin listener."""
+                      tag: str = "w", first_listener: int = 0) -> list[Worker]:
+        """`count` workers for the current frontend, each proxying to its own origin listener
+        (first_listener, first_listener + 1, ...)."""
         origin = self.info["origin"]
-        if count > len(origin["ports"]):
-            raise ValueError(f"workers: {count} workers need {count} origin listeners, the origin "
-                             f"has {len(origin['ports'])}; start the origin with more listeners")
+        if first_listener + count > len(origin["ports"]):
+            raise ValueError(f"workers: {count} workers from listener {first_listener} need "
+                             f"{first_listener + count} origin listeners, the origin has "
+                             f"{len(origin['ports'])}; start the origin with more listeners")
         workers = []
         for i in range(1, count + 1):
             worker = start_worker(
                 self.procs, self.state_dir, i, tag=tag,
                 frontend_address=self.info["frontend"].removesuffix(".onion"),
-                domain=origin["domain"], origin_port=origin["ports"][i - 1], ca_file=origin["ca"],
+                domain=origin["domain"], origin_port=origin["ports"][first_listener + i - 1],
+                ca_file=origin["ca"],
                 network_torrc=str(self.net.network_torrc), tor_daemons=tor_daemons,
                 intro_points=intro_points)
             workers.append(worker)
             self.progress(f"worker {worker.name}: {tor_daemons} tor instances "
                           f"{', '.join(a[:12] + '...' for a in worker.instance_addresses)} + nginx "
-                          f"-> origin listener {i - 1}")
-        self.info["workers"] = [w.to_json() for w in workers]
+                          f"-> origin listener {first_listener + i - 1}")
+        self.info["workers"] = self.info.get("workers", []) + [w.to_json() for w in workers]
         self.save()
         return workers
 
@@ -144,45 +147,54 @@ class Lab:
     def kill_worker(self, worker: Worker) -> list[str]:
         return stop_worker(self.procs, worker)
 
-    def start_balancer(self, kind: str = "onion", tag: str = "balancer") -> None:
-        """The balancer's tor (gated as the notes say), then the balancer itself."""
+    def start_balancer(self, kind: str = "onion", tag: str = "balancer", *,
+                       key_file: Path | None = None, instances: list[str] | None = None) -> dict:
+        """The balancer's tor (gated as the notes say), then the balancer itself, for the
+        frontend key (default: the last one made) and instances (default: every worker's).
+        Returns its record (also in info["balancers"][tag]; info["balancer"] is the last)."""
         if kind not in balancer_mod.KINDS:
             raise ValueError(f"balancer: {kind!r} is not one of {', '.join(balancer_mod.KINDS)}")
         if kind == "onionbalance" and self.voting_interval != balancer_mod.ONIONBALANCE_VOTING_INTERVAL:
             raise ValueError(f"voting_interval: OnionBalance 0.2.4 works only with "
                              f"{balancer_mod.ONIONBALANCE_VOTING_INTERVAL} s on a test network, "
                              f"the lab has {self.voting_interval} s")
-        node = self.net.add_tor(self.procs, self.ports, f"tor{tag}", [], socks=True) \
-            if f"tor{tag}" not in {n.nickname for n in self.net.nodes} else self.net.node(f"tor{tag}")
+        # tor nicknames: 1..19 characters [A-Za-z0-9].
+        nickname = "tor" + "".join(c for c in tag if c.isascii() and c.isalnum())[:16]
+        node = self.net.add_tor(self.procs, self.ports, nickname, [], socks=True) \
+            if nickname not in {n.nickname for n in self.net.nodes} else self.net.node(nickname)
         if not self.procs.is_running(node.process_name):
             self.net.start_tor(self.procs, node)
         balancer_mod.wait_balancer_tor_ready(self.net, self.procs, node)
         self.progress(f"balancer tor: bootstrapped, holds every HSDir (control 127.0.0.1:"
                       f"{node.control_port}, socks 127.0.0.1:{node.socks_port})")
-        key_file = Path(self.info["frontend_key_file"])
+        key_file = Path(key_file or self.info["frontend_key_file"])
+        instances = instances if instances is not None else self.instance_addresses()
         bdir = self.state_dir / "balancer" / tag
         if kind == "onion":
             config = balancer_mod.write_onion_config(
                 bdir / "balancer.yaml", control_port=node.control_port,
                 socks_port=node.socks_port, state_dir=bdir / "state", key_file=key_file,
-                instances=self.instance_addresses())
+                instances=instances)
             argv = balancer_mod.onion_command(config, node.control_port)
         else:
             script = balancer_mod.ensure_onionbalance(self.ob_venv)
             config = balancer_mod.write_onionbalance_config(
-                bdir / "config.yaml", key_file=key_file, instances=self.instance_addresses())
+                bdir / "config.yaml", key_file=key_file, instances=instances)
             argv = balancer_mod.onionbalance_command(script, config, node.control_port)
         self.procs.start(tag, argv, cwd=_repo_root())
-        self.info["balancer"] = {"kind": kind, "process": tag, "tor": node.nickname,
-                                 "config": str(config), "state_dir": str(bdir / "state"),
-                                 "argv": argv, "started": time.time()}
+        record = {"kind": kind, "process": tag, "tor": node.nickname, "config": str(config),
+                  "state_dir": str(bdir / "state"), "argv": argv, "started": time.time()}
+        self.info["balancer"] = record
+        self.info.setdefault("balancers", {})[tag] = record
         self.save()
         self.progress(f"balancer: {kind} started ({' '.join(argv[1:3]) if kind == 'onion' else 'onionbalance'}"
                       f" --config {config})")
+        return record
 
     @property
     def ob_venv(self) -> Path:
-        return self.state_dir / "ob-venv"
+        """OnionBalance's own venv, shared by every lab of this checkout (installed once)."""
+        return _repo_root() / ".lab" / "ob-venv"
 
     def balancer_tor(self) -> TorNode:
         return self.net.node(self.info["balancer"]["tor"])

@@ -12,7 +12,7 @@ LAB_VOTING_INTERVAL = 10  # s; a time period is 24 x this = 240 s (issue 5 test 
 
 
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory):
+def lab(request, tmp_path_factory):
     """A running lab: the private network (client bootstrapped) and the origin."""
     from lab.stack import Lab
 
@@ -24,6 +24,17 @@ def lab(tmp_path_factory):
         yield the_lab
     finally:
         the_lab.down()
+        if request.session.testsfailed:
+            _print_balancer_logs(the_lab)
+
+
+def _print_balancer_logs(the_lab, lines: int = 40) -> None:
+    """pytest prunes old tmp dirs: show the balancer's last words in the failing run."""
+    for name in ("balancer",):
+        log = the_lab.procs.log_path(name)
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            print(f"\n[lab] last {len(tail)} lines of {log}:\n" + "\n".join(tail))
 
 
 def _progress(line: str) -> None:

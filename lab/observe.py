@@ -1,0 +1,55 @@
+"""An independent view of what a balancer published: fetch an onion service's descriptor
+from the HSDirs through a lab tor (HSFETCH + HS_DESC_CONTENT) and decrypt it with stem.
+
+The benchmark judges OnionBalance and onionstack's balancer the same way with this, rather
+than trusting either one's own status report.
+"""
+from __future__ import annotations
+
+import queue
+
+from lab.tornet import TorNode, controller
+
+
+def fetch_intro_keys(node: TorNode, address: str, timeout: float = 30.0) -> set[str] | None:
+    """Auth keys (base64) of the intro points in the service's descriptor as an HSDir
+    serves it now; None if no HSDir returned one within `timeout`."""
+    import stem
+    from stem.control import EventType
+    from stem.descriptor.hidden_service import HiddenServiceDescriptorV3
+
+    address = address.removesuffix(".onion")
+    results: queue.Queue = queue.Queue()
+
+    def on_event(event) -> None:
+        if getattr(event, "address", None) != address:
+            return
+        if event.type == "HS_DESC_CONTENT":
+            results.put(event.descriptor)
+        elif event.type == "HS_DESC" and str(event.action) == "FAILED":
+            results.put(None)
+
+    with controller(node) as ctl:
+        ctl.add_event_listener(on_event, EventType.HS_DESC_CONTENT, EventType.HS_DESC)
+        ctl.msg(f"HSFETCH {address}")
+        try:
+            while True:
+                desc = results.get(timeout=timeout)
+                if desc is None:
+                    continue  # one HSDir failed; tor tries the next, or we time out
+                raw = str(desc) if not isinstance(desc, str) else desc
+                try:
+                    inner = HiddenServiceDescriptorV3.from_str(raw).decrypt(address)
+                except (ValueError, stem.DescriptorUnavailable):
+                    continue
+                return {_auth_key(ip) for ip in inner.introduction_points}
+        except queue.Empty:
+            return None
+        finally:
+            ctl.remove_event_listener(on_event)
+
+
+def _auth_key(intro_point) -> str:
+    import base64
+
+    return base64.b64encode(intro_point.auth_key_cert.key).decode()
