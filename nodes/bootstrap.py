@@ -366,6 +366,9 @@ def balancer_base_script(package_path: str, *, root: str = "/") -> str:
         f"PYTHONPATH={OPT}/lib.new {VENV_PYTHON} -c 'import onion.balancer, onion.servicecli'",
         f"rm -rf {OPT}/lib.old && if [ -d {PACKAGE_LIB} ]; then mv {PACKAGE_LIB} {OPT}/lib.old; fi",
         f"mv {OPT}/lib.new {PACKAGE_LIB} && rm -rf {OPT}/lib.old",
+        # The venv's python finds the package without PYTHONPATH (operators run
+        # `/opt/onionstack/venv/bin/python -m onion status` as is).
+        f"echo {PACKAGE_LIB} > \"$({VENV_PYTHON} -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')/onionstack.pth\"",
     ]
     verify = ["tor --verify-config --defaults-torrc /usr/share/tor/tor-service-defaults-torrc -f /etc/tor/torrc >/dev/null"]
     activate = [
