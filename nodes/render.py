@@ -71,12 +71,13 @@ class Layout:
     run_dir: str = "run/onionstack"
     log_dir: str = "var/log/onionstack"
     systemd_dir: str = "etc/systemd/system"
+    tmpfiles_dir: str = "etc/tmpfiles.d"
     script_dir: str = "usr/local/lib/onionstack"
 
     def __post_init__(self) -> None:
         if not self.root.startswith("/") or not SAFE_PATH_RE.match(self.root):
             _fail("layout.root", self.root, "use an absolute path of [A-Za-z0-9._/@+-] characters")
-        for name in ("etc_dir", "lib_dir", "run_dir", "log_dir", "systemd_dir", "script_dir"):
+        for name in ("etc_dir", "lib_dir", "run_dir", "log_dir", "systemd_dir", "tmpfiles_dir", "script_dir"):
             value = getattr(self, name)
             if not SAFE_PATH_RE.match(value) or ".." in value.split("/"):
                 _fail(f"layout.{name}", value, "use a path of [A-Za-z0-9._/@+-] characters without '..'")
@@ -361,20 +362,40 @@ class Directory:
     path: str
     mode: int
     owner: str = "root"
+    group: str = "root"
 
 
 def worker_directories(spec: WorkerSpec) -> tuple[Directory, ...]:
     """Directories to create (in this order) before tor/nginx check or start: tor refuses
-    group/world-accessible DataDirectory and HiddenServiceDir, so those are 0700."""
-    layout, tor_owner = spec.layout, spec.tor_user or "root"
-    dirs = [Directory(layout.path("run_dir"), 0o755), Directory(layout.path("log_dir"), 0o750),
-            Directory(layout.path("lib_dir", "nginx"), 0o700, spec.nginx_user or "root"),
+    group/world-accessible DataDirectory and HiddenServiceDir, so those are 0700. The run
+    dir holds nginx's sockets (0777, see the nginx unit): only tor's group may enter."""
+    layout, tor_owner, www = spec.layout, spec.tor_user or "root", spec.nginx_user or "root"
+    dirs = [Directory(layout.path("lib_dir"), 0o755), Directory(layout.path("run_dir"), 0o750, "root", tor_owner),
+            Directory(layout.path("log_dir"), 0o750),
+            Directory(layout.path("lib_dir", "nginx"), 0o700, www, www),
             Directory(layout.path("lib_dir", "tor"), 0o755)]
     for daemon in spec.daemon_names:
-        dirs.append(Directory(spec.data_dir(daemon), 0o700, tor_owner))
-        dirs.append(Directory(layout.path("lib_dir", "tor", daemon, "hs"), 0o700, tor_owner))
-        dirs.extend(Directory(spec.hs_dir(daemon, site), 0o700, tor_owner) for site in spec.sites)
+        dirs.append(Directory(spec.data_dir(daemon), 0o700, tor_owner, tor_owner))
+        dirs.append(Directory(layout.path("lib_dir", "tor", daemon, "hs"), 0o700, tor_owner, tor_owner))
+        dirs.extend(Directory(spec.hs_dir(daemon, site), 0o700, tor_owner, tor_owner) for site in spec.sites)
     return tuple(dirs)
+
+
+WORKER_PACKAGES = ("tor", "deb.torproject.org-keyring", "nginx", "libnginx-mod-http-subs-filter")
+WORKER_NGINX_UNIT = "nginx-onionstack.service"
+TOR_UNIT_TEMPLATE = "onionstack-tor@.service"
+
+
+def _script_files(layout: Layout, role: str, template: str, files: Mapping[str, RenderedFile],
+                  directories: tuple[Directory, ...], packages: tuple[str, ...],
+                  disable_units: tuple[str, ...], tor_project_repo: bool, **context: object) -> dict[str, RenderedFile]:
+    """install-packages.sh and apply.sh for a role (apply.sh lists every other file)."""
+    install = render_template("scripts/install-packages.sh.j2", role=role, packages=packages,
+                              tor_project_repo=tor_project_repo, disable_units=disable_units)
+    apply = render_template(template, role=role, root=layout.root, directories=directories,
+                            files=sorted(files.items()), **context)
+    return {layout.key(layout.path("script_dir", "install-packages.sh")): RenderedFile(install, 0o755),
+            layout.key(layout.path("script_dir", "apply.sh")): RenderedFile(apply, 0o755)}
 
 
 def render_worker(spec: WorkerSpec) -> dict[str, RenderedFile]:
@@ -399,6 +420,26 @@ def render_worker(spec: WorkerSpec) -> dict[str, RenderedFile]:
     for site in spec.sites:
         put(layout.path("etc_dir", "nginx", "sites", f"{site.name}.conf"),
             render_template("worker/site.conf.j2", spec=spec, site=site))
+    tor_user = spec.tor_user or "root"
+    nginx_conf = layout.path("etc_dir", "nginx", "nginx.conf")
+    put(layout.path("systemd_dir", TOR_UNIT_TEMPLATE),
+        render_template("systemd/onionstack-tor@.service.j2", tor_user=tor_user, tor_binary=spec.tor_binary,
+                        etc_dir=layout.path("etc_dir"), lib_dir=layout.path("lib_dir"),
+                        after=WORKER_NGINX_UNIT))
+    put(layout.path("systemd_dir", WORKER_NGINX_UNIT),
+        render_template("systemd/nginx-onionstack.service.j2", daemons=spec.daemon_names, tor_user=tor_user,
+                        nginx_user=spec.nginx_user or "root", nginx_binary=spec.nginx_binary, conf=nginx_conf,
+                        run_dir=layout.path("run_dir"), log_dir=layout.path("log_dir"),
+                        lib_dir=layout.path("lib_dir")))
+    tmpfiles = layout.path("tmpfiles_dir", "onionstack.conf")
+    put(tmpfiles, render_template("systemd/tmpfiles.conf.j2", directories=[
+        d for d in worker_directories(spec) if d.path == layout.path("run_dir")]))
+    units = (WORKER_NGINX_UNIT,) + tuple(f"onionstack-tor@{d}.service" for d in spec.daemon_names)
+    out.update(_script_files(
+        layout, "worker", "scripts/apply-worker.sh.j2", out, worker_directories(spec), WORKER_PACKAGES,
+        ("tor.service", "nginx.service"), True, tor_user=tor_user, tor_binary=spec.tor_binary,
+        nginx_binary=spec.nginx_binary, nginx_conf=nginx_conf, tmpfiles=tmpfiles, units=units,
+        torrcs=[layout.path("etc_dir", "tor", f"{d}.torrc") for d in spec.daemon_names]))
     return out
 
 
