@@ -37,6 +37,7 @@ from onion.status import iso, write_status
 log = logging.getLogger("onion.balancer")
 
 PERIOD_HOLD = 20.0            # after a period change: wait this long for new instance descriptors
+STARTUP_HOLD = 10.0           # at start: wait this long for every instance's first descriptor
 AWAIT_REFETCH = 4.0           # ... refetching those still missing this often
 FETCH_INTERVAL = 300.0        # backstop refetch of every instance (shorter on fast test networks)
 PROBE_RETRY = 4.0             # after a failed probe, probe again this soon
@@ -280,11 +281,17 @@ class Balancer:
         for inst in self.instances.values():
             inst.next_fetch_at = 0.0  # fetch everything now
             inst.probe.next_at = min(inst.probe.next_at, now)
+            if inst.current is None:
+                # First start: give every instance a moment to answer, so the first upload
+                # carries them all instead of one re-upload per arriving descriptor.
+                inst.awaiting_period = 0
+        if any(inst.awaiting_period is not None for inst in self.instances.values()):
+            self.period_hold_until = max(self.period_hold_until, now + STARTUP_HOLD)
         self.status_dirty = True
 
     def _disconnected(self, reason: str) -> None:
-        if not self.connected and self.last_error == reason:
-            return
+        if not self.connected:
+            return  # already handled (a failed command and stem's CLOSED event both report it)
         log.warning("tor control: %s; reconnecting", reason)
         self.connected = False
         self.last_error = reason
@@ -357,7 +364,10 @@ class Balancer:
 
     def _fetch_due(self, now: float) -> None:
         for inst in self.instances.values():
-            awaiting = inst.awaiting_period is not None and now < self.period_hold_until
+            # waiting for a new period's descriptor: ask again soon (unless fetches fail,
+            # then the backoff below applies)
+            awaiting = (inst.awaiting_period is not None and now < self.period_hold_until
+                        and inst.fetch_failures == 0)
             if awaiting and inst.fetch_requested_at is not None and now - inst.fetch_requested_at >= AWAIT_REFETCH:
                 self._fetch(inst, now)
             elif now >= inst.next_fetch_at:

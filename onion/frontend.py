@@ -53,6 +53,7 @@ class TorOnionProtocol:
     def __init__(self) -> None:
         self.ring: hashring.HashRing | None = None
         self._builders: dict[tuple[str, int], tuple[float, Any]] = {}
+        self._last_revision: dict[tuple[str, int], int] = {}
 
     # -- consensus ------------------------------------------------------------
     def refresh(self, control) -> "RingInfo":
@@ -133,7 +134,14 @@ class TorOnionProtocol:
             self._builders[key] = (now, builder)
         builder = self._builders[key][1]
         revision = desc.revision_counter(builder.blinded_key, slot.revision_base, now)
+        # HSDirs keep a descriptor only if its revision is higher than the one they hold,
+        # and the OPE counter has one-second resolution: two builds in the same second
+        # (instances' descriptors arriving one after the other) must still increase.
+        revision = max(revision, self._last_revision.get(key, -1) + 1)
         built = builder.build(list(intro_points), revision_counter=revision)
+        self._last_revision[key] = revision
+        if len(self._last_revision) > 64:
+            self._last_revision = {k: v for k, v in self._last_revision.items() if k[1] >= period - 1}
         return built.text, built.revision_counter
 
     # -- instances --------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from onion.balancer import PERIOD_HOLD, Balancer, RingInfo, Slot
+from onion.balancer import PERIOD_HOLD, STARTUP_HOLD, Balancer, RingInfo, Slot
 from onion.config import BalancerConfig, ControlEndpoint, FrontendConfig, InstanceConfig, ProbeSettings
 from onion.control import ControlError, DescContent, DescEvent, Disconnected, NewConsensus
 from onion.errors import DescriptorSignatureError
@@ -378,6 +378,7 @@ def test_reconnects_with_growing_backoff_and_refetches(tmp_path):
     assert gaps == [1.0, 2.0, 4.0]
     # tor restarts: pending uploads fail, we reconnect and fetch everything again
     bal.handle(content(A, 100, 1, ["a1"]))
+    clock.t += STARTUP_HOLD  # B never answers: publish A alone after the start-up hold
     bal.tick()
     assert bal.book.inflight
     bal.handle(Disconnected("control connection closed"))
@@ -399,6 +400,7 @@ def test_control_error_during_command_means_reconnect_not_crash(tmp_path):
 
     control.post_descriptor = broken
     bal.handle(content(A, 100, 1, ["a1"]))
+    bal.handle(content(B, 100, 1, ["b1"]))
     bal.tick()
     assert not bal.connected and "closed" in bal.last_error
 
@@ -608,3 +610,15 @@ def test_reload_keeps_command_line_overrides(tmp_path):
     bal.step()
     assert bal.cfg.control.port == 7777 and bal.cfg.state_dir == str(tmp_path / "st")
     assert control.closed == 0  # same endpoint: no reconnect
+
+
+def test_start_waits_briefly_for_every_instance_then_publishes_once(tmp_path):
+    bal, control, proto, *_ , clock = make(tmp_path)
+    bal.tick()
+    bal.handle(content(A, 100, 1, ["a1"]))
+    bal.tick()
+    assert control.posts == []                   # B has not answered yet
+    bal.handle(content(B, 100, 1, ["b1"]))
+    bal.tick()
+    assert control.posts and all(keys == ("a1", "b1") for _, _, keys in posted_keys(control))
+    assert proto.builds == 2                      # one build per period, not one per arrival

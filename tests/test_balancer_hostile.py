@@ -246,3 +246,10 @@ def test_reencrypted_copy_of_the_same_revision_is_accepted(env):
     env.feed(one)
     env.feed(two)
     assert env.bal.instances[env.instance.address].rejected == 0
+
+
+def test_builds_in_the_same_second_get_increasing_revisions(env):
+    ips = [intro_point(1)]
+    period = env.proto.ring.descriptor_slots()[0].time_period_number
+    revs = [env.proto.build(env.frontend, period, ips, env.now)[1] for _ in range(3)]
+    assert revs[0] < revs[1] < revs[2]  # HSDirs refuse a revision that is not higher
