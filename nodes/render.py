@@ -443,7 +443,269 @@ def render_worker(spec: WorkerSpec) -> dict[str, RenderedFile]:
     return out
 
 
+# --------------------------------------------------------------------------- balancer
+
+BALANCER_UNIT = "onion-balancer.service"
+BALANCER_PACKAGES = ("tor", "deb.torproject.org-keyring", "python3-venv")
+
+
+@dataclass(frozen=True)
+class BalancerSpec:
+    """The balancer: its tor (ControlPort + cookie, SocksPort on 127.0.0.1) and the core's
+    config. `instances` maps each site name to the instance addresses the workers
+    reported (56 chars, with or without ".onion"); `publish` False renders a standby
+    (blue/green) that never uploads descriptors. Master key files are not rendered (they
+    are secrets): `key_file(site)` says where the remote step must put each one (0600,
+    owned by `user`); apply.sh expects them in its stage and installs them too."""
+
+    sites: tuple[SiteSpec, ...]
+    instances: Mapping[str, tuple[str, ...]]
+    publish: bool = True
+    control_port: int = 9051
+    socks_port: int = 9050
+    layout: Layout = field(default_factory=Layout)
+    user: str = "onionbalancer"
+    tor_user: str = "debian-tor"
+    tor_instance: str = "balancer"
+    state_dir_rel: str = "var/lib/onion-balancer"
+    cookie_file: str = "/run/onionstack-tor-balancer/control.authcookie"
+    venv: str = "/opt/onionstack/venv"
+    package_lib: str = "/opt/onionstack/lib"
+    tor_include: str | None = None
+    tor_binary: str = "/usr/bin/tor"
+
+    def __post_init__(self) -> None:
+        sites = tuple(self.sites)
+        if not sites:
+            _fail("sites", sites, "give at least one site")
+        names = [x.name for x in sites]
+        if len(set(names)) != len(names):
+            _fail("sites[].name", names, "each site needs its own name")
+        object.__setattr__(self, "sites", sites)
+        if not isinstance(self.instances, Mapping):
+            _fail("instances", self.instances, "use {site name: (instance addresses...)}")
+        unknown = sorted(set(self.instances) - set(names))
+        if unknown:
+            _fail("instances", unknown, f"name only configured sites ({', '.join(names)})")
+        normalized: dict[str, tuple[str, ...]] = {}
+        for name in names:
+            addresses = []
+            for a in self.instances.get(name, ()):
+                address = a.lower().removesuffix(".onion") if isinstance(a, str) else ""
+                if not ONION_RE.match(address):
+                    _fail(f"instances[{name}]", a, "use 56-character v3 onion addresses")
+                if address not in addresses:
+                    addresses.append(address)
+            if not addresses:
+                _fail(f"instances[{name}]", self.instances.get(name, ()),
+                      "list at least one instance address (the workers' outputs) per site")
+            normalized[name] = tuple(addresses)
+        object.__setattr__(self, "instances", normalized)
+        if not isinstance(self.publish, bool):
+            _fail("publish", self.publish, "use true or false")
+        for name in ("control_port", "socks_port"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and 1 <= value <= 65535):
+                _fail(name, value, "use a TCP port 1..65535")
+        if self.control_port == self.socks_port:
+            _fail("socks_port", self.socks_port, "use a port other than control_port")
+        for name in ("user", "tor_user", "tor_instance"):
+            if not SAFE_NAME_RE.match(getattr(self, name)):
+                _fail(name, getattr(self, name), "use a lowercase system name")
+        for name in ("cookie_file", "venv", "package_lib", "tor_binary", "tor_include"):
+            value = getattr(self, name)
+            if value is not None and (not value.startswith("/") or not SAFE_PATH_RE.match(value)):
+                _fail(name, value, "use an absolute path of [A-Za-z0-9._/@+-] characters")
+        if not SAFE_PATH_RE.match(self.state_dir_rel) or self.state_dir_rel.startswith("/"):
+            _fail("state_dir_rel", self.state_dir_rel, "use a path relative to layout.root")
+
+    @property
+    def state_dir(self) -> str:
+        return posixpath.join(self.layout.root, self.state_dir_rel)
+
+    @property
+    def data_dir(self) -> str:
+        return self.layout.path("lib_dir", "tor", self.tor_instance)
+
+    def key_file(self, site: SiteSpec | str) -> str:
+        """Absolute path of a site's master key file (tor's hs_ed25519_secret_key format)."""
+        name = site if isinstance(site, str) else site.name
+        return posixpath.join(self.state_dir, "keys", f"{name}.key")
+
+    @property
+    def config_file(self) -> str:
+        return self.layout.path("etc_dir", "balancer.yaml")
+
+
+def balancer_directories(spec: BalancerSpec) -> tuple[Directory, ...]:
+    layout = spec.layout
+    return (Directory(layout.path("lib_dir"), 0o755), Directory(layout.path("lib_dir", "tor"), 0o755),
+            Directory(spec.data_dir, 0o700, spec.tor_user, spec.tor_user),
+            Directory(spec.state_dir, 0o750, spec.user, spec.user),
+            Directory(posixpath.join(spec.state_dir, "keys"), 0o700, spec.user, spec.user),
+            Directory(layout.path("etc_dir"), 0o755))
+
+
+def render_balancer(spec: BalancerSpec) -> dict[str, RenderedFile]:
+    """Every public file of the balancer: tor, the core's config, units, scripts."""
+    layout = spec.layout
+    out: dict[str, RenderedFile] = {}
+
+    def put(path: str, content: str, mode: int = 0o644, owner: str = "root") -> None:
+        out[layout.key(path)] = RenderedFile(content, mode, owner)
+
+    torrc = layout.path("etc_dir", "tor", f"{spec.tor_instance}.torrc")
+    put(torrc, render_template("balancer/torrc.j2", spec=spec))
+    # 0640: readable by the core's user through its group, not by everyone.
+    put(spec.config_file, render_template("balancer.yaml.j2", spec=spec), 0o640, spec.user)
+    put(layout.path("systemd_dir", TOR_UNIT_TEMPLATE),
+        render_template("systemd/onionstack-tor@.service.j2", tor_user=spec.tor_user, tor_binary=spec.tor_binary,
+                        etc_dir=layout.path("etc_dir"), lib_dir=layout.path("lib_dir"), after=""))
+    put(layout.path("systemd_dir", BALANCER_UNIT),
+        render_template("systemd/onion-balancer.service.j2", user=spec.user, tor_user=spec.tor_user,
+                        tor_instance=spec.tor_instance, venv=spec.venv, package_lib=spec.package_lib,
+                        config=spec.config_file, state_dir=spec.state_dir))
+    # apply.sh installs the secret key files from the stage as well (never rendered here).
+    secret_keys = {layout.key(spec.key_file(site)): RenderedFile("", 0o600, spec.user) for site in spec.sites}
+    out.update(_script_files(
+        layout, "balancer", "scripts/apply-balancer.sh.j2", {**out, **secret_keys}, balancer_directories(spec),
+        BALANCER_PACKAGES, ("tor.service",), True, spec=spec, torrc=torrc, config=spec.config_file,
+        unit=BALANCER_UNIT))
+    return out
+
+
+# --------------------------------------------------------------------------- database
+
+# ssl-cert: the snakeoil certificate pg_createcluster configures for `ssl = on`.
+DATABASE_PACKAGES = ("postgresql", "ssl-cert", "xfsprogs")
+VOLUME_ID_RE = re.compile(r"^vol-[0-9a-f]{8,17}$")
+DEVICE_NAME_RE = re.compile(r"^/dev/(sd|xvd)[f-p]$")
+XFS_LABEL_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # xfs labels: at most 12 bytes
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """An EBS volume of the database: found by `volume_id` (NVMe by-id link) or its
+    attachment `device_name`, formatted xfs with `label` when blank, mounted by label."""
+
+    label: str
+    volume_id: str
+    device_name: str
+    mount_point: str
+    mode: int = 0o700
+    owner: str = "postgres"
+    group: str = "postgres"
+
+    def __post_init__(self) -> None:
+        if not XFS_LABEL_RE.match(self.label):
+            _fail("volume.label", self.label, "use ^[a-z][a-z0-9-]{0,11}$ (xfs labels are <= 12 bytes)")
+        if not VOLUME_ID_RE.match(self.volume_id):
+            _fail(f"volume[{self.label}].volume_id", self.volume_id, "use an EBS volume id like vol-0123456789abcdef0")
+        if not DEVICE_NAME_RE.match(self.device_name):
+            _fail(f"volume[{self.label}].device_name", self.device_name, "use the attachment name /dev/sdf../dev/sdp")
+        if not self.mount_point.startswith("/") or not SAFE_PATH_RE.match(self.mount_point):
+            _fail(f"volume[{self.label}].mount_point", self.mount_point, "use an absolute path")
+
+
+def database_volumes(data: tuple[str, str], journal: tuple[str, str], log: tuple[str, str]) -> tuple[VolumeSpec, ...]:
+    """The standard layout from (volume_id, device_name) pairs: data under
+    /var/lib/postgresql, WAL (journal) under /var/lib/postgresql-wal, logs under
+    /var/log/postgresql (Ubuntu's log dir, group adm may read)."""
+    return (VolumeSpec("pgdata", *data, "/var/lib/postgresql", 0o700),
+            VolumeSpec("pgwal", *journal, "/var/lib/postgresql-wal", 0o700),
+            VolumeSpec("pglog", *log, "/var/log/postgresql", 0o750, "postgres", "adm"))
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """PostgreSQL on the database machine. `listen_ip` is its private address;
+    `client_cidrs` the worker subnets (hostssl + scram-sha-256, nothing else remote).
+    The password is not rendered: the remote step stages it at `password_file` (0600,
+    postgres) and apply.sh hands it to psql through a file, never argv."""
+
+    listen_ip: str
+    client_cidrs: tuple[str, ...]
+    volumes: tuple[VolumeSpec, ...]
+    pg_version: int = 16
+    port: int = 5432
+    db_name: str = "onionstack"
+    db_user: str = "onionstack"
+    layout: Layout = field(default_factory=Layout)
+    password_file_rel: str = "etc/onionstack/postgres/password"
+
+    def __post_init__(self) -> None:
+        try:
+            ip = ipaddress.ip_address(self.listen_ip)
+            ok = ip.version == 4 and (ip.is_private or ip.is_loopback)
+        except ValueError:
+            ok = False
+        if not ok:
+            _fail("listen_ip", self.listen_ip, "use the database's private IPv4 address")
+        cidrs = tuple(self.client_cidrs)
+        if not cidrs:
+            _fail("client_cidrs", cidrs, "list the worker subnets' CIDRs")
+        for cidr in cidrs:
+            try:
+                net = ipaddress.ip_network(cidr)
+                ok = net.version == 4 and net.is_private and net.prefixlen >= 8
+            except ValueError:
+                ok = False
+            if not ok:
+                _fail("client_cidrs", cidr, "use private IPv4 subnets such as 10.42.128.0/20")
+        object.__setattr__(self, "client_cidrs", cidrs)
+        labels = [v.label for v in self.volumes]
+        if set(labels) != {"pgdata", "pgwal", "pglog"} or len(labels) != 3:
+            _fail("volumes", labels, "give the data, journal and log volumes (see database_volumes())")
+        if not (isinstance(self.pg_version, int) and 12 <= self.pg_version <= 40):
+            _fail("pg_version", self.pg_version, "use the PostgreSQL major version of the image (Ubuntu 24.04: 16)")
+        if not (isinstance(self.port, int) and 1024 <= self.port <= 65535):
+            _fail("port", self.port, "use 1024..65535")
+        for name in ("db_name", "db_user"):
+            if not SAFE_NAME_RE.match(getattr(self, name)) or "-" in getattr(self, name):
+                _fail(name, getattr(self, name), "use ^[a-z_][a-z0-9_]{0,31}$")
+
+    def _mount(self, label: str) -> str:
+        return next(v.mount_point for v in self.volumes if v.label == label)
+
+    @property
+    def data_dir(self) -> str:
+        return f"{self._mount('pgdata')}/{self.pg_version}/main"
+
+    @property
+    def wal_dir(self) -> str:
+        return f"{self._mount('pgwal')}/{self.pg_version}/main"
+
+    @property
+    def conf_dir(self) -> str:
+        return posixpath.join(self.layout.root, "etc/postgresql", str(self.pg_version), "main")
+
+    @property
+    def pg_bin(self) -> str:
+        return f"/usr/lib/postgresql/{self.pg_version}/bin"
+
+    @property
+    def password_file(self) -> str:
+        return posixpath.join(self.layout.root, self.password_file_rel)
+
+
+def render_database(spec: DatabaseSpec) -> dict[str, RenderedFile]:
+    """PostgreSQL's conf.d file and pg_hba.conf, plus the role's scripts (volumes, cluster,
+    checks, role and database)."""
+    layout = spec.layout
+    out = {
+        layout.key(posixpath.join(spec.conf_dir, "conf.d", "onionstack.conf")):
+            RenderedFile(render_template("database/onionstack.conf.j2", spec=spec), 0o644, "postgres"),
+        layout.key(posixpath.join(spec.conf_dir, "pg_hba.conf")):
+            RenderedFile(render_template("database/pg_hba.conf.j2", spec=spec), 0o640, "postgres"),
+    }
+    secret = {layout.key(spec.password_file): RenderedFile("", 0o600, "postgres")}
+    dirs = (Directory(posixpath.dirname(spec.password_file), 0o750, "root", "postgres"),)
+    out.update(_script_files(layout, "database", "scripts/apply-database.sh.j2", {**out, **secret}, dirs,
+                             DATABASE_PACKAGES, (), False, spec=spec))
+    return out
+
+
 __all__ = [
-    "Directory", "Layout", "NginxTuning", "RenderError", "RenderedFile", "SiteSpec", "TorTuning",
+    "BalancerSpec", "DatabaseSpec", "VolumeSpec", "database_volumes", "render_database", "Directory", "Layout", "NginxTuning", "balancer_directories", "render_balancer", "RenderError", "RenderedFile", "SiteSpec", "TorTuning",
     "WorkerSpec", "content_hash", "render_template", "render_worker", "replace", "worker_directories",
 ]

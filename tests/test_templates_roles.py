@@ -1,0 +1,288 @@
+"""Balancer and database templates, systemd units and the role scripts, checked by the real
+tools: tor, the balancer core's own config loader, PostgreSQL, systemd-analyze, shellcheck,
+and apply.sh itself run against a scratch root (install, idempotence, rollback)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nodes import render
+from nodes.render import (BalancerSpec, DatabaseSpec, Layout, RenderError, SiteSpec, WorkerSpec,
+                          database_volumes)
+from tests.conftest_tools import (SHELLCHECK, TOR, TestCA, free_port, onion_address_for, run,
+                                  short_tmpdir, write_tree)
+
+pytestmark = pytest.mark.tools
+
+SITES = (SiteSpec("news", "example.com", onion_address_for("roles-news")),
+         SiteSpec("shop", "shop.example.org", onion_address_for("roles-shop")))
+INSTANCES = {"news": (onion_address_for("i1"), onion_address_for("i2") + ".onion"),
+             "shop": (onion_address_for("i3"),)}
+VOLUMES = database_volumes(("vol-0123456789abcdef0", "/dev/sdf"), ("vol-0123456789abcdef1", "/dev/sdg"),
+                           ("vol-0123456789abcdef2", "/dev/sdh"))
+
+
+def all_roles(root: str = "/") -> dict[str, dict]:
+    layout = Layout(root=root)
+    return {
+        "worker": render.render_worker(WorkerSpec(sites=SITES, resolver="10.42.0.2", layout=layout)),
+        "balancer": render.render_balancer(BalancerSpec(sites=SITES, instances=INSTANCES, layout=layout)),
+        "standby": render.render_balancer(BalancerSpec(sites=SITES, instances=INSTANCES, publish=False,
+                                                       layout=layout)),
+        "database": render.render_database(DatabaseSpec("10.42.1.10", ("10.42.128.0/20",), VOLUMES,
+                                                        layout=layout)),
+    }
+
+
+# ------------------------------------------------------------------ shellcheck + systemd
+
+@pytest.mark.parametrize("role", ["worker", "balancer", "standby", "database"])
+def test_every_rendered_shell_script_is_shellcheck_clean(role, tmp_path):
+    files = all_roles()[role]
+    scripts = sorted(k for k in files if k.endswith(".sh"))
+    assert scripts == ["usr/local/lib/onionstack/apply.sh", "usr/local/lib/onionstack/install-packages.sh"]
+    write_tree(tmp_path, files)
+    for rel in scripts:
+        assert files[rel].content.startswith("#!/usr/bin/env bash\n") and files[rel].mode == 0o755
+        result = run([SHELLCHECK, "--severity=style", "--shell=bash", str(tmp_path / rel)])
+        assert result.returncode == 0, f"{rel}:\n{result.stdout}"
+
+
+def test_shellcheck_would_catch_a_bad_script(tmp_path):
+    """The check above is live: shellcheck flags the classic unquoted-variable mistake."""
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/usr/bin/env bash\nrm -rf $1/x\n")
+    assert run([SHELLCHECK, str(bad)]).returncode != 0
+
+
+def test_systemd_units_pass_systemd_analyze(tmp_path):
+    roles = all_roles()
+    units = dict(roles["worker"])
+    # the balancer core's unit names its venv python: point it at one that exists here
+    venv = str(Path(sys.executable).parent.parent)
+    units.update(render.render_balancer(BalancerSpec(sites=SITES, instances=INSTANCES, venv=venv)))
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    names = []
+    for rel, f in units.items():
+        if rel.startswith("etc/systemd/system/"):
+            (unit_dir / Path(rel).name).write_text(f.content)
+            names.append(Path(rel).name.replace("@.service", "@tor1.service"))
+    assert sorted(names) == ["nginx-onionstack.service", "onion-balancer.service", "onionstack-tor@tor1.service"]
+    shutil.copy(unit_dir / "onionstack-tor@.service", unit_dir / "onionstack-tor@tor1.service")
+    # SYSTEMD_UNIT_PATH: the balancer core's unit requires onionstack-tor@balancer (the template)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *[str(unit_dir / n) for n in names]],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"})
+    problems = [line for line in result.stderr.splitlines() if "onionstack" in line or "onion-balancer" in line]
+    assert result.returncode == 0 and not problems, result.stderr
+    tor_unit = (unit_dir / "onionstack-tor@tor1.service").read_text()
+    for line in ("User=debian-tor", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n",
+                 "ExecStartPre=/usr/bin/tor --verify-config -f /etc/onionstack/tor/%i.torrc",
+                 "ExecReload=/bin/kill -HUP $MAINPID", "WantedBy=multi-user.target"):
+        assert line in tor_unit
+
+
+# ------------------------------------------------------------------ balancer
+
+def test_balancer_torrc_verifies_and_binds_loopback_only(tmp_path):
+    root = short_tmpdir()
+    spec = BalancerSpec(sites=SITES, instances=INSTANCES, layout=Layout(root=str(root)),
+                        cookie_file=str(root / "control.authcookie"))
+    files = render.render_balancer(spec)
+    write_tree(root, files)
+    torrc = files["etc/onionstack/tor/balancer.torrc"].content
+    assert "SocksPort 127.0.0.1:9050\n" in torrc and "ControlPort 127.0.0.1:9051\n" in torrc
+    assert "CookieAuthentication 1\n" in torrc and "HiddenService" not in torrc
+    Path(spec.data_dir).mkdir(parents=True, mode=0o700)
+    result = run([TOR, "--verify-config", "-f", str(root / "etc/onionstack/tor/balancer.torrc")])
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("publish", [True, False])
+def test_balancer_config_loads_in_the_real_core(publish):
+    """The rendered YAML is read by onion.config.load_config, keys and all."""
+    from onion.config import load_config
+    from onion.keys import IdentityKey
+
+    root = short_tmpdir()
+    keys = {s.name: IdentityKey.generate() for s in SITES}
+    sites = tuple(SiteSpec(s.name, s.domain, keys[s.name].address) for s in SITES)
+    spec = BalancerSpec(sites=sites, instances=INSTANCES, publish=publish, layout=Layout(root=str(root)))
+    files = render.render_balancer(spec)
+    write_tree(root, files)
+    for site in sites:  # what the remote step stages: tor's key file, 0600
+        hs_dir = keys[site.name].write_hs_dir(root / "hs" / site.name)
+        key_path = Path(spec.key_file(site))
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(hs_dir) / "hs_ed25519_secret_key", key_path)
+        key_path.chmod(0o600)
+    cfg = load_config(spec.config_file)
+    assert cfg.publish is publish
+    assert cfg.socks_port == 9050 and cfg.control.port == 9051
+    assert cfg.state_dir == spec.state_dir
+    assert [f.name for f in cfg.frontends] == ["news", "shop"]
+    got = {f.name: [i.address for i in f.instances] for f in cfg.frontends}
+    assert got == {"news": [onion_address_for("i1"), onion_address_for("i2")], "shop": [onion_address_for("i3")]}
+    assert files["etc/onionstack/balancer.yaml"].mode == 0o640
+    assert files["etc/onionstack/balancer.yaml"].owner == "onionbalancer"
+
+
+def test_balancer_validation():
+    with pytest.raises(RenderError, match=r"^instances\[shop\]"):
+        BalancerSpec(sites=SITES, instances={"news": INSTANCES["news"]})
+    with pytest.raises(RenderError, match=r"^instances: \['blog'\]"):
+        BalancerSpec(sites=SITES, instances={**INSTANCES, "blog": INSTANCES["shop"]})
+    with pytest.raises(RenderError, match=r"^instances\[news\]: 'nope.onion'"):
+        BalancerSpec(sites=SITES, instances={**INSTANCES, "news": ("nope.onion",)})
+    spec = BalancerSpec(sites=SITES, instances=INSTANCES)
+    assert spec.key_file("news") == "/var/lib/onion-balancer/keys/news.key"
+    apply = render.render_balancer(spec)["usr/local/lib/onionstack/apply.sh"].content
+    # the secret key files are expected in the stage and installed 0600 for the core's user
+    assert "install_file var/lib/onion-balancer/keys/news.key 600 onionbalancer\n" in apply
+
+
+# ------------------------------------------------------------------ database
+
+def test_database_config_loads_in_real_postgres():
+    """A scratch cluster started with the rendered conf.d file and pg_hba.conf: postgres
+    accepts both, and pg_hba_file_rules shows the intended rules and no error."""
+    pg_bin = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+    assert pg_bin is not None, "PostgreSQL server binaries are required (apt-get install postgresql)"
+    root = short_tmpdir("os-pg-")
+    os.chmod(root, 0o755)
+    spec = DatabaseSpec("127.0.0.1", ("10.42.128.0/20", "10.42.144.0/20"), VOLUMES, port=free_port(),
+                        layout=Layout(root=str(root)))
+    files = render.render_database(spec)
+    write_tree(root, files)
+    data = root / "data"
+    sock = root / "sock"
+    sock.mkdir()
+    ca = TestCA(root / "tls")
+    cert, key = ca.issue(["db.internal"])
+    key.chmod(0o600)
+    for p in (data.parent, sock, cert, key, *(root / k for k in files)):
+        shutil.chown(p, "postgres", "postgres")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    init = run(as_pg + [str(pg_bin / "initdb"), "-D", str(data), "--auth-local=peer", "-U", "postgres"], timeout=120)
+    assert init.returncode == 0, init.stderr
+    conf_d = root / files_key(files, "conf.d/onionstack.conf")
+    hba = root / files_key(files, "pg_hba.conf")
+    with open(data / "postgresql.conf", "a") as f:
+        f.write(f"include '{conf_d}'\nhba_file = '{hba}'\nunix_socket_directories = '{sock}'\n"
+                f"ssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n")
+    shutil.chown(data / "postgresql.conf", "postgres", "postgres")
+    check = run(as_pg + [str(pg_bin / "postgres"), "-D", str(data), "-C", "password_encryption"])
+    assert check.returncode == 0 and check.stdout.strip() == "scram-sha-256", check.stderr
+    start = run(as_pg + [str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "start"], timeout=60)
+    try:
+        assert start.returncode == 0, (root / "pg.log").read_text()
+
+        def sql(query: str) -> str:
+            r = run(as_pg + ["psql", "-X", "-A", "-t", "-h", str(sock), "-p", str(spec.port), "-d", "postgres",
+                             "-c", query])
+            assert r.returncode == 0, r.stderr
+            return r.stdout.strip()
+
+        assert sql("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == "0"
+        rules = sql("SELECT type || ' ' || array_to_string(database, ',') || ' ' || array_to_string(user_name, ',')"
+                    " || ' ' || coalesce(address, '') || '/' || coalesce(netmask, '') || ' ' || auth_method"
+                    " FROM pg_hba_file_rules WHERE type = 'hostssl' ORDER BY line_number")
+        assert rules.splitlines() == [
+            "hostssl onionstack onionstack 10.42.128.0/255.255.240.0 scram-sha-256",
+            "hostssl onionstack onionstack 10.42.144.0/255.255.240.0 scram-sha-256"]
+        assert sql("SHOW listen_addresses") == "localhost,127.0.0.1"
+        assert sql("SHOW ssl") == "on"
+        # a broken pg_hba.conf is reported by the same query apply.sh uses
+        hba.write_text(hba.read_text() + "hostssl all all 10.0.0.0/8 no-such-method\n")
+        assert sql("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == "1"
+    finally:
+        run(as_pg + [str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def files_key(files: dict, suffix: str) -> str:
+    return next(k for k in files if k.endswith(suffix))
+
+
+def test_database_script_never_formats_a_used_volume_and_keeps_password_off_argv():
+    files = render.render_database(DatabaseSpec("10.42.1.10", ("10.42.128.0/20",), VOLUMES))
+    apply = files["usr/local/lib/onionstack/apply.sh"].content
+    assert 'refusing to format it' in apply and apply.count("mkfs.xfs") == 1
+    assert "prepare_volume pgdata vol-0123456789abcdef0 /dev/sdf /var/lib/postgresql 0700 postgres postgres" in apply
+    assert "nofail" in apply
+    assert "\\set pw `cat /etc/onionstack/postgres/password`" in apply
+    assert "install_file etc/onionstack/postgres/password 600 postgres" in apply
+    hba = files["etc/postgresql/16/main/pg_hba.conf"].content
+    assert "0.0.0.0/0" not in hba and "trust" not in hba and " md5" not in hba
+    with pytest.raises(RenderError, match=r"^client_cidrs: '0.0.0.0/0'"):
+        DatabaseSpec("10.42.1.10", ("0.0.0.0/0",), VOLUMES)
+    with pytest.raises(RenderError, match=r"^listen_ip: '8.8.8.8'"):
+        DatabaseSpec("8.8.8.8", ("10.42.128.0/20",), VOLUMES)
+
+
+# ------------------------------------------------------------------ apply.sh, for real
+
+def _stage(spec: WorkerSpec, stage: Path) -> dict:
+    files = render.render_worker(spec)
+    if stage.exists():
+        shutil.rmtree(stage)
+    write_tree(stage, files)
+    return files
+
+
+def _apply(stage: Path) -> subprocess.CompletedProcess:
+    return run(["bash", str(stage / "usr/local/lib/onionstack/apply.sh"), str(stage)], timeout=60)
+
+
+def test_worker_apply_installs_checks_and_rolls_back():
+    """Production users and modes (root runs it, like the remote step), scratch root."""
+    root, work = short_tmpdir("os-live-"), short_tmpdir("os-stage-")
+    os.chmod(root, 0o755)  # debian-tor runs `tor --verify-config` and must reach the files
+    spec = WorkerSpec(sites=SITES, resolver="10.42.0.2", layout=Layout(root=str(root)))
+    stage = work / "stage"
+    files = _stage(spec, stage)
+
+    first = _apply(stage)
+    assert first.returncode == 0, first.stderr
+    assert "configuration checked (changed)" in first.stdout
+    torrc = root / "etc/onionstack/tor/tor1.torrc"
+    assert torrc.read_text() == files["etc/onionstack/tor/tor1.torrc"].content
+    ob = root / "var/lib/onionstack/tor/tor2/hs/shop/ob_config"
+    assert (ob.stat().st_mode & 0o777, ob.owner()) == (0o600, "debian-tor")
+    hs = Path(spec.hs_dir("tor2", SITES[1]))
+    assert (hs.stat().st_mode & 0o777, hs.owner()) == (0o700, "debian-tor")
+    run_dir = Path(spec.layout.path("run_dir"))
+    assert (run_dir.stat().st_mode & 0o777, run_dir.group()) == (0o750, "debian-tor")
+
+    again = _apply(stage)
+    assert again.returncode == 0 and "configuration checked (unchanged)" in again.stdout
+
+    # A config tor rejects: the check fails, the old files come back, new ones vanish.
+    good_torrc = torrc.read_text()
+    bad_spec = WorkerSpec(sites=SITES + (SiteSpec("blog", "blog.example.net", onion_address_for("blog")),),
+                          resolver="10.42.0.2", layout=Layout(root=str(root)))
+    _stage(bad_spec, stage)
+    (stage / "etc/onionstack/tor/tor1.torrc").write_text(
+        (stage / "etc/onionstack/tor/tor1.torrc").read_text() + "HiddenServiceNumIntroductionPoints 99\n")
+    failed = _apply(stage)
+    assert failed.returncode == 1
+    assert "failed its check; the previous files are back" in failed.stderr
+    assert torrc.read_text() == good_torrc
+    assert not (root / "etc/onionstack/nginx/sites/blog.conf").exists()
+    assert "blog" not in (root / "etc/onionstack/nginx/nginx.conf").read_text()
+
+    # nginx rejects one too (an unknown directive in a site file): same outcome.
+    _stage(spec, stage)
+    site = stage / "etc/onionstack/nginx/sites/news.conf"
+    site.write_text(site.read_text().replace("server {", "server {\n    no_such_directive on;", 1))
+    failed = _apply(stage)
+    assert failed.returncode == 1 and "no_such_directive" in failed.stderr
+    assert "no_such_directive" not in (root / "etc/onionstack/nginx/sites/news.conf").read_text()
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
