@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nodes import render
 from nodes.render import Layout, NginxTuning, RenderError, SiteSpec, TorTuning, WorkerSpec
@@ -22,6 +23,16 @@ THREE_SITES = (
              block_hosts=("checkout.shop-example.org",)),
     SiteSpec("wiki-2", "wiki.example.net", onion_address_for("wiki"), origin_address="origin.example.org:443"),
 )
+
+
+def prod_stack_sites() -> tuple[SiteSpec, ...]:
+    """The sites of Pulumi.prod.yaml as the stack gives them to the renderer (the onion
+    addresses come from secret master keys there; test addresses here)."""
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "Pulumi.prod.yaml").read_text())["config"]
+    return tuple(SiteSpec(s["name"], s["domain"], onion_address_for("prod-" + s["name"]),
+                          origin_address=s.get("originAddress"), block_hosts=tuple(s.get("blockHosts", ())),
+                          block_paths=tuple(s.get("blockPaths", ())))
+                 for s in config["onionstack:sites"])
 
 
 def prod_like(root: Path, sites=(PROD_SITE,), daemons: int = 2) -> WorkerSpec:
@@ -47,7 +58,8 @@ def nginx_test(spec: WorkerSpec):
     return run([NGINX, "-t", "-c", f"{spec.layout.root}/etc/onionstack/nginx/nginx.conf", "-e", "stderr"])
 
 
-@pytest.mark.parametrize("sites,daemons", [((PROD_SITE,), 2), (THREE_SITES, 3)], ids=["prod-1-site", "3-sites"])
+@pytest.mark.parametrize("sites,daemons", [((PROD_SITE,), 2), (THREE_SITES, 3), (prod_stack_sites(), 2)],
+                         ids=["prod-1-site", "3-sites", "Pulumi.prod.yaml"])
 def test_real_tools_accept_rendered_worker(sites, daemons):
     root = short_tmpdir()
     spec = prod_like(root, sites, daemons)
