@@ -41,7 +41,7 @@ STARTUP_HOLD = 10.0           # at start: wait this long for every instance's fi
 AWAIT_REFETCH = 4.0           # ... refetching those still missing this often
 FETCH_INTERVAL = 300.0        # backstop refetch of every instance (shorter on fast test networks)
 PROBE_RETRY = 4.0             # after a failed probe, probe again this soon
-RECONNECT_MAX = 30.0
+RECONNECT_MAX = 10.0          # a local tor restarting: retry at least this often
 STATUS_MIN_INTERVAL = 1.0
 
 

@@ -51,7 +51,9 @@ def cmd_run(args) -> int:
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "debug":  # stem narrates every GETINFO at info level
+    if args.log_level != "debug":  # stem narrates every GETINFO at debug/trace level
+        import stem.util.log  # noqa: F401 - it sets the "stem" logger's level on import
+
         logging.getLogger("stem").setLevel(logging.WARNING)
     overrides = {"control_port": args.control_port, "control_socket": args.control_socket,
                  "state_dir": args.state_dir}
