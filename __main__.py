@@ -93,7 +93,8 @@ if config.database.enabled:
             jump_host=balancer.public_ip,
             protect_data=config.protect_data,
             backup=config.backup.enabled,
-            bootstrap=database_bootstrap(steps, database_password.result),
+            bootstrap=database_bootstrap(steps, database_password.result,
+                                         [s.cidr_block for s in network.private_subnets]),
         ),
     )
 

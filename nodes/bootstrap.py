@@ -524,48 +524,119 @@ def drain_script(addresses: Sequence[str], *, wait: int = DRAIN_WAIT_SECONDS, po
 
 
 # ================================================================ database
-DATABASE_PASSWORD_FILE = "etc/onionstack/postgres/password"
+# PostgreSQL on the three EBS volumes: data (PGDATA), journal (WAL, initdb --waldir), log
+# (the server log). Ubuntu's packaging (postgresql-common) manages clusters; onionstack
+# creates its cluster `main` on the volumes instead of the package's default one.
 DATABASE_ROLE = "onionstack"
+DATABASE_NAME = "onionstack"
+PG_ETC = "etc/onionstack/postgres"
+DATABASE_PASSWORD_FILE = f"{PG_ETC}/password"
+PG_CONF = f"{PG_ETC}/onionstack.conf"
+PG_HBA = f"{PG_ETC}/pg_hba.conf"
+PG_MOUNTS = {"data": "/srv/postgres/data", "journal": "/srv/postgres/journal", "log": "/srv/postgres/log"}
 
 
-def database_script(volume_ids: Mapping[str, str], worker_cidrs: Sequence[str], *, root: str = "/") -> str:
-    """Format (once) and mount the data/journal/log volumes (xfs, by EBS volume id), then
-    set the application role's password from the staged 0600 file via psql's stdin."""
+def database_config_files(private_ip: str, worker_cidrs: Sequence[str]) -> dict[str, RenderedFile]:
+    """postgresql.conf additions and pg_hba.conf: listen on the private IP, password logins
+    (scram-sha-256) for the application role from the worker subnets only."""
+    ipaddress.ip_address(private_ip)
+    cidrs = [str(ipaddress.ip_network(c)) for c in worker_cidrs]
+    conf = "\n".join([
+        "## Rendered by onionstack (nodes/bootstrap.py): included from the cluster's conf.d.",
+        f"listen_addresses = 'localhost,{private_ip}'",
+        "port = 5432",
+        "password_encryption = 'scram-sha-256'",
+        f"hba_file = '/{PG_HBA}'",
+        "logging_collector = on",
+        f"log_directory = '{PG_MOUNTS['log']}'",
+        "log_connections = on",
+        "",
+    ])
+    hba = "\n".join([
+        "## Rendered by onionstack (nodes/bootstrap.py). TYPE DATABASE USER ADDRESS METHOD",
+        "local all postgres peer",
+        "local all all peer",
+        "host all all 127.0.0.1/32 scram-sha-256",
+        *(f"host {DATABASE_NAME} {DATABASE_ROLE} {c} scram-sha-256" for c in cidrs),
+        "",
+    ])
+    return {PG_CONF: RenderedFile(conf, 0o640, "postgres"), PG_HBA: RenderedFile(hba, 0o640, "postgres")}
+
+
+def database_script(volume_ids: Mapping[str, str], *, root: str = "/") -> str:
+    """Format (once) and mount the volumes (xfs, found by EBS volume id), create the cluster
+    on them (once), install the config, check it with the server itself, restart, then
+    create the role/database and set the password from the staged 0600 file through
+    psql's stdin."""
     q = shlex.quote
+    pre_packages = [
+        # Keep the package from creating its default cluster on the root volume.
+        "if ! dpkg-query -W -f='${Status}' postgresql 2>/dev/null | grep -q 'install ok installed'; then",
+        "  install -d -m 0755 /etc/postgresql-common",
+        "  printf 'create_main_cluster = false\\n' > /etc/postgresql-common/createcluster.conf",
+        "  chmod 0644 /etc/postgresql-common/createcluster.conf",
+        "fi",
+    ]
     pre = []
-    mounts = {"data": "/srv/postgres/data", "journal": "/srv/postgres/journal", "log": "/srv/postgres/log"}
-    for purpose, mount in mounts.items():
+    for purpose, mount in PG_MOUNTS.items():
         vol = volume_ids[purpose]
         # Nitro instances expose an EBS volume as NVMe with the volume id (sans '-') as serial.
         dev = f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{vol.replace('-', '')}"
+        label = f"pg-{purpose}"  # xfs labels: at most 12 characters
         pre += [
-            f"for _ in $(seq 60); do [ -e {q(dev)} ] && break; sleep 2; done",
+            f"for _ in $(seq 90); do [ -e {q(dev)} ] && break; sleep 2; done",
             f"[ -e {q(dev)} ] || {{ echo {q(f'onionstack: volume {vol} ({purpose}) is not attached')} >&2; exit 1; }}",
-            f"blkid {q(dev)} >/dev/null || mkfs.xfs -q -L {q('pg-' + purpose)} {q(dev)}",
-            f"install -d -m 0755 {q(mount)}",
-            f"grep -q {q(' ' + mount + ' ')} /etc/fstab || echo {q(f'LABEL=pg-{purpose} {mount} xfs defaults,nofail,noatime 0 2')} >> /etc/fstab",
+            # Never format a volume that has a filesystem (a restored or reattached one).
+            f"blkid {q(dev)} >/dev/null || mkfs.xfs -q -L {label} {q(dev)}",
+            f"(umask 022; install -d {q(mount)})",
+            f"grep -q {q(' ' + mount + ' ')} /etc/fstab || echo {q(f'LABEL={label} {mount} xfs defaults,nofail,noatime 0 2')} >> /etc/fstab",
             f"mountpoint -q {q(mount)} || mount {q(mount)}",
-            f"chown postgres:postgres {q(mount)}",
+            f"chown postgres:postgres {q(mount)} && chmod 0700 {q(mount)}",
         ]
+    pre += [
+        "ver=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\\n' | sort -V | tail -n 1)",
+        "if ! pg_lsclusters -h | awk '{print $1\" \"$2}' | grep -qx \"$ver main\"; then",
+        f"  pg_createcluster \"$ver\" main -d \"{PG_MOUNTS['data']}/$ver\" -- "
+        f"--waldir=\"{PG_MOUNTS['journal']}/$ver\" --auth-local=peer --auth-host=scram-sha-256",
+        "fi",
+        f"printf \"include '%s'\\n\" /{PG_CONF} > \"/etc/postgresql/$ver/main/conf.d/onionstack.conf\"",
+        "chmod 0644 \"/etc/postgresql/$ver/main/conf.d/onionstack.conf\"",
+    ]
+    sql = "runuser -u postgres -- psql -X -q -tA -v ON_ERROR_STOP=1"
+    verify = [
+        # The server reads the files on disk for these views: errors show before a reload.
+        "systemctl start \"postgresql@$ver-main\"",
+        f"[ \"$({sql} -c 'SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL')\" = 0 ]",
+        f"[ \"$({sql} -c 'SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL')\" = 0 ]",
+    ]
+    activate = [
+        "systemctl enable \"postgresql@$ver-main\"",
+        "systemctl restart \"postgresql@$ver-main\"",  # listen_addresses needs a restart
+    ]
     post = [
-        "systemctl enable --now postgresql.service",
-        f"if ! runuser -u postgres -- psql -tAc \"SELECT 1 FROM pg_roles WHERE rolname='{DATABASE_ROLE}'\" | grep -q 1; then",
-        f"  runuser -u postgres -- psql -q -c 'CREATE ROLE {DATABASE_ROLE} LOGIN'",
+        f"if [ -z \"$({sql} -c \"SELECT 1 FROM pg_roles WHERE rolname='{DATABASE_ROLE}'\")\" ]; then",
+        f"  {sql} -c 'CREATE ROLE {DATABASE_ROLE} LOGIN'",
+        "fi",
+        f"if [ -z \"$({sql} -c \"SELECT 1 FROM pg_database WHERE datname='{DATABASE_NAME}'\")\" ]; then",
+        f"  {sql} -c 'CREATE DATABASE {DATABASE_NAME} OWNER {DATABASE_ROLE}'",
         "fi",
         # printf is a shell builtin: the password never appears in a process's argv.
         f"pw=$(cat /{DATABASE_PASSWORD_FILE})",
-        f"printf \"ALTER ROLE {DATABASE_ROLE} PASSWORD '%s';\\n\" \"$pw\" | runuser -u postgres -- psql -q -v ON_ERROR_STOP=1",
+        f"printf \"ALTER ROLE {DATABASE_ROLE} PASSWORD '%s';\\n\" \"$pw\" | {sql}",
         "unset pw",
     ]
-    del worker_cidrs  # pg_hba / listen_addresses come with the database templates
-    return steps.apply_script(packages=DATABASE_PACKAGES, pre_install=pre, post=post, root=root)
+    return steps.apply_script(packages=DATABASE_PACKAGES, pre_packages=pre_packages, pre_install=pre,
+                              checks=steps.Checks(tuple(verify), tuple(activate)), post=post, root=root)
 
 
 def database_files(password: Optional[str]) -> dict[str, RenderedFile]:
-    """The secret half of the database payload. `None` only under mocks that do not
-    emulate `random.RandomPassword` (`python -m mockrun`); a real run always has one."""
+    """The secret half of the database payload (the generated password is alphanumeric, so
+    it needs no quoting in SQL). `None` only under mocks that do not emulate
+    `random.RandomPassword` (`python -m mockrun`); a real run always has one."""
     if password is None:
         return {}
+    if not password.isalnum():
+        raise ValueError("the database password must be alphanumeric (RandomPassword special=False)")
     return {DATABASE_PASSWORD_FILE: RenderedFile(password, 0o600, "postgres")}
 
 
@@ -696,18 +767,23 @@ def drain_step(ctx: BootstrapContext, worker, balancer, core_step: remote.Comman
     return step
 
 
-def database_bootstrap(ctx: BootstrapContext, password: pulumi.Output):
-    """The `bootstrap` callable of the DatabaseNode (password: a secret Output)."""
+def database_bootstrap(ctx: BootstrapContext, password: pulumi.Output, worker_cidrs: Sequence[pulumi.Input[str]]):
+    """The `bootstrap` callable of the DatabaseNode (password: a secret Output; worker_cidrs:
+    the subnets PostgreSQL accepts the application role from)."""
     def bootstrap(node) -> None:
         vol_ids = pulumi.Output.all(**{p: v.id for p, v in node.volumes.volumes.items()})
-        script = vol_ids.apply(lambda ids: database_script(ids, ()))
-        stdin = pulumi.Output.secret(password.apply(lambda pw: steps.payload(database_files(pw))))
+        script = vol_ids.apply(lambda ids: database_script(ids))
+        public = pulumi.Output.all(node.private_ip, pulumi.Output.all(*worker_cidrs)).apply(
+            lambda args: database_config_files(args[0], args[1]))
+        stdin = pulumi.Output.secret(pulumi.Output.all(public, password).apply(
+            lambda args: steps.payload({**args[0], **database_files(args[1])})))
         node.bootstrap_step = steps.command(
             f"{node.node_name}-postgres",
             connection=ctx.connection(node),
             create=script.apply(steps.as_root),
             stdin=stdin,
-            triggers=[node.instance.id, script.apply(steps.digest)],
+            # The password is not in the triggers; a new one changes stdin, which updates.
+            triggers=[node.instance.id, public.apply(content_hash), script.apply(steps.digest)],
             secret=True,
             opts=node.child_opts(),
         )

@@ -11,7 +11,7 @@ Role-agnostic pieces (nodes/bootstrap.py composes them per role):
   whole file set or nothing) and byte-for-byte the same on every run, so a second
   `pulumi up` with the same config sees no change.
 - `apply_script(...)`: the shell program a step runs (as root, via `sudo bash -c`):
-  unpack the payload into a private staging dir, install the packages, install the
+  install the packages, unpack the payload into a private staging dir, install the
   files with a backup of the live ones, check the result with the real tools and put
   the old files back (without touching the running daemons) when a check fails; only
   then reload and enable at boot.
@@ -160,14 +160,16 @@ class Checks:
     activate: tuple[str, ...] = ()
 
 
-def apply_script(*, packages: Sequence[str] = (), pre_install: Sequence[str] = (), checks: Checks = Checks(),
-                 post: Sequence[str] = (), root: str = "/") -> str:
+def apply_script(*, packages: Sequence[str] = (), pre_packages: Sequence[str] = (), pre_install: Sequence[str] = (),
+                 checks: Checks = Checks(), post: Sequence[str] = (), root: str = "/") -> str:
     """The bash program a step runs as root, reading its payload (see `payload`) on stdin.
 
-    Order: wait for cloud-init (it holds the apt lock on first boot) -> unpack into a 0700
-    staging dir -> apt install `packages` (idempotent) -> `pre_install` commands (users,
-    directories) -> install every staged file with a backup of the live one -> `verify`
-    (restore + exit 1 on failure) -> `activate` -> `post` (e.g. print the worker's
+    Order: wait for cloud-init (it holds the apt lock on first boot) -> save the payload
+    (0600) -> `pre_packages` -> apt install `packages` (idempotent, stdin closed) -> unpack
+    into a 0700 staging dir (after the packages, so owners such as `debian-tor` or
+    `postgres` exist and tar can give them their files) -> `pre_install` (users,
+    directories, mounts) -> install every staged file with a backup of the live one ->
+    `verify` (restore + exit 1 on failure) -> `activate` -> `post` (e.g. print the worker's
     addresses). No secret is ever part of this text: secrets arrive inside the payload.
     `root` is "/" on a machine; the tests run the same script against a scratch root.
     """
@@ -180,11 +182,13 @@ def apply_script(*, packages: Sequence[str] = (), pre_install: Sequence[str] = (
         "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi",
         f"stage=$(mktemp -d {q(STAGING_PREFIX + 'XXXXXX')})",
         "backup=\"$stage.backup\"",
-        "trap 'rm -rf -- \"$stage\" \"$backup\"' EXIT",
+        "payload=\"$stage.tar.gz\"",
+        "trap 'rm -rf -- \"$stage\" \"$backup\" \"$payload\"' EXIT",
         "mkdir -m 0700 \"$backup\"",
         f"root={q(root.rstrip('/'))}",
-        "base64 -d | tar -xz --same-owner --same-permissions -C \"$stage\"",
+        "base64 -d > \"$payload\"",
     ]
+    lines += list(pre_packages)
     if packages:
         lines += [
             "missing=0",
@@ -192,10 +196,13 @@ def apply_script(*, packages: Sequence[str] = (), pre_install: Sequence[str] = (
             "  dpkg-query -W -f='${Status}' \"$pkg\" 2>/dev/null | grep -q 'install ok installed' || missing=1",
             "done",
             "if [ \"$missing\" = 1 ]; then",
-            "  apt-get update -q",
-            f"  apt-get install -y -q --no-install-recommends {' '.join(q(p) for p in packages)}",
+            "  apt-get update -q </dev/null",
+            # Keep config files already on disk (ours) when a package ships its own version.
+            "  apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef \\",
+            f"    -o Dpkg::Options::=--force-confold {' '.join(q(p) for p in packages)} </dev/null",
             "fi",
         ]
+    lines.append("tar -xzf \"$payload\" --same-owner --same-permissions -C \"$stage\"")
     lines += list(pre_install)
     lines += [
         # Install: every staged file replaces the live one; the live one is kept in $backup,
@@ -217,6 +224,8 @@ def apply_script(*, packages: Sequence[str] = (), pre_install: Sequence[str] = (
         "}",
     ]
     for check in checks.verify:
+        if "$" in check:  # the message quotes the check's text as written, unexpanded
+            lines.append("# shellcheck disable=SC2016")
         lines.append(f"{check} || rollback {q(check)}")
     lines += list(checks.activate)
     lines += list(post)

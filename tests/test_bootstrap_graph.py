@@ -308,3 +308,36 @@ def test_minimal_config_without_database_has_no_database_step():
     names = {r.name for r in result.of_type(COMMAND)}
     assert "database-postgres" not in names and "balancer-core" in names
     assert not result.of_type("random:index/randomPassword:RandomPassword")
+
+
+# ---------------------------------------------------------------- database
+def test_database_step_config_password_and_volumes(program):
+    _, result = program
+    step = result.named("database-postgres")
+    files = unpack(step.input("stdin"))
+    from tests.stackmocks import mock_password
+
+    pw = files["etc/onionstack/postgres/password"]
+    assert pw.content == mock_password("database-password") and pw.mode == 0o600 and pw.owner == "postgres"
+    db_ip = result.named("database-instance").state["privateIp"]
+    conf = files["etc/onionstack/postgres/onionstack.conf"].content
+    assert f"listen_addresses = 'localhost,{db_ip}'" in conf and "password_encryption = 'scram-sha-256'" in conf
+    hba = files["etc/onionstack/postgres/pg_hba.conf"].content
+    private = sorted(s.input("cidrBlock") for s in result.of_type("aws:ec2/subnet:Subnet")
+                     if s.input("tags")["tier"] == "private")
+    host_lines = [line.split() for line in hba.splitlines() if line.startswith("host ")]
+    assert ["host", "all", "all", "127.0.0.1/32", "scram-sha-256"] in host_lines
+    remote = sorted(line[3] for line in host_lines if line[3] != "127.0.0.1/32")
+    assert remote == private and private
+    assert all(line[1:3] == ["onionstack", "onionstack"] and line[4] == "scram-sha-256"
+               for line in host_lines if line[3] != "127.0.0.1/32")
+    assert "trust" not in hba and "md5" not in hba
+    # Volumes are found by their EBS ids (NVMe serials) and formatted only when blank.
+    script = step.input("create")
+    for v in result.of_type("aws:ebs/volume:Volume"):
+        assert f"nvme-Amazon_Elastic_Block_Store_{v.id.replace('-', '')}" in script
+    assert "blkid" in script and "mkfs.xfs" in script and "create_main_cluster = false" in script
+    # triggers: instance, the public config, the script; never the password
+    triggers = step.input("triggers")
+    assert triggers[0] == result.named("database-instance").id
+    assert not any(pw.content in str(t) for t in triggers)

@@ -189,12 +189,12 @@ def test_balancer_torrc_passes_tor_verify_config(tmp_path):
 def test_scripts_never_contain_secrets_or_echo_files():
     """Secrets reach a machine only inside the stdin payload: no script mentions one."""
     for script in (balancer_base_script("/home/ubuntu/p"), balancer_core_script(["news"]),
-                   database_script({"data": "vol-1", "journal": "vol-2", "log": "vol-3"}, ())):
+                   database_script({"data": "vol-1", "journal": "vol-2", "log": "vol-3"})):
         assert "PRIVATE KEY" not in script and "ED25519-V3" not in script
         assert "cat /var/lib/onion-balancer/keys" not in script and "set -x" not in script
-    db = database_script({"data": "vol-1", "journal": "vol-2", "log": "vol-3"}, ())
+    db = database_script({"data": "vol-1", "journal": "vol-2", "log": "vol-3"})
     # The password goes from a 0600 file to psql's stdin via the printf builtin, never argv.
-    assert "| runuser -u postgres -- psql -q -v ON_ERROR_STOP=1" in db
+    assert "\" \"$pw\" | runuser -u postgres -- psql" in db and "pw=$(cat /etc/onionstack/postgres/password)" in db
     assert "psql -c \"ALTER" not in db and "PASSWORD '$" not in db
 
 
