@@ -368,7 +368,7 @@ class Directory:
 def worker_directories(spec: WorkerSpec) -> tuple[Directory, ...]:
     """Directories to create (in this order) before tor/nginx check or start: tor refuses
     group/world-accessible DataDirectory and HiddenServiceDir, so those are 0700. The run
-    dir holds nginx's sockets (0777, see the nginx unit): only tor's group may enter."""
+    dir holds nginx's sockets (nginx makes them 0666): only tor's group may enter."""
     layout, tor_owner, www = spec.layout, spec.tor_user or "root", spec.nginx_user or "root"
     dirs = [Directory(layout.path("lib_dir"), 0o755), Directory(layout.path("run_dir"), 0o750, "root", tor_owner),
             Directory(layout.path("log_dir"), 0o750),

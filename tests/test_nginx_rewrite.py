@@ -196,12 +196,14 @@ def test_referer_origin_cookie_reach_origin_with_clearnet_names(stack):
         "Referer": f"http://www.{NEWS}.onion/from?q=http://{OTHER}.onion/",
         "Origin": f"http://{NEWS}.onion",
         "Cookie": f"ret={OTHER}.onion; a=1",
+        "X-Forwarded-For": "203.0.113.9", "Forwarded": "for=203.0.113.9",
     })
     assert r.status == 200
     seen = stack.last_seen("/echo")
     assert seen.headers["Referer"] == "https://www.example.com/from?q=https://other.org/"
     assert seen.headers["Origin"] == "https://example.com"
     assert seen.headers["Cookie"] == "ret=other.org; a=1"
+    assert seen.headers["X-Forwarded-For"] is None and seen.headers["Forwarded"] is None
     # without those headers nothing is invented
     stack.get("/echo", f"{NEWS}.onion")
     seen = stack.last_seen("/echo")
