@@ -43,7 +43,6 @@ DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 DNS_NAME_RE = re.compile(rf"^(?:{DNS_LABEL}\.)+{DNS_LABEL}$")
 LABEL_RE = re.compile(rf"^{DNS_LABEL}$")
 VAR_RE = re.compile(r"^[A-Za-z_]\w+$")                      # EOTK's SetEnv check
-BLOCK_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/%+-]*$")       # nodes/render.py's blockPaths rule
 OTHER_EXPANSION_RE = re.compile(r"%([\w+]+)%")
 
 # onionstack's limits (infra/config.py) for the settings that carry over.
@@ -296,14 +295,14 @@ def _int_setting(s: Setting, lo: int, hi: int, key: str, source: str) -> int:
     return n
 
 
-def _anchored_literal(rx: str) -> str | None:
-    """`^/wp-admin\\.php` -> `/wp-admin.php`; None unless the regex is `^` + plain text."""
-    if not rx.startswith("^"):
-        return None
-    body = rx[1:]
-    if any(c in body.replace("\\.", "") for c in ".^$*+?()[]{}|\\"):
-        return None
-    return body.replace("\\.", ".")
+_UNRENDERABLE = re.compile(r'["\'\s\x00-\x1f\x7f]')
+_REGEX_SPECIAL = re.compile(r"([.^$*+?()\[\]{}|\\])")
+
+
+def _regex_literal(text: str) -> str:
+    """`/a.php` -> `/a\\.php`: escape only regex operators, so paths stay readable
+    (re.escape would also escape `-`, `~` and more)."""
+    return _REGEX_SPECIAL.sub(r"\\\1", text)
 
 
 _HOST_PREFIX_RE = re.compile(r"^\^\(?([a-z0-9|-]+)\)?\\\.$")
@@ -461,22 +460,24 @@ def _convert_blocks(conf: Tconf, sites: list[SiteOut], notes: list[str]) -> None
             else:
                 notes.append(f"{src}:{s.line}: set block_host_re {pattern}: no onionstack equivalent "
                              "(blockHosts takes DNS names, not regexes); ignored")
-    # onionstack's blockPaths are URL path prefixes (nginx `location ^~ PREFIX`, see
-    # nodes/render.py). An exact EOTK path becomes a prefix; a regex converts only when it
-    # is an anchored literal (`^/wp-admin`); anything else is reported.
+    # onionstack's blockPaths (nodes/render.py): "/prefix" (nginx `location ^~`) or
+    # "^regex" (`location ~`, case-sensitive, PCRE). EOTK's block_path is an exact match
+    # (`$uri = "…"`) and block_path_re a case-insensitive search (`$uri ~* "…"`), so both
+    # become "^" regexes with the same meaning: `^/exact$` and `^(?i:.*(?:RX))` (a scoped
+    # flag, which PCRE and Python's re both read; a leading global `(?i)` would not be
+    # "^"-first). Values with quotes or blanks cannot be rendered and are reported.
     paths: list[str] = []
     for exact, regex in (("block_path", "block_path_re"), ("block_location", "block_location_re")):
         if exact in st:
             s = st[exact]
             for p in s.value.split():
                 p = _unescape(p)
-                if BLOCK_PATH_RE.match(p):
-                    paths.append(p)
-                    notes.append(f"{src}:{s.line}: set {exact} {p}: converted to blockPaths prefix {p} "
-                                 "(EOTK matched the exact path; a prefix also blocks the paths below it)")
-                else:
-                    notes.append(f"{src}:{s.line}: set {exact} {p}: no onionstack equivalent (blockPaths "
-                                 "takes /path prefixes of A-Za-z0-9._~/%+-); ignored")
+                if not p.startswith("/") or _UNRENDERABLE.search(p):
+                    notes.append(f"{src}:{s.line}: set {exact} {p}: no onionstack equivalent (a blockPaths "
+                                 "path starts with / and has no quotes); ignored")
+                    continue
+                paths.append("^" + _regex_literal(p) + "$")
+                notes.append(f"{src}:{s.line}: set {exact} {p}: converted to blockPaths {paths[-1]} (exact path)")
         if regex in st:
             s = st[regex]
             for p in s.value.split():
@@ -486,14 +487,16 @@ def _convert_blocks(conf: Tconf, sites: list[SiteOut], notes: list[str]) -> None
                 except re.error as exc:
                     raise TconfError(f"{src}:{s.line}: set {regex} {p!r} is not a valid regular "
                                      f"expression ({exc})") from None
-                literal = _anchored_literal(rx)
-                if literal and BLOCK_PATH_RE.match(literal):
-                    paths.append(literal)
-                    notes.append(f"{src}:{s.line}: set {regex} {p}: converted to blockPaths prefix {literal} "
-                                 "(EOTK matched case-insensitively; the prefix is case-sensitive)")
+                if _UNRENDERABLE.search(rx):
+                    notes.append(f"{src}:{s.line}: set {regex} {p}: no onionstack equivalent (quotes cannot "
+                                 "be rendered into nginx); ignored")
+                    continue
+                if rx.startswith("^") and "|" not in rx:
+                    paths.append(f"^(?i:{rx[1:]})")
                 else:
-                    notes.append(f"{src}:{s.line}: set {regex} {p}: no onionstack equivalent (blockPaths "
-                                 "takes /path prefixes, not regular expressions); ignored")
+                    paths.append(f"^(?i:.*(?:{rx}))")
+                notes.append(f"{src}:{s.line}: set {regex} {p}: converted to blockPaths {paths[-1]} "
+                             "(case-insensitive search, as EOTK's ~*)")
     for n in ("block_location", "block_location_re"):
         if n in st:
             notes.append(f"{src}:{st[n].line}: set {n} is deprecated in EOTK; treated like "

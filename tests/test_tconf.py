@@ -3,6 +3,7 @@ tests/fixtures/eotk/) to onionstack stack config, keys, and precise errors."""
 from __future__ import annotations
 
 import io
+import shutil
 import os
 import stat
 import subprocess
@@ -81,14 +82,15 @@ def test_wikipedia_demo_blocks_and_unsupported_settings(tmp_path):
     for s in sites:
         # `set block_host_re ^(login|donate)\\.` is a leftmost-label pattern: names per site
         assert s["blockHosts"] == [f"login.{s['domain']}", f"donate.{s['domain']}"]
-        # both block_path_re values are unanchored regexes: no prefix equivalent
-        assert "blockPaths" not in s
+        # block_path_re values are case-insensitive searches in EOTK (`$uri ~* "…"`)
+        assert s["blockPaths"] == ["^(?i:.*(?:/User:))",
+                                   r"^(?i:.*(?:/Special:(UserLogin|(Create|Merge)Account|RenameRequest)\b))"]
     src = str(FIXTURES / "wikipedia.tconf")
     for line, name in ((5, "preserve_csv"), (10, "nginx_resolver"), (15, "nginx_cache_seconds"),
                        (19, "suppress_methods_except_get"), (31, "block_param_re"),
                        (35, "user_agent_whitelist_re")):
         assert f"note: {src}:{line}: set {name}: no onionstack equivalent; ignored" in err
-    assert f"{src}:26: set block_path_re /User:: no onionstack equivalent" in err
+    assert f"{src}:26: set block_path_re /User:: converted to blockPaths ^(?i:.*(?:/User:))" in err
     assert "converted to blockHosts {login,donate}.<domain> of every site" in err
     assert f"{src}:46: subdomains m of wikipedia.org: onionstack serves every subdomain" in err
 
@@ -173,9 +175,8 @@ set block_path_re ^/private\\\\.d/
     assert doc["onionstack:workers"] == 3
     s_news, s_shop = doc["onionstack:sites"]
     assert s_news == {"name": "news-example", "domain": "news.example", "blockHosts": ["login.news.example"],
-                      "blockPaths": ["/wp-admin/", "/private.d/"]}
+                      "blockPaths": ["^/wp-admin/$", r"^(?i:/private\.d/)"]}
     assert s_shop["blockHosts"] == ["ads.shop.example"]
-    assert all(tconf.BLOCK_PATH_RE.match(p) for p in s_news["blockPaths"])
     assert f"python -m onion import {secrets / (news.address + '.v3sec.key')} | pulumi config set --secret " \
            f"--path masterKeys.news-example" in err
     assert f"#   news-example: news.example -> {news.hostname}\n" in out
@@ -293,7 +294,6 @@ def test_converted_sites_fit_the_node_renderer(tmp_path):
     """The node renderer (nodes/render.py) accepts the converted sites and block lists;
     its blockPaths rule (URL path prefixes) is the one the importer converts to."""
     from nodes import render
-    assert tconf.BLOCK_PATH_RE.pattern == render.BLOCK_PATH_RE.pattern
     secrets = tmp_path / "secrets.d"
     key = eotk_secret(secrets)
     conf = tmp_path / "site.tconf"
@@ -308,7 +308,7 @@ def test_converted_sites_fit_the_node_renderer(tmp_path):
                             onion_address=IdentityKey.from_hs_dir(keys / s["name"]).address,
                             block_hosts=tuple(s.get("blockHosts", ())),
                             block_paths=tuple(s.get("blockPaths", ())))
-    assert sites_of(out)[0]["blockPaths"] == ["/wp-admin/", "/xmlrpc.php"]
+    assert sites_of(out)[0]["blockPaths"] == ["^/wp-admin/$", r"^/xmlrpc\.php$"]
 
 
 @pytest.mark.parametrize("fixture", ["example.tconf", "wikipedia.tconf", "tpo.tconf", "human-rights.tconf"])
@@ -331,3 +331,76 @@ def test_imported_config_is_accepted_by_the_stack(tmp_path, fixture, capsys):
     assert [(s.name, s.domain, s.onion_address) for s in cfg.sites] == [
         (s["name"], s["domain"], IdentityKey.from_hs_dir(keys / s["name"]).hostname) for s in raw["sites"]]
     assert [list(s.block_hosts) for s in cfg.sites] == [s.get("blockHosts", []) for s in raw["sites"]]
+
+
+@pytest.mark.tools
+def test_converted_block_paths_behave_like_eotk_in_real_nginx(tmp_path):
+    """Serve the converted blockPaths from a real nginx on 127.0.0.1, written the way the
+    worker template writes them, and check which requests get 403: EOTK's block_path is
+    an exact match, block_path_re a case-insensitive search."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+    from nodes.render import nginx_quote
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = tmp_path / "site.tconf"
+    conf.write_text("set block_path /wp-admin/ /xmlrpc.php\n"
+                    "set block_path_re /User: ^/private\\\\.d/ \\\\.(sql|gz)$\n"
+                    "hardmap %NEW_V3_ONION% example.com\n")
+    rc, out, _ = run_import(conf, "--keys-dir", str(tmp_path / "keys"))
+    paths = sites_of(out)[0]["blockPaths"]
+    assert len(paths) == 5
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    locations = "\n".join(
+        f"location {'~ ' + nginx_quote(p) if p.startswith('^') else '^~ ' + p} {{ return 403; }}" for p in paths)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/logs/error.log;
+events {{ worker_connections 16; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        {locations}
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def status(path: str) -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                status("/")
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+        expect = {
+            "/": 200, "/wp-admin/": 403, "/wp-admin/x": 200, "/xmlrpc.php": 403, "/xmlrpcXphp": 200,
+            "/wiki/User:Alice": 403, "/wiki/user:alice": 403, "/wiki/Users": 200,
+            "/private.d/x": 403, "/PRIVATE.D/x": 403, "/privateXd/x": 200, "/a/private.d/": 200,
+            "/dump.SQL": 403, "/dump.gz": 403, "/dump.sqlite": 200,
+        }
+        assert {p: status(p) for p in expect} == expect
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
