@@ -37,6 +37,7 @@ from onion.status import iso, write_status
 log = logging.getLogger("onion.balancer")
 
 PERIOD_HOLD = 20.0            # after a period change: wait this long for new instance descriptors
+RING_RETRY = 15.0              # re-read the consensus this often while it is unusable/incomplete
 STARTUP_HOLD = 10.0           # at start: wait this long for every instance's first descriptor
 AWAIT_REFETCH = 4.0           # ... refetching those still missing this often
 FETCH_INTERVAL = 300.0        # backstop refetch of every instance (shorter on fast test networks)
@@ -61,6 +62,7 @@ class RingInfo:
     current_period: int         # the time period clients use now (what HSFETCH fetches)
     period_length: int          # minutes
     voting_interval: float      # seconds
+    complete: bool = True       # False: some HSDirs lack microdescriptors (ed25519 ids) yet
 
 
 class ControlPort(Protocol):
@@ -125,6 +127,7 @@ class Balancer:
         self.next_connect_at = 0.0
         self.last_error = ""
         self.period_hold_until = 0.0
+        self.next_ring_refresh_at = float("inf")
         self.next_fetch_all_at = 0.0
         self.status_dirty = True
         self.last_status_at = 0.0
@@ -240,6 +243,8 @@ class Balancer:
                 log.debug("ignoring message %r", message)
         except ControlError as exc:
             self._disconnected(str(exc))
+        except Exception:  # a bug handling one message must not stop the balancer
+            log.exception("internal error handling %s", type(message).__name__)
         self.status_dirty = True
 
     def tick(self) -> None:
@@ -250,6 +255,8 @@ class Balancer:
                     self._connect(now)
                 if not self.connected:
                     return
+            if now >= self.next_ring_refresh_at:
+                self._refresh_ring(now)
             for frontend, hsdir in self.book.expire(now):
                 log.warning("upload of %s.onion to %s: no answer from tor, will retry", frontend, hsdir)
                 self.status_dirty = True
@@ -258,6 +265,8 @@ class Balancer:
             self._publish_all(now)
         except ControlError as exc:
             self._disconnected(str(exc))
+        except Exception:  # a bug must not stop the balancer; the next tick tries again
+            log.exception("internal error in the balancer loop")
         self._write_status()
 
     # -- connection -----------------------------------------------------------
@@ -308,6 +317,10 @@ class Balancer:
 
     # -- consensus / time period ----------------------------------------------
     def _refresh_ring(self, now: float) -> None:
+        # NEWCONSENSUS drives this; the retry covers a tor that has no consensus or lacks
+        # microdescriptors yet (they arrive without an event; the next consensus may be an
+        # hour away on the real network).
+        self.next_ring_refresh_at = now + RING_RETRY
         try:
             ring = self.protocol.refresh(self.control)
         except ControlError:
@@ -316,6 +329,8 @@ class Balancer:
             self.last_error = f"hash ring unavailable: {exc}"
             log.info("%s", self.last_error)
             return
+        if ring.complete:
+            self.next_ring_refresh_at = float("inf")
         old = self.ring
         self.ring = ring
         self.last_error = "" if self.last_error.startswith("hash ring") else self.last_error

@@ -95,7 +95,8 @@ class TorOnionProtocol:
         self.ring = ring
         t = ring.timing
         return RingInfo(valid_after=float(t.valid_after), current_period=t.time_period_number(),
-                        period_length=t.period_length, voting_interval=float(t.voting_interval))
+                        period_length=t.period_length, voting_interval=float(t.voting_interval),
+                        complete=ring.skipped_without_ed25519 == 0)
 
     def _need_ring(self) -> hashring.HashRing:
         if self.ring is None:

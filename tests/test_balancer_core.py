@@ -622,3 +622,46 @@ def test_start_waits_briefly_for_every_instance_then_publishes_once(tmp_path):
     bal.tick()
     assert control.posts and all(keys == ("a1", "b1") for _, _, keys in posted_keys(control))
     assert proto.builds == 2                      # one build per period, not one per arrival
+
+
+def test_unusable_or_incomplete_consensus_is_retried_without_waiting_for_the_next(tmp_path):
+    from onion.balancer import RING_RETRY
+    from onion.errors import ConsensusError
+
+    bal, control, proto, *_ , clock = make(tmp_path)
+    calls = []
+    answers = [ConsensusError("tor has no consensus yet"),
+               RingInfo(0.0, 100, 1440, 3600, complete=False),
+               RingInfo(0.0, 100, 1440, 3600, complete=True)]
+
+    def refresh(_control):
+        calls.append(clock.t)
+        answer = answers[min(len(calls) - 1, 2)]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    proto.refresh = refresh
+    bal.tick()
+    assert bal.ring is None and "no consensus" in bal.last_error
+    for _ in range(int(RING_RETRY * 4)):
+        clock.t += 1
+        bal.tick()
+    assert len(calls) == 3 and calls[1] - calls[0] == RING_RETRY and calls[2] - calls[1] == RING_RETRY
+    assert bal.ring.complete
+
+
+def test_a_bug_in_one_message_does_not_stop_the_loop(tmp_path):
+    bal, control, proto, *_ , clock = make(tmp_path)
+    bal.tick()
+
+    def broken(*a):
+        raise KeyError("bug")
+
+    proto.decode = broken
+    bal.handle(content(A, 100, 1, ["a1"]))   # decoder bugs are refusals, not crashes
+    assert bal.instances[A].rejected == 1
+    bal._on_probe = broken
+    bal.handle(ProbeResult(A, True, "connected", 1.0))  # logged, loop continues
+    bal.tick()
+    assert bal.connected
