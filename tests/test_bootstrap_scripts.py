@@ -20,7 +20,7 @@ from nodes.render import RenderedFile
 from infra.config import parse_config
 from tests.stackmocks import minimal_config, mock_instance_address, prod_config, run
 
-SHELLCHECK = shutil.which("shellcheck")
+SHELLCHECK = shutil.which("shellcheck") or "shellcheck"  # installed by scripts/setup
 
 
 def _script_of(command_line: str) -> str:
@@ -37,7 +37,7 @@ def _shellcheck(script: str, tmp_path: Path, name: str) -> None:
     assert proc.returncode == 0, f"{name}:\n{proc.stdout}{proc.stderr}"
 
 
-@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is installed by scripts/setup and .ci/run")
+@pytest.mark.tools
 @pytest.mark.parametrize("config", [prod_config(), minimal_config(workers=2)], ids=["prod", "minimal"])
 def test_every_step_script_is_shellcheck_clean(config, tmp_path):
     result = run(config)
@@ -131,11 +131,10 @@ def steps_binary():
 
 
 # ---------------------------------------------------------------- the real tools on what the steps install
+@pytest.mark.tools
 def test_worker_files_pass_tor_and_nginx_checks_as_the_step_runs_them(tmp_path):
     """The step's own verify commands, run against the worker files rendered into a
     scratch root (paths rewritten from / to the root): tor and nginx accept them."""
-    if not shutil.which("tor") or not shutil.which("nginx"):
-        pytest.skip("tor and nginx are installed by scripts/setup and .ci/run")
     from nodes.render import Layout, WorkerSpec, render_worker
 
     config = parse_config({k.split(":", 1)[1]: v for k, v in prod_config().items() if k.startswith("onionstack:")})
@@ -173,9 +172,8 @@ def test_worker_files_pass_tor_and_nginx_checks_as_the_step_runs_them(tmp_path):
     assert "nginx -t -q -c /etc/onionstack/nginx/nginx.conf" in script
 
 
+@pytest.mark.tools
 def test_balancer_torrc_passes_tor_verify_config(tmp_path):
-    if not shutil.which("tor"):
-        pytest.skip("tor is installed by scripts/setup and .ci/run")
     torrc = tmp_path / "torrc"
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
