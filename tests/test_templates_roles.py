@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,25 @@ def test_worker_apply_installs_checks_and_rolls_back():
 
     again = _apply(stage)
     assert again.returncode == 0 and "configuration checked (unchanged)" in again.stdout
+
+    # tor starts from what apply.sh made, as the unit runs it (debian-tor, no capabilities,
+    # no new privileges; DisableNetwork keeps it off any network) and writes the instance
+    # hostname files the remote step reports.
+    tor = subprocess.Popen(["setpriv", "--reuid=debian-tor", "--regid=debian-tor", "--init-groups",
+                            "--bounding-set=-all", "--no-new-privs", TOR, "-f", str(torrc),
+                            "--RunAsDaemon", "0", "--DisableNetwork", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        hostnames = [Path(spec.hs_dir("tor1", s)) / "hostname" for s in SITES]
+        deadline = time.monotonic() + 30
+        while not all(h.exists() for h in hostnames) and time.monotonic() < deadline and tor.poll() is None:
+            time.sleep(0.1)
+        assert all(h.exists() for h in hostnames), tor.stdout.read().decode() if tor.poll() is not None else "timeout"
+        for h in hostnames:
+            assert h.owner() == "debian-tor" and len(h.read_text().strip()) == 62
+    finally:
+        tor.terminate()
+        tor.wait(timeout=20)
 
     # A config tor rejects: the check fails, the old files come back, new ones vanish.
     good_torrc = torrc.read_text()
