@@ -267,3 +267,47 @@ def test_drain_without_a_balancer_core_goes_on(tmp_path):
     script = drain_script(["x" * 56], config=str(tmp_path / "missing.yaml"), python=str(tmp_path / "nope"))
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and "no balancer core" in proc.stdout
+
+
+# ---------------------------------------------------------------- the onion package for the balancer
+def test_onion_package_tarball_is_complete_and_reproducible(tmp_path):
+    """What balancer-onion-package copies: every module of `onion` (and only sources and
+    requirements), importable on its own with the package's requirements."""
+    import base64
+    import gzip
+    import io
+    import sys
+    import tarfile
+
+    from nodes.bootstrap import ONION_PACKAGE_DIR, onion_package_tarball
+
+    encoded = onion_package_tarball()
+    assert encoded == onion_package_tarball()
+    (tmp_path / "pkg").mkdir()
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(encoded)))) as tar:
+        names = sorted(tar.getnames())
+        tar.extractall(tmp_path / "pkg", filter="data")
+    expected = sorted(f"onion/{p.name}" for p in ONION_PACKAGE_DIR.glob("*.py")) + ["onion/requirements.txt"]
+    assert names == sorted(expected)
+    proc = subprocess.run([sys.executable, "-c", "import onion.balancer, onion.servicecli, onion.status; "
+                           "import onion, sys; print(onion.__file__)"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith(str(tmp_path / "pkg"))
+    # The balancer installs onion/requirements.txt; it must not pull in pulumi or the stack.
+    reqs = [line.split("#")[0].strip().lower() for line in (tmp_path / "pkg/onion/requirements.txt").read_text().splitlines()]
+    assert [r for r in reqs if r] and not any(r.startswith(("pulumi", "boto", "jinja2")) for r in reqs)
+
+
+def test_package_copy_step():
+    result = run(prod_config())
+    copy = result.named("balancer-onion-package")
+    from nodes.bootstrap import onion_package_tarball
+
+    assert copy.inputs["source"].text == onion_package_tarball()
+    assert copy.input("remotePath") == "/home/ubuntu/onionstack-onion.tar.gz.b64"
+    assert copy.input("triggers")[0] == result.named("balancer-instance").id
+    base = result.named("balancer-base")
+    assert "base64 -d < /home/ubuntu/onionstack-onion.tar.gz.b64" in base.input("create")
+    assert copy.input("triggers")[1] in base.input("triggers")  # a new package re-runs the install
