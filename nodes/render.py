@@ -437,7 +437,7 @@ def render_worker(spec: WorkerSpec) -> dict[str, RenderedFile]:
     units = (WORKER_NGINX_UNIT,) + tuple(f"onionstack-tor@{d}.service" for d in spec.daemon_names)
     out.update(_script_files(
         layout, "worker", "scripts/apply-worker.sh.j2", out, worker_directories(spec), WORKER_PACKAGES,
-        ("tor.service", "nginx.service"), True, tor_user=tor_user, tor_binary=spec.tor_binary,
+        ("tor.service", "tor@default.service", "nginx.service"), True, tor_user=tor_user, tor_binary=spec.tor_binary,
         nginx_binary=spec.nginx_binary, nginx_conf=nginx_conf, tmpfiles=tmpfiles, units=units,
         torrcs=[layout.path("etc_dir", "tor", f"{d}.torrc") for d in spec.daemon_names]))
     return out
@@ -569,7 +569,7 @@ def render_balancer(spec: BalancerSpec) -> dict[str, RenderedFile]:
     secret_keys = {layout.key(spec.key_file(site)): RenderedFile("", 0o600, spec.user) for site in spec.sites}
     out.update(_script_files(
         layout, "balancer", "scripts/apply-balancer.sh.j2", {**out, **secret_keys}, balancer_directories(spec),
-        BALANCER_PACKAGES, ("tor.service",), True, spec=spec, torrc=torrc, config=spec.config_file,
+        BALANCER_PACKAGES, ("tor.service", "tor@default.service"), True, spec=spec, torrc=torrc, config=spec.config_file,
         unit=BALANCER_UNIT))
     return out
 

@@ -306,3 +306,55 @@ def test_worker_apply_installs_checks_and_rolls_back():
     assert "no_such_directive" not in (root / "etc/onionstack/nginx/sites/news.conf").read_text()
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def test_worker_apply_enables_and_reloads_only_after_a_passing_check(tmp_path):
+    """The systemd half of apply.sh, with a recording systemctl: units enabled at boot,
+    a daemon no longer configured stopped and disabled, nothing at all after a failed check."""
+    root, work = short_tmpdir("os-live-"), short_tmpdir("os-stage-")
+    os.chmod(root, 0o755)
+    bin_dir, marker, log = tmp_path / "bin", tmp_path / "systemd", tmp_path / "systemctl.log"
+    bin_dir.mkdir()
+    marker.mkdir()
+    for tool in ("systemctl", "systemd-tmpfiles"):
+        fake = bin_dir / tool
+        fake.write_text(f"#!/bin/sh\necho \"{tool} $*\" >> {log}\n"
+                        "case \"$*\" in list-units*) echo 'onionstack-tor@tor3.service loaded active running x';; esac\n")
+        fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ONIONSTACK_SYSTEMD_MARKER": str(marker)}
+    spec = WorkerSpec(sites=SITES, resolver="10.42.0.2", layout=Layout(root=str(root)))
+    stage = work / "stage"
+    _stage(spec, stage)
+
+    def apply():
+        return subprocess.run(["bash", str(stage / "usr/local/lib/onionstack/apply.sh"), str(stage)],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    first = apply()
+    assert first.returncode == 0, first.stderr
+    calls = log.read_text().splitlines()
+    units = "nginx-onionstack.service onionstack-tor@tor1.service onionstack-tor@tor2.service"
+    assert calls[0] == "systemctl daemon-reload"  # new unit files
+    assert f"systemctl enable --now {units}" in calls
+    assert f"systemd-tmpfiles --create {root}/etc/tmpfiles.d/onionstack.conf" in calls
+    assert "systemctl disable --now onionstack-tor@tor3.service" in calls
+    assert "systemctl restart nginx-onionstack.service" in calls
+    assert calls.index(f"systemctl enable --now {units}") < calls.index("systemctl restart nginx-onionstack.service")
+
+    log.write_text("")
+    nginx_site = stage / "etc/onionstack/nginx/sites/news.conf"
+    nginx_site.write_text(nginx_site.read_text().replace("burst=40", "burst=41"))
+    second = apply()
+    assert second.returncode == 0, second.stderr
+    calls = log.read_text().splitlines()
+    assert "systemctl daemon-reload" not in calls  # no unit file changed: reload, not restart
+    assert "systemctl reload-or-restart nginx-onionstack.service" in calls
+
+    log.write_text("")
+    nginx_site.write_text(nginx_site.read_text().replace("burst=41", "burst=oops"))
+    third = apply()
+    assert third.returncode == 1
+    assert log.read_text() == "", "a failed check must not touch any service"
+    assert "burst=41" in (root / "etc/onionstack/nginx/sites/news.conf").read_text()
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
