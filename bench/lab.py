@@ -1,0 +1,201 @@
+"""Benchmark on one lab network: OnionBalance 0.2.4 (the baseline, from PyPI in its own
+venv) and then onionstack's balancer core, each with fresh workers built the same way.
+
+For each balancer it prints: seconds from the balancer's start to the frontend first
+answering a client; failover seconds after one worker is killed (until a descriptor
+fetched from the HSDirs, by a separate observer tor, no longer lists the dead worker's
+intro points); requests failed before / during / after failover (one request every 1.5 s,
+each on a fresh circuit); the balancer's CPU seconds and peak RSS. The last line holds the
+ratios (ours / OnionBalance; below 1 is better for time, CPU and memory).
+
+`--soak SECONDS` then runs both balancers side by side (fresh frontends and workers) and
+probes each frontend on fresh circuits for that long; use at least 3 time periods
+(3 x 24 x 20 s = 1440 s) to cross time-period and SRV changes.
+
+Usage: .venv/bin/python bench/lab.py [--workers 2] [--soak 1500] [--state-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lab.balancer import ONIONBALANCE_VOTING_INTERVAL  # noqa: E402
+from lab.client import ProbeLoop, wait_reachable  # noqa: E402
+from lab.observe import fetch_intro_keys  # noqa: E402
+from lab.stack import Lab  # noqa: E402
+
+FAILOVER_TIMEOUT = 180.0
+KINDS = ("onionbalance", "onion")
+LABEL = {"onionbalance": "OnionBalance 0.2.4", "onion": "onionstack"}
+TAG = {"onionbalance": "ob", "onion": "os"}
+
+
+def log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def proc_usage(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS MiB) of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return cpu, peak
+
+
+def start_run(lab: Lab, kind: str, workers: int, first_listener: int) -> dict:
+    key = lab.make_frontend_key(tag=TAG[kind])
+    started = lab.start_workers(workers, tag=f"{TAG[kind]}w", first_listener=first_listener)
+    instances = [a for w in started for a in w.instance_addresses]
+    # Only time the balancer: every instance is published and answering before it starts.
+    for address in instances:
+        wait_reachable(lab.net.client.socks_port, f"http://{address}.onion/", 180,
+                       f"instance {address}")
+    record = lab.start_balancer(kind, tag=f"{TAG[kind]}bal", key_file=Path(
+        lab.info["frontend_key_file"]), instances=instances)
+    return {"kind": kind, "frontend": key.hostname, "workers": started, "record": record}
+
+
+def measure(lab: Lab, observer, run: dict) -> dict:
+    kind, frontend, record = run["kind"], run["frontend"], run["record"]
+    url = f"http://{frontend}/"
+    try:
+        wait_reachable(lab.net.client.socks_port, url, 300, f"{kind} frontend", interval=1.0)
+    except TimeoutError as exc:
+        log(f"{LABEL[kind]}: {exc}")
+        cpu, rss = proc_usage(lab.procs.pid(record["process"])) \
+            if lab.procs.is_running(record["process"]) else (float("nan"),) * 2
+        return {"kind": kind, "reachable": None, "failover": None, "cpu": cpu, "rss": rss,
+                "failed_before": "-", "failed_during": "-", "failed_after": "-",
+                "alive": lab.procs.is_running(record["process"])}
+    reachable = time.time() - record["started"]
+    log(f"{LABEL[kind]}: frontend reachable {reachable:.1f} s after the balancer started")
+
+    victim = run["workers"][-1]
+    victim_keys: set[str] = set()
+    for address in victim.instance_addresses:
+        victim_keys |= fetch_intro_keys(observer, address) or set()
+    loop = ProbeLoop(lab.net.client.socks_port, url, interval=1.5, prefix=f"{kind}-").start()
+    time.sleep(10)
+    killed_at = time.time()
+    lab.kill_worker(victim)
+    log(f"{LABEL[kind]}: killed worker {victim.name}; watching the published descriptor")
+    failover = None
+    clean = 0
+    while time.time() - killed_at < FAILOVER_TIMEOUT:
+        keys = fetch_intro_keys(observer, frontend, timeout=20)
+        clean = clean + 1 if keys and not keys & victim_keys else 0
+        if clean == 2:  # two fetches in a row (likely from different HSDirs) agree
+            failover = time.time() - killed_at
+            break
+        time.sleep(2)
+    time.sleep(30)
+    probes = loop.stop()
+    pid = lab.procs.pid(record["process"])
+    cpu, rss = proc_usage(pid) if pid and lab.procs.is_running(record["process"]) else (float("nan"),) * 2
+    end = killed_at + (failover if failover is not None else FAILOVER_TIMEOUT)
+
+    def count(sel):
+        return f"{sum(not p.ok for p in sel)}/{len(sel)}"
+
+    result = {
+        "kind": kind, "reachable": reachable, "failover": failover, "cpu": cpu, "rss": rss,
+        "failed_before": count([p for p in probes if p.at < killed_at]),
+        "failed_during": count([p for p in probes if killed_at <= p.at < end]),
+        "failed_after": count([p for p in probes if p.at >= end]),
+        "alive": lab.procs.is_running(record["process"]),
+    }
+    lab.procs.stop(record["process"])
+    lab.procs.stop(f"tor-{record['tor']}")
+    for w in run["workers"]:
+        lab.kill_worker(w)
+    return result
+
+
+def soak(lab: Lab, workers: int, seconds: float) -> dict:
+    runs = [start_run(lab, kind, workers, first_listener=i * workers)
+            for i, kind in enumerate(KINDS)]
+    for run in runs:
+        wait_reachable(lab.net.client.socks_port, f"http://{run['frontend']}/", 300,
+                       f"{run['kind']} frontend")
+    loops = {run["kind"]: ProbeLoop(lab.net.client.socks_port, f"http://{run['frontend']}/",
+                                    interval=10.0, prefix=f"soak-{run['kind']}-").start()
+             for run in runs}
+    log(f"soak: probing both frontends every 10 s on fresh circuits for {seconds:.0f} s")
+    time.sleep(seconds)
+    out = {}
+    for kind, loop in loops.items():
+        probes = loop.stop()
+        failed = [p for p in probes if not p.ok]
+        out[kind] = (len(failed), len(probes))
+        for p in failed:
+            log(f"soak {LABEL[kind]}: failed at {time.strftime('%H:%M:%S', time.localtime(p.at))}: {p.error}")
+    return out
+
+
+def fmt(x: float | None) -> str:
+    return "never" if x is None else f"{x:.1f}"
+
+
+def ratio(ours: float | None, base: float | None) -> str:
+    if ours is None or base is None or base == 0:
+        return "n/a"
+    return f"{ours / base:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2, choices=range(2, 5))
+    parser.add_argument("--soak", type=float, default=0, metavar="SECONDS")
+    parser.add_argument("--state-dir", type=Path,
+                        default=Path(__file__).resolve().parent.parent / ".lab" / "bench")
+    args = parser.parse_args(argv)
+    tp = 24 * ONIONBALANCE_VOTING_INTERVAL
+    if args.soak and args.soak < 3 * tp:
+        log(f"note: --soak {args.soak:.0f} covers fewer than 3 time periods ({3 * tp} s)")
+
+    lab = Lab.create(args.state_dir, tie_to_parent=True,
+                     voting_interval=ONIONBALANCE_VOTING_INTERVAL, progress=log)
+    try:
+        lab.start_network()
+        lab.start_origin(listeners=2 * args.workers)
+        observer = lab.net.add_tor(lab.procs, lab.ports, "observer", [])
+        from lab.tornet import wait_bootstrapped
+        wait_bootstrapped(lab.net, lab.procs, observer, 120)
+        results = {}
+        for kind in KINDS:
+            log(f"--- {LABEL[kind]}")
+            results[kind] = measure(lab, observer, start_run(lab, kind, args.workers, 0))
+        soaked = soak(lab, args.workers, args.soak) if args.soak else None
+    finally:
+        lab.down()
+
+    print()
+    print(f"{'balancer':20} {'reachable_s':>11} {'failover_s':>10} {'failed_before':>13} "
+          f"{'failed_during':>13} {'failed_after':>12} {'cpu_s':>6} {'peak_rss_MiB':>12}")
+    for kind in KINDS:
+        r = results[kind]
+        print(f"{LABEL[kind]:20} {fmt(r['reachable']):>11} {fmt(r['failover']):>10} "
+              f"{r['failed_before']:>13} {r['failed_during']:>13} {r['failed_after']:>12} "
+              f"{r['cpu']:6.2f} {r['rss']:12.1f}" + ("" if r["alive"] else "  (process had exited)"))
+    if soaked:
+        for kind in KINDS:
+            failed, total = soaked[kind]
+            print(f"soak {LABEL[kind]}: {failed}/{total} probes failed over {args.soak:.0f} s")
+    ob, ours = results["onionbalance"], results["onion"]
+    print(f"failover_ratio_vs_onionbalance: {ratio(ours['failover'], ob['failover'] or FAILOVER_TIMEOUT)}  "
+          f"cpu_ratio_vs_onionbalance: {ratio(ours['cpu'], ob['cpu'])}  "
+          f"rss_ratio_vs_onionbalance: {ratio(ours['rss'], ob['rss'])}")
+    print(f"reachable_ratio_vs_onionbalance: {ratio(ours['reachable'], ob['reachable'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
