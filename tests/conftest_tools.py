@@ -7,6 +7,7 @@ a way to run the real nginx from a rendered tree.
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import datetime
 import gzip
@@ -218,15 +219,22 @@ class ProxyProtocolConnection(http.client.HTTPConnection):
     `HiddenServiceExportCircuitID haproxy`: the circuit id is the low 32 bits of an IPv6
     source address in fc00:dead:beef:4dad::/64 (tor's connection_edge.c)."""
 
-    def __init__(self, socket_path: str, circuit_id: int, timeout: float = 10.0):
+    def __init__(self, listener: str, circuit_id: int, timeout: float = 10.0):
+        """`listener`: a unix socket path, or "127.0.0.1:PORT" (nginx_tcp_base_port mode)."""
         super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
+        self.listener = listener
         self.circuit_id = circuit_id
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.listener.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: object = self.listener
+        else:
+            host, _, port = self.listener.rpartition(":")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = (host, int(port))
         sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
+        sock.connect(address)
         gid = self.circuit_id  # exactly tor's export_hs_client_circuit_id() format
         sock.sendall(f"PROXY TCP6 fc00:dead:beef:4dad::{gid >> 16:x}:{gid & 0xFFFF:x} ::1 "
                      f"{gid & 0xFFFF} 80\r\n".encode())
@@ -244,9 +252,9 @@ class Response:
         return self.body.decode()
 
 
-def request(socket_path: str, path: str, host: str, headers: dict[str, str] | None = None,
+def request(listener: str, path: str, host: str, headers: dict[str, str] | None = None,
             circuit_id: int = 1, method: str = "GET") -> Response:
-    conn = ProxyProtocolConnection(socket_path, circuit_id)
+    conn = ProxyProtocolConnection(listener, circuit_id)
     try:
         conn.request(method, path, headers={"Host": host, "Connection": "close", **(headers or {})})
         resp = conn.getresponse()
@@ -267,8 +275,11 @@ def write_tree(root: Path, files: dict) -> None:
 
 
 def short_tmpdir(prefix: str = "os-") -> Path:
-    """A short directory for unix sockets (sun_path is 108 bytes; pytest tmp paths are long)."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A short directory for unix sockets (sun_path is 108 bytes; pytest tmp paths are
+    long), removed when the test process exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -280,7 +291,7 @@ class Nginx:
 
     def __init__(self, conf: Path):
         self.conf = conf
-        check = run([NGINX, "-t", "-q", "-c", str(conf), "-e", "stderr"])
+        check = run([NGINX, "-t", "-c", str(conf), "-e", "stderr"])
         if check.returncode != 0:
             raise AssertionError(f"nginx -t failed:\n{check.stderr}")
         self.proc = subprocess.Popen([NGINX, "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],

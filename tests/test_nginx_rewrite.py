@@ -9,13 +9,14 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from nodes import render
 from nodes.render import Layout, NginxTuning, SiteSpec, WorkerSpec
-from tests.conftest_tools import (Nginx, Origin, Reply, TestCA, gzip_if_asked, onion_address_for,
+from tests.conftest_tools import (Nginx, Origin, Reply, TestCA, free_port, gzip_if_asked, onion_address_for,
                                   onion_address_starting_with_digit, request, short_tmpdir, write_tree)
 
 pytestmark = pytest.mark.tools
@@ -269,3 +270,39 @@ def test_access_log_is_off_by_default(stack):
     conf = Path(stack.spec.layout.path("etc_dir", "nginx", "nginx.conf")).read_text()
     assert "    access_log off;\n" in conf
     assert not list(Path(stack.spec.layout.path("log_dir")).glob("*access*"))
+
+
+def test_tcp_listeners_keep_daemons_apart_in_the_rate_limit(tmp_path):
+    """nginx_tcp_base_port mode (all listeners on 127.0.0.1): the port, not the address,
+    tells the tor daemons apart, so one daemon's circuit 5 does not throttle another's."""
+    ca = TestCA(tmp_path / "ca")
+    cert, key = ca.issue(["example.com", "*.example.com"])
+    origin = Origin(cert, key, ROUTES)
+    base = free_port()
+    root = short_tmpdir("os-tcp-")
+    spec = WorkerSpec(sites=(SiteSpec("news", "example.com", NEWS, origin_address=origin.address),),
+                      resolver="127.0.0.1", tor_daemons=2, nginx_tcp_base_port=base,
+                      nginx=NginxTuning(trusted_ca_file=str(ca.cert_path), rate="1r/m", burst=0),
+                      layout=Layout(root=str(root)), tor_user=None, nginx_user=None)
+    write_tree(root, render.render_worker(spec))
+    for d in render.worker_directories(spec):
+        Path(d.path).mkdir(parents=True, exist_ok=True)
+    nginx = Nginx(root / "etc/onionstack/nginx/nginx.conf")
+    try:
+        first, second = (spec.listener(spec.sites[0], d) for d in spec.daemon_names)
+        assert (first, second) == (f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                status = request(first, "/echo", f"{NEWS}.onion", circuit_id=5).status
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        assert status == 200
+        assert request(first, "/echo", f"{NEWS}.onion", circuit_id=5).status == 429
+        assert request(second, "/echo", f"{NEWS}.onion", circuit_id=5).status == 200
+        assert origin.seen[-1].headers["Host"] == "example.com"
+    finally:
+        nginx.stop()
+        origin.close()
+        shutil.rmtree(root, ignore_errors=True)
