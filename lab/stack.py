@@ -260,6 +260,9 @@ class Lab:
         stopped = [n for n in self.procs.names() if n not in running]
         lines.append(f"processes running: {len(running)}" +
                      (f" (not running: {', '.join(stopped)})" if stopped else ""))
+        if running:
+            rss, cpu = self.resource_use()
+            lines.append(f"resources: {rss:.0f} MiB RSS in total, {cpu:.1f} CPU seconds so far")
         if self.net:
             for node, state in self.net.status(self.procs):
                 lines.append(f"  tor {node.nickname:10} {node.role:9} control 127.0.0.1:"
@@ -283,6 +286,24 @@ class Lab:
             lines.append(f"frontend: {self.info['frontend']}")
             lines.append(f"try: {self.curl_line()}")
         return lines
+
+    def resource_use(self) -> tuple[float, float]:
+        """(RSS MiB, CPU seconds) summed over the lab's running processes (from /proc)."""
+        rss_kib, ticks = 0, 0
+        for name in self.procs.names():
+            pid = self.procs.pid(name)
+            if pid is None or not self.procs.is_running(name):
+                continue
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            ticks += int(stat[11]) + int(stat[12])
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    rss_kib += int(line.split()[1])
+        return rss_kib / 1024, ticks / os.sysconf("SC_CLK_TCK")
 
     def curl_line(self) -> str:
         return (f"curl --socks5-hostname 127.0.0.1:{self.info['socks_port']} "
