@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from onion import publisher
 from onion.config import BalancerConfig, ConfigError, load_config, load_keys
-from onion.control import (CommandRejected, Connected, ControlError, DescContent, DescEvent,
+from onion.control import (CommandRejected, ControlError, DescContent, DescEvent,
                            Disconnected, NewConsensus)
 from onion.instances import InstanceState
 from onion.probe import ProbeResult
@@ -237,8 +237,6 @@ class Balancer:
                 self._on_probe(message, now)
             elif isinstance(message, Disconnected):
                 self._disconnected(message.reason or "control connection closed")
-            elif isinstance(message, Connected):
-                pass
             else:
                 log.debug("ignoring message %r", message)
         except ControlError as exc:

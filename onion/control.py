@@ -48,11 +48,6 @@ class Disconnected:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class Connected:
-    """(Re)connected and authenticated; listeners are in place."""
-
-
 def _fingerprint(value: str | None) -> str | None:
     if not value:
         return None
