@@ -238,7 +238,9 @@ def _stage(spec: WorkerSpec, stage: Path) -> dict:
 
 
 def _apply(stage: Path) -> subprocess.CompletedProcess:
-    return run(["bash", str(stage / "usr/local/lib/onionstack/apply.sh"), str(stage)], timeout=60)
+    # umask 077 like the remote step's wrapper (nodes/steps.py): apply.sh must not depend on it
+    return run(["bash", "-c", 'umask 077; exec bash "$0" "$1"',
+                str(stage / "usr/local/lib/onionstack/apply.sh"), str(stage)], timeout=60)
 
 
 def test_worker_apply_installs_checks_and_rolls_back():
@@ -260,6 +262,8 @@ def test_worker_apply_installs_checks_and_rolls_back():
     assert (hs.stat().st_mode & 0o777, hs.owner()) == (0o700, "debian-tor")
     run_dir = Path(spec.layout.path("run_dir"))
     assert (run_dir.stat().st_mode & 0o777, run_dir.group()) == (0o750, "debian-tor")
+    for parent in ("etc", "etc/onionstack", "etc/onionstack/tor", "etc/onionstack/nginx/sites"):
+        assert (root / parent).stat().st_mode & 0o777 == 0o755, parent
 
     again = _apply(stage)
     assert again.returncode == 0 and "configuration checked (unchanged)" in again.stdout
