@@ -139,8 +139,9 @@ pulumi.export(
 # descriptors): worker name -> site -> one address per tor daemon.
 pulumi.export(
     "instanceAddresses",
-    {w.node_name: w.instance_addresses.apply(lambda per_site: {site: [f"{a}.onion" for a in addrs]
-                                                                for site, addrs in per_site.items()})
+    {w.node_name: w.instance_addresses.apply(
+        lambda per_site: None if per_site is None  # not known: mocks without command emulation
+        else {site: [f"{a}.onion" for a in addrs] for site, addrs in per_site.items()})
      for w in workers},
 )
 pulumi.export("balancerPublishes", config.balancer.publish)

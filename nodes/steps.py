@@ -10,11 +10,11 @@ Role-agnostic pieces (nodes/bootstrap.py composes them per role):
   database password) out of command lines and process listings; it is also atomic (the
   whole file set or nothing) and byte-for-byte the same on every run, so a second
   `pulumi up` with the same config sees no change.
-- `apply_script(...)`: the shell program a step runs (as root, via `sudo bash -c`):
-  install the packages, unpack the payload into a private staging dir, install the
-  files with a backup of the live ones, check the result with the real tools and put
-  the old files back (without touching the running daemons) when a check fails; only
-  then reload and enable at boot.
+- `role_script(...)`: the shell program a step runs (as root, via `sudo bash -c`):
+  unpack the payload into a private staging dir, then run the role's own rendered
+  `install-packages.sh` and `apply.sh STAGE` (nodes/render.py: install with backups,
+  check with the real tools, restore and reload nothing when a check fails, else
+  reload and enable at boot).
 - `command(...)`: a `remote.Command` with onionstack's fixed policy: `update` = `create`
   (every script is idempotent), `add_previous_output_in_env=False`, `custom_timeouts`,
   logging off and stdout/stderr/stdin secret for secret-bearing steps, and no `delete`
@@ -29,7 +29,6 @@ import hashlib
 import io
 import shlex
 import tarfile
-from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
 import pulumi
@@ -145,90 +144,35 @@ def digest(*parts: str) -> str:
 
 
 # ---------------------------------------------------------------- scripts
-@dataclass(frozen=True)
-class Checks:
-    """What a role's apply must verify before anything reloads, and what it then runs.
-
-    `verify`: shell commands that must all succeed against the installed files (e.g.
-    `tor --verify-config -f FILE`, `nginx -t -c FILE`); any failure puts the previous
-    files back and stops the step with a non-zero exit, leaving the daemons on their old
-    config. `activate`: commands run after a successful check (daemon-reload, enable,
-    reload-or-restart).
-    """
-
-    verify: tuple[str, ...] = ()
-    activate: tuple[str, ...] = ()
-
-
-def apply_script(*, packages: Sequence[str] = (), pre_packages: Sequence[str] = (), pre_install: Sequence[str] = (),
-                 checks: Checks = Checks(), post: Sequence[str] = (), root: str = "/") -> str:
+def role_script(script_dir: str, *, post: Sequence[str] = ()) -> str:
     """The bash program a step runs as root, reading its payload (see `payload`) on stdin.
 
-    Order: wait for cloud-init (it holds the apt lock on first boot) -> save the payload
-    (0600) -> `pre_packages` -> apt install `packages` (idempotent, stdin closed) -> unpack
-    into a 0700 staging dir (after the packages, so owners such as `debian-tor` or
-    `postgres` exist and tar can give them their files) -> `pre_install` (users,
-    directories, mounts) -> install every staged file with a backup of the live one ->
-    `verify` (restore + exit 1 on failure) -> `activate` -> `post` (e.g. print the worker's
-    addresses). No secret is ever part of this text: secrets arrive inside the payload.
-    `root` is "/" on a machine; the tests run the same script against a scratch root.
+    The payload holds the role's rendered files, among them the templates' own
+    `<script_dir>/install-packages.sh` and `<script_dir>/apply.sh` (nodes/render.py):
+
+    1. unpack into a fresh 0700 staging dir (a mirror of /; owners and modes are
+       apply.sh's business, it installs each file as rendered);
+    2. `install-packages.sh`: idempotent apt;
+    3. `apply.sh STAGE`: install with backups, check with the real tools, restore and
+       exit 1 without reloading anything when a check fails, else reload + enable;
+    4. `post`: e.g. print the worker's instance addresses.
+
+    `script_dir` is relative to / (render.Layout().script_dir). No secret is ever part of
+    this text: secrets arrive inside the payload.
     """
     q = shlex.quote
+    scripts = "$stage/" + script_dir.strip("/")
     lines = [
         "set -euo pipefail",
         "umask 077",
-        "export DEBIAN_FRONTEND=noninteractive",
-        # First boot: cloud-init runs apt itself; wait for it instead of racing for the lock.
-        "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi",
         f"stage=$(mktemp -d {q(STAGING_PREFIX + 'XXXXXX')})",
-        "backup=\"$stage.backup\"",
-        "payload=\"$stage.tar.gz\"",
-        "trap 'rm -rf -- \"$stage\" \"$backup\" \"$payload\"' EXIT",
-        "mkdir -m 0700 \"$backup\"",
-        f"root={q(root.rstrip('/'))}",
-        "base64 -d > \"$payload\"",
+        "trap 'rm -rf -- \"$stage\"' EXIT",
+        "base64 -d | tar -xz --no-same-owner -C \"$stage\"",
+        # stdin is consumed: nothing below may wait on it (apt, dpkg prompts).
+        f"bash \"{scripts}/install-packages.sh\" </dev/null",
+        f"bash \"{scripts}/apply.sh\" \"$stage\" </dev/null",
+        *post,
     ]
-    lines += list(pre_packages)
-    if packages:
-        lines += [
-            "missing=0",
-            f"for pkg in {' '.join(q(p) for p in packages)}; do",
-            "  dpkg-query -W -f='${Status}' \"$pkg\" 2>/dev/null | grep -q 'install ok installed' || missing=1",
-            "done",
-            "if [ \"$missing\" = 1 ]; then",
-            "  apt-get update -q </dev/null",
-            # Keep config files already on disk (ours) when a package ships its own version.
-            "  apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef \\",
-            f"    -o Dpkg::Options::=--force-confold {' '.join(q(p) for p in packages)} </dev/null",
-            "fi",
-        ]
-    lines.append("tar -xzf \"$payload\" --same-owner --same-permissions -C \"$stage\"")
-    lines += list(pre_install)
-    lines += [
-        # Install: every staged file replaces the live one; the live one is kept in $backup,
-        # files that did not exist are listed in $backup/.new so a rollback removes them.
-        "(cd \"$stage\" && find . -type f -print0) | while IFS= read -r -d '' rel; do",
-        "  live=\"$root/${rel#./}\"",
-        "  if [ -e \"$live\" ]; then mkdir -p \"$backup/$(dirname \"$rel\")\" && cp -a \"$live\" \"$backup/$rel\";",
-        "  else printf '%s\\n' \"$live\" >> \"$backup/.new\"; fi",
-        "  (umask 022; mkdir -p \"$(dirname \"$live\")\")",
-        "  cp -a \"$stage/$rel\" \"$live.onionstack-new\" && mv -f \"$live.onionstack-new\" \"$live\"",
-        "done",
-        "rollback() {",
-        "  echo \"onionstack: check failed: $1; previous files restored, nothing reloaded\" >&2",
-        "  (cd \"$backup\" && find . -type f ! -name .new -print0) | while IFS= read -r -d '' rel; do",
-        "    cp -a \"$backup/$rel\" \"$root/${rel#./}\"",
-        "  done",
-        "  if [ -f \"$backup/.new\" ]; then while IFS= read -r f; do rm -f -- \"$f\"; done < \"$backup/.new\"; fi",
-        "  exit 1",
-        "}",
-    ]
-    for check in checks.verify:
-        if "$" in check:  # the message quotes the check's text as written, unexpanded
-            lines.append("# shellcheck disable=SC2016")
-        lines.append(f"{check} || rollback {q(check)}")
-    lines += list(checks.activate)
-    lines += list(post)
     return "\n".join(lines) + "\n"
 
 

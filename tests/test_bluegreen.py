@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from nodes.bootstrap import BALANCER_CONFIG, BALANCER_KEY_DIR
+from nodes.bootstrap import BALANCER_CONFIG, BALANCER_STATE_DIR
 from nodes.steps import unpack
 from tests.stackmocks import prod_config, run
 
@@ -30,7 +30,7 @@ def test_publish_switch_changes_exactly_the_publish_line():
     b, g = yaml.safe_load(blue_text), yaml.safe_load(green_text)
     assert b.pop("publish") is True and g.pop("publish") is False and b == g
     # Same master keys on both sides: the standby can take over the same onion addresses.
-    keys = lambda files: {k: v for k, v in files.items() if k.startswith(BALANCER_KEY_DIR.lstrip("/"))}  # noqa: E731
+    keys = lambda files: {k: v for k, v in files.items() if k.startswith((BALANCER_STATE_DIR + "/keys").lstrip("/"))}  # noqa: E731
     assert keys(blue_files) == keys(green_files) and len(keys(blue_files)) == 2
     assert blue.outputs["sites"] == green.outputs["sites"]
     assert blue.outputs["balancerPublishes"] is True and green.outputs["balancerPublishes"] is False

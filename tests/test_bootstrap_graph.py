@@ -6,14 +6,15 @@ import pytest
 import yaml
 
 import mockrun
-from nodes.bootstrap import (ADDRESS_LINE, BALANCER_CONFIG, BALANCER_KEY_DIR, BALANCER_USER, parse_instance_addresses,
-                             worker_files, worker_spec)
-from nodes.render import content_hash
+from nodes.bootstrap import (ADDRESS_LINE, BALANCER_CONFIG, BALANCER_STATE_DIR, BALANCER_USER, parse_instance_addresses,
+                             worker_spec)
+from nodes.render import content_hash, render_worker
 from nodes.steps import unpack
 from infra.config import parse_config
 from tests.stackmocks import minimal_config, mock_instance_address, prod_config, run
 
 COMMAND = "command:remote:Command"
+BALANCER_KEY_DIR = f"{BALANCER_STATE_DIR}/keys"
 COPY = "command:remote:CopyToRemote"
 THREE_SITES = [
     {"name": "news", "domain": "example.com"},
@@ -59,10 +60,10 @@ def test_every_worker_step_comes_before_the_balancer_core(program):
     assert worker_steps, "no worker steps"
     for step in worker_steps:
         assert step.urn in core.dependencies, step.name
-    assert result.named("balancer-base").urn in core.dependencies
+    assert result.named("balancer-package").urn in core.dependencies
     assert result.named("balancer-instance").urn in core.dependencies
     # and the package copy precedes the base step that installs it
-    assert result.named("balancer-onion-package").urn in result.named("balancer-base").dependencies
+    assert result.named("balancer-onion-package").urn in result.named("balancer-package").dependencies
     # Nothing on the balancer waits for the database (it is not part of the onion path).
     assert result.named("database-postgres").urn not in core.dependencies
 
@@ -77,7 +78,7 @@ def test_steps_are_children_of_their_node_and_wait_for_its_instance(program):
     assert db.parent == result.named("database").urn
     for purpose in ("data", "journal", "log"):
         assert result.named(f"database-volumes-{purpose}-attach").urn in db.dependencies
-    for name in ("balancer-base", "balancer-core", "balancer-onion-package"):
+    for name in ("balancer-package", "balancer-core", "balancer-onion-package"):
         assert result.named(name).parent == result.named("balancer").urn
 
 
@@ -95,7 +96,7 @@ def test_workers_and_database_go_through_the_balancer(program):
         assert conn["proxy"]["user"] == conn["user"] == "ubuntu"
         assert conn["dialErrorLimit"] == -1 and conn["proxy"]["dialErrorLimit"] == -1
         assert conn["privateKey"] == conn["proxy"]["privateKey"]
-    for name in ("balancer-base", "balancer-core", "balancer-onion-package"):
+    for name in ("balancer-package", "balancer-core", "balancer-onion-package"):
         conn = result.named(name).input("connection")
         assert conn["host"] == balancer["publicIp"] and "proxy" not in conn, name
         assert conn["dialErrorLimit"] == -1
@@ -119,6 +120,8 @@ def test_command_policy(program):
             continue
         assert c.input("update") == c.input("create"), c.name  # idempotent scripts
         assert c.input("create").startswith("sudo -n /bin/bash -c "), c.name
+        if c.name != "balancer-package":  # the package install needs no payload
+            assert "install-packages.sh" in c.input("create") and "apply.sh" in c.input("create"), c.name
         # No delete: it would have to reach a host that may be terminated already.
         assert c.input("delete") is None, c.name
 
@@ -145,7 +148,7 @@ def test_triggers_are_instance_id_and_content_hash(program):
     from infra.config import load_config  # noqa: F401  (parse the same config the program did)
 
     config = parse_config({k.split(":", 1)[-1]: v for k, v in cfg.items() if not k.startswith("aws:")})
-    expected_hash = content_hash(worker_files(worker_spec(config)))
+    expected_hash = content_hash(render_worker(worker_spec(config)))
     for w in workers_of(result):
         step = result.named(f"{w.name}-tor-nginx")
         triggers = step.input("triggers")
@@ -320,24 +323,22 @@ def test_database_step_config_password_and_volumes(program):
     pw = files["etc/onionstack/postgres/password"]
     assert pw.content == mock_password("database-password") and pw.mode == 0o600 and pw.owner == "postgres"
     db_ip = result.named("database-instance").state["privateIp"]
-    conf = files["etc/onionstack/postgres/onionstack.conf"].content
+    conf = files["etc/postgresql/16/main/conf.d/onionstack.conf"].content
     assert f"listen_addresses = 'localhost,{db_ip}'" in conf and "password_encryption = 'scram-sha-256'" in conf
-    hba = files["etc/onionstack/postgres/pg_hba.conf"].content
+    hba = files["etc/postgresql/16/main/pg_hba.conf"].content
     private = sorted(s.input("cidrBlock") for s in result.of_type("aws:ec2/subnet:Subnet")
                      if s.input("tags")["tier"] == "private")
-    host_lines = [line.split() for line in hba.splitlines() if line.startswith("host ")]
-    assert ["host", "all", "all", "127.0.0.1/32", "scram-sha-256"] in host_lines
-    remote = sorted(line[3] for line in host_lines if line[3] != "127.0.0.1/32")
-    assert remote == private and private
-    assert all(line[1:3] == ["onionstack", "onionstack"] and line[4] == "scram-sha-256"
-               for line in host_lines if line[3] != "127.0.0.1/32")
+    remote = [line.split() for line in hba.splitlines() if line.startswith("hostssl")]
+    assert sorted(line[3] for line in remote) == private and private
+    assert all(line[1:3] == ["onionstack", "onionstack"] and line[4] == "scram-sha-256" for line in remote)
     assert "trust" not in hba and "md5" not in hba
-    # Volumes are found by their EBS ids (NVMe serials) and formatted only when blank.
-    script = step.input("create")
+    # The volumes are the stack's own, found by their EBS ids (apply.sh in the payload).
+    apply = files["usr/local/lib/onionstack/apply.sh"].content
     for v in result.of_type("aws:ebs/volume:Volume"):
-        assert f"nvme-Amazon_Elastic_Block_Store_{v.id.replace('-', '')}" in script
-    assert "blkid" in script and "mkfs.xfs" in script and "create_main_cluster = false" in script
-    # triggers: instance, the public config, the script; never the password
+        assert v.id in apply
+    # triggers: instance, the public files, the script; never the password
     triggers = step.input("triggers")
     assert triggers[0] == result.named("database-instance").id
+    public = {k: v for k, v in files.items() if k != "etc/onionstack/postgres/password"}
+    assert triggers[1] == content_hash(public)
     assert not any(pw.content in str(t) for t in triggers)

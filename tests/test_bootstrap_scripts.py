@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 
 from nodes import steps
-from nodes.bootstrap import (BALANCER_TORRC, balancer_base_script, balancer_core_script, database_script, drain_script,
-                             worker_script, worker_spec)
+from nodes.bootstrap import drain_script
 from nodes.render import RenderedFile
-from infra.config import parse_config
 from tests.stackmocks import minimal_config, mock_instance_address, prod_config, run
 
 SHELLCHECK = shutil.which("shellcheck") or "shellcheck"  # installed by scripts/setup
@@ -50,66 +48,46 @@ def test_every_step_script_is_shellcheck_clean(config, tmp_path):
             _shellcheck(step.input("delete"), tmp_path, step.name + "-delete")
             checked += 1
     assert checked >= 2 * 2 + 2 + 1
+    # ...and the templates' own scripts in every payload (what role_script runs).
+    from nodes.steps import unpack
+
+    for step in result.of_type("command:remote:Command"):
+        stdin = step.input("stdin")
+        if not stdin:
+            continue
+        for path, f in unpack(stdin).items():
+            if path.endswith(".sh"):
+                _shellcheck(f.content.split("\n", 1)[1], tmp_path, step.name + "-" + path.rsplit("/", 1)[1])
+                checked += 1
+    assert checked >= 2 * 2 + 2 + 1 + 2 * (2 + 1 + 1)
 
 
-# ---------------------------------------------------------------- apply: install, check, rollback
-def _apply(tmp_path: Path, files: dict, verify: tuple[str, ...], activate: tuple[str, ...] = (), post=()):
-    root = tmp_path / "root"
-    root.mkdir(exist_ok=True)
-    script = steps.apply_script(checks=steps.Checks(verify, activate), post=post, root=str(root))
-    return root, subprocess.run(["bash", "-c", script], input=steps.payload(files), capture_output=True, text=True,
-                                timeout=60)
-
-
-def test_apply_installs_files_with_mode_and_owner_then_activates(tmp_path):
+# ---------------------------------------------------------------- the runner around the templates' scripts
+def test_role_script_runs_install_packages_then_apply_on_the_staged_files(tmp_path):
+    """role_script unpacks the payload and runs the role's own rendered scripts from it:
+    install-packages.sh first, then apply.sh STAGE with every file staged; neither sees
+    the payload on stdin; the stage is removed afterwards; a failing apply fails the step."""
+    log = tmp_path / "log"
     files = {
-        "etc/app/app.conf": RenderedFile("good = 1\n", 0o644, "root"),
-        "var/lib/app/secret.key": RenderedFile("k\n", 0o600, "nobody"),
+        "usr/local/lib/onionstack/install-packages.sh": RenderedFile(
+            f"echo install >> {log}\n[ -t 0 ] || [ -z \"$(cat)\" ] || echo install-read-stdin >> {log}\n", 0o755),
+        "usr/local/lib/onionstack/apply.sh": RenderedFile(
+            f"echo \"apply $1\" >> {log}\ncat \"$1/etc/app.conf\" >> {log}\n"
+            f"[ -z \"$(cat)\" ] || echo apply-read-stdin >> {log}\nexit \"${{FAIL:-0}}\"\n", 0o755),
+        "etc/app.conf": RenderedFile("the config\n"),
     }
-    marker = tmp_path / "activated"
-    root, proc = _apply(tmp_path, files, verify=(f"grep -q 'good' {tmp_path}/root/etc/app/app.conf",),
-                        activate=(f"touch {marker}",), post=("echo done-post",))
+    script = steps.role_script("usr/local/lib/onionstack", post=[f"echo post >> {log}"])
+    proc = subprocess.run(["bash", "-c", script], input=steps.payload(files), capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
-    conf, key = root / "etc/app/app.conf", root / "var/lib/app/secret.key"
-    assert conf.read_text() == "good = 1\n" and (conf.stat().st_mode & 0o777) == 0o644
-    assert (key.stat().st_mode & 0o777) == 0o600
-    if os.geteuid() == 0:
-        import pwd
-
-        assert pwd.getpwuid(key.stat().st_uid).pw_name == "nobody"
-        # Parent directories are traversable (0755), not 0700 from the script's umask.
-        assert ((root / "var/lib/app").stat().st_mode & 0o777) == 0o755
-    assert marker.exists() and "done-post" in proc.stdout
-    # The staging dir and the backups are gone.
-    assert not list(Path("/var/tmp").glob(f"{Path(steps.STAGING_PREFIX).name}*.backup"))
-
-
-def test_a_failed_check_restores_the_old_files_and_reloads_nothing(tmp_path):
-    root = tmp_path / "root"
-    (root / "etc/app").mkdir(parents=True)
-    (root / "etc/app/app.conf").write_text("good = 1\n")
-    os.chmod(root / "etc/app/app.conf", 0o640)
-    marker = tmp_path / "activated"
-    files = {
-        "etc/app/app.conf": RenderedFile("broken\n", 0o644),
-        "etc/app/extra.conf": RenderedFile("new file\n", 0o644),
-    }
-    _, proc = _apply(tmp_path, files, verify=(f"grep -q 'good' {root}/etc/app/app.conf",),
-                     activate=(f"touch {marker}",), post=(f"touch {marker}.post",))
-    assert proc.returncode == 1
-    assert "check failed" in proc.stderr and "previous files restored, nothing reloaded" in proc.stderr
-    assert (root / "etc/app/app.conf").read_text() == "good = 1\n"
-    assert ((root / "etc/app/app.conf").stat().st_mode & 0o777) == 0o640
-    assert not (root / "etc/app/extra.conf").exists()  # files that were new are removed again
-    assert not marker.exists() and not Path(f"{marker}.post").exists()
-
-
-def test_apply_is_idempotent(tmp_path):
-    files = {"etc/app/app.conf": RenderedFile("good\n")}
-    for _ in range(2):
-        root, proc = _apply(tmp_path, files, verify=(f"grep -q good {tmp_path}/root/etc/app/app.conf",))
-        assert proc.returncode == 0, proc.stderr
-    assert (root / "etc/app/app.conf").read_text() == "good\n"
+    lines = log.read_text().splitlines()
+    assert lines[0] == "install" and lines[1].startswith("apply " + steps.STAGING_PREFIX)
+    assert lines[2:] == ["the config", "post"]
+    assert not Path(lines[1].split()[1]).exists()  # the stage is gone
+    log.unlink()
+    proc = subprocess.run(["bash", "-c", script], input=steps.payload(files), capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "FAIL": "1"})
+    assert proc.returncode == 1 and "post" not in log.read_text()
 
 
 def test_payload_is_reproducible_and_round_trips():
@@ -130,70 +108,14 @@ def steps_binary():
     return BinaryFile(b"\x00\xff binary")
 
 
-# ---------------------------------------------------------------- the real tools on what the steps install
-@pytest.mark.tools
-def test_worker_files_pass_tor_and_nginx_checks_as_the_step_runs_them(tmp_path):
-    """The step's own verify commands, run against the worker files rendered into a
-    scratch root (paths rewritten from / to the root): tor and nginx accept them."""
-    from nodes.render import Layout, WorkerSpec, render_worker
-
-    config = parse_config({k.split(":", 1)[1]: v for k, v in prod_config().items() if k.startswith("onionstack:")})
-    spec = worker_spec(config)
-    scratch = WorkerSpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__},
-                            "layout": Layout(root=str(tmp_path), run_dir=str(tmp_path / "run")),
-                            "tor_user": None, "nginx_user": None})
-    files = render_worker(scratch)
-    (tmp_path / "run").mkdir()
-    for rel, f in files.items():
-        p = tmp_path / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(f.content)
-        p.chmod(f.mode)
-    for d in scratch.daemon_names:
-        Path(scratch.data_dir(d)).chmod(0o700)
-        for s in scratch.sites:
-            Path(scratch.hs_dir(d, s)).chmod(0o700)
-        torrc = tmp_path / "etc/onionstack/tor" / f"{d}.torrc"
-        proc = subprocess.run(["tor", "--verify-config", "-f", str(torrc)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout[-2000:]
-    # The directories the worker script creates before it installs the files.
-    from nodes.render import worker_directories
-
-    for d in worker_directories(scratch):
-        Path(d.path).mkdir(parents=True, exist_ok=True)
-        Path(d.path).chmod(d.mode)
-    proc = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "etc/onionstack/nginx/nginx.conf"),
-                           "-e", "stderr"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    # ...and the worker script runs exactly these checks (same files, at the live paths).
-    script = worker_script(spec)
-    for d in spec.daemon_names:
-        assert f"tor --verify-config -f /etc/onionstack/tor/{d}.torrc" in script
-    assert "nginx -t -q -c /etc/onionstack/nginx/nginx.conf" in script
-
-
-@pytest.mark.tools
-def test_balancer_torrc_passes_tor_verify_config(tmp_path):
-    torrc = tmp_path / "torrc"
-    data = tmp_path / "data"
-    data.mkdir(mode=0o700)
-    torrc.write_text(BALANCER_TORRC.replace("/run/tor/control.authcookie", str(tmp_path / "cookie"))
-                     + f"DataDirectory {data}\n")
-    proc = subprocess.run(["tor", "--verify-config", "-f", str(torrc)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "SocksPort 127.0.0.1:9050" in BALANCER_TORRC and "ControlPort 127.0.0.1:9051" in BALANCER_TORRC
-
-
-def test_scripts_never_contain_secrets_or_echo_files():
-    """Secrets reach a machine only inside the stdin payload: no script mentions one."""
-    for script in (balancer_base_script("/home/ubuntu/p"), balancer_core_script(["news"]),
-                   database_script({"data": "vol-1", "journal": "vol-2", "log": "vol-3"})):
-        assert "PRIVATE KEY" not in script and "ED25519-V3" not in script
-        assert "cat /var/lib/onion-balancer/keys" not in script and "set -x" not in script
-    db = database_script({"data": "vol-1", "journal": "vol-2", "log": "vol-3"})
-    # The password goes from a 0600 file to psql's stdin via the printf builtin, never argv.
-    assert "\" \"$pw\" | runuser -u postgres -- psql" in db and "pw=$(cat /etc/onionstack/postgres/password)" in db
-    assert "psql -c \"ALTER" not in db and "PASSWORD '$" not in db
+def test_step_scripts_never_contain_secrets():
+    """Secrets reach a machine only inside the stdin payload: no step script mentions one,
+    and none turns on tracing (set -x would print the payload's handling)."""
+    result = run(prod_config())
+    for step in result.of_type("command:remote:Command"):
+        for key in ("create", "delete"):
+            text = step.input(key) or ""
+            assert "PRIVATE KEY" not in text and "ED25519-V3" not in text and "set -x" not in text, step.name
 
 
 # ---------------------------------------------------------------- drain: bounded wait on the real status JSON
@@ -308,6 +230,6 @@ def test_package_copy_step():
     assert copy.inputs["source"].text == onion_package_tarball()
     assert copy.input("remotePath") == "/home/ubuntu/onionstack-onion.tar.gz.b64"
     assert copy.input("triggers")[0] == result.named("balancer-instance").id
-    base = result.named("balancer-base")
+    base = result.named("balancer-package")
     assert "base64 -d < /home/ubuntu/onionstack-onion.tar.gz.b64" in base.input("create")
     assert copy.input("triggers")[1] in base.input("triggers")  # a new package re-runs the install
