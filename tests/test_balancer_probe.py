@@ -106,5 +106,6 @@ def test_prober_turns_connection_errors_into_failed_results():
     prober = Prober(srv.port, 80, 2, results.put)
     prober.start("c" * 56)
     r = results.get(timeout=10)
-    assert not r.ok and "closed the connection" in r.detail
+    # the proxy hangs up mid-handshake: a clean close or a reset, depending on timing
+    assert not r.ok and ("closed the connection" in r.detail or "ConnectionResetError" in r.detail)
     srv.close()
