@@ -129,6 +129,7 @@ class SiteSpec:
         if not ONION_RE.match(address):
             _fail(f"{where}.onion_address", self.onion_address,
                   "use the 56-character v3 master address (with or without '.onion')")
+        _check_onion_checksum(f"{where}.onion_address", address)
         object.__setattr__(self, "onion_address", address)
         if self.origin_address is not None:
             _check_ip_port(f"{where}.origin_address", self.origin_address)
@@ -144,6 +145,17 @@ class SiteSpec:
     @property
     def onion_host(self) -> str:
         return self.onion_address + ".onion"
+
+
+def _check_onion_checksum(field_name: str, address: str) -> None:
+    """A mistyped address would render fine and even pass `tor --verify-config` (it checks
+    only the form): check the checksum with onion.keys."""
+    from onion.keys import parse_address  # onion/ is below nodes/ in the layering
+
+    try:
+        parse_address(address)
+    except ValueError as exc:
+        _fail(field_name, address, f"not a valid v3 onion address ({exc})")
 
 
 def _check_ip_port(field_name: str, value: str) -> None:
@@ -494,6 +506,7 @@ class BalancerSpec:
                 address = a.lower().removesuffix(".onion") if isinstance(a, str) else ""
                 if not ONION_RE.match(address):
                     _fail(f"instances[{name}]", a, "use 56-character v3 onion addresses")
+                _check_onion_checksum(f"instances[{name}]", address)
                 if address not in addresses:
                     addresses.append(address)
             if not addresses:

@@ -152,6 +152,7 @@ def test_rendering_is_deterministic_and_hash_tracks_changes():
     (dict(name="News"), "site.name"),
     (dict(domain="http://example.com"), "sites[news].domain"),
     (dict(onion_address="abc.onion"), "sites[news].onion_address"),
+    (dict(onion_address="a" * 55 + "d"), "sites[news].onion_address"),  # checksum
     (dict(origin_address="origin.example.com"), "sites[news].origin_address"),
     (dict(origin_address="origin_x:443"), "sites[news].origin_address"),
     (dict(block_hosts=("evil.org",)), "sites[news].block_hosts"),
