@@ -261,8 +261,10 @@ for fe in s.get("frontends", []):
     if owners & gone or "?" in owners:
         sys.exit("descriptors with the instance's introduction points are still published")
     ups = [u for d in fe.get("descriptors", []) for u in d.get("hsdirs", [])]
-    if not any(u.get("state") in ("uploaded", "standby") for u in ups):
-        sys.exit("no descriptor uploaded since the restart yet")
+    # Every responsible HSDir (current and next period) has the new descriptor: an HSDir
+    # still holding the old one would keep handing out the removed instance's intro points.
+    if not ups or not all(u.get("state") in ("uploaded", "standby") for u in ups):
+        sys.exit("not every HSDir has the new descriptor yet")
 """ % {"fresh": STATUS_FRESH_SECONDS}
 
 

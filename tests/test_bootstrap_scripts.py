@@ -119,16 +119,18 @@ def test_step_scripts_never_contain_secrets():
 
 
 # ---------------------------------------------------------------- drain: bounded wait on the real status JSON
-def _status(addresses_published=(), listed=(), written_at=None, uploaded=True):
+def _status(addresses_published=(), listed=(), written_at=None, uploaded=True, pending_hsdir=False):
     now = time.time() if written_at is None else written_at
+    hsdirs = [{"hsdir": "A" * 40, "state": "uploaded" if uploaded else "failed"}]
+    if pending_hsdir:
+        hsdirs.append({"hsdir": "B" * 40, "state": "not yet"})
     return {
         "version": 1, "written_at": now, "publish": True,
         "frontends": [{
             "name": "news", "address": "x",
             "instances": [{"address": a} for a in listed],
             "published_intro_points": [{"auth_key": f"{i:064x}", "instance": a} for i, a in enumerate(addresses_published)],
-            "descriptors": [{"time_period": 1, "role": "current",
-                             "hsdirs": [{"hsdir": "A" * 40, "state": "uploaded" if uploaded else "failed"}]}],
+            "descriptors": [{"time_period": 1, "role": "current", "hsdirs": hsdirs}],
         }],
     }
 
@@ -170,7 +172,8 @@ def test_drain_waits_bounded_then_proceeds_with_a_warning(tmp_path):
 @pytest.mark.parametrize("status,why", [
     (_status(["?"], []), "still published"),                       # unattributed intro points
     (_status([], [], written_at=time.time() - 3600), "stale"),      # daemon not running
-    (_status([], [], uploaded=False), "no descriptor uploaded"),    # restarted, nothing uploaded yet
+    (_status([], [], uploaded=False), "not every HSDir"),           # restarted, upload failed
+    (_status([], [], pending_hsdir=True), "not every HSDir"),       # one HSDir still has the old one
 ])
 def test_drain_is_conservative(tmp_path, status, why):
     _, proc, _ = _drain(tmp_path, status, "frontends: []\n", wait=2)
@@ -233,3 +236,31 @@ def test_package_copy_step():
     base = result.named("balancer-package")
     assert "base64 -d < /home/ubuntu/onionstack-onion.tar.gz.b64" in base.input("create")
     assert copy.input("triggers")[1] in base.input("triggers")  # a new package re-runs the install
+
+
+def test_drain_reads_the_real_status_command(tmp_path):
+    """The drain against the real `python -m onion status --json` (this venv's python and
+    the repo's package in place of the balancer's venv): the status file the daemon writes
+    (onion.status.write_status) is read through the real CLI and judged drained."""
+    import sys
+
+    from onion.status import write_status
+
+    root = Path(__file__).resolve().parent.parent
+    other = mock_instance_address("worker-1-tor-nginx", "tor1", "news")
+    gone = mock_instance_address("worker-3-tor-nginx", "tor1", "news")
+    state = tmp_path / "state"
+    config = tmp_path / "balancer.yaml"
+    config.write_text(f"frontends: [{other}.onion]\n")
+    os.utime(config, (time.time() - 60, time.time() - 60))
+    write_status(str(state), _status([other], [other]))
+    script = drain_script([gone], wait=20, poll=1, config=str(config), python=sys.executable,
+                          state_dir=str(state), package_lib=str(root))
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "publishes without" in proc.stdout, proc.stderr
+    # ...and the same status with the removed instance's intro point still published is not.
+    write_status(str(state), _status([other, gone], [other]))
+    script = drain_script([gone], wait=2, poll=1, config=str(config), python=sys.executable,
+                          state_dir=str(state), package_lib=str(root))
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "WARNING" in proc.stderr and "still published" in proc.stderr
