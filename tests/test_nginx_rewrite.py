@@ -49,6 +49,9 @@ ROUTES = {
     "/redirect": lambda req: Reply(302, [("Location", "https://www.example.com:443/target?x=1"),
                                          ("Content-Type", "text/plain")], b"moved"),
     "/redirect-other": lambda req: Reply(301, [("Location", "https://other.org/y")], b""),
+    "/refresh": lambda req: Reply(200, [("Refresh", "5; url=https://shop.other.org/z"),
+                                        ("Content-Type", "text/plain")], b"soon"),
+    "/redirect-relative": lambda req: Reply(302, [("Location", "/here?q=example.com")], b""),
     "/cookie": lambda req: Reply(200, [("Set-Cookie", "sid=1; Domain=.example.com; Path=/; HttpOnly"),
                                        ("Set-Cookie", "pref=2; Domain=shop.other.org; Path=/"),
                                        ("Set-Cookie", "plain=3; Path=/"),
@@ -173,6 +176,10 @@ def test_redirect_location_is_rewritten(stack):
     assert r.headers["Location"] == f"http://www.{NEWS}.onion/target?x=1"
     r = stack.get("/redirect-other", f"{NEWS}.onion")
     assert r.headers["Location"] == f"http://{OTHER}.onion/y"
+    r = stack.get("/refresh", f"{NEWS}.onion")
+    assert r.headers["Refresh"] == f"5; url=http://shop.{OTHER}.onion/z"
+    r = stack.get("/redirect-relative", f"{NEWS}.onion")
+    assert r.headers["Location"] == "/here?q=example.com"  # relative: already on the onion
 
 
 def test_set_cookie_domains_are_rewritten(stack):
