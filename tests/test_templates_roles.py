@@ -362,3 +362,40 @@ def test_worker_apply_enables_and_reloads_only_after_a_passing_check(tmp_path):
     assert "burst=41" in (root / "etc/onionstack/nginx/sites/news.conf").read_text()
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def test_install_packages_refuses_a_tor_project_key_with_another_fingerprint(tmp_path):
+    """The repository key check is real gpg: a key that is not the pinned one stops the
+    script before any apt source is written. Network tools are stand-ins here (no traffic
+    leaves this machine); apt-get/dpkg-query/systemctl record their calls."""
+    gnupg = tmp_path / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(gnupg)}
+    gen = subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
+                          "impostor <impostor@example.invalid>", "ed25519", "sign", "never"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert gen.returncode == 0, gen.stderr
+    key = subprocess.run(["gpg", "--armor", "--export"], capture_output=True, text=True, env=env, timeout=30)
+    (tmp_path / "impostor.asc").write_text(key.stdout)
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    fakes = {
+        "curl": f'echo "curl $*" >> {log}\nwhile [ $# -gt 0 ]; do [ "$1" = -o ] && cp {tmp_path}/impostor.asc "$2"; shift; done',
+        "apt-get": f'echo "apt-get $*" >> {log}',
+        "dpkg-query": "exit 1",
+        "systemctl": f'echo "systemctl $*" >> {log}',
+        "cloud-init": "exit 0",
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = tmp_path / "install-packages.sh"
+    script.write_text(all_roles()["worker"]["usr/local/lib/onionstack/install-packages.sh"].content)
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                            env={**env, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 1
+    assert "expected A3C4F0F979CAA22CDBA8F512EE8CBC9E886DDD89: refusing" in result.stderr
+    calls = log.read_text()
+    assert "https://deb.torproject.org/torproject.org/A3C4F0F979CAA22CDBA8F512EE8CBC9E886DDD89.asc" in calls
+    assert "install -y -q --no-install-recommends tor" not in calls
+    assert not Path("/etc/apt/sources.list.d/tor-project.list").exists()
