@@ -69,6 +69,10 @@ ROUTES = {
         ("Link", "<https://static.example.com/s.css>; rel=preload, <https://other.org/x.js>; rel=preload"),
         ("Content-Location", "https://example.com/headers.txt"),
         ("X-Kept", "yes"),
+        ("Content-Security-Policy", "default-src 'self' https://static.example.com *.example.com; "
+                                    "img-src https://other.org https://cdn.other.org data:; "
+                                    "upgrade-insecure-requests; connect-src 'self' api.example.com"),
+        ("Content-Security-Policy-Report-Only", "default-src https://example.com; report-uri /csp"),
     ], b"headers"),
 }
 
@@ -253,6 +257,11 @@ def test_response_headers_dropped_and_rewritten(stack):
     assert r.headers["Link"] == (f"<http://static.{NEWS}.onion/s.css>; rel=preload, "
                                  f"<http://{OTHER}.onion/x.js>; rel=preload")
     assert r.headers["Content-Location"] == f"http://{NEWS}.onion/headers.txt"
+    assert r.headers["Content-Security-Policy"] == (
+        f"default-src 'self' http://static.{NEWS}.onion *.{NEWS}.onion; "
+        f"img-src http://{OTHER}.onion http://cdn.{OTHER}.onion data:; "
+        f"connect-src 'self' api.{NEWS}.onion")
+    assert r.headers.get("Content-Security-Policy-Report-Only") is None
 
 
 def test_rate_limit_is_per_circuit(stack):
