@@ -127,18 +127,18 @@ def database_spec(private_ip: str, client_cidrs: Sequence[str], volume_ids: Mapp
 
 
 # ================================================================ worker
-def worker_script(spec: WorkerSpec) -> str:
+def worker_script(spec: WorkerSpec, *, hostname_wait: int = HOSTNAME_WAIT_SECONDS) -> str:
     """Install and check via the rendered scripts; then print every instance address,
     waiting (bounded) for each tor daemon to write its hostname files."""
     q = shlex.quote
-    post = [f"deadline=$(( $(date +%s) + {HOSTNAME_WAIT_SECONDS} ))"]
+    post = [f"deadline=$(( $(date +%s) + {int(hostname_wait)} ))"]
     for site in spec.sites:
         for daemon in spec.daemon_names:
             path = spec.hs_dir(daemon, site) + "/hostname"
             post += [
                 f"until [ -s {q(path)} ]; do",
                 "  if [ \"$(date +%s)\" -ge \"$deadline\" ]; then",
-                f"    echo {q(f'onionstack: tor {daemon} wrote no {path} within {HOSTNAME_WAIT_SECONDS} s; see journalctl -u onionstack-tor@{daemon}')} >&2",
+                f"    echo {q(f'onionstack: tor {daemon} wrote no {path} within {hostname_wait} s; see journalctl -u onionstack-tor@{daemon}')} >&2",
                 "    exit 1",
                 "  fi",
                 "  sleep 2",

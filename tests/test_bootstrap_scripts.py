@@ -264,3 +264,46 @@ def test_drain_reads_the_real_status_command(tmp_path):
                           state_dir=str(state), package_lib=str(root))
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "WARNING" in proc.stderr and "still published" in proc.stderr
+
+
+def test_worker_script_reports_every_instance_address_once_tor_wrote_it(tmp_path):
+    """The worker step end to end on this machine, with the templates' scripts replaced by
+    stand-ins: apply.sh "starts tor", which writes the hostname files a moment later; the
+    step waits for them and prints lines that parse into the balancer's instance lists."""
+    from nodes.bootstrap import parse_instance_addresses, worker_script
+    from nodes.render import Layout, SiteSpec, WorkerSpec
+
+    sites = (SiteSpec("news", "example.com", mock_instance_address("m", "x", "news")),
+             SiteSpec("shop", "example.org", mock_instance_address("m", "x", "shop")))
+    spec = WorkerSpec(sites=sites, resolver="10.42.0.2", tor_daemons=2,
+                      layout=Layout(root=str(tmp_path), run_dir=str(tmp_path / "run")))
+    expected = {s.name: [mock_instance_address("w", d, s.name) for d in spec.daemon_names] for s in sites}
+    writes = "\n".join(f"mkdir -p {spec.hs_dir(d, s)} && echo {expected[s.name][i]}.onion > {spec.hs_dir(d, s)}/hostname"
+                       for s in sites for i, d in enumerate(spec.daemon_names))
+    files = {
+        "usr/local/lib/onionstack/install-packages.sh": RenderedFile("true\n", 0o755),
+        # tor writes its hostname files a little after it starts
+        "usr/local/lib/onionstack/apply.sh": RenderedFile(f"( sleep 3; {writes} ) &\n", 0o755),
+    }
+    started = time.monotonic()
+    proc = subprocess.run(["bash", "-c", worker_script(spec)], input=steps.payload(files), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started >= 2.5  # it waited for tor
+    assert parse_instance_addresses(proc.stdout, ["news", "shop"], ["tor1", "tor2"]) == expected
+
+
+def test_worker_script_fails_clearly_when_tor_writes_no_hostname(tmp_path):
+    from nodes.bootstrap import worker_script
+    from nodes.render import Layout, SiteSpec, WorkerSpec
+
+    spec = WorkerSpec(sites=(SiteSpec("news", "example.com", mock_instance_address("m", "x", "news")),),
+                      resolver="10.42.0.2", tor_daemons=1,
+                      layout=Layout(root=str(tmp_path), run_dir=str(tmp_path / "run")))
+    files = {"usr/local/lib/onionstack/install-packages.sh": RenderedFile("true\n", 0o755),
+             "usr/local/lib/onionstack/apply.sh": RenderedFile("true\n", 0o755)}
+    proc = subprocess.run(["bash", "-c", worker_script(spec, hostname_wait=2)], input=steps.payload(files),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"tor tor1 wrote no {spec.hs_dir('tor1', spec.sites[0])}/hostname within 2 s" in proc.stderr
+    assert "journalctl -u onionstack-tor@tor1" in proc.stderr
