@@ -307,3 +307,71 @@ def test_worker_script_fails_clearly_when_tor_writes_no_hostname(tmp_path):
     assert proc.returncode == 1
     assert f"tor tor1 wrote no {spec.hs_dir('tor1', spec.sites[0])}/hostname within 2 s" in proc.stderr
     assert "journalctl -u onionstack-tor@tor1" in proc.stderr
+
+
+@pytest.mark.tools
+def test_worker_step_end_to_end_with_real_apply_and_tor(tmp_path):
+    """The whole worker step on this machine, scratch root: the real payload of
+    render_worker, the real apply.sh (install, tor --verify-config, nginx -t), a stand-in
+    systemctl that starts each tor daemon the way its unit does (debian-tor, no network:
+    DisableNetwork 1), and the step's own wait + report. The addresses it prints are the
+    ones tor generated, and they parse into the balancer's instance lists.
+    (install-packages.sh is replaced: it would reach the package mirrors.)"""
+    import tempfile
+
+    from nodes.bootstrap import parse_instance_addresses, worker_script
+    from nodes.render import Layout, SiteSpec, TorTuning, WorkerSpec, render_worker
+
+    root = Path(tempfile.mkdtemp(prefix="os-e2e-", dir="/tmp"))  # short: unix socket paths
+    os.chmod(root, 0o755)
+    bin_dir, marker, log = tmp_path / "bin", tmp_path / "systemd", tmp_path / "systemctl.log"
+    bin_dir.mkdir()
+    marker.mkdir()
+    tor = shutil.which("tor")
+    # `systemctl enable --now ... onionstack-tor@torN.service ...`: start that tor as the unit would.
+    (bin_dir / "systemctl").write_text(f"""#!/bin/bash
+echo "systemctl $*" >> {log}
+if [ "$1" = enable ] && [ "$2" = --now ]; then
+  for unit in "${{@:3}}"; do
+    case "$unit" in onionstack-tor@*.service)
+      d=${{unit#onionstack-tor@}}; d=${{d%.service}}
+      setsid setpriv --reuid=debian-tor --regid=debian-tor --init-groups --no-new-privs \\
+        {tor} -f {root}/etc/onionstack/tor/$d.torrc --RunAsDaemon 0 --DisableNetwork 1 \\
+        >{tmp_path}/tor-$d.log 2>&1 </dev/null &
+      echo $! >> {tmp_path}/tor.pids ;;
+    esac
+  done
+fi
+""")
+    (bin_dir / "systemd-tmpfiles").write_text("#!/bin/sh\ntrue\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    sites = (SiteSpec("news", "example.com", mock_instance_address("m", "x", "news")),
+             SiteSpec("shop", "example.org", mock_instance_address("m", "x", "shop")))
+    spec = WorkerSpec(sites=sites, resolver="10.42.0.2", tor_daemons=2, tor=TorTuning(sandbox=False),
+                      layout=Layout(root=str(root)))
+    files = dict(render_worker(spec))
+    files["usr/local/lib/onionstack/install-packages.sh"] = RenderedFile("echo stand-in\n", 0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ONIONSTACK_SYSTEMD_MARKER": str(marker)}
+    try:
+        proc = subprocess.run(["bash", "-c", worker_script(spec, hostname_wait=60)], input=steps.payload(files),
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr + "".join(p.read_text() for p in tmp_path.glob("tor-*.log"))
+        assert "configuration checked (changed)" in proc.stdout
+        got = parse_instance_addresses(proc.stdout, ["news", "shop"], ["tor1", "tor2"])
+        for site in sites:
+            for i, d in enumerate(spec.daemon_names):
+                hostname = Path(spec.hs_dir(d, site)) / "hostname"
+                assert got[site.name][i] + ".onion" == hostname.read_text().strip()
+        # one tor per daemon, one instance address per (daemon, site), all distinct
+        flat = [a for v in got.values() for a in v]
+        assert len(set(flat)) == 4
+    finally:
+        if (tmp_path / "tor.pids").exists():
+            for pid in (tmp_path / "tor.pids").read_text().split():
+                try:
+                    os.kill(int(pid), 15)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.5)
+        shutil.rmtree(root, ignore_errors=True)
