@@ -39,6 +39,7 @@ from pulumi_command import remote
 from infra.config import Site, StackConfig
 from infra.storage import VolumeSpec as VolumeAttachmentSpec
 from nodes import steps
+from nodes.steps import BinaryFile
 from nodes.render import (BALANCER_UNIT, BalancerSpec, DatabaseSpec, Layout, RenderedFile, SiteSpec, TorTuning,
                           WorkerSpec, content_hash, database_volumes, render_balancer, render_database, render_worker)
 from onion.keys import IdentityKey, parse_address
@@ -64,15 +65,6 @@ ADDRESS_LINE = "onionstack-instance"  # stdout lines: "onionstack-instance <site
 DRAIN_WAIT_SECONDS = 900   # bounded wait for the balancer to stop publishing a removed worker
 DRAIN_POLL_SECONDS = 15
 STATUS_FRESH_SECONDS = 180  # a status file older than this means the balancer core is not running
-
-
-@dataclass(frozen=True)
-class BinaryFile:
-    """A file whose content is bytes (tor's binary key format); same fields as RenderedFile."""
-
-    content: bytes
-    mode: int = 0o600
-    owner: str = "root"
 
 
 # ================================================================ config -> render specs

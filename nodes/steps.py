@@ -29,6 +29,7 @@ import hashlib
 import io
 import shlex
 import tarfile
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
 import pulumi
@@ -85,6 +86,15 @@ def connection(
 
 
 # ---------------------------------------------------------------- payload
+@dataclass(frozen=True)
+class BinaryFile:
+    """A file whose content is bytes (tor's binary key format); same fields as RenderedFile."""
+
+    content: bytes
+    mode: int = 0o600
+    owner: str = "root"
+
+
 def payload(files: Mapping[str, "RenderedFile"]) -> str:
     """`files` ({path relative to /: RenderedFile}) as base64 of a reproducible tar.gz.
 

@@ -103,7 +103,7 @@ def test_payload_is_reproducible_and_round_trips():
 
 
 def steps_binary():
-    from nodes.bootstrap import BinaryFile
+    from nodes.steps import BinaryFile
 
     return BinaryFile(b"\x00\xff binary")
 

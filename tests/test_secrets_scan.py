@@ -192,7 +192,7 @@ def test_a_leak_is_caught(leak):
     import pulumi_aws as aws
 
     from infra.config import load_config
-    from nodes.bootstrap import BinaryFile
+    from nodes.steps import BinaryFile
     from nodes.steps import payload
 
     config = minimal_config()
