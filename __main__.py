@@ -15,6 +15,7 @@ from nodes.instance import SSH_USER, AmiCatalog, InstanceArgs
 from nodes.worker import WorkerNode, WorkerNodeArgs, spread
 
 config = load_config()  # raises ConfigError before any resource exists
+steps = BootstrapContext.of(config)  # so does a value the node templates cannot render
 
 zones = available_zones(config.availability_zones)
 ami_for = AmiCatalog()
@@ -27,7 +28,6 @@ security = SecurityGroups(
     SecurityArgs(network.vpc.id, config.admin_cidrs, database=config.database.enabled),
 )
 key_pair = admin_key_pair("admin-key", config.ssh_public_key)
-steps = BootstrapContext.of(config)  # remote steps: SSH key only as a secret Output
 
 
 def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False) -> InstanceArgs:

@@ -36,12 +36,12 @@ from typing import Mapping, Optional, Sequence
 import pulumi
 from pulumi_command import remote
 
-from infra.config import Site, StackConfig
+from infra.config import ConfigError, Site, StackConfig
 from infra.storage import VolumeSpec as VolumeAttachmentSpec
 from nodes import steps
 from nodes.steps import BinaryFile
-from nodes.render import (BALANCER_UNIT, BalancerSpec, DatabaseSpec, Layout, RenderedFile, SiteSpec, TorTuning,
-                          WorkerSpec, content_hash, database_volumes, render_balancer, render_database, render_worker)
+from nodes.render import (BALANCER_UNIT, BalancerSpec, DatabaseSpec, Layout, RenderedFile, RenderError, SiteSpec,
+                          TorTuning, WorkerSpec, content_hash, database_volumes, render_balancer, render_database, render_worker)
 from onion.keys import IdentityKey, parse_address
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +78,23 @@ def site_spec(site: Site) -> SiteSpec:
         block_hosts=site.block_hosts,
         block_paths=site.block_paths,
     )
+
+
+def check_renderable(config: StackConfig) -> None:
+    """Raise ConfigError, naming the config key, for values the stack config accepts but
+    the templates cannot render (e.g. a `blockPaths` regex not anchored with '^', an IPv6
+    `originAddress`), so the program stops before declaring any resource instead of
+    failing halfway through."""
+    for i, site in enumerate(config.sites):
+        try:
+            site_spec(site)
+        except RenderError as exc:
+            raise ConfigError(f"onionstack:sites[{i}] ({site.name}): the node templates refuse it: {exc}") from None
+    try:
+        worker_spec(config)
+        balancer_spec(config, {s.name: ["a" * 55 + "d"] for s in config.sites})
+    except RenderError as exc:
+        raise ConfigError(f"onionstack config: the node templates refuse it: {exc}") from None
 
 
 def vpc_resolver(vpc_cidr: str) -> str:
@@ -328,6 +345,9 @@ class BootstrapContext:
 
     @classmethod
     def of(cls, config: StackConfig) -> "BootstrapContext":
+        """Checks that the templates can render `config` (ConfigError otherwise): call it
+        before declaring resources."""
+        check_renderable(config)
         return cls(config, config.ssh_private_key.output())
 
     def connection(self, node, *, dial_error_limit: int = steps.UNLIMITED_DIALS) -> remote.ConnectionArgs:

@@ -342,3 +342,18 @@ def test_database_step_config_password_and_volumes(program):
     public = {k: v for k, v in files.items() if k != "etc/onionstack/postgres/password"}
     assert triggers[1] == content_hash(public)
     assert not any(pw.content in str(t) for t in triggers)
+
+
+@pytest.mark.parametrize("site,message", [
+    ({"name": "news", "domain": "example.com", "blockPaths": ["wp-admin"]},
+     "onionstack:sites[0] (news): the node templates refuse it: sites[news].block_paths: 'wp-admin'"),
+    ({"name": "news", "domain": "example.com", "originAddress": "[2001:db8::1]:443"},
+     "onionstack:sites[0] (news): the node templates refuse it: sites[news].origin_address"),
+])
+def test_config_the_templates_cannot_render_stops_before_any_resource(site, message):
+    from infra.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        mockrun.run_program(minimal_config(sites=[site]))
+    assert str(info.value).startswith(message)
+    assert info.value.registered_resources == []
