@@ -92,7 +92,8 @@ def check_renderable(config: StackConfig) -> None:
             raise ConfigError(f"onionstack:sites[{i}] ({site.name}): the node templates refuse it: {exc}") from None
     try:
         worker_spec(config)
-        balancer_spec(config, {s.name: ["a" * 55 + "d"] for s in config.sites})
+        # Any valid address stands in for the instances the workers will report.
+        balancer_spec(config, {s.name: [s.onion_address] for s in config.sites})
     except RenderError as exc:
         raise ConfigError(f"onionstack config: the node templates refuse it: {exc}") from None
 
