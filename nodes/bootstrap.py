@@ -264,6 +264,8 @@ if time.time() - float(s.get("written_at") or 0) > %(fresh)d:
     sys.exit("status file is stale: is the balancer core running?")
 if float(s.get("written_at") or 0) < config_mtime:
     sys.exit("status predates the current config")
+if not s.get("frontends"):
+    sys.exit("the status lists no frontends yet")
 for fe in s.get("frontends", []):
     if any(i.get("address") in gone for i in fe.get("instances", [])):
         sys.exit("the balancer still lists the instance")

@@ -174,6 +174,7 @@ def test_drain_waits_bounded_then_proceeds_with_a_warning(tmp_path):
     (_status([], [], written_at=time.time() - 3600), "stale"),      # daemon not running
     (_status([], [], uploaded=False), "not every HSDir"),           # restarted, upload failed
     (_status([], [], pending_hsdir=True), "not every HSDir"),       # one HSDir still has the old one
+    ({**_status([], []), "frontends": []}, "no frontends"),         # a core that has not loaded its config
 ])
 def test_drain_is_conservative(tmp_path, status, why):
     _, proc, _ = _drain(tmp_path, status, "frontends: []\n", wait=2)
