@@ -50,15 +50,16 @@ def proc_usage(pid: int) -> tuple[float, float]:
     return cpu, peak
 
 
-def start_run(lab: Lab, kind: str, workers: int, first_listener: int) -> dict:
-    key = lab.make_frontend_key(tag=TAG[kind])
-    started = lab.start_workers(workers, tag=f"{TAG[kind]}w", first_listener=first_listener)
+def start_run(lab: Lab, kind: str, workers: int, first_listener: int, phase: str = "") -> dict:
+    tag = phase + TAG[kind]  # distinct keys, workers and balancer per phase
+    key = lab.make_frontend_key(tag=tag)
+    started = lab.start_workers(workers, tag=f"{tag}w", first_listener=first_listener)
     instances = [a for w in started for a in w.instance_addresses]
     # Only time the balancer: every instance is published and answering before it starts.
     for address in instances:
         wait_reachable(lab.net.client.socks_port, f"http://{address}.onion/", 180,
                        f"instance {address}")
-    record = lab.start_balancer(kind, tag=f"{TAG[kind]}bal", key_file=Path(
+    record = lab.start_balancer(kind, tag=f"{tag}bal", key_file=Path(
         lab.info["frontend_key_file"]), instances=instances)
     return {"kind": kind, "frontend": key.hostname, "workers": started, "record": record}
 
@@ -120,7 +121,7 @@ def measure(lab: Lab, observer, run: dict) -> dict:
 
 
 def soak(lab: Lab, workers: int, seconds: float) -> dict:
-    runs = [start_run(lab, kind, workers, first_listener=i * workers)
+    runs = [start_run(lab, kind, workers, first_listener=i * workers, phase="soak")
             for i, kind in enumerate(KINDS)]
     for run in runs:
         wait_reachable(lab.net.client.socks_port, f"http://{run['frontend']}/", 300,
@@ -138,6 +139,18 @@ def soak(lab: Lab, workers: int, seconds: float) -> dict:
         for p in failed:
             log(f"soak {LABEL[kind]}: failed at {time.strftime('%H:%M:%S', time.localtime(p.at))}: {p.error}")
     return out
+
+
+def print_results(results: dict) -> None:
+    print()
+    print(f"{'balancer':20} {'reachable_s':>11} {'failover_s':>10} {'failed_before':>13} "
+          f"{'failed_during':>13} {'failed_after':>12} {'cpu_s':>6} {'peak_rss_MiB':>12}")
+    for kind in KINDS:
+        r = results[kind]
+        print(f"{LABEL[kind]:20} {fmt(r['reachable']):>11} {fmt(r['failover']):>10} "
+              f"{r['failed_before']:>13} {r['failed_during']:>13} {r['failed_after']:>12} "
+              f"{r['cpu']:6.2f} {r['rss']:12.1f}" + ("" if r["alive"] else "  (process had exited)"))
+    print(f"(failover 'never' = still listed after {FAILOVER_TIMEOUT:.0f} s)", flush=True)
 
 
 def fmt(x: float | None) -> str:
@@ -173,18 +186,16 @@ def main(argv: list[str] | None = None) -> int:
         for kind in KINDS:
             log(f"--- {LABEL[kind]}")
             results[kind] = measure(lab, observer, start_run(lab, kind, args.workers, 0))
-        soaked = soak(lab, args.workers, args.soak) if args.soak else None
+        print_results(results)
+        soaked = None
+        if args.soak:
+            try:
+                soaked = soak(lab, args.workers, args.soak)
+            except Exception as exc:  # noqa: BLE001 - still print the main results' ratios
+                log(f"soak failed: {exc!r}")
     finally:
         lab.down()
 
-    print()
-    print(f"{'balancer':20} {'reachable_s':>11} {'failover_s':>10} {'failed_before':>13} "
-          f"{'failed_during':>13} {'failed_after':>12} {'cpu_s':>6} {'peak_rss_MiB':>12}")
-    for kind in KINDS:
-        r = results[kind]
-        print(f"{LABEL[kind]:20} {fmt(r['reachable']):>11} {fmt(r['failover']):>10} "
-              f"{r['failed_before']:>13} {r['failed_during']:>13} {r['failed_after']:>12} "
-              f"{r['cpu']:6.2f} {r['rss']:12.1f}" + ("" if r["alive"] else "  (process had exited)"))
     if soaked:
         for kind in KINDS:
             failed, total = soaked[kind]
