@@ -47,7 +47,10 @@ STEP_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m", delete="20m")
 # has gone must fail the delete in bounded time with a clear error, not hang for 20 min.
 DRAIN_DIAL_LIMIT = 20
 
-STAGING_PREFIX = "/var/tmp/onionstack-stage."
+# tmpfs: the staged payload (master keys, the database password) and apply.sh's backups of
+# the live files never touch a disk, and a run cut short leaves nothing past a reboot.
+STAGING_PREFIX = "/run/onionstack-stage."
+STAGING_TMPDIR = "/run"
 
 
 # ---------------------------------------------------------------- connection
@@ -160,8 +163,8 @@ def role_script(script_dir: str, *, post: Sequence[str] = ()) -> str:
     The payload holds the role's rendered files, among them the templates' own
     `<script_dir>/install-packages.sh` and `<script_dir>/apply.sh` (nodes/render.py):
 
-    1. unpack into a fresh 0700 staging dir (a mirror of /; owners and modes are
-       apply.sh's business, it installs each file as rendered);
+    1. unpack into a fresh 0700 staging dir on tmpfs (a mirror of /; owners and modes
+       are apply.sh's business, it installs each file as rendered);
     2. `install-packages.sh`: idempotent apt;
     3. `apply.sh STAGE`: install with backups, check with the real tools, restore and
        exit 1 without reloading anything when a check fails, else reload + enable;
@@ -177,10 +180,14 @@ def role_script(script_dir: str, *, post: Sequence[str] = ()) -> str:
         "umask 077",
         f"stage=$(mktemp -d {q(STAGING_PREFIX + 'XXXXXX')})",
         "trap 'rm -rf -- \"$stage\"' EXIT",
+        # A dropped SSH session or a kill still runs the EXIT trap (the stage holds secrets).
+        "trap 'exit 129' HUP",
+        "trap 'exit 130' INT",
+        "trap 'exit 143' TERM",
         "base64 -d | tar -xz --no-same-owner -C \"$stage\"",
         # stdin is consumed: nothing below may wait on it (apt, dpkg prompts).
         f"bash \"{scripts}/install-packages.sh\" </dev/null",
-        f"bash \"{scripts}/apply.sh\" \"$stage\" </dev/null",
+        f"TMPDIR={q(STAGING_TMPDIR)} bash \"{scripts}/apply.sh\" \"$stage\" </dev/null",
         *post,
     ]
     return "\n".join(lines) + "\n"

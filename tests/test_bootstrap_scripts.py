@@ -376,3 +376,32 @@ fi
                     pass
         time.sleep(0.5)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_role_script_stages_on_tmpfs_and_cleans_up_when_killed(tmp_path):
+    """The stage (it holds keys and passwords) lives under /run and is removed even when
+    the step is cut short; apply.sh's own temporary files go to /run too (TMPDIR)."""
+    import signal
+
+    log = tmp_path / "log"
+    files = {
+        "usr/local/lib/onionstack/install-packages.sh": RenderedFile("true\n", 0o755),
+        "usr/local/lib/onionstack/apply.sh": RenderedFile(
+            f"echo \"$1 $TMPDIR\" > {log}\nsleep 30\n", 0o755),
+        "etc/secret": RenderedFile("s3cret\n", 0o600),
+    }
+    # Its own session: the signal goes to the whole process group, as a dropped SSH
+    # session's SIGHUP does (bash runs its trap once the foreground child has died).
+    proc = subprocess.Popen(["bash", "-c", steps.role_script("usr/local/lib/onionstack")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc.stdin.write(steps.payload(files))
+    proc.stdin.close()
+    deadline = time.monotonic() + 20
+    while not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stage, tmpdir = log.read_text().split()
+    assert stage.startswith("/run/onionstack-stage.") and tmpdir == "/run"
+    assert (Path(stage) / "etc/secret").exists() and (Path(stage).stat().st_mode & 0o777) == 0o700
+    os.killpg(proc.pid, signal.SIGHUP)
+    proc.wait(timeout=20)
+    assert proc.returncode != 0 and not Path(stage).exists()
