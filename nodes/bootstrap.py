@@ -298,6 +298,7 @@ def drain_script(addresses: Sequence[str], *, wait: int = DRAIN_WAIT_SECONDS, po
     return "\n".join([
         "set -u",
         f"addrs=({addrs})",
+        "if [ ${#addrs[@]} -eq 0 ]; then echo 'onionstack drain: no instance addresses recorded; nothing to wait for'; exit 0; fi",
         f"check={q(DRAIN_CHECK)}",
         f"if [ ! -x {q(python)} ] || [ ! -f {q(config)} ]; then",
         "  echo 'onionstack drain: no balancer core on this host; nothing to wait for'",
@@ -460,7 +461,9 @@ def drain_step(ctx: BootstrapContext, worker, balancer, core_step: remote.Comman
         f"{worker.node_name}-drain",
         connection=ctx.connection(balancer, dial_error_limit=steps.DRAIN_DIAL_LIMIT),
         create="true",
-        delete=flat.apply(drain_script),
+        # As root: the config (0640) and the status file (in a 0750 dir) belong to the
+        # balancer core's user.
+        delete=flat.apply(lambda addresses: steps.as_root(drain_script(addresses))),
         # A new instance (new tor keys, new addresses) REPLACES the drain: the old one's
         # delete then waits for the old addresses before the old instance goes.
         triggers=[flat],

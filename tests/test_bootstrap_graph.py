@@ -276,6 +276,8 @@ def test_drain_step_graph_and_delete_command(program):
         assert conn["host"] == balancer.state["publicIp"] and "proxy" not in conn
         assert conn["dialErrorLimit"] == 20
         text = drain.input("delete")
+        # as root: the balancer core's config and status belong to its own user
+        assert text.startswith("sudo -n /bin/bash -c ")
         addresses = sorted(a for per_site in result.outputs["instanceAddresses"][w.name].values() for a in per_site)
         assert len(addresses) == 2 * len(result.outputs["sites"])
         for a in addresses:

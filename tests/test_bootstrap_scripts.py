@@ -45,7 +45,7 @@ def test_every_step_script_is_shellcheck_clean(config, tmp_path):
         _shellcheck(create if step.name.endswith("-drain") else _script_of(create), tmp_path, step.name)
         checked += 1
         if step.input("delete"):
-            _shellcheck(step.input("delete"), tmp_path, step.name + "-delete")
+            _shellcheck(_script_of(step.input("delete")), tmp_path, step.name + "-delete")
             checked += 1
     assert checked >= 2 * 2 + 2 + 1
     # ...and the templates' own scripts in every payload (what role_script runs).
@@ -187,6 +187,12 @@ def test_drain_does_not_wait_when_the_balancer_still_lists_the_instance(tmp_path
     gone = mock_instance_address("worker-3-tor-nginx", "tor1", "news")
     _, proc, took = _drain(tmp_path, _status([gone], [gone]), f"frontends: [{gone}.onion]\n", wait=30)
     assert proc.returncode == 0 and "still lists" in proc.stdout and took < 5
+
+
+def test_drain_without_addresses_goes_on(tmp_path):
+    proc = subprocess.run(["bash", "-c", drain_script([], config=str(tmp_path / "c"), python="/bin/true")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "no instance addresses recorded" in proc.stdout
 
 
 def test_drain_without_a_balancer_core_goes_on(tmp_path):
