@@ -235,7 +235,7 @@ def package_script(package_path: str, *, venv: str = VENV, package_lib: str = PA
         f"if [ -d {q(package_lib)} ]; then mv -- {q(package_lib)} {q(old)}; fi",
         f"mv -- {q(new)} {q(package_lib)} && rm -rf -- {q(old)}",
         # The venv's python finds the package without PYTHONPATH (operators run
-        # `/opt/onionstack/venv/bin/python -m onion status` as is).
+        # `sudo /opt/onionstack/venv/bin/python -m onion status` as is).
         f"echo {q(package_lib)} > \"$({q(venv + '/bin/python')} -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')/onionstack.pth\"",
         f"if systemctl is-active --quiet {BALANCER_UNIT}; then systemctl restart {BALANCER_UNIT}; fi",
     ]) + "\n"
