@@ -21,7 +21,7 @@ from lab.client import wait_reachable
 from lab.ports import PortAllocator, wait_for_port
 from lab.procs import ProcessRegistry
 from lab.tornet import TorNetwork, TorNode
-from lab.workers import Worker, start_worker, stop_worker
+from lab.workers import Worker, restart_worker, start_worker, stop_worker
 
 Progress = Callable[[str], None]
 
@@ -146,6 +146,9 @@ class Lab:
 
     def kill_worker(self, worker: Worker) -> list[str]:
         return stop_worker(self.procs, worker)
+
+    def restart_worker(self, worker: Worker) -> list[str]:
+        return restart_worker(self.procs, worker)
 
     def start_balancer(self, kind: str = "onion", tag: str = "balancer", *,
                        key_file: Path | None = None, instances: list[str] | None = None) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lab.procs import ProcessRegistry
@@ -27,6 +27,7 @@ class Worker:
     tor_daemons: int
     instance_addresses: list[str]  # one per tor daemon, without ".onion"
     tag: str = "w"
+    commands: dict[str, list[str]] = field(default_factory=dict)  # process name -> argv
 
     @property
     def name(self) -> str:
@@ -103,9 +104,11 @@ def start_worker(procs: ProcessRegistry, state_dir: Path, index: int, tag: str =
         _check(["tor", "--verify-config", "-f", torrc], "tor --verify-config")
     worker = Worker(index=index, root=str(root), tor_daemons=spec.tor_daemons,
                     instance_addresses=[], tag=tag)
-    procs.start(f"{worker.name}-nginx", nginx_cmd + ["-g", "daemon off;"])
+    worker.commands[f"{worker.name}-nginx"] = nginx_cmd + ["-g", "daemon off;"]
     for daemon, torrc in zip(spec.daemon_names, torrcs):
-        procs.start(f"{worker.name}-{daemon}", ["tor", "-f", torrc])
+        worker.commands[f"{worker.name}-{daemon}"] = ["tor", "-f", torrc]
+    for name, argv in worker.commands.items():
+        procs.start(name, argv)
     for daemon in spec.daemon_names:
         host = read_hostname(Path(spec.hs_dir(daemon, spec.sites[0])))
         worker.instance_addresses.append(host.removesuffix(".onion"))
@@ -114,3 +117,13 @@ def start_worker(procs: ProcessRegistry, state_dir: Path, index: int, tag: str =
 
 def stop_worker(procs: ProcessRegistry, worker: Worker) -> list[str]:
     return [n for n in worker.process_names() if procs.stop(n)]
+
+
+def restart_worker(procs: ProcessRegistry, worker: Worker) -> list[str]:
+    """Start the worker's stopped processes again: same files, same instance keys."""
+    started = []
+    for name, argv in worker.commands.items():
+        if not procs.is_running(name):
+            procs.start(name, argv)
+            started.append(name)
+    return started
