@@ -141,11 +141,11 @@ class SeedSigningKey:
 # --- key blinding (rend-spec-v3 [KEYBLIND]) ---------------------------------------------
 
 def blinding_param(public_key: bytes, period_number: int, period_length: int) -> bytes:
-    """h = SHA3-256(BLIND_STRING | A | B | N), N = "key-blinding" | INT_8(tp) | INT_8(len).
+    """h = SHA3-256(BLIND_STRING | A | B | N), N = "key-blind" | INT_8(tp) | INT_8(len).
 
     (Clamped before use, as tor's ed25519_blind_* do.)
     """
-    nonce = b"key-blinding" + struct.pack(">QQ", period_number, period_length)
+    nonce = b"key-blind" + struct.pack(">QQ", period_number, period_length)  # tor: HS_KEYBLIND_NONCE_PREFIX
     return sha3_256(BLIND_STRING, public_key, ED25519_BASEPOINT, nonce)
 
 

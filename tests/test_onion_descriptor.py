@@ -127,6 +127,23 @@ def test_blinding_matches_tor_vectors(i):
     assert crypto.public_from_expanded(blinded_secret).hex() == V_BLINDED_PUBLIC[i]
 
 
+# Blinded keys tor 0.4.9 published for a service on the lab network (HS_DESC CREATED,
+# TestingTorNetwork with 10 s voting: 4-minute periods): (address, period, length, key).
+TOR_BLINDED = [
+    ("eie7s3tpguf7xbldt3qk2lc6to2c3ty755ldso32hve7qjia6oazvqad", 7480454, 4,
+     "4bVPOHK9UIu1H8IBusS8ebI20/PmGT3zcCUE5Kf1a2Q"),
+    ("eie7s3tpguf7xbldt3qk2lc6to2c3ty755ldso32hve7qjia6oazvqad", 7480455, 4,
+     "Y7gJ2nsUt69hSfGpdYjJIeLYJlgoLT08kTcrQvBvXzE"),
+]
+
+
+@pytest.mark.parametrize("address, period, length, blinded", TOR_BLINDED)
+def test_blinding_param_matches_real_tor(address, period, length, blinded):
+    from onion.keys import parse_address
+    expected = base64.b64decode(blinded + "=")
+    assert crypto.blind_public_key(parse_address(address), period, length) == expected
+
+
 def test_blinded_key_and_signature_equal_stems():
     seed = os.urandom(32)
     stem_key = Ed25519PrivateKey.from_private_bytes(seed)
