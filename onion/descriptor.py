@@ -23,6 +23,7 @@ import base64
 import binascii
 import datetime as _dt
 import hashlib
+import hmac
 import ipaddress
 import os
 import struct
@@ -385,7 +386,7 @@ def decrypt_layer(blob: bytes, constant: bytes, secret_data: bytes, subcred: byt
         raise DescriptorFormatError(f"{what} is too short ({len(blob)} bytes) to hold salt, data and MAC")
     salt, ciphertext, mac = blob[:_SALT_LEN], blob[_SALT_LEN:-_MAC_LEN], blob[-_MAC_LEN:]
     key, iv, mac_key = _layer_keys(secret_data, subcred, revision, salt, constant)
-    if not _consttime_eq(_mac(mac_key, salt, ciphertext), mac):
+    if not hmac.compare_digest(_mac(mac_key, salt, ciphertext), mac):
         raise DescriptorDecryptionError(
             f"{what} MAC does not match: wrong address or time period, or altered data")
     dec = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
@@ -399,11 +400,6 @@ def decrypt_layer(blob: bytes, constant: bytes, secret_data: bytes, subcred: byt
         return plaintext.decode("utf-8")
     except UnicodeDecodeError:
         raise DescriptorFormatError(f"{what} is not text") from None
-
-
-def _consttime_eq(a: bytes, b: bytes) -> bool:
-    import hmac
-    return hmac.compare_digest(a, b)
 
 
 # --- tokenizer --------------------------------------------------------------------------------

@@ -12,10 +12,8 @@ import time
 import nacl.bindings as sodium
 import pytest
 import stem.descriptor.hidden_service as stem_hs
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from stem.client.datatype import LinkByFingerprint, LinkByIPv4
-from stem.descriptor.certificate import Ed25519Certificate
 
 from onion import crypto
 from onion.descriptor import (
