@@ -530,7 +530,7 @@ class MasterDescriptorBuilder:
         return _hours_to_datetime(self._cert_expiry_hours)
 
     def _encode_intro(self, ip: IntroPoint) -> bytes:
-        key = (ip.auth_key, ip.enc_key, ip.onion_key, ip.link_specifiers)
+        key = (ip.auth_key, ip.enc_key, ip.enc_key_ed25519, ip.onion_key, ip.link_specifiers)
         text = self._intro_cache.get(key)
         if text is None:
             auth_cert = make_certificate(CERT_TYPE_INTRO_AUTH, ip.auth_key, self._intro_expiry_hours,
