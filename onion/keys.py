@@ -148,10 +148,11 @@ class IdentityKey:
     def from_config_string(cls, text: str) -> "IdentityKey":
         """Parse `ED25519-V3:<base64 of the 64-byte expanded key>` (tor's ADD_ONION form)."""
         if not isinstance(text, str) or not text.startswith(CONFIG_PREFIX):
-            shown = text[:11] + "..." if isinstance(text, str) else type(text).__name__
+            # never quote the value: it may be key material in another form
+            shown = f"{len(text)} characters" if isinstance(text, str) else type(text).__name__
             raise KeyFormatError(
-                f"master key must start with {CONFIG_PREFIX!r}, got {shown!r}: produce it "
-                "with `python -m onion keygen` or `python -m onion import DIR`")
+                f"master key must start with {CONFIG_PREFIX!r} (got {shown} without it): "
+                "produce it with `python -m onion import DIR` (after `python -m onion keygen --out DIR`)")
         body = text[len(CONFIG_PREFIX):].strip()
         try:
             raw = base64.b64decode(body, validate=True)

@@ -272,3 +272,12 @@ def test_pem_round_trip_and_errors(tmp_path):
     path = tmp_path / "k.pem"
     key.write_pem(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_key_errors_never_quote_key_material():
+    key = IdentityKey.generate()
+    raw_b64 = key.to_config_string().split(":", 1)[1]
+    for bad in (raw_b64, "ed25519-v3:" + raw_b64, "ED25519-V3:" + raw_b64[:-4]):
+        with pytest.raises(KeyFormatError) as exc:
+            IdentityKey.from_config_string(bad)
+        assert raw_b64[:8] not in str(exc.value)
