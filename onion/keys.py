@@ -337,8 +337,9 @@ def read_public_key_file(path: str | os.PathLike) -> bytes:
     """The 32-byte public key of tor's `hs_ed25519_public_key`."""
     data = _read_bytes(path)
     if data[:32] != PUBLIC_KEY_HEADER:
-        found = data[:29].decode("ascii", "replace")
-        raise KeyFileError(f"{path} has header {found!r}, expected "
+        # quote only a tor-style header, never arbitrary (possibly secret) bytes
+        found = repr(data[:29].decode("ascii", "replace")) if data.startswith(b"== ") else "no tor header"
+        raise KeyFileError(f"{path} has {found}, expected "
                            f"{PUBLIC_KEY_HEADER[:29].decode()!r}")
     if len(data) != 64:
         raise KeyFileError(f"{path} is {len(data)} bytes, a tor ed25519 public key file is 64 "
