@@ -278,3 +278,31 @@ def test_fetch_slot_is_the_one_clients_use():
         fetched = ring.responsible_hsdirs(blinded, fetch, spread=ring.spread_fetch)
         assert len(fetched) == 6
         assert fetched == _reference_hsdirs(hsdirs, blinded, fetch, 2, 3)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(params="hsdir_n_replicas=3 hsdir_spread_fetch=5 hsdir_spread_store=2",  # sorted, as tor writes
+         extra_flags=lambda i: "" if i == 0 else "HSDir",
+         protocols=lambda i: "HSDir=1" if i == 1 else ("Link=1-5" if i == 2 else "HSDir=1-2")),
+    dict(interval=10, srv=False),
+    dict(valid_after="2016-04-14 15:00:00", params="hsdir_interval=720"),
+])
+def test_consensus_text_gives_the_same_ring_as_stem(kwargs):
+    doc, ids = make_consensus(40, **kwargs)
+    del ids[hashlib.sha1(struct.pack(">I", 7)).hexdigest().upper()]
+    from_stem = HashRing.from_consensus(doc, ids)
+    from_text = HashRing.from_consensus(bytes(doc.get_bytes()), ids)
+    assert from_text._key() == from_stem._key()
+    assert from_text.skipped_without_ed25519 == from_stem.skipped_without_ed25519 == 1
+    key = IdentityKey.generate()
+    for a, b in zip(from_text.descriptor_slots(), from_stem.descriptor_slots()):
+        assert a == b
+        blinded = key.blind(a.time_period_number, a.period_length).public_key
+        assert from_text.responsible_hsdirs(blinded, a) == from_stem.responsible_hsdirs(blinded, b)
+
+
+def test_consensus_text_errors_are_named():
+    with pytest.raises(ConsensusError, match="no valid-after line"):
+        HashRing.from_consensus("network-status-version 3\n", {})
+    with pytest.raises(ConsensusError, match="not 'YYYY-MM-DD HH:MM:SS'"):
+        HashRing.from_consensus("valid-after yesterday\nfresh-until 2016-04-14 15:00:00\n", {})

@@ -48,7 +48,10 @@ def _ring_from(ctl) -> HashRing:
             if line.startswith("id ed25519 "):
                 ids[fp] = line.split()[2]
     testing = ctl.get_conf("TestingTorNetwork") == "1"
-    return HashRing.from_consensus(consensus, ids, testing_network=testing)
+    ring = HashRing.from_consensus(consensus, ids, testing_network=testing)
+    # the fast text path reads the same real consensus to the same ring
+    assert HashRing.from_consensus(text, ids, testing_network=testing)._key() == ring._key()
+    return ring
 
 
 @pytest.fixture(scope="module")
