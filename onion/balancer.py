@@ -451,6 +451,12 @@ class Balancer:
         settings = self.cfg.probe
         changed = inst.probe_result(msg.ok, msg.detail, now, settings.failures)
         inst.probe.next_at = now + (settings.interval if msg.ok else min(settings.interval, PROBE_RETRY))
+        if not msg.ok and inst.probe.consecutive_failures == 1:
+            # Failures come in groups (a worker runs several instances): probe the others
+            # soon instead of waiting out their interval.
+            for other in self.instances.values():
+                if other is not inst and other.probe.in_flight_since is None:
+                    other.probe.next_at = min(other.probe.next_at, now + PROBE_RETRY)
         if changed:
             state = "down" if inst.probe_down(settings.failures) else "up"
             log.warning("instance %s.onion is %s (probe: %s); republishing", inst.address, state, msg.detail)

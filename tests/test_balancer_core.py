@@ -665,3 +665,25 @@ def test_a_bug_in_one_message_does_not_stop_the_loop(tmp_path):
     bal.handle(ProbeResult(A, True, "connected", 1.0))  # logged, loop continues
     bal.tick()
     assert bal.connected
+
+
+def test_a_first_probe_failure_brings_the_other_instances_probes_forward(tmp_path):
+    from onion.balancer import PROBE_RETRY
+
+    bal, control, proto, prober, clock = make(tmp_path, instances=(A, B, C))
+    bal.tick()
+    for addr in (A, B, C):
+        bal.handle(content(addr, 100, 1, [addr[0] + "1"]))
+    bal.tick()
+    for addr in (A, B, C):
+        bal.handle(ProbeResult(addr, True, "connected", 1.0))
+    assert all(bal.instances[a].probe.next_at == clock.t + 20 for a in (A, B, C))
+    clock.t += 5
+    bal.handle(ProbeResult(A, False, "host unreachable", 1.0))
+    # B and C (maybe on the same dead worker) are probed within PROBE_RETRY, not after 20 s
+    assert bal.instances[B].probe.next_at == clock.t + PROBE_RETRY
+    assert bal.instances[C].probe.next_at == clock.t + PROBE_RETRY
+    started = len(prober.started)
+    clock.t += PROBE_RETRY
+    bal.tick()
+    assert sorted(prober.started[started:]) == sorted([A, B, C])
