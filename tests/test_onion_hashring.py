@@ -306,3 +306,17 @@ def test_consensus_text_errors_are_named():
         HashRing.from_consensus("network-status-version 3\n", {})
     with pytest.raises(ConsensusError, match="not 'YYYY-MM-DD HH:MM:SS'"):
         HashRing.from_consensus("valid-after yesterday\nfresh-until 2016-04-14 15:00:00\n", {})
+
+
+@pytest.mark.parametrize("period, ed25519_id, tor_index", [
+    # HS_DESC UPLOAD ... HSDIR_INDEX= from tor 0.4.9 on a fresh lab network (no SRV yet,
+    # TestingTorNetwork, 10 s voting: 4-minute periods): tor's node index under the
+    # disaster SRV of the period, for the first and the second descriptor.
+    (7480459, "ODfRoZ50uB9AQjrqvkbwVYqiqikk/CZKiTOfx0ceANY=",
+     "640835B2028A6DF66581F72A0E53C44B96A2644472D33E7ECAD27544946870D0"),
+    (7480460, "wZ0dr/g4xACpTRunjP9b/xDpF1iZoGkYh4OMKgVmc3E=",
+     "DE85FCD47719693E6A09958C2BD08E0D9CDDA7DDF9410AC19638F7D8F40C1DDC"),
+])
+def test_disaster_srv_node_index_matches_real_tor(period, ed25519_id, tor_index):
+    srv = disaster_srv(period, 4)
+    assert hsdir_index(base64.b64decode(ed25519_id), srv, period, 4).hex().upper() == tor_index
