@@ -282,10 +282,12 @@ def onion_address_of(master_key: str) -> str:
 
 
 def _keygen_fix(name: str) -> str:
+    # The key travels through a pipe: `pulumi config set` reads a missing value from stdin,
+    # so it never lands on a command line or in shell history.
     return (
-        f"create one with `python -m onion keygen` (or `python -m onion import DIR` for an "
-        f"existing tor hidden-service directory), then "
-        f"`pulumi config set --secret --path 'masterKeys.{name}' 'ED25519-V3:...'`"
+        f"create one with `python -m onion keygen --out keys/{name}` (or use an existing tor "
+        f"hidden-service directory), then "
+        f"`python -m onion import keys/{name} | pulumi config set --secret --path 'masterKeys.{name}'`"
     )
 
 

@@ -191,8 +191,8 @@ def test_site_block_lists_and_unknown_site_key():
 def test_master_key_missing_tells_the_exact_fix():
     msg = error_of(masterKeys={})
     assert msg.startswith("onionstack:masterKeys.news is missing: site 'news' has no master key")
-    assert "`python -m onion keygen`" in msg
-    assert "`pulumi config set --secret --path 'masterKeys.news' 'ED25519-V3:...'`" in msg
+    assert "`python -m onion keygen --out keys/news`" in msg
+    assert "`python -m onion import keys/news | pulumi config set --secret --path 'masterKeys.news'`" in msg
 
 
 @pytest.mark.parametrize(
