@@ -9,14 +9,18 @@ libsodium only treats reduced scalars canonically.
 """
 from __future__ import annotations
 
+import array
 import functools
 import hashlib
+import itertools
+import operator
 import os
 import struct
 import zlib
 
 import nacl.bindings as sodium
 import nacl.exceptions
+from nacl._sodium import ffi as _ffi, lib as _sodium_lib
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from onion.errors import KeyFormatError
@@ -102,7 +106,10 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
 class SeedSigningKey:
     """A short-term ed25519 key we generate ourselves (descriptor-signing key).
 
-    Because we hold its seed, libsodium's `crypto_sign` signs in one C call.
+    Because we hold its seed, libsodium's `crypto_sign` signs in one C call. It is called
+    through PyNaCl's cffi library object directly: PyNaCl's Python wrapper (argument
+    checks, result slicing) costs ~5% of a signature, and a new time period signs
+    thousands of short certificates.
     """
 
     __slots__ = ("public_key", "_sk", "_expanded")
@@ -115,7 +122,10 @@ class SeedSigningKey:
         self._expanded = expand_seed(seed)
 
     def sign(self, message: bytes) -> bytes:
-        return sodium.crypto_sign(message, self._sk)[:64]
+        out = _ffi.new("unsigned char[]", len(message) + 64)
+        if _sodium_lib.crypto_sign(out, _ffi.NULL, message, len(message), self._sk) != 0:
+            raise RuntimeError("libsodium crypto_sign failed")  # never, for a valid key
+        return _ffi.buffer(out, 64)[:]
 
     def sign_large(self, message: bytes) -> bytes:
         """Sign a large message (a 40-50 kB descriptor) hashing it once instead of twice.
@@ -211,8 +221,8 @@ def _byte_sum(data: bytes) -> int:
     """Exact sum of the bytes of `data`, at C speed.
 
     Why zlib: Python has no vectorised integer sum and numpy is not a balancer
-    dependency. adler32's low half is 1 + sum(bytes) mod 65521; a 256-byte chunk sums to
-    at most 65280 < 65521, so per chunk it is exact. ~10x faster than sum(memoryview).
+    dependency. adler32's low half is 1 + sum(bytes) mod 65521; a 256-byte piece sums to
+    at most 65280 < 65521, so per piece it is exact. ~10x faster than sum(memoryview).
     """
     view = memoryview(data)
     total = 0
@@ -224,6 +234,37 @@ def _byte_sum(data: bytes) -> int:
 def _sum_u16le(data: bytes) -> int:
     """Sum of the little-endian 16-bit words of `data`."""
     return _byte_sum(data[0::2]) + 256 * _byte_sum(data[1::2])
+
+
+_PIECES_PER_SAMPLE = _OPE_SAMPLE // 256  # a sample's even (odd) bytes: 1024 = 4 pieces of 256
+_PIECE_SPLITTERS: dict[int, struct.Struct] = {}
+_LOW16 = 0xFFFF .__and__
+
+
+def _sample_sums(keystream: bytes) -> list[int]:
+    """Sums of the 16-bit LE words of each consecutive 1024-word sample of `keystream`.
+
+    The same adler32 trick as `_byte_sum`, but with every loop in C: the even and odd
+    bytes are split once, cut into 256-byte pieces by one `struct` call, and summed
+    with map/accumulate; the Python loop only picks one prefix sum per sample. The
+    first revision counter late in an SRV run sums ~140 samples (~40% faster than
+    `_sum_u16le` per sample)."""
+    n_pieces = len(keystream) // 512
+    splitter = _PIECE_SPLITTERS.get(n_pieces)
+    if splitter is None:
+        if len(_PIECE_SPLITTERS) > 64:
+            _PIECE_SPLITTERS.clear()
+        splitter = _PIECE_SPLITTERS.setdefault(n_pieces, struct.Struct("256s" * n_pieces))
+    even = map(_LOW16, map(zlib.adler32, splitter.unpack_from(keystream[0::2])))
+    odd = map((256).__mul__, map(_LOW16, map(zlib.adler32, splitter.unpack_from(keystream[1::2]))))
+    # each piece's adler32 starts at 1: subtract 1 + 256 per piece pair.
+    prefix = list(itertools.accumulate(map(operator.add, even, odd)))
+    k = _PIECES_PER_SAMPLE
+    out, previous = [], 0
+    for i in range(k - 1, len(prefix), k):
+        out.append(prefix[i] - previous - 257 * k)
+        previous = prefix[i]
+    return out
 
 
 class OrderPreservingCipher:
@@ -242,7 +283,7 @@ class OrderPreservingCipher:
         if len(key) != 32:
             raise KeyFormatError(f"OPE key must be 32 bytes, got {len(key)}")
         self._key = key
-        self._sums = [0]  # _sums[j] = E(j * 1024)
+        self._sums = array.array("q", [0])  # _sums[j] = E(j * 1024); 8 bytes per sample
 
     def _keystream(self, first_value: int, count: int) -> bytes:
         # Value i sits at keystream bytes 2i, 2i+1; 1024 values = 128 AES blocks, so chunk
@@ -259,10 +300,9 @@ class OrderPreservingCipher:
         if len(sums) <= chunk:
             start = len(sums) - 1
             ks = self._keystream(start * _OPE_SAMPLE, (chunk - start) * _OPE_SAMPLE)
-            step = 2 * _OPE_SAMPLE
             total = sums[-1]
-            for j in range(chunk - start):
-                total += _sum_u16le(ks[j * step:(j + 1) * step]) + _OPE_SAMPLE
+            for sample_sum in _sample_sums(ks):
+                total += sample_sum + _OPE_SAMPLE
                 sums.append(total)
         value = sums[chunk]
         if rest:

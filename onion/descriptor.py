@@ -194,6 +194,23 @@ class IntroPoint:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IntroPoint) and other.auth_key == self.auth_key
 
+    def wire_parts(self) -> tuple[bytes, bytes]:
+        """The signing-key-independent text around this intro point's two certificates.
+
+        (`introduction-point`, `onion-key` up to the auth-key cert; `enc-key` up to the
+        enc-key cert.) Computed once per IntroPoint and kept on it: a publish cycle puts
+        each intro point in several distinct descriptors of several builders."""
+        parts = self.__dict__.get("_wire_parts")
+        if parts is None:
+            parts = (
+                f"introduction-point {_b64(encode_link_specifiers(self.link_specifiers))}\n"
+                f"onion-key ntor {_b64(self.onion_key)}\nauth-key\n"
+                "-----BEGIN ED25519 CERT-----\n".encode("ascii"),
+                f"-----END ED25519 CERT-----\nenc-key ntor {_b64(self.enc_key)}\n"
+                "enc-key-cert\n-----BEGIN ED25519 CERT-----\n".encode("ascii"))
+            object.__setattr__(self, "_wire_parts", parts)  # frozen: a cache, not state
+        return parts
+
     def __hash__(self) -> int:
         return hash(self.auth_key)
 
@@ -367,8 +384,11 @@ def _layer_keys(secret_data: bytes, subcred: bytes, revision: int, salt: bytes,
 
 
 def _mac(mac_key: bytes, salt: bytes, ciphertext: bytes) -> bytes:
-    return hashlib.sha3_256(struct.pack(">Q", len(mac_key)) + mac_key + struct.pack(">Q", len(salt))
-                            + salt + ciphertext).digest()
+    # update() rather than +: the ciphertext is 15-30 kB and would be copied first.
+    h = hashlib.sha3_256(struct.pack(">Q", len(mac_key)) + mac_key + struct.pack(">Q", len(salt))
+                         + salt)
+    h.update(ciphertext)
+    return h.digest()
 
 
 def encrypt_layer(plaintext: bytes, constant: bytes, secret_data: bytes, subcred: bytes,
@@ -510,6 +530,10 @@ class MasterDescriptorBuilder:
         # setup_desc_intro_point: intro certs count from the start of the hour.
         self._intro_expiry_hours = -(-((int(now) // 3600) * 3600 + lifetime) // 3600)
         self._intro_cache: dict[tuple, bytes] = {}
+        self._cert_cache: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+        self._intro_expiry_bytes = struct.pack(">IB", self._intro_expiry_hours, _CERT_KEY_TYPE_ED25519)
+        self._intro_cert_ext = (b"\x01" + struct.pack(">HBB", 32, _CERTEXT_SIGNED_WITH_KEY, 0)
+                                + self._signing.public_key)
         # Middle layer head: no client auth, so 16 fake auth-client lines and a throw-away
         # x25519 ephemeral key, hiding the number of authorised clients. Like tor, made
         # once per descriptor (per period), re-used by every encoding of it.
@@ -529,24 +553,32 @@ class MasterDescriptorBuilder:
     def signing_key_expiry(self) -> _dt.datetime:
         return _hours_to_datetime(self._cert_expiry_hours)
 
+    def _certify(self, cert_type: int, certified_key: bytes) -> bytes:
+        """A cert (type 09 or 0B) by our descriptor-signing key, as base64 lines.
+
+        make_certificate inlined: the body's fixed parts are precomputed per builder."""
+        body = b"".join((bytes((1, cert_type)), self._intro_expiry_bytes, certified_key,
+                         self._intro_cert_ext))
+        return _b64_lines(body + self._signing.sign(body))
+
     def _encode_intro(self, ip: IntroPoint) -> bytes:
-        key = (ip.auth_key, ip.enc_key, ip.enc_key_ed25519, ip.onion_key, ip.link_specifiers)
+        head, mid = ip.wire_parts()
+        key = (ip.auth_key, ip.enc_key_ed25519, head, mid)
         text = self._intro_cache.get(key)
         if text is None:
-            auth_cert = make_certificate(CERT_TYPE_INTRO_AUTH, ip.auth_key, self._intro_expiry_hours,
-                                         self._signing.public_key, self._signing.sign)
-            enc_cert = make_certificate(CERT_TYPE_INTRO_ENC, ip.enc_key_ed25519,
-                                        self._intro_expiry_hours, self._signing.public_key,
-                                        self._signing.sign)
+            # The certificates depend only on our signing key and the two certified keys;
+            # an intro point whose link specifiers change keeps them.
+            cert_key = (ip.auth_key, ip.enc_key_ed25519)
+            certs = self._cert_cache.get(cert_key)
+            if certs is None:
+                certs = (self._certify(CERT_TYPE_INTRO_AUTH, ip.auth_key),
+                         self._certify(CERT_TYPE_INTRO_ENC, ip.enc_key_ed25519))
+                if len(self._cert_cache) > 4096:
+                    self._cert_cache.clear()
+                self._cert_cache[cert_key] = certs
             # Legacy keys are not re-emitted: their cross-certificate signs the instance's
             # descriptor-signing key, which the master descriptor does not use.
-            text = b"".join((
-                f"introduction-point {_b64(encode_link_specifiers(ip.link_specifiers))}\n"
-                f"onion-key ntor {_b64(ip.onion_key)}\nauth-key\n-----BEGIN ED25519 CERT-----\n"
-                .encode("ascii"), _b64_lines(auth_cert),
-                f"-----END ED25519 CERT-----\nenc-key ntor {_b64(ip.enc_key)}\n"
-                "enc-key-cert\n-----BEGIN ED25519 CERT-----\n".encode("ascii"),
-                _b64_lines(enc_cert), b"-----END ED25519 CERT-----\n"))
+            text = b"".join((head, certs[0], mid, certs[1], b"-----END ED25519 CERT-----\n"))
             if len(self._intro_cache) > 4096:
                 self._intro_cache.clear()
             self._intro_cache[key] = text
@@ -560,7 +592,7 @@ class MasterDescriptorBuilder:
             raise TooManyIntroPointsError(
                 f"{len(intro_points)} introduction points for one descriptor, tor clients accept at "
                 f"most {MAX_INTRO_POINTS}: spread them over distinct descriptors per HSDir")
-        if len(set(intro_points)) != len(intro_points):
+        if len({ip.auth_key for ip in intro_points}) != len(intro_points):
             raise DescriptorError("the same introduction point (auth key) appears twice")
         if not 0 <= revision_counter < 2**64:
             raise DescriptorError(f"revision counter {revision_counter} is outside 0..2^64-1")
@@ -789,6 +821,10 @@ def _parse_intro_point(section: str, n: int, signing_key: bytes, now: float) -> 
 
 _OPE_CACHE: "OrderedDict[bytes, crypto.OrderPreservingCipher]" = OrderedDict()
 _OPE_CACHE_LOCK = threading.Lock()
+# One cipher per blinded key (frontend x period); each holds <= 257 cached sums (~2 kB).
+# Must exceed what one publish cycle uses (60 frontends x 2 periods in the benchmark), or
+# the LRU evicts every table before it is reused and each cycle redoes ~1 ms per key.
+_OPE_CACHE_SIZE = 1024
 
 
 def revision_counter(blinded_key: BlindedKey, revision_base: int, now: float) -> int:
@@ -806,7 +842,7 @@ def revision_counter(blinded_key: BlindedKey, revision_base: int, now: float) ->
         cipher = _OPE_CACHE.get(key)
         if cipher is None:
             cipher = _OPE_CACHE[key] = crypto.OrderPreservingCipher(key)
-            while len(_OPE_CACHE) > 64:
+            while len(_OPE_CACHE) > _OPE_CACHE_SIZE:
                 _OPE_CACHE.popitem(last=False)
         else:
             _OPE_CACHE.move_to_end(key)

@@ -460,3 +460,69 @@ def test_enc_key_cert_key_is_carried_from_the_instance(identity, built):
                                     revision_counter=9)
     inner = stem_hs.HiddenServiceDescriptorV3(again.text, validate=True).decrypt(identity.hostname)
     assert inner.introduction_points[0].enc_key_cert.key == b"\x07" * 32
+
+
+# --- the fast paths give exactly what the slow definitions give ----------------------------------
+
+def test_ope_sample_sums_equal_the_definition_over_the_whole_range():
+    """The C-loop sample sums (map/accumulate over adler32 pieces) against tor's plain
+    definition E(n) = sum_{i<n} (LE16(keystream word i) + 1), for every sample boundary
+    and random values up to the OPE maximum, on random keys."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    rng = random.Random(7)
+    for _ in range(2):
+        key = rng.randbytes(32)
+        ks = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(
+            bytes(2 * crypto.OPE_INPUT_MAX))
+        words = memoryview(ks).cast("H")  # little-endian host (x86/arm64), as tor's test
+        prefix = [0]
+        for w in words:
+            prefix.append(prefix[-1] + w + 1)
+        points = [crypto.OPE_INPUT_MAX, 1, 1023, 1024, 1025, 2048, 140_000]
+        points += [rng.randrange(1, crypto.OPE_INPUT_MAX + 1) for _ in range(20)]
+        cold = [crypto.OrderPreservingCipher(key).encrypt(n) for n in points]  # fresh tables
+        warm_cipher = crypto.OrderPreservingCipher(key)
+        warm = [warm_cipher.encrypt(n) for n in sorted(points)]                  # growing tables
+        assert cold == [prefix[n] for n in points]
+        assert warm == [prefix[n] for n in sorted(points)]
+        assert crypto._sample_sums(ks[:2048 * 5]) == [
+            prefix[(j + 1) * 1024] - prefix[j * 1024] - 1024 for j in range(5)]
+
+
+def test_builder_caches_certificates_by_certified_keys_only(identity, intros):
+    """An intro point that keeps its auth key but moves (new link specifiers) keeps its
+    certificates and is published with the new link specifiers; a new enc key gets a
+    new enc-key certificate. stem checks every certificate against the signing key."""
+    builder = MasterDescriptorBuilder(identity, time_period_number=TP, period_length=LEN)
+    first = builder.build(intros[:3], revision_counter=1)
+    moved = IntroPoint((LinkSpecifier.ipv4("192.0.2.99", 443),), intros[0].onion_key,
+                       intros[0].auth_key, intros[0].enc_key)
+    rekeyed = IntroPoint(intros[1].link_specifiers, intros[1].onion_key, intros[1].auth_key,
+                         sodium.crypto_scalarmult_base(os.urandom(32)))
+    second = builder.build([moved, rekeyed, intros[2]], revision_counter=2)
+    d1 = stem_hs.HiddenServiceDescriptorV3(first.text, validate=True).decrypt(identity.hostname)
+    d2 = stem_hs.HiddenServiceDescriptorV3(second.text, validate=True).decrypt(identity.hostname)
+    signing = stem_hs.HiddenServiceDescriptorV3(second.text, validate=True).signing_cert.key
+    for ip in d2.introduction_points:
+        for c in (ip.auth_key_cert, ip.enc_key_cert):
+            Ed25519PublicKey.from_public_bytes(signing).verify(c.signature, c.pack()[:-64])
+    a1, a2 = d1.introduction_points, d2.introduction_points
+    assert a2[0].link_specifiers[0].address == "192.0.2.99" and len(a2[0].link_specifiers) == 1
+    assert a2[0].auth_key_cert.pack() == a1[0].auth_key_cert.pack()  # reused, not re-signed
+    assert a2[1].auth_key_cert.pack() == a1[1].auth_key_cert.pack()
+    assert a2[1].enc_key_cert.pack() != a1[1].enc_key_cert.pack()
+    assert a2[1].enc_key_cert.key == crypto.curve25519_to_ed25519_public(rekeyed.enc_key)
+    got = decrypt_descriptor(second.text, identity.address, time_period_numbers=TP, period_length=LEN)
+    assert [ip.link_specifiers for ip in got.intro_points] == [
+        moved.link_specifiers, rekeyed.link_specifiers, intros[2].link_specifiers]
+    assert got.intro_points[1].enc_key == rekeyed.enc_key
+
+
+def test_direct_libsodium_signature_equals_pynacl_and_openssl():
+    seed = os.urandom(32)
+    key = crypto.SeedSigningKey(seed)
+    for size in (0, 1, 108, 5000):
+        msg = os.urandom(size)
+        sig = key.sign(msg)
+        assert sig == sodium.crypto_sign(msg, sodium.crypto_sign_seed_keypair(seed)[1])[:64]
+        assert sig == Ed25519PrivateKey.from_private_bytes(seed).sign(msg)  # deterministic RFC 8032
