@@ -137,6 +137,25 @@ class Lab:
         self.save()
         return workers
 
+    def start_control_service(self) -> str:
+        """A plain onion service (no balancer, no workers) in front of a static HTTP server:
+        the control group for probes. When a frontend probe and a control probe fail at the
+        same time, the network or the machine was at fault, not the balancer."""
+        from lab.services import start_plain_service
+
+        root = self.state_dir / "control"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "index.html").write_text("control\n")
+        port = self.ports.take()
+        self.procs.start("control-http", [_python(), "-m", "http.server", str(port), "--bind",
+                                          "127.0.0.1", "--directory", str(root)])
+        wait_for_port(port, 15, "control http server")
+        _, hostname = start_plain_service(self.net, self.procs, self.ports, "controlhs", port)
+        self.info["control"] = hostname
+        self.save()
+        self.progress(f"control: plain onion service {hostname}")
+        return hostname
+
     @property
     def workers(self) -> list[Worker]:
         return [Worker.from_json(w) for w in self.info.get("workers", [])]

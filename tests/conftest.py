@@ -55,3 +55,14 @@ def lab_frontend(lab, lab_workers):
     frontend first answered through the client."""
     lab.start_balancer("onion")
     return lab.wait_frontend(timeout=180)
+
+
+@pytest.fixture(scope="session")
+def lab_control(lab):
+    """URL of a plain onion service on the same network: probes of it tell network or
+    machine trouble (a slow CI host) apart from balancer faults."""
+    from lab.client import wait_reachable
+
+    url = f"http://{lab.start_control_service()}/"
+    wait_reachable(lab.net.client.socks_port, url, timeout=120, what="control service")
+    return url
