@@ -9,8 +9,9 @@ each on a fresh circuit); the balancer's CPU seconds and peak RSS. The last line
 ratios (ours / OnionBalance; below 1 is better for time, CPU and memory).
 
 `--soak SECONDS` then runs both balancers side by side (fresh frontends and workers) and
-probes each frontend on fresh circuits for that long; use at least 3 time periods
-(3 x 24 x 20 s = 1440 s) to cross time-period and SRV changes.
+probes each frontend on fresh circuits for that long, together with a plain onion service
+as the control; use at least 3 time periods (3 x 24 x 20 s = 1440 s) to cross time-period
+and SRV changes.
 
 Usage: .venv/bin/python bench/lab.py [--workers 2] [--soak 1500] [--state-dir DIR]
 """
@@ -126,9 +127,14 @@ def soak(lab: Lab, workers: int, seconds: float) -> dict:
     for run in runs:
         wait_reachable(lab.net.client.socks_port, f"http://{run['frontend']}/", 300,
                        f"{run['kind']} frontend")
+    control = lab.start_control_service()
+    wait_reachable(lab.net.client.socks_port, f"http://{control}/", 300, "control service")
     loops = {run["kind"]: ProbeLoop(lab.net.client.socks_port, f"http://{run['frontend']}/",
                                     interval=10.0, prefix=f"soak-{run['kind']}-").start()
              for run in runs}
+    # A plain onion service probed alongside: failures there are the network's or host's.
+    loops["control"] = ProbeLoop(lab.net.client.socks_port, f"http://{control}/",
+                                 interval=10.0, prefix="soak-control-").start()
     log(f"soak: probing both frontends every 10 s on fresh circuits for {seconds:.0f} s")
     time.sleep(seconds)
     out = {}
@@ -137,7 +143,7 @@ def soak(lab: Lab, workers: int, seconds: float) -> dict:
         failed = [p for p in probes if not p.ok]
         out[kind] = (len(failed), len(probes))
         for p in failed:
-            log(f"soak {LABEL[kind]}: failed at {time.strftime('%H:%M:%S', time.localtime(p.at))}: {p.error}")
+            log(f"soak {LABEL.get(kind, kind)}: failed at {time.strftime('%H:%M:%S', time.localtime(p.at))}: {p.error}")
     return out
 
 
@@ -197,9 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         lab.down()
 
     if soaked:
-        for kind in KINDS:
+        for kind in KINDS + ("control",):
             failed, total = soaked[kind]
-            print(f"soak {LABEL[kind]}: {failed}/{total} probes failed over {args.soak:.0f} s")
+            what = LABEL.get(kind, "control (plain onion service)")
+            print(f"soak {what}: {failed}/{total} probes failed over {args.soak:.0f} s")
     ob, ours = results["onionbalance"], results["onion"]
     print(f"failover_ratio_vs_onionbalance: {ratio(ours['failover'], ob['failover'] or FAILOVER_TIMEOUT)}  "
           f"cpu_ratio_vs_onionbalance: {ratio(ours['cpu'], ob['cpu'])}  "
