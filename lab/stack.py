@@ -26,7 +26,7 @@ from lab.workers import Worker, restart_worker, start_worker, stop_worker
 Progress = Callable[[str], None]
 
 # Subdirectories `up` may clear from an earlier run; anything else (ob-venv) is kept.
-RUN_SUBDIRS = ("net", "pids", "logs", "origin", "workers", "balancer", "keys")
+RUN_SUBDIRS = ("net", "pids", "logs", "origin", "workers", "balancer", "keys", "control")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Lab:
     progress: Progress = print
     net: TorNetwork | None = None
     info: dict = field(default_factory=dict)  # persisted as lab.json
+    tie_to_parent: bool = False  # daemons die with this process (tests, benchmark)
 
     @classmethod
     def create(cls, state_dir: Path, *, tie_to_parent: bool = False, voting_interval: int = 20,
@@ -52,9 +53,8 @@ class Lab:
             shutil.rmtree(state_dir / sub, ignore_errors=True)
         (state_dir / "lab.json").unlink(missing_ok=True)
         lab = cls(state_dir=state_dir, procs=procs, ports=PortAllocator(),
-                  voting_interval=voting_interval, progress=progress)
+                  voting_interval=voting_interval, progress=progress, tie_to_parent=tie_to_parent)
         lab.info = {"state_dir": str(state_dir), "voting_interval": voting_interval}
-        lab.tie_to_parent = tie_to_parent
         return lab
 
     @classmethod
@@ -75,7 +75,7 @@ class Lab:
 
     # ---------------------------------------------------------------- steps
     def start_network(self) -> None:
-        owner = self.procs.start_anchor() if getattr(self, "tie_to_parent", False) else None
+        owner = self.procs.start_anchor() if self.tie_to_parent else None
         self.net = TorNetwork.create(self.state_dir, self.ports,
                                      voting_interval=self.voting_interval, owner_pid=owner)
         self.info["socks_port"] = self.net.client.socks_port
