@@ -526,3 +526,12 @@ def test_direct_libsodium_signature_equals_pynacl_and_openssl():
         sig = key.sign(msg)
         assert sig == sodium.crypto_sign(msg, sodium.crypto_sign_seed_keypair(seed)[1])[:64]
         assert sig == Ed25519PrivateKey.from_private_bytes(seed).sign(msg)  # deterministic RFC 8032
+
+
+def test_short_base64_lines_equal_tors_multiline_encoding():
+    from onion.descriptor import _b64_cert_lines, _b64_lines
+    for size in list(range(1, 200)) + [140, 9999]:
+        data = os.urandom(size)
+        assert _b64_cert_lines(data) == _b64_lines(data)
+        lines = _b64_lines(data).split(b"\n")
+        assert lines[-1] == b"" and all(len(x) == 64 for x in lines[:-2]) and 0 < len(lines[-2]) <= 64
