@@ -37,10 +37,16 @@ def _all_confirmed(status) -> bool:
     return bool(ups) and all(u["state"] == "uploaded" for u in ups)
 
 
+def _all_in_use(status) -> bool:
+    fe = status["frontends"][0]
+    return all(i["in_use"] and i["healthy"] for i in fe["instances"]) and _all_confirmed(status)
+
+
 def test_frontend_reachable_and_every_upload_confirmed(lab, lab_frontend):
     assert lab_frontend < 180
     instances = set(a.removesuffix(".onion") for a in lab.instance_addresses())
-    status = _status_when(lab, _all_confirmed)
+    # (other lab tests kill and restart a worker: wait until all four instances are back)
+    status = _status_when(lab, _all_in_use, timeout=120)
     assert status["tor"]["connected"] is True and status["publish"] is True
     fe = status["frontends"][0]
     assert fe["address"] + ".onion" == lab.info["frontend"]
