@@ -324,38 +324,51 @@ class HashRing:
             text = text.decode("utf-8", "replace")
         header: dict[str, str] = {}
         relays: list[tuple[str, str, tuple[str, ...], dict | None]] = []
-        current: list | None = None
-        for line in text.split("\n"):
+        # Router entries are cut with str.split/find (C loops) instead of classifying
+        # each of the ~40 000 lines in Python: 2x cheaper for 8000 relays.
+        if text.startswith("r "):
+            head, body = "", text[2:]
+        else:
+            head, sep, body = text.partition("\nr ")
+            if not sep:
+                body = ""
+        footer = body.find("\ndirectory-footer")
+        if footer >= 0:
+            body = body[:footer + 1]
+        for line in head.split("\n"):
             kw, _, rest = line.partition(" ")
-            if kw == "r":
-                parts = rest.split()
-                if len(parts) < 2:
-                    raise ConsensusError(f"consensus router line {line[:60]!r} is malformed")
-                ident = parts[1]
-                try:
-                    # binascii directly: base64.b64decode's argument checks cost more than
-                    # the decoding, 8000 times per consensus
-                    fp = binascii.a2b_base64(ident + "=" * (-len(ident) % 4)).hex().upper()
-                except (binascii.Error, ValueError):
-                    raise ConsensusError(f"consensus router {parts[0]} has a bad identity {ident!r}") from None
-                current = [fp, parts[0], (), None]
-                relays.append(current)  # type: ignore[arg-type]
-            elif current is not None:
-                if kw == "s":
-                    current[2] = tuple(rest.split())
-                elif kw == "pr":
-                    for item in rest.split():
-                        name, _, ranges = item.partition("=")
-                        if name == "HSDir":
-                            current[3] = {"HSDir": _protocol_versions(ranges)}
-                            break
-                    else:
-                        current[3] = {"_": []}  # protocols listed, HSDir absent
-                elif kw == "directory-footer":
-                    current = None
-            elif kw in ("valid-after", "fresh-until", "params", "shared-rand-current-value",
-                        "shared-rand-previous-value"):
+            if kw in ("valid-after", "fresh-until", "params", "shared-rand-current-value",
+                      "shared-rand-previous-value"):
                 header[kw] = rest.strip()
+        for entry in body.split("\nr ") if body else ():
+            end = entry.find("\n")
+            parts = (entry if end < 0 else entry[:end]).split()
+            if len(parts) < 2:
+                raise ConsensusError(f"consensus router line {('r ' + entry)[:60]!r} is malformed")
+            ident = parts[1]
+            try:
+                # binascii directly: base64.b64decode's argument checks cost more than
+                # the decoding, 8000 times per consensus
+                fp = binascii.a2b_base64(ident + "=" * (-len(ident) % 4)).hex().upper()
+            except (binascii.Error, ValueError):
+                raise ConsensusError(f"consensus router {parts[0]} has a bad identity {ident!r}") from None
+            flags: tuple[str, ...] = ()
+            at = entry.rfind("\ns ")
+            if at >= 0:
+                stop = entry.find("\n", at + 3)
+                flags = tuple(entry[at + 3:stop if stop >= 0 else None].split())
+            protocols = None
+            at = entry.rfind("\npr ")
+            if at >= 0:
+                stop = entry.find("\n", at + 4)
+                for item in entry[at + 4:stop if stop >= 0 else None].split():
+                    name, _, ranges = item.partition("=")
+                    if name == "HSDir":
+                        protocols = {"HSDir": _protocol_versions(ranges)}
+                        break
+                else:
+                    protocols = {"_": []}  # protocols listed, HSDir absent
+            relays.append((fp, parts[0], flags, protocols))
         for needed in ("valid-after", "fresh-until"):
             if needed not in header:
                 raise ConsensusError(f"consensus text has no {needed} line")
@@ -371,7 +384,7 @@ class HashRing:
                                           testing_network=testing_network)
         srv = {k: (header[k].split() + [None, None])[1] for k in
                ("shared-rand-current-value", "shared-rand-previous-value") if k in header}
-        return cls._build(timing, (tuple(r) for r in relays), ed25519_ids, params,
+        return cls._build(timing, relays, ed25519_ids, params,
                           srv.get("shared-rand-current-value"), srv.get("shared-rand-previous-value"))
 
     @property

@@ -320,3 +320,45 @@ def test_consensus_text_errors_are_named():
 def test_disaster_srv_node_index_matches_real_tor(period, ed25519_id, tor_index):
     srv = disaster_srv(period, 4)
     assert hsdir_index(base64.b64decode(ed25519_id), srv, period, 4).hex().upper() == tor_index
+
+
+def test_consensus_text_parser_reads_full_flavour_entries_like_stem():
+    """Entries with a/v/w/p lines, a relay without an 's' line, another whose 'pr' line
+    lacks HSDir, and a footer with signatures: the text parser (which cuts entries with
+    str.split/find) and stem agree on every relay that counts."""
+    lines = ["network-status-version 3", "vote-status consensus", "consensus-method 32",
+             "valid-after 2016-04-14 03:00:00", "fresh-until 2016-04-14 04:00:00",
+             "valid-until 2016-04-14 06:00:00", "voting-delay 300 300",
+             "known-flags Fast HSDir Running Stable V2Dir Valid",
+             "params hsdir_n_replicas=2 hsdir_spread_store=3",
+             "shared-rand-previous-value 9 " + base64.b64encode(b"p" * 32).decode(),
+             "shared-rand-current-value 9 " + base64.b64encode(b"c" * 32).decode()]
+    ids = {}
+    for i in range(30):
+        fp = hashlib.sha1(struct.pack(">I", 1000 + i)).digest()
+        ident = base64.b64encode(fp).decode().rstrip("=")
+        digest = base64.b64encode(hashlib.sha1(fp).digest()).decode().rstrip("=")
+        lines.append(f"r relay{i} {ident} {digest} 2016-04-14 02:00:00 10.0.0.{i} 9001 9030")
+        if i % 3 == 0:
+            lines.append(f"a [2001:db8::{i}]:9001")
+        if i != 4:  # relay4: no 's' line at all
+            lines.append("s Fast Running Stable V2Dir Valid" + (" HSDir" if i % 4 else ""))
+        lines.append("v Tor 0.4.8.10")
+        lines.append("pr Link=1-5 " + ("Relay=1-4" if i == 9 else "HSDir=1-2 Relay=1-4"))
+        lines.append(f"w Bandwidth={100 + i}")
+        lines.append("p reject 1-65535")
+        ids[fp.hex().upper()] = base64.b64encode(hashlib.sha256(b"ed" + fp).digest()).decode().rstrip("=")
+    lines += ["directory-footer", "bandwidth-weights Wbd=0 Wbe=0",
+              "directory-signature sha256 " + "A" * 40 + " " + "B" * 40,
+              "-----BEGIN SIGNATURE-----", "c2lnbmF0dXJl", "-----END SIGNATURE-----"]
+    text = "\n".join(lines) + "\n"
+    doc = NetworkStatusDocumentV3(text.encode(), validate=False)
+    from_text = HashRing.from_consensus(text, ids)
+    from_stem = HashRing.from_consensus(doc, ids)
+    assert from_text._key() == from_stem._key()
+    names = {h.nickname for h in from_text.hsdirs}
+    # no HSDir flag (i % 4 == 0, relay4 has no flags at all), relay9 lacks HSDir protocols
+    assert names == {f"relay{i}" for i in range(30) if i % 4 and i != 9}
+    assert (from_text.n_replicas, from_text.spread_store) == (2, 3)
+    # CRLF line ends read the same
+    assert HashRing.from_consensus(text.replace("\n", "\r\n"), ids)._key() == from_text._key()
