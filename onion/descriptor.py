@@ -136,7 +136,7 @@ class LinkSpecifier:
 def encode_link_specifiers(specs: Sequence[LinkSpecifier]) -> bytes:
     if not 1 <= len(specs) <= 255:
         raise DescriptorFormatError(f"an introduction point needs 1..255 link specifiers, got {len(specs)}")
-    return bytes([len(specs)]) + b"".join(s.encode() for s in specs)
+    return bytes((len(specs),)) + b"".join([bytes((s.type, len(s.data))) + s.data for s in specs])
 
 
 def decode_link_specifiers(raw: bytes) -> tuple[LinkSpecifier, ...]:
@@ -284,6 +284,9 @@ def _b64_lines(data: bytes) -> bytes:
 def _b64_cert_lines(cert: bytes) -> bytes:
     """`_b64_lines` for a short blob (a 140-byte certificate): base64 turns every 48 input
     bytes into one full 64-column line, so three small C calls replace the split."""
+    if len(cert) == 140:  # every certificate we make: 48 + 48 + 44 bytes
+        b2a = binascii.b2a_base64
+        return b2a(cert[:48]) + b2a(cert[48:96]) + b2a(cert[96:])
     return b"".join([binascii.b2a_base64(cert[i:i + 48]) for i in range(0, len(cert), 48)])
 
 
