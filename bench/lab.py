@@ -84,6 +84,14 @@ def measure(lab: Lab, observer, run: dict) -> dict:
     victim_keys: set[str] = set()
     for address in victim.instance_addresses:
         victim_keys |= fetch_intro_keys(observer, address) or set()
+    # Failover is the change from "the published descriptor lists the victim's intro
+    # points" to "it does not": first make sure the first state holds.
+    deadline = time.time() + 120
+    while not (fetch_intro_keys(observer, frontend, timeout=20) or set()) & victim_keys:
+        if time.time() > deadline:
+            log(f"{LABEL[kind]}: the published descriptor never listed worker {victim.name}")
+            break
+        time.sleep(2)
     loop = ProbeLoop(lab.net.client.socks_port, url, interval=1.5, prefix=f"{kind}-").start()
     time.sleep(10)
     killed_at = time.time()
