@@ -374,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     cold = bench_cycle(stem_build, args.quick, floor_fns)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for name, met in (("(a) >= 50x", ratio_a >= 50), ("(b) >= 10x (full build)", ratio_b >= 10),
-                      ("(c) cold cycle < 1 s CPU", cold < 1.0)):
-        print(f"target {name}: {'met' if met else 'MISSED'}")
+                      ("(c) cold cycle < 1 s CPU", None if args.quick else cold < 1.0)):
+        verdict = ("not measured (--quick builds 12 frontends, the target is 60)" if met is None
+                   else "met" if met else "MISSED")
+        print(f"target {name}: {verdict}")
     print(f"speedup_vs_stem: {ratio_b:.1f}")
     return 0
 
