@@ -169,15 +169,17 @@ def test_drain_waits_bounded_then_proceeds_with_a_warning(tmp_path):
     assert 2 <= took < 15  # date +%s granularity: the deadline is 3 s from a whole second
 
 
-@pytest.mark.parametrize("status,why", [
-    (_status(["?"], []), "still published"),                       # unattributed intro points
-    (_status([], [], written_at=time.time() - 3600), "stale"),      # daemon not running
-    (_status([], [], uploaded=False), "not every HSDir"),           # restarted, upload failed
-    (_status([], [], pending_hsdir=True), "not every HSDir"),       # one HSDir still has the old one
-    ({**_status([], []), "frontends": []}, "no frontends"),         # a core that has not loaded its config
-])
-def test_drain_is_conservative(tmp_path, status, why):
-    _, proc, _ = _drain(tmp_path, status, "frontends: []\n", wait=2)
+# Factories, not values: a status built at collection time would predate the config file the
+# test writes minutes later in a full run, and the drain would rightly call it outdated.
+@pytest.mark.parametrize("make_status,why", [
+    (lambda: _status(["?"], []), "still published"),                       # unattributed intro points
+    (lambda: _status([], [], written_at=time.time() - 3600), "stale"),      # daemon not running
+    (lambda: _status([], [], uploaded=False), "not every HSDir"),           # restarted, upload failed
+    (lambda: _status([], [], pending_hsdir=True), "not every HSDir"),       # one HSDir still has the old one
+    (lambda: {**_status([], []), "frontends": []}, "no frontends"),         # a core that has not loaded its config
+], ids=["unattributed", "stale", "upload-failed", "hsdir-pending", "no-frontends"])
+def test_drain_is_conservative(tmp_path, make_status, why):
+    _, proc, _ = _drain(tmp_path, make_status(), "frontends: []\n", wait=2)
     assert proc.returncode == 0 and "WARNING" in proc.stderr and why in proc.stderr
 
 
