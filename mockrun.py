@@ -114,6 +114,18 @@ def is_secret(value: Any) -> bool:
     return isinstance(value, dict) and value.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270"
 
 
+def redact(value: Any) -> Any:
+    """`value` with every secret marker replaced by "[secret]": what a log or a plain output
+    may show."""
+    if is_secret(value):
+        return "[secret]"
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
 def reveal(value: Any) -> Any:
     """`value` with every secret marker replaced by the value it wraps."""
     if is_secret(value):

@@ -64,14 +64,6 @@ def needles(config: dict) -> dict[str, set[bytes]]:
 
 
 # ---------------------------------------------------------------- what is public
-def _strip_secrets(value: Any) -> Any:
-    if mockrun.is_secret(value):
-        return "[secret]"
-    if isinstance(value, dict):
-        return {k: _strip_secrets(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strip_secrets(v) for v in value]
-    return value
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -117,7 +109,7 @@ def public_texts(result) -> Iterator[tuple[str, bytes]]:
     """(where, bytes) for every non-secret input/output, stack output and command line."""
     for r in result.resources:
         for key, value in r.inputs.items():
-            for s in _strings(_strip_secrets(value)):
+            for s in _strings(mockrun.redact(value)):
                 yield f"{r.name} input {key}", s.encode()
         secret_inputs = {k for k, v in r.inputs.items() if mockrun.is_secret(v)}
         for key, value in r.state.items():
@@ -125,7 +117,7 @@ def public_texts(result) -> Iterator[tuple[str, bytes]]:
             # input to the output of the same name) or the resource declares it secret.
             if key in secret_inputs or key in getattr(r, "additional_secret_outputs", ()):
                 continue
-            for s in _strings(_strip_secrets(value)):
+            for s in _strings(mockrun.redact(value)):
                 yield f"{r.name} output {key}", s.encode()
         if r.type == "command:remote:Command":
             # Command lines are scanned even if something marked them secret.
