@@ -44,6 +44,21 @@ DEFAULT_REGION = "us-east-1"
 MOCK_AMI_IDS = {"x86_64": "ami-0mock0noble0amd64", "arm64": "ami-0mock0noble0arm64"}
 MOCK_AMI_ID = MOCK_AMI_IDS["x86_64"]
 DOCUMENTATION_NET = ipaddress.ip_network("203.0.113.0/24")  # RFC 5737: public IPs in mocks
+# What the remote steps' providers would return (see StackMocks.new_resource).
+WORKER_STEP_RE = re.compile(r"^worker-\d+-tor-nginx$")
+OB_CONFIG_RE = re.compile(r"/tor/(?P<daemon>[^/]+)/hs/(?P<site>[^/]+)/ob_config$")
+
+
+def mock_instance_address(step_name: str, daemon: str, site: str) -> str:
+    """The instance address the emulated tor of `step_name` creates for (daemon, site):
+    derived from the names, so the same program gets the same addresses every run."""
+    from onion.keys import onion_address
+
+    return onion_address(hashlib.sha256(f"{step_name}|{daemon}|{site}".encode()).digest())
+
+
+def mock_password(name: str) -> str:
+    return hashlib.sha256(f"password|{name}".encode()).hexdigest()[:32]
 
 
 # ---------------------------------------------------------------- recorded data
@@ -139,7 +154,9 @@ def reveal(value: Any) -> Any:
 
 # ---------------------------------------------------------------- mocks
 class StackMocks(pulumi_mocks.Mocks):
-    """Answers every invoke the program makes and gives resources plausible outputs."""
+    """Answers every invoke the program makes and gives resources plausible outputs,
+    including what the remote steps would report (a worker step's instance addresses, a
+    generated password), so the balancer's config renders as it would on AWS."""
 
     def __init__(self, region: str = DEFAULT_REGION, zone_count: int = 6):
         self.region = region
@@ -236,7 +253,29 @@ class StackMocks(pulumi_mocks.Mocks):
             state["keyId"] = id_
         elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role"):
             state["name"] = inputs.get("name") or f"{args.name}-{id_[-7:]}"
+        elif t == "command:remote:Command":
+            state.setdefault("stdout", "")
+            state.setdefault("stderr", "")
+            if WORKER_STEP_RE.match(args.name):
+                state["stdout"] = self._worker_step_stdout(args.name, inputs)
+        elif t == "random:index/randomPassword:RandomPassword":
+            state["result"] = mock_password(args.name)
         return id_, state
+
+    @staticmethod
+    def _worker_step_stdout(step_name: str, inputs: dict) -> str:
+        """What a worker's tor-nginx step prints once tor created the instance keys: one
+        `onionstack-instance SITE DAEMON ADDRESS` line per ob_config in its payload."""
+        from nodes.bootstrap import ADDRESS_LINE
+        from nodes.steps import unpack
+
+        lines = []
+        for path in sorted(unpack(reveal(inputs["stdin"]))):
+            m = OB_CONFIG_RE.search(path)
+            if m:
+                addr = mock_instance_address(step_name, m["daemon"], m["site"])
+                lines.append(f"{ADDRESS_LINE} {m['site']} {m['daemon']} {addr}")
+        return "packages: installed\n" + "\n".join(lines) + "\n"
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):

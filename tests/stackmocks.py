@@ -6,58 +6,14 @@ import importlib
 import inspect
 from typing import Any
 
-import hashlib
-import re
 
 import mockrun
-from mockrun import ProgramResult, demo_master_key, demo_ssh_key_pair, reveal
+from mockrun import (  # noqa: F401 - re-exported
+    OB_CONFIG_RE, WORKER_STEP_RE, ProgramResult, demo_master_key, demo_ssh_key_pair,
+    mock_instance_address, mock_password, reveal,
+)
 
 ANYWHERE = "0.0.0.0/0"
-WORKER_STEP_RE = re.compile(r"^worker-\d+-tor-nginx$")
-OB_CONFIG_RE = re.compile(r"/tor/(?P<daemon>[^/]+)/hs/(?P<site>[^/]+)/ob_config$")
-
-
-def mock_instance_address(step_name: str, daemon: str, site: str) -> str:
-    """The instance address the emulated tor of `step_name` creates for (daemon, site):
-    derived from the names, so the same program gets the same addresses every run."""
-    from onion.keys import onion_address
-
-    return onion_address(hashlib.sha256(f"{step_name}|{daemon}|{site}".encode()).digest())
-
-
-def mock_password(name: str) -> str:
-    return hashlib.sha256(f"password|{name}".encode()).hexdigest()[:32]
-
-
-class BootstrapMocks(mockrun.StackMocks):
-    """StackMocks plus what the remote steps' providers would return:
-
-    - a worker's tor-nginx step prints one `onionstack-instance SITE DAEMON ADDRESS` line
-      per ob_config in its stdin payload (what its script prints after tor created the
-      instance keys);
-    - `random.RandomPassword` yields a deterministic `result`.
-    """
-
-    def new_resource(self, args):
-        id_, state = super().new_resource(args)
-        if args.typ == "command:remote:Command":
-            state.setdefault("stdout", "")
-            state.setdefault("stderr", "")
-            if WORKER_STEP_RE.match(args.name):
-                from nodes.bootstrap import ADDRESS_LINE
-                from nodes.steps import unpack
-
-                files = unpack(reveal(args.inputs["stdin"]))
-                lines = []
-                for path in sorted(files):
-                    m = OB_CONFIG_RE.search(path)
-                    if m:
-                        addr = mock_instance_address(args.name, m["daemon"], m["site"])
-                        lines.append(f"{ADDRESS_LINE} {m['site']} {m['daemon']} {addr}")
-                state["stdout"] = "packages: installed\n" + "\n".join(lines) + "\n"
-        elif args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = mock_password(args.name)
-        return id_, state
 
 
 class OptionRecordingMonitor(mockrun.RecordingMonitor):
@@ -73,9 +29,7 @@ class OptionRecordingMonitor(mockrun.RecordingMonitor):
         return response
 
 
-# Every mocked run in the test session (the stack tests' and mockrun's own) emulates the
-# remote steps' outputs and records their options.
-mockrun.StackMocks = BootstrapMocks
+# Every mocked run in the test session records the options the tests check.
 mockrun.RecordingMonitor = OptionRecordingMonitor
 
 
