@@ -2,8 +2,12 @@
 carries onion-service traffic, independent of the workers and the balancer."""
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from lab.ports import PortAllocator
 from lab.procs import ProcessRegistry
@@ -33,3 +37,26 @@ def start_plain_service(net: TorNetwork, procs: ProcessRegistry, ports: PortAllo
         f"HiddenServicePort {virtual_port} 127.0.0.1:{target_port}",
     ])
     return node, read_hostname(hs_dir)
+
+
+@contextlib.contextmanager
+def serve_text(body: bytes) -> Iterator[int]:
+    """A tiny HTTP server on 127.0.0.1 answering every GET with `body`; yields its port.
+    The target of plain onion services in tests (no TLS, no nginx in between)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -1,13 +1,10 @@
 """End-to-end: the lab's private Tor network carries onion-service traffic (issue 5)."""
 from __future__ import annotations
 
-import http.server
-import threading
-
 import pytest
 
 from lab.client import fetch, wait_reachable
-from lab.services import start_plain_service
+from lab.services import serve_text, start_plain_service
 from lab.tornet import bootstrap_progress, consensus_fingerprints, controller
 
 pytestmark = pytest.mark.lab
@@ -43,21 +40,8 @@ def test_network_consensus_uses_the_lab_voting_interval(lab):
 
 @pytest.fixture(scope="module")
 def plain_http_server():
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            body = b"plain onion service says hello\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1]
-    srv.shutdown()
+    with serve_text(b"plain onion service says hello\n") as port:
+        yield port
 
 
 def test_plain_onion_service_reachable_through_client_socks(lab, plain_http_server):

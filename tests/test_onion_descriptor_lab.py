@@ -9,13 +9,12 @@ build: layers, padding, certificates, signature, revision counter, HSDir placeme
 """
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from lab.services import serve_text
 from onion.descriptor import MasterDescriptorBuilder, decrypt_descriptor, revision_counter
 from onion.keys import IdentityKey
 
@@ -28,20 +27,8 @@ BODY = b"served through an onionstack master descriptor\n"
 
 @pytest.fixture(scope="module")
 def http_port():
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's naming
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(BODY)))
-            self.end_headers()
-            self.wfile.write(BODY)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1]
-    srv.shutdown()
+    with serve_text(BODY) as port:
+        yield port
 
 
 def _hspost(ctl, text: str, fingerprint: str, address: str) -> None:
