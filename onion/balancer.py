@@ -10,10 +10,12 @@ failed, fetch failed), NEWCONSENSUS (hash ring / time period changed), probe res
 Timers are the backstop: periodic refetch, periodic republish, retries with backoff,
 upload timeouts, reconnects.
 
-Time periods: at a period change the instances' old-period intro points die with their old
-descriptors, so we first fetch the instances' new-period descriptors, wait (briefly) for
-them, then republish. OnionBalance 0.2.4 did it the other way round and failed for minutes
-after every period start.
+Time periods: at a period change clients switch to the new period's descriptor, so we first
+fetch the instances' new-period descriptors, wait (briefly) for them, then republish.
+OnionBalance 0.2.4 did it the other way round and failed for minutes after every period
+start. Note that tor instances rotate their descriptors, closing the old intro points, at the
+SRV change, not at the period start: see docs/investigations/srv-window.md for the open
+problem this causes between an SRV change and the next period start.
 """
 from __future__ import annotations
 
