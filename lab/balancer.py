@@ -22,9 +22,16 @@ ONIONBALANCE_VERSION = "0.2.4"
 ONIONBALANCE_VOTING_INTERVAL = 20
 
 
-def start_balancer_tor(net: TorNetwork, procs: ProcessRegistry, ports: PortAllocator,
-                       nickname: str = "balancer") -> TorNode:
-    return net.add_tor(procs, ports, nickname, [], socks=True)
+def balancer_tor_lines(kind: str) -> list[str]:
+    """Extra torrc lines for the balancer's tor: onionstack's come from the same template
+    the AWS balancer's torrc includes (nodes/templates/balancer/consensus-timing.torrc.j2);
+    OnionBalance's baseline runs with tor's defaults, as its docs set it up."""
+    if kind != "onion":
+        return []
+    from nodes.render import render_template
+
+    text = render_template("balancer/consensus-timing.torrc.j2")
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def wait_balancer_tor_ready(net: TorNetwork, procs: ProcessRegistry, node: TorNode,

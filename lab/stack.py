@@ -182,7 +182,8 @@ class Lab:
                              f"the lab has {self.voting_interval} s")
         # tor nicknames: 1..19 characters [A-Za-z0-9].
         nickname = "tor" + "".join(c for c in tag if c.isascii() and c.isalnum())[:16]
-        node = self.net.add_tor(self.procs, self.ports, nickname, [], socks=True) \
+        node = self.net.add_tor(self.procs, self.ports, nickname, balancer_mod.balancer_tor_lines(kind),
+                                socks=True) \
             if nickname not in {n.nickname for n in self.net.nodes} else self.net.node(nickname)
         if not self.procs.is_running(node.process_name):
             self.net.start_tor(self.procs, node)

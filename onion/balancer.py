@@ -19,6 +19,7 @@ problem this causes between an SRV change and the next period start.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -532,10 +533,22 @@ class Balancer:
                     self.control.post_descriptor(text, fe.address, hsdir)
                 except CommandRejected as exc:
                     self.book.fail(fe.address, hsdir, f"HSPOST refused: {exc}", now)
-                log.info("frontend %s: upload period %d to %s (%s, %d intro points, rev %d)",
-                         fe.name, slot.period, hsdir, reason, len(window), revision)
+                log.info("frontend %s: upload period %d to %s (%s, %d intro points from %s, rev %d)",
+                         fe.name, slot.period, hsdir, reason, len(window), self._provenance(fe, window), revision)
                 fe.last_publish_at = now
                 self.status_dirty = True
+
+    def _provenance(self, fe: FrontendState, window: Sequence[Any]) -> str:
+        """Which instance descriptors (time periods) an upload's intro points come from, and
+        a short hash of the set: lets the log show which copy a client may have cached."""
+        keys = [publisher.auth_key_of(ip) for ip in window]
+        periods = set()
+        for key in keys:
+            inst = self.instances.get(fe.selected_from.get(key, ""))
+            if inst is not None and inst.current is not None and inst.current.decoded.period is not None:
+                periods.add(inst.current.decoded.period)
+        digest = hashlib.sha256(b"".join(sorted(keys))).hexdigest()[:8]
+        return f"instance period {','.join(map(str, sorted(periods))) or '?'}, set {digest}"
 
     # -- status ---------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -100,9 +100,25 @@ def test_balancer_torrc_verifies_and_binds_loopback_only(tmp_path):
     torrc = files["etc/onionstack/tor/balancer.torrc"].content
     assert "SocksPort 127.0.0.1:9050\n" in torrc and "ControlPort 127.0.0.1:9051\n" in torrc
     assert "CookieAuthentication 1\n" in torrc and "HiddenService" not in torrc
+    # consensus fetched as early as a directory cache does (srv-window investigation)
+    assert "FetchDirInfoEarly 1\n" in torrc and "FetchDirInfoExtraEarly 1\n" in torrc
     Path(spec.data_dir).mkdir(parents=True, mode=0o700)
     result = run([TOR, "--verify-config", "-f", str(root / "etc/onionstack/tor/balancer.torrc")])
     assert result.returncode == 0, result.stdout
+
+
+def test_lab_balancer_tor_gets_the_same_consensus_timing_lines():
+    """The lab's balancer tor takes its timing options from the template the AWS torrc
+    includes; the OnionBalance baseline keeps tor's defaults."""
+    from lab.balancer import balancer_tor_lines
+
+    torrc = render.render_balancer(BalancerSpec(sites=SITES, instances=INSTANCES,
+                                                layout=Layout(root="/"))
+                                   )["etc/onionstack/tor/balancer.torrc"].content
+    lines = balancer_tor_lines("onion")
+    assert lines == ["FetchDirInfoEarly 1", "FetchDirInfoExtraEarly 1"]
+    assert all(line + "\n" in torrc for line in lines)
+    assert balancer_tor_lines("onionbalance") == []
 
 
 @pytest.mark.parametrize("publish", [True, False])
