@@ -37,6 +37,12 @@ BLIND_STRING = b"Derive temporary signing key\x00"
 BLIND_PREFIX_STRING = b"Derive temporary signing key hash input"
 
 _ZERO32 = bytes(32)
+_new = _ffi.new
+_buffer = _ffi.buffer
+_scalar_reduce = _sodium_lib.crypto_core_ed25519_scalar_reduce
+_scalar_mul = _sodium_lib.crypto_core_ed25519_scalar_mul
+_scalar_add = _sodium_lib.crypto_core_ed25519_scalar_add
+_base_noclamp = _sodium_lib.crypto_scalarmult_ed25519_base_noclamp
 
 
 def sha3_256(*parts: bytes) -> bytes:
@@ -47,7 +53,11 @@ def reduce_scalar(scalar: bytes) -> bytes:
     """Return `scalar` (32 or 64 bytes, little-endian) reduced mod l, as 32 bytes."""
     if len(scalar) == 32:
         scalar = scalar + _ZERO32
-    return sodium.crypto_core_ed25519_scalar_reduce(scalar)
+    elif len(scalar) != 64:
+        raise TypeError(f"a scalar to reduce is 32 or 64 bytes, got {len(scalar)}")
+    out = _new("unsigned char[32]")
+    _scalar_reduce(out, scalar)  # libsodium directly: PyNaCl's wrapper costs ~3x the call
+    return _buffer(out, 32)[:]
 
 
 def clamp(scalar: bytes) -> bytes:
@@ -69,11 +79,37 @@ def expand_seed(seed: bytes) -> bytes:
 
 def public_from_expanded(expanded: bytes) -> bytes:
     """The ed25519 public key of a 64-byte expanded secret key."""
-    try:
-        return sodium.crypto_scalarmult_ed25519_base_noclamp(reduce_scalar(expanded[:32]))
-    except (nacl.exceptions.RuntimeError, nacl.exceptions.CryptoError) as exc:
+    return public_from_scalar(reduce_scalar(expanded[:32]))
+
+
+def public_from_scalar(scalar: bytes) -> bytes:
+    """aB for a reduced 32-byte scalar a (one fixed-base multiplication)."""
+    out = _new("unsigned char[32]")
+    if _base_noclamp(out, scalar) != 0:
         # Only a scalar that is 0 mod l fails here; tor would never produce it.
-        raise KeyFormatError("expanded secret key has a zero scalar (mod l); it is not a usable key") from exc
+        raise KeyFormatError("expanded secret key has a zero scalar (mod l); it is not a usable key")
+    return _buffer(out, 32)[:]
+
+
+def _sign_parts(a: bytes, nonce_hash: bytes, public_key: bytes, *message: bytes) -> bytes:
+    """R | S with R = rB, r = nonce_hash mod l, S = r + SHA-512(R | A | message) a (mod l).
+
+    `a` is the reduced secret scalar; `message` may come in pieces (hashed without joining
+    them). libsodium's cffi functions are called on one scratch buffer: PyNaCl's wrappers
+    (checks, a result buffer per call) cost more than the scalar arithmetic itself.
+    """
+    buf = _new("unsigned char[160]")  # r | R | S | k | k*a
+    _scalar_reduce(buf, nonce_hash)
+    if _base_noclamp(buf + 32, buf) != 0:
+        raise RuntimeError("libsodium: nonce scalar is 0 mod l")  # probability 2^-252
+    h = hashlib.sha512(_buffer(buf + 32, 32))
+    h.update(public_key)
+    for part in message:
+        h.update(part)
+    _scalar_reduce(buf + 96, h.digest())
+    _scalar_mul(buf + 128, buf + 96, a)
+    _scalar_add(buf + 64, buf, buf + 128)
+    return _buffer(buf + 32, 64)[:]
 
 
 def sign_expanded(expanded: bytes, public_key: bytes, message: bytes) -> bytes:
@@ -81,12 +117,8 @@ def sign_expanded(expanded: bytes, public_key: bytes, message: bytes) -> bytes:
 
     r = H(prefix | M) mod l, R = rB, S = r + H(R | A | M) a  (mod l)
     """
-    a = reduce_scalar(expanded[:32])
-    r = reduce_scalar(hashlib.sha512(expanded[32:64] + message).digest())
-    big_r = sodium.crypto_scalarmult_ed25519_base_noclamp(r)
-    k = reduce_scalar(hashlib.sha512(big_r + public_key + message).digest())
-    s = sodium.crypto_core_ed25519_scalar_add(r, sodium.crypto_core_ed25519_scalar_mul(k, a))
-    return big_r + s
+    return _sign_parts(reduce_scalar(expanded[:32]), hashlib.sha512(expanded[32:64] + message).digest(),
+                       public_key, message)
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -110,14 +142,16 @@ class SeedSigningKey:
     thousands of short certificates.
     """
 
-    __slots__ = ("public_key", "_sk", "_expanded")
+    __slots__ = ("public_key", "_sk", "_scalar", "_prefix")
 
     def __init__(self, seed: bytes | None = None) -> None:
         seed = seed if seed is not None else os.urandom(32)
         pk, sk = sodium.crypto_sign_seed_keypair(seed)
         self.public_key: bytes = pk
         self._sk = sk
-        self._expanded = expand_seed(seed)
+        expanded = expand_seed(seed)
+        self._scalar = reduce_scalar(expanded[:32])
+        self._prefix = expanded[32:]
 
     def sign(self, message: bytes) -> bytes:
         out = _ffi.new("unsigned char[]", len(message) + 64)
@@ -125,23 +159,17 @@ class SeedSigningKey:
             raise RuntimeError("libsodium crypto_sign failed")  # never, for a valid key
         return _ffi.buffer(out, 64)[:]
 
-    def sign_large(self, message: bytes) -> bytes:
+    def sign_large(self, *message: bytes) -> bytes:
         """Sign a large message (a 40-50 kB descriptor) hashing it once instead of twice.
 
         RFC 8032 derives the nonce r from H(prefix | M), a second pass over M. Any secret,
         never-repeated r gives a signature every verifier accepts; here r comes from the
         kernel CSPRNG mixed with the secret prefix, so it is unique and secret without
         reading M. Used only for whole descriptors, where that pass is ~10% of a build.
+        The message may be passed in pieces (hashed in order, never joined).
         """
-        r = reduce_scalar(hashlib.sha512(self._expanded[32:] + os.urandom(32)).digest())
-        big_r = sodium.crypto_scalarmult_ed25519_base_noclamp(r)
-        h = hashlib.sha512(big_r)
-        h.update(self.public_key)
-        h.update(message)
-        k = reduce_scalar(h.digest())
-        s = sodium.crypto_core_ed25519_scalar_add(
-            r, sodium.crypto_core_ed25519_scalar_mul(k, reduce_scalar(self._expanded[:32])))
-        return big_r + s
+        return _sign_parts(self._scalar, hashlib.sha512(self._prefix + os.urandom(32)).digest(),
+                           self.public_key, *message)
 
     def __repr__(self) -> str:
         return f"SeedSigningKey(public_key={self.public_key.hex()})"
@@ -169,11 +197,10 @@ def blind_public_key_with_param(public_key: bytes, param: bytes) -> bytes:
 
 def blind_expanded_secret_with_param(expanded: bytes, param: bytes) -> bytes:
     """(clamp(param) a mod l) | SHA-512(prefix string | prefix)[:32] (ed25519_keypair_blind)."""
-    h = reduce_scalar(clamp(param))
-    a = reduce_scalar(expanded[:32])
-    blinded_scalar = sodium.crypto_core_ed25519_scalar_mul(h, a)
+    buf = _new("unsigned char[32]")
+    _scalar_mul(buf, reduce_scalar(clamp(param)), reduce_scalar(expanded[:32]))
     prefix = hashlib.sha512(BLIND_PREFIX_STRING + expanded[32:64]).digest()[:32]
-    return blinded_scalar + prefix
+    return _buffer(buf, 32)[:] + prefix
 
 
 @functools.lru_cache(maxsize=4096)

@@ -316,7 +316,7 @@ class IdentityKey:
                                                   period_number, period_length)
             # h*A == (h*a mod l)*B: a fixed-base multiplication is ~6x cheaper than
             # blinding the public point (libsodium also checks that point's subgroup).
-            public = crypto.public_from_expanded(secret)
+            public = crypto.public_from_scalar(secret[:32])  # already reduced mod l
             cached = BlindedKey(public, period_number, period_length, secret)
             if len(self._blind_cache) > 8:
                 self._blind_cache.clear()

@@ -465,7 +465,7 @@ def test_enc_key_cert_key_is_carried_from_the_instance(identity, built):
 # --- the fast paths give exactly what the slow definitions give ----------------------------------
 
 def test_ope_sample_sums_equal_the_definition_over_the_whole_range():
-    """The C-loop sample sums (map/accumulate over adler32 pieces) against tor's plain
+    """The numpy sample sums against tor's plain
     definition E(n) = sum_{i<n} (LE16(keystream word i) + 1), for every sample boundary
     and random values up to the OPE maximum, on random keys."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
