@@ -45,6 +45,14 @@ _scalar_add = _sodium_lib.crypto_core_ed25519_scalar_add
 _base_noclamp = _sodium_lib.crypto_scalarmult_ed25519_base_noclamp
 
 
+def x25519_public(secret: bytes) -> bytes:
+    """The x25519 public key of a 32-byte secret (crypto_scalarmult_base, called directly)."""
+    out = _new("unsigned char[32]")
+    if _sodium_lib.crypto_scalarmult_base(out, secret) != 0:
+        raise RuntimeError("libsodium crypto_scalarmult_base failed")
+    return _buffer(out, 32)[:]
+
+
 def sha3_256(*parts: bytes) -> bytes:
     return hashlib.sha3_256(b"".join(parts)).digest()
 
@@ -146,9 +154,12 @@ class SeedSigningKey:
 
     def __init__(self, seed: bytes | None = None) -> None:
         seed = seed if seed is not None else os.urandom(32)
-        pk, sk = sodium.crypto_sign_seed_keypair(seed)
-        self.public_key: bytes = pk
-        self._sk = sk
+        if len(seed) != 32:
+            raise KeyFormatError(f"ed25519 seed must be 32 bytes, got {len(seed)}")
+        keys = _new("unsigned char[96]")  # pk | sk (= seed | pk)
+        _sodium_lib.crypto_sign_seed_keypair(keys, keys + 32, seed)
+        self.public_key: bytes = _buffer(keys, 32)[:]
+        self._sk = _buffer(keys + 32, 64)[:]
         expanded = expand_seed(seed)
         self._scalar = reduce_scalar(expanded[:32])
         self._prefix = expanded[32:]

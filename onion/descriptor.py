@@ -33,7 +33,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-import nacl.bindings as sodium
 import numpy as _np
 import pybase64
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -572,7 +571,8 @@ class MasterDescriptorBuilder:
         signing_cert = make_certificate(CERT_TYPE_DESC_SIGNING, self._signing.public_key,
                                         self._cert_expiry_hours, self._blinded.public_key,
                                         self._blinded.sign)
-        self._signing_cert_pem = _pem("ED25519 CERT", signing_cert).encode("ascii")
+        self._signing_cert_pem = (b"-----BEGIN ED25519 CERT-----\n" + _b64_cert_lines(signing_cert)
+                                  + b"-----END ED25519 CERT-----")
         # setup_desc_intro_point: intro certs count from the start of the hour.
         self._intro_expiry_hours = -(-((int(now) // 3600) * 3600 + lifetime) // 3600)
         self._intro_cache: dict[tuple, bytes] = {}
@@ -585,7 +585,7 @@ class MasterDescriptorBuilder:
         # Middle layer head: no client auth, so 16 fake auth-client lines and a throw-away
         # x25519 ephemeral key, hiding the number of authorised clients. Like tor, made
         # once per descriptor (per period), re-used by every encoding of it.
-        ephemeral = sodium.crypto_scalarmult_base(os.urandom(32))
+        ephemeral = crypto.x25519_public(os.urandom(32))
         self._middle_head = b"".join((
             b"desc-auth-type x25519\ndesc-auth-ephemeral-key ",
             binascii.b2a_base64(ephemeral), _fake_auth_clients(),
