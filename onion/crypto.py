@@ -170,6 +170,24 @@ class SeedSigningKey:
             raise RuntimeError("libsodium crypto_sign failed")  # never, for a valid key
         return _ffi.buffer(out, 64)[:]
 
+    def sign_many(self, messages: bytes, size: int) -> bytes:
+        """Sign each consecutive `size`-byte message of `messages`: returns, per message,
+        signature | message (libsodium's combined form), all in one bytes object.
+
+        One libsodium call per message on pointers into two buffers: no Python objects
+        per signature (a new period's first descriptor signs 40 certificates at once)."""
+        n, rest = divmod(len(messages), size)
+        if rest:
+            raise ValueError(f"{len(messages)} bytes are not whole {size}-byte messages")
+        step = 64 + size
+        out = _new("unsigned char[]", max(n * step, 1))
+        src = _ffi.from_buffer(messages)
+        sign, sk, null = _sodium_lib.crypto_sign, self._sk, _ffi.NULL
+        for i in range(n):
+            if sign(out + i * step, null, src + i * size, size, sk) != 0:
+                raise RuntimeError("libsodium crypto_sign failed")  # never, for a valid key
+        return _buffer(out, n * step)[:]
+
     def sign_large(self, *message: bytes) -> bytes:
         """Sign a large message (a 40-50 kB descriptor) hashing it once instead of twice.
 

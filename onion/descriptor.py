@@ -599,39 +599,69 @@ class MasterDescriptorBuilder:
     def signing_key_expiry(self) -> _dt.datetime:
         return self._signing_key_expiry
 
-    def _encode_intro(self, ip: IntroPoint) -> bytes:
-        """One intro point's text with its two certificates (types 09 and 0B) by our
-        descriptor-signing key. The certificates depend only on our signing key and the
-        two certified keys: an intro point whose link specifiers change keeps them.
+    def _certify(self, intro_points: Sequence[IntroPoint]) -> None:
+        """Make the two certificates (types 09 and 0B, by our descriptor-signing key) of
+        each intro point and keep them, as base64 lines, by the two certified keys: an
+        intro point whose link specifiers change keeps them.
 
-        make_certificate and _b64_cert_lines are inlined (40 of these in a new period's
-        first descriptor; each function call was ~5% of a certificate's signature)."""
-        parts = ip.__dict__.get("_wire_parts") or ip.wire_parts()
-        key = (ip.auth_key, ip.enc_key_ed25519, parts)
-        text = self._intro_cache.get(key)
-        if text is not None:
-            return text
-        cert_key = key[:2]
-        certs = self._cert_cache.get(cert_key)
-        if certs is None:
-            sign, ext, b2a = self._signing.sign, self._intro_cert_ext, binascii.b2a_base64
-            auth = b"".join((self._auth_cert_head, ip.auth_key, ext))
-            enc = b"".join((self._enc_cert_head, ip.enc_key_ed25519, ext))
-            auth += sign(auth)
-            enc += sign(enc)
-            # 140 bytes: three base64 lines of 48 + 48 + 44 bytes
-            certs = (b2a(auth[:48]) + b2a(auth[48:96]) + b2a(auth[96:]),
-                     b2a(enc[:48]) + b2a(enc[48:96]) + b2a(enc[96:]))
-            if len(self._cert_cache) > 4096:
-                self._cert_cache.clear()
-            self._cert_cache[cert_key] = certs
-        # Legacy keys are not re-emitted: their cross-certificate signs the instance's
-        # descriptor-signing key, which the master descriptor does not use.
-        text = b"".join((parts[0], certs[0], parts[1], certs[1], b"-----END ED25519 CERT-----\n"))
-        if len(self._intro_cache) > 4096:
-            self._intro_cache.clear()
-        self._intro_cache[key] = text
-        return text
+        All at once: the 76-byte bodies are joined, signed in one loop of libsodium
+        calls, put together and base64'd as one (2n, 141) byte grid (each certificate
+        plus a zero byte, so that every one starts on a base64 group) and cut into lines
+        by numpy. Per certificate that is ~1/4 of the Python a cert-by-cert loop needs."""
+        n = 2 * len(intro_points)
+        ext, auth_head, enc_head = self._intro_cert_ext, self._auth_cert_head, self._enc_cert_head
+        bodies = b"".join([b"".join((auth_head, ip.auth_key, ext, enc_head, ip.enc_key_ed25519, ext))
+                           for ip in intro_points])
+        signed = _np.frombuffer(self._signing.sign_many(bodies, 76), _np.uint8).reshape(n, 140)
+        certs = _np.empty((n, 141), _np.uint8)
+        certs[:, :76] = signed[:, 64:]     # body
+        certs[:, 76:140] = signed[:, :64]  # signature
+        certs[:, 140] = 0
+        # base64 of 141 bytes is 188 characters; the last one stands for the zero byte
+        # and becomes the '=' of a 140-byte encoding. Lines: 64 + 64 + 59 and '='.
+        encoded = _np.frombuffer(_b64encode(certs), _np.uint8).reshape(n, 188)
+        lines = _np.empty((n, 191), _np.uint8)
+        lines[:, 0:64] = encoded[:, 0:64]
+        lines[:, 65:129] = encoded[:, 64:128]
+        lines[:, 130:189] = encoded[:, 128:187]
+        lines[:, (64, 129, 190)] = 10
+        lines[:, 189] = 61
+        blob = lines.tobytes()
+        cache = self._cert_cache
+        if len(cache) > 4096:
+            cache.clear()
+        for i, ip in enumerate(intro_points):
+            cache[(ip.auth_key, ip.enc_key_ed25519)] = (blob[382 * i:382 * i + 191],
+                                                        blob[382 * i + 191:382 * i + 382])
+
+    def _encode_intros(self, intro_points: Sequence[IntroPoint]) -> list[bytes]:
+        """Each intro point's text with its two certificates (cached per intro point)."""
+        cache = self._intro_cache
+        texts, todo = [], []
+        for ip in intro_points:
+            parts = ip.__dict__.get("_wire_parts") or ip.wire_parts()
+            key = (ip.auth_key, ip.enc_key_ed25519, parts)
+            text = cache.get(key)
+            if text is None:
+                todo.append((len(texts), key))
+            texts.append(text)
+        if todo:
+            certs = self._cert_cache
+            need = {}
+            for i, key in todo:
+                if key[:2] not in certs:
+                    need[key[:2]] = intro_points[i]
+            if need:
+                self._certify(list(need.values()))
+            if len(cache) > 4096:
+                cache.clear()
+            for i, key in todo:
+                auth, enc = certs[key[:2]]
+                # Legacy keys are not re-emitted: their cross-certificate signs the
+                # instance's descriptor-signing key, which the master descriptor does not use.
+                texts[i] = cache[key] = b"".join((key[2][0], auth, key[2][1], enc,
+                                                  b"-----END ED25519 CERT-----\n"))
+        return texts
 
     def build(self, intro_points: Sequence[IntroPoint], *, revision_counter: int) -> MasterDescriptor:
         """Build, sign and encrypt one descriptor. Raises `TooManyIntroPointsError` above 20
@@ -652,8 +682,7 @@ class MasterDescriptorBuilder:
             inner.append(b"single-onion-service\n")
         if self.flow_control:
             inner.append(f"flow-control {self.flow_control}\n".encode("ascii"))
-        encode = self._encode_intro
-        inner.extend([encode(ip) for ip in intro_points])
+        inner.extend(self._encode_intros(intro_points))
         inner_blob = encrypt_layer(b"".join(inner), _ENC_CONSTANT, blinded, self._subcredential,
                                    revision_counter)
         inner_lines = _b64_lines(inner_blob)

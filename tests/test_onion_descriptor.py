@@ -389,11 +389,11 @@ class _WrongSubcredentialBuilder(MasterDescriptorBuilder):
 class _ForeignIntroCertBuilder(MasterDescriptorBuilder):
     """Certifies intro points with a key other than its descriptor-signing key."""
 
-    def _encode_intro(self, ip):
+    def _certify(self, intro_points):
         real = self._signing
         self._signing = crypto.SeedSigningKey()
         try:
-            return super()._encode_intro(ip)
+            return super()._certify(intro_points)
         finally:
             self._signing = real
 
@@ -535,3 +535,27 @@ def test_short_base64_lines_equal_tors_multiline_encoding():
         assert _b64_cert_lines(data) == _b64_lines(data)
         lines = _b64_lines(data).split(b"\n")
         assert lines[-1] == b"" and all(len(x) == 64 for x in lines[:-2]) and 0 < len(lines[-2]) <= 64
+
+
+def test_batched_intro_certificates_equal_certificates_made_one_by_one(identity, intros):
+    """The builder signs all intro-point certificates in one batch (libsodium loop, one
+    base64 grid): each must be byte for byte the certificate make_certificate gives
+    (ed25519 signatures are deterministic), in tor's 64-column lines."""
+    from onion.descriptor import (CERT_TYPE_INTRO_AUTH, CERT_TYPE_INTRO_ENC, _b64_cert_lines,
+                                  _b64_lines, make_certificate)
+    builder = MasterDescriptorBuilder(identity, time_period_number=TP, period_length=LEN)
+    builder.build(intros, revision_counter=1)
+    signer = builder._signing
+    for ip in intros:
+        auth, enc = builder._cert_cache[(ip.auth_key, ip.enc_key_ed25519)]
+        for lines, cert_type, key in ((auth, CERT_TYPE_INTRO_AUTH, ip.auth_key),
+                                      (enc, CERT_TYPE_INTRO_ENC, ip.enc_key_ed25519)):
+            cert = make_certificate(cert_type, key, builder._intro_expiry_hours,
+                                    signer.public_key, signer.sign)
+            assert lines == _b64_cert_lines(cert) == _b64_lines(cert)
+    msgs = os.urandom(76 * 7)
+    batch = signer.sign_many(msgs, 76)
+    assert batch == b"".join(signer.sign(msgs[i:i + 76]) + msgs[i:i + 76] for i in range(0, len(msgs), 76))
+    assert signer.sign_many(b"", 76) == b""
+    with pytest.raises(ValueError):
+        signer.sign_many(b"x" * 77, 76)
