@@ -371,10 +371,88 @@ def bench_cycle(stem_build_seconds: float, quick: bool, floor_fns) -> float:
     return cold * scale
 
 
+# --- where a full build's time goes (--breakdown) -------------------------------------------
+
+def bench_breakdown(rounds: int = 300) -> None:
+    """A full build (b) cut into its steps, each timed with the floor's primitives in the
+    same loop (medians of `rounds`): what ours spends beyond the floor, step by step.
+    The steps call the builder's own methods in the order `build_master_descriptor`
+    does; the last one is `build` with the certificates already made."""
+    pc = time.process_time_ns
+    identity = IdentityKey.generate()
+    intros = [random_intro() for _ in range(20)]
+    sample = build_master_descriptor(identity, intros, time_period_number=TP, period_length=LEN,
+                                     revision_counter=123456).text
+    sign_once, mandatory_once = floor_functions(sample, identity)
+    x25519_secret = os.urandom(32)
+    steps: dict[str, list[int]] = {}
+
+    def add(name: str, start: int) -> int:
+        now = pc()
+        steps.setdefault(name, []).append(now - start)
+        return now
+
+    for _ in range(rounds):
+        identity._blind_cache.clear()
+        for ip in intros:
+            ip.__dict__.pop("_wire_parts", None)
+        t = pc()
+        identity.blind(TP, LEN)
+        t = add("blinding (1 multiplication)", t)
+        crypto.SeedSigningKey()
+        t = add("new descriptor-signing key (1 multiplication)", t)
+        identity._blind_cache.clear()
+        t = pc()
+        builder = MasterDescriptorBuilder(identity, time_period_number=TP, period_length=LEN)
+        t = add("builder set-up (3 multiplications + x25519 key)", t)
+        for ip in intros:
+            ip.wire_parts()
+        t = add("20 intro points' text", t)
+        builder._certify(intros)
+        t = add("40 intro certificates (40 signatures)", t)
+        builder.build(intros, revision_counter=123456).text
+        t = add("layers + signature + text (1 signature + hashing)", t)
+        sign_once()
+        t = add("floor: one certificate signature", t)
+        mandatory_once()
+        t = add("floor: one descriptor's hashing + encoding", t)
+        crypto.x25519_public(x25519_secret)
+        add("x25519 public key (not in the floor)", t)
+        if len(steps["x25519 public key (not in the floor)"]) % 10 == 0:
+            # the bench's floor: primitives in tight loops (warm caches), around the rounds
+            steps.setdefault("tight", []).append(
+                (batch(sign_once, 100) * 1e9, batch(mandatory_once, 10) * 1e9))
+    tight = steps.pop("tight")
+    tight_sig = statistics.median(t[0] for t in tight) / 1e3
+    tight_desc = statistics.median(t[1] for t in tight) / 1e3
+    med = {name: statistics.median(v) / 1e3 for name, v in steps.items()}
+    sig, desc = med["floor: one certificate signature"], med["floor: one descriptor's hashing + encoding"]
+    print(f"breakdown of a full build (b), medians of {rounds} rounds, process_time in us:")
+    for name, value in med.items():
+        print(f"    {name:52s} {value:8.1f}")
+    # the set-up includes the two steps timed alone above; the rest is timed once
+    ours = (med["builder set-up (3 multiplications + x25519 key)"] + med["20 intro points' text"]
+            + med["40 intro certificates (40 signatures)"]
+            + med["layers + signature + text (1 signature + hashing)"])
+    primitives = 44 * sig + desc
+    print(f"    ours (set-up + texts + certificates + layers)        {ours:8.1f}")
+    print(f"    floor (44 signatures + hashing), timed in the loop   {primitives:8.1f}")
+    print(f"    floor as (b) times it (tight loops: {tight_sig:5.1f} us per signature, "
+          f"{tight_desc:5.1f} us hashing) {44 * tight_sig + tight_desc:8.1f}")
+    print(f"    beyond the floor: {ours - primitives:6.1f} us = x25519 "
+          f"{med['x25519 public key (not in the floor)']:5.1f} + Python and copies "
+          f"{ours - primitives - med['x25519 public key (not in the floor)']:6.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.descriptor")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (CI smoke run)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only time the steps of a full build (b) against the floor")
     args = parser.parse_args(argv)
+    if args.breakdown:
+        bench_breakdown()
+        return 0
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"(2 cores here; CPU times below are process_time)")
     ratio_a = bench_blinding(args.quick)
