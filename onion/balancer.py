@@ -10,12 +10,17 @@ failed, fetch failed), NEWCONSENSUS (hash ring / time period changed), probe res
 Timers are the backstop: periodic refetch, periodic republish, retries with backoff,
 upload timeouts, reconnects.
 
-Time periods: at a period change clients switch to the new period's descriptor, so we first
-fetch the instances' new-period descriptors, wait (briefly) for them, then republish.
-OnionBalance 0.2.4 did it the other way round and failed for minutes after every period
-start. Note that tor instances rotate their descriptors, closing the old intro points, at the
-SRV change, not at the period start: see docs/investigations/srv-window.md for the open
-problem this causes between an SRV change and the next period start.
+Time periods: a tor instance rotates its descriptors at the SRV change (mid-period): its
+descriptor for period n becomes current and the intro points of period n-1 close; its
+period n+1 descriptor gets new intro points. HSFETCH only ever returns the instances'
+current-period descriptor, so our period n+1 master descriptor, first uploaded at that SRV
+change, can only carry the instances' period-n intro points, which close at the NEXT SRV
+change. It must therefore be rebuilt from the instances' n+1 descriptors as soon as period
+n+1 begins, before clients switch to it and cache it until period n+2: at a period change
+we fetch the instances' new descriptors, wait (briefly) for them, then republish; and the
+balancer's tor fetches each consensus as early as a directory cache does (see
+docs/investigations/srv-window.md). OnionBalance 0.2.4 republished late and failed between
+SRV changes and period starts.
 """
 from __future__ import annotations
 
