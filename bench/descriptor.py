@@ -313,71 +313,87 @@ def publish_cycle(consensus_text, ids, frontends, builders, now) -> tuple[int, i
 
 
 def bench_cycle(stem_build_seconds: float, quick: bool, floor_fns) -> float:
-    """Returns the cold cycle's CPU seconds."""
+    """Returns the median cold cycle's CPU seconds.
+
+    The machine's speed drifts by up to 2x within seconds, and a cycle lasts about one,
+    so (c) is measured 3 times, each time cold (new frontends: new identities and intro
+    points, no builders, no OPE tables) then warm (the same builders a minute later),
+    each cycle with the floor timed right before and after it. Reported: every cycle,
+    the medians, and each cycle against its own floor."""
     valid_after = dt.datetime(2026, 11, 22, 15, 0, 0)  # 15:00: late in the SRV window
     text, ids = synthetic_consensus(8000, valid_after)
     start = time.process_time()
     doc = NetworkStatusDocumentV3(text.encode(), validate=False)
     parse_cpu = time.process_time() - start
     n_frontends = 12 if quick else 60
-    frontends = [(IdentityKey.generate(), [random_intro() for _ in range(40)]) for _ in range(n_frontends)]
     from onion import descriptor as d
-    d._OPE_CACHE.clear()
     now = valid_after.replace(tzinfo=dt.timezone.utc).timestamp() + 1800
-    builders: dict = {}
     start = time.process_time()
     HashRing.from_consensus(doc, ids)
     ring_from_stem = time.process_time() - start
+    del doc
     start = time.process_time()
     HashRing.from_consensus(text, ids)
     ring_from_text = time.process_time() - start
     sign_once, mandatory_once = floor_fns
-    floor_sign = [batch(sign_once, 300)]
-    floor_desc = [batch(mandatory_once, 30)]
-    start = time.process_time()
-    count, size = publish_cycle(text, ids, frontends, builders, now)
-    cold = time.process_time() - start
-    floor_sign.append(batch(sign_once, 300))
-    floor_desc.append(batch(mandatory_once, 30))
-    start = time.process_time()
-    publish_cycle(text, ids, frontends, builders, now + 60)
-    warm = time.process_time() - start
-    floor_sign.append(batch(sign_once, 300))
-    floor_desc.append(batch(mandatory_once, 30))
-    # the floor measured around each cycle (mean of before and after)
-    t_sign_cold, t_desc_cold = sum(floor_sign[:2]) / 2, sum(floor_desc[:2]) / 2
-    t_sign_warm, t_desc_warm = sum(floor_sign[1:]) / 2, sum(floor_desc[1:]) / 2
-    scale = 1.0  # --quick reports its own, smaller cycle (the ring cost does not scale)
+
+    def floor_sample() -> tuple[float, float]:
+        return batch(sign_once, 300), batch(mandatory_once, 30)
+
+    cold_rows, warm_rows = [], []
+    for _ in range(1 if quick else 3):
+        frontends = [(IdentityKey.generate(), [random_intro() for _ in range(40)])
+                     for _ in range(n_frontends)]
+        d._OPE_CACHE.clear()
+        builders: dict = {}
+        before = floor_sample()
+        start = time.process_time()
+        count, size = publish_cycle(text, ids, frontends, builders, now)
+        cold = time.process_time() - start
+        between = floor_sample()
+        start = time.process_time()
+        publish_cycle(text, ids, frontends, builders, now + 60)
+        warm = time.process_time() - start
+        after = floor_sample()
+        # What the format forces: every descriptor hashed, encoded and signed; in a cold
+        # cycle also 2 certificates per intro point per period (fresh descriptor-signing
+        # key per period) and one signing-key certificate per builder. The floor of each
+        # cycle: the mean of the primitives' times before and after it.
+        certs = 2 * sum(len(pool) for _, pool in frontends) * 2 + len(builders)
+        t_sign, t_desc = (before[0] + between[0]) / 2, (before[1] + between[1]) / 2
+        floor_cold = count * (t_desc + t_sign) + certs * t_sign
+        cold_rows.append((cold, floor_cold, certs * t_sign))
+        t_sign, t_desc = (between[0] + after[0]) / 2, (between[1] + after[1]) / 2
+        warm_rows.append((warm, count * (t_desc + t_sign)))
+    cold_med = statistics.median(r[0] for r in cold_rows)
+    warm_med = statistics.median(r[0] for r in warm_rows)
     est_stem = stem_build_seconds * count
     print(f"(c) publish cycle, {n_frontends} frontends x 2 periods x 8 HSDirs = {count} distinct "
           f"descriptors ({size / count / 1000:.1f} kB avg), 8000-relay consensus "
           f"({len(ids) * 3 // 5} HSDirs):")
-    print(f"    cold {cold * scale:6.3f} s CPU   warm {warm * scale:6.3f} s CPU   (target cold < 1 s)"
-          + ("   [--quick: 12 frontends, not the target's 60]" if quick else ""))
+    print(f"    cold {cold_med:6.3f} s CPU (cycles {' / '.join(f'{r[0]:.3f}' for r in cold_rows)})   "
+          f"warm {warm_med:6.3f} s CPU (cycles {' / '.join(f'{r[0]:.3f}' for r in warm_rows)})   "
+          "(target cold < 1 s)" + ("   [--quick: 12 frontends, 1 cycle]" if quick else ""))
     print(f"    ring from the consensus text (inside each cycle above): {ring_from_text * 1e3:.0f} ms; "
           f"via stem instead: parse {parse_cpu * 1e3:.0f} ms + ring {ring_from_stem * 1e3:.0f} ms")
-    print(f"    stem building the same {int(count * scale)} descriptors (from (b)): ~{est_stem:.0f} s CPU"
-          f"   ratio ~{est_stem / (cold * scale):.0f}x")
-    # What the format forces: every descriptor hashed, encoded and signed; in a cold cycle
-    # also 2 certificates per intro point per period (fresh descriptor-signing key per
-    # period) and one signing-key certificate per builder.
-    certs = 2 * sum(len(pool) for _, pool in frontends) * 2 + len(builders)
-    floor_warm = count * (t_desc_warm + t_sign_warm)
-    floor_cold = count * (t_desc_cold + t_sign_cold) + certs * t_sign_cold
-    print(f"    floor (primitives only, no ring, no Python): cold {floor_cold:6.3f} s "
-          f"({certs} certificate signatures {certs * t_sign_cold:5.3f} s + {count} descriptors "
-          f"{floor_cold - certs * t_sign_cold:5.3f} s)   warm {floor_warm:6.3f} s")
-    print(f"    ours over floor: cold {cold / floor_cold:4.2f}x   warm {warm / floor_warm:4.2f}x")
-    return cold * scale
+    print(f"    stem building the same {count} descriptors (from (b)): ~{est_stem:.0f} s CPU"
+          f"   ratio ~{est_stem / cold_med:.0f}x")
+    print(f"    floor (primitives only, no ring, no Python), per cycle: cold "
+          f"{' / '.join(f'{r[1]:.3f}' for r in cold_rows)} s (of which {cold_rows[0][2] / cold_rows[0][1] * 100:.0f}% "
+          f"the {certs} certificate signatures)   warm {' / '.join(f'{r[1]:.3f}' for r in warm_rows)} s")
+    print(f"    ours over its floor: cold {' / '.join(f'{r[0] / r[1]:.2f}x' for r in cold_rows)}   "
+          f"warm {' / '.join(f'{r[0] / r[1]:.2f}x' for r in warm_rows)}")
+    return cold_med
 
 
 # --- where a full build's time goes (--breakdown) -------------------------------------------
 
 def bench_breakdown(rounds: int = 300) -> None:
-    """A full build (b) cut into its steps, each timed with the floor's primitives in the
-    same loop (medians of `rounds`): what ours spends beyond the floor, step by step.
+    """A full build (b) cut into its steps, each step's time set against the primitives
+    it must contain, timed as (b)'s floor times them (tight loops, interleaved with the
+    rounds): what ours spends beyond the floor, step by step (medians of `rounds`).
     The steps call the builder's own methods in the order `build_master_descriptor`
-    does; the last one is `build` with the certificates already made."""
+    does; the last one is `build` once the certificates are made."""
     pc = time.process_time_ns
     identity = IdentityKey.generate()
     intros = [random_intro() for _ in range(20)]
@@ -386,62 +402,49 @@ def bench_breakdown(rounds: int = 300) -> None:
     sign_once, mandatory_once = floor_functions(sample, identity)
     x25519_secret = os.urandom(32)
     steps: dict[str, list[int]] = {}
+    tight: list[tuple[float, float, float]] = []
 
     def add(name: str, start: int) -> int:
         now = pc()
         steps.setdefault(name, []).append(now - start)
         return now
 
-    for _ in range(rounds):
+    for r in range(rounds):
         identity._blind_cache.clear()
         for ip in intros:
             ip.__dict__.pop("_wire_parts", None)
         t = pc()
-        identity.blind(TP, LEN)
-        t = add("blinding (1 multiplication)", t)
-        crypto.SeedSigningKey()
-        t = add("new descriptor-signing key (1 multiplication)", t)
-        identity._blind_cache.clear()
-        t = pc()
         builder = MasterDescriptorBuilder(identity, time_period_number=TP, period_length=LEN)
-        t = add("builder set-up (3 multiplications + x25519 key)", t)
+        t = add("set-up", t)
         for ip in intros:
             ip.wire_parts()
-        t = add("20 intro points' text", t)
+        t = add("texts", t)
         builder._certify(intros)
-        t = add("40 intro certificates (40 signatures)", t)
+        t = add("certificates", t)
         builder.build(intros, revision_counter=123456).text
-        t = add("layers + signature + text (1 signature + hashing)", t)
-        sign_once()
-        t = add("floor: one certificate signature", t)
-        mandatory_once()
-        t = add("floor: one descriptor's hashing + encoding", t)
-        crypto.x25519_public(x25519_secret)
-        add("x25519 public key (not in the floor)", t)
-        if len(steps["x25519 public key (not in the floor)"]) % 10 == 0:
-            # the bench's floor: primitives in tight loops (warm caches), around the rounds
-            steps.setdefault("tight", []).append(
-                (batch(sign_once, 100) * 1e9, batch(mandatory_once, 10) * 1e9))
-    tight = steps.pop("tight")
-    tight_sig = statistics.median(t[0] for t in tight) / 1e3
-    tight_desc = statistics.median(t[1] for t in tight) / 1e3
+        add("layers", t)
+        if r % 10 == 0:
+            tight.append((batch(sign_once, 100), batch(mandatory_once, 10),
+                          batch(lambda: crypto.x25519_public(x25519_secret), 100)))
+    sig, desc, x25519 = (statistics.median(t[i] for t in tight) * 1e6 for i in range(3))
     med = {name: statistics.median(v) / 1e3 for name, v in steps.items()}
-    sig, desc = med["floor: one certificate signature"], med["floor: one descriptor's hashing + encoding"]
-    print(f"breakdown of a full build (b), medians of {rounds} rounds, process_time in us:")
-    for name, value in med.items():
-        print(f"    {name:52s} {value:8.1f}")
-    # the set-up includes the two steps timed alone above; the rest is timed once
-    ours = (med["builder set-up (3 multiplications + x25519 key)"] + med["20 intro points' text"]
-            + med["40 intro certificates (40 signatures)"]
-            + med["layers + signature + text (1 signature + hashing)"])
-    primitives = 44 * sig + desc
-    print(f"    ours (set-up + texts + certificates + layers)        {ours:8.1f}")
-    print(f"    floor (44 signatures + hashing), timed in the loop   {primitives:8.1f}")
-    print(f"    floor as (b) times it (tight loops: {tight_sig:5.1f} us per signature, "
-          f"{tight_desc:5.1f} us hashing) {44 * tight_sig + tight_desc:8.1f}")
-    print(f"    beyond the floor: {ours - primitives:6.1f} us = x25519 "
-          f"{med['x25519 public key (not in the floor)']:5.1f} + Python and copies "
-          f"{ours - primitives - med['x25519 public key (not in the floor)']:6.1f}")
+    rows = [
+        ("builder set-up: blinding, signing key, its certificate, x25519 key, fake clients",
+         med["set-up"], 3 * sig, x25519),
+        ("20 intro points' text (link specifiers, keys)", med["texts"], 0.0, 0.0),
+        ("40 intro certificates", med["certificates"], 40 * sig, 0.0),
+        ("layers, base64 lines, descriptor signature, text", med["layers"], sig + desc, 0.0),
+    ]
+    print(f"breakdown of a full build (b), medians of {rounds} rounds, CPU us "
+          f"(floor primitives in tight loops: signature {sig:.1f}, descriptor hashing {desc:.1f}, "
+          f"x25519 key {x25519:.1f}):")
+    print(f"    {'step':82s} {'ours':>7s} {'floor':>7s} {'beyond':>7s}")
+    for name, ours, floor, extra in rows:
+        print(f"    {name:82s} {ours:7.1f} {floor:7.1f} {ours - floor:7.1f}"
+              + (f"  (x25519 key {extra:.1f} of it)" if extra else ""))
+    total = sum(r[1] for r in rows)
+    floor = 44 * sig + desc
+    print(f"    {'total':82s} {total:7.1f} {floor:7.1f} {total - floor:7.1f}  = {total / floor:.2f}x the floor")
 
 
 def main(argv: list[str] | None = None) -> int:
