@@ -208,17 +208,26 @@ class IntroPoint:
         (`introduction-point`, `onion-key` up to the auth-key cert; `enc-key` up to the
         enc-key cert.) Computed once per IntroPoint and kept on it: a publish cycle puts
         each intro point in several distinct descriptors of several builders."""
-        parts = self.__dict__.get("_wire_parts")
+        cache = self.__dict__
+        parts = cache.get("_wire_parts")
         if parts is None:
+            specs = self.link_specifiers
+            if not 1 <= len(specs) <= 255:
+                encode_link_specifiers(specs)  # raises the precise error
+            raw = bytearray((len(specs),))  # encode_link_specifiers, inlined (20 per build)
+            for spec in specs:
+                data = spec.data
+                raw.append(spec.type)
+                raw.append(len(data))
+                raw += data
             b2a = binascii.b2a_base64
             parts = (
                 b"introduction-point %s\nonion-key ntor %s\nauth-key\n"
                 b"-----BEGIN ED25519 CERT-----\n" % (
-                    b2a(encode_link_specifiers(self.link_specifiers), newline=False),
-                    b2a(self.onion_key, newline=False)),
+                    b2a(raw, newline=False), b2a(self.onion_key, newline=False)),
                 b"-----END ED25519 CERT-----\nenc-key ntor %s\n"
                 b"enc-key-cert\n-----BEGIN ED25519 CERT-----\n" % b2a(self.enc_key, newline=False))
-            object.__setattr__(self, "_wire_parts", parts)  # frozen: a cache, not state
+            cache["_wire_parts"] = parts  # frozen dataclass: a cache, not state
         return parts
 
     def __hash__(self) -> int:
