@@ -191,8 +191,36 @@ def time_period(valid_after: datetime.datetime, voting_interval: int) -> int:
     return (minutes - offset) // length
 
 
+def _client_cached_intro_keys(lab, period: int) -> set[str] | None:
+    """Intro auth keys (hex) of the frontend descriptor the client has cached for `period`,
+    or None while it has none for that period."""
+    from onion.descriptor import DescriptorError, decrypt_descriptor
+
+    address = lab.info["frontend"].removesuffix(".onion")
+    with controller(lab.net.client) as ctl:
+        text = ctl.get_info(f"hs/client/desc/id/{address}", "")
+    if not text:
+        return None
+    try:
+        desc = decrypt_descriptor(text, address, time_period_numbers=period,
+                                  period_length=24 * lab.voting_interval // 60)
+    except DescriptorError:
+        return None  # still the previous period's copy
+    return {ip.auth_key.hex() for ip in desc.intro_points}
+
+
+def _instance_intro_keys(status: dict, period: int) -> set[str]:
+    return {k for fe in status["frontends"] for inst in fe.get("instances", [])
+            for k in (inst.get("descriptor") or {}).get("intro_points", [])
+            if (inst.get("descriptor") or {}).get("time_period") == period}
+
+
 def test_f_frontend_stays_reachable_across_time_period_and_srv_rotation(lab, lab_frontend,
                                                                          lab_control):
+    """Also checks the fix for the SRV-window failures (docs/investigations/srv-window.md):
+    the first copy of the new period's descriptor the client caches must carry the
+    instances' new-period intro points, not the copy uploaded at the SRV change (whose intro
+    points close at the next SRV change while the client keeps it until the next period)."""
     vi = lab.voting_interval
     assert 24 * vi <= 300, "the lab's time period is too long for this test"
     start_va, start_srv = _consensus_clock(lab)
@@ -202,12 +230,18 @@ def test_f_frontend_stays_reachable_across_time_period_and_srv_rotation(lab, lab
     control = ProbeLoop(lab.net.client.socks_port, lab_control, interval=4.0,
                         prefix="test-f-control").start()
     tp_changed = srv_changed = None
+    cached = None  # (period, intro keys of the client's first copy, instances' keys then)
     deadline = time.monotonic() + 24 * vi + 120
     try:
         while time.monotonic() < deadline:
             va, srv = _consensus_clock(lab)
             if tp_changed is None and time_period(va, vi) != start_tp:
                 tp_changed = time.monotonic()
+            if tp_changed and cached is None:
+                period = time_period(va, vi)
+                keys = _client_cached_intro_keys(lab, period)
+                if keys is not None:
+                    cached = (period, keys, _instance_intro_keys(lab.balancer_status(), period))
             if srv_changed is None and srv != start_srv:
                 srv_changed = time.monotonic()
             if tp_changed and srv_changed and time.monotonic() - max(tp_changed, srv_changed) > 40:
@@ -222,6 +256,14 @@ def test_f_frontend_stays_reachable_across_time_period_and_srv_rotation(lab, lab
     assert srv_changed, "no SRV change observed"
     assert len(probes) >= 20
     assert _unexplained_failures(probes, controls) == []
+    assert cached is not None, "the client never cached the new period's frontend descriptor"
+    period, keys, new_keys = cached
+    stale = keys - new_keys
+    _record(lab, "rotation_first_cached_copy_stale_intro_points", [len(stale), len(keys)])
+    assert new_keys and not stale, (
+        f"the client cached period {period}'s frontend descriptor with {len(stale)} of "
+        f"{len(keys)} intro points not from the instances' period-{period} descriptors: the "
+        f"balancer re-published too late after the period began")
 
 
 # ---------------------------------------------------------------- c (destructive: last)
