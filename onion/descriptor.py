@@ -73,6 +73,8 @@ _CERTEXT_FLAG_AFFECTS_VALIDATION = 1
 
 _SIG_PREFIX = b"Tor onion service descriptor sig v3"
 _END_MESSAGE = b"-----END MESSAGE-----"
+_END_MESSAGE_LINE = b"-----END MESSAGE-----\n"
+_SIGNATURE_LINE_SIZE = len(b"signature \n") + 86  # an ed25519 signature: 86 base64 characters
 _SUPERENC_CONSTANT = b"hsdir-superencrypted-data"
 _ENC_CONSTANT = b"hsdir-encrypted-data"
 _SALT_LEN, _MAC_LEN, _KEY_LEN, _IV_LEN = 16, 32, 32, 16
@@ -220,13 +222,11 @@ class IntroPoint:
                 raw.append(spec.type)
                 raw.append(len(data))
                 raw += data
-            b2a = binascii.b2a_base64
-            parts = (
-                b"introduction-point %s\nonion-key ntor %s\nauth-key\n"
-                b"-----BEGIN ED25519 CERT-----\n" % (
-                    b2a(raw, newline=False), b2a(self.onion_key, newline=False)),
-                b"-----END ED25519 CERT-----\nenc-key ntor %s\n"
-                b"enc-key-cert\n-----BEGIN ED25519 CERT-----\n" % b2a(self.enc_key, newline=False))
+            b2a = binascii.b2a_base64  # each value ends its line: b2a's NL is that line's end
+            parts = (b"".join((b"introduction-point ", b2a(raw), b"onion-key ntor ", b2a(self.onion_key),
+                               b"auth-key\n-----BEGIN ED25519 CERT-----\n")),
+                     b"".join((b"-----END ED25519 CERT-----\nenc-key ntor ", b2a(self.enc_key),
+                               b"enc-key-cert\n-----BEGIN ED25519 CERT-----\n")))
             cache["_wire_parts"] = parts  # frozen dataclass: a cache, not state
         return parts
 
@@ -283,29 +283,40 @@ def _b64_nopad(data: bytes) -> str:
 
 
 def _b64_lines(data: bytes) -> bytes:
-    """tor's base64_encode(..., BASE64_ENCODE_MULTILINE): 64 columns, every line ends in NL.
+    """tor's base64_encode(..., BASE64_ENCODE_MULTILINE): 64 columns, every line ends in NL."""
+    out = bytearray(_b64_lines_size(len(data)))
+    _b64_lines_into(out, 0, data)
+    return bytes(out)
+
+
+def _b64_lines_size(n: int) -> int:
+    """The length of `_b64_lines` of n bytes: 4 characters per 3 bytes (the last 3 padded),
+    and a NL after every 64 characters and after the last line."""
+    chars = 4 * -(-n // 3)
+    return chars + -(-chars // 64)
+
+
+_V64 = _np.dtype("V64")  # one 64-character line as one opaque numpy item
+
+
+def _b64_lines_into(out: bytearray, offset: int, data: bytes) -> None:
+    """Write `_b64_lines(data)` into `out` at `offset` (`_b64_lines_size(len(data))` bytes):
+    a layer's lines go straight into the text that holds them, with no copy to join.
 
     Why pybase64 and numpy: binascii's encoder (~1.4 ns/byte here) was, after SHA3 and
-    SHA-512, the largest cost of a descriptor; pybase64's SIMD encoder is ~20x faster.
-    The lines are then written into a (lines, 65) byte grid by one strided numpy copy
-    (the struct split + join it replaces cost ~2x as much).
+    SHA-512, the largest cost of a descriptor; pybase64's SIMD encoder is ~20x faster. The
+    full lines are then copied as 64-byte items into rows 65 bytes apart, one numpy call
+    (~15 ns a line; as a (lines, 64) uint8 grid it is ~1.3x that, a struct split + join
+    ~2x), and the NLs set by one strided assignment.
     """
-    return _b64_grid(data).tobytes()
-
-
-def _b64_grid(data: bytes) -> "_np.ndarray":
-    """`_b64_lines` as a flat uint8 array (a bytes-like object: joined without a copy)."""
     encoded = _b64encode(data)
     full, rest = divmod(len(encoded), 64)
-    grid = _np.empty((full + (rest > 0), 65), _np.uint8)
-    grid[:, 64] = 10
-    src = _np.frombuffer(encoded, _np.uint8)
-    grid[:full, :64] = src[:full * 64].reshape(full, 64)
+    _np.ndarray((full,), _V64, out, offset, (65,))[...] = _np.frombuffer(encoded, _V64, full)
+    end = offset + full * 65
+    _np.frombuffer(out, _np.uint8)[offset + 64:end:65] = 10
     if rest:
-        grid[full, :rest] = src[full * 64:]
-        grid[full, rest] = 10
-        return grid.reshape(-1)[:full * 65 + rest + 1]
-    return grid.reshape(-1)
+        out[end:end + rest] = encoded[full * 64:]
+        out[end + rest] = 10
 
 
 def _b64_cert_lines(cert: bytes) -> bytes:
@@ -339,11 +350,16 @@ def _hours_to_datetime(hours: int) -> _dt.datetime:
 
 # --- ed25519 certificates (cert-spec.txt) ----------------------------------------------------
 
+_CERT_HEAD = struct.Struct(">BBIB")  # version 1, type, expiry hours, certified key type
+# One extension: signed-with-ed25519-key (32 bytes, no flags), the signer's key follows.
+_CERT_EXT_SIGNED_WITH_KEY = b"\x01" + struct.pack(">HBB", 32, _CERTEXT_SIGNED_WITH_KEY, 0)
+
+
 def make_certificate(cert_type: int, certified_key: bytes, expiry_hours: int,
                      signer_public: bytes, sign) -> bytes:
     """An ed25519 cert with the signed-with-ed25519-key extension, as tor makes them."""
-    body = (struct.pack(">BBIB", 1, cert_type, expiry_hours, _CERT_KEY_TYPE_ED25519) + certified_key
-            + b"\x01" + struct.pack(">HBB", 32, _CERTEXT_SIGNED_WITH_KEY, 0) + signer_public)
+    body = b"".join((_CERT_HEAD.pack(1, cert_type, expiry_hours, _CERT_KEY_TYPE_ED25519),
+                     certified_key, _CERT_EXT_SIGNED_WITH_KEY, signer_public))
     return body + sign(body)
 
 
@@ -412,26 +428,32 @@ def subcredential(public_key: bytes, blinded_key: bytes) -> bytes:
     return crypto.sha3_256(b"subcredential", credential, blinded_key)
 
 
+_U64 = struct.Struct(">Q")
+
+
 def _layer_keys(secret_data: bytes, subcred: bytes, revision: int, salt: bytes,
                 constant: bytes) -> tuple[bytes, bytes, bytes]:
-    keys = hashlib.shake_256(secret_data + subcred + struct.pack(">Q", revision) + salt
-                             + constant).digest(_KEY_LEN + _IV_LEN + _MAC_LEN)
+    keys = hashlib.shake_256(b"".join((secret_data, subcred, _U64.pack(revision), salt, constant))
+                             ).digest(_KEY_LEN + _IV_LEN + _MAC_LEN)
     return keys[:_KEY_LEN], keys[_KEY_LEN:_KEY_LEN + _IV_LEN], keys[_KEY_LEN + _IV_LEN:]
 
 
 def _mac(mac_key: bytes, salt: bytes, ciphertext: bytes) -> bytes:
     # update() rather than +: the ciphertext is 15-30 kB and would be copied first.
-    h = hashlib.sha3_256(struct.pack(">Q", len(mac_key)) + mac_key + struct.pack(">Q", len(salt))
-                         + salt)
+    h = hashlib.sha3_256(b"".join((_U64.pack(len(mac_key)), mac_key, _U64.pack(len(salt)), salt)))
     h.update(ciphertext)
     return h.digest()
 
 
 def encrypt_layer(plaintext: bytes, constant: bytes, secret_data: bytes, subcred: bytes,
-                  revision: int) -> bytearray:
+                  revision: int, *, salt: bytes | None = None) -> bytearray:
     """salt | AES-256-CTR ciphertext | SHA3 MAC, written into one buffer (no copies of
-    the 15-30 kB ciphertext)."""
-    salt = os.urandom(_SALT_LEN)
+    the 15-30 kB ciphertext). `salt`: 16 fresh random bytes, if the caller has drawn them
+    (else os.urandom)."""
+    if salt is None:
+        salt = os.urandom(_SALT_LEN)
+    elif len(salt) != _SALT_LEN:
+        raise ValueError(f"a layer's salt is {_SALT_LEN} bytes, got {len(salt)}")
     key, iv, mac_key = _layer_keys(secret_data, subcred, revision, salt, constant)
     n = len(plaintext)
     out = bytearray(_SALT_LEN + n + _MAC_LEN)  # update_into needs 15 spare bytes: the MAC's
@@ -538,16 +560,21 @@ def _int_arg(item: _Item, what: str, maximum: int) -> int:
 # unpadded base64. Base64 of n bytes + (-n % 3) zero bytes starts with the unpadded base64
 # of the n bytes, so random fields with zero gaps (9 + 18 + 18 bytes a line) encode in one
 # call and one struct unpack picks the 11, 22 and 22 characters out.
+FAKE_AUTH_CLIENT_BYTES = FAKE_AUTH_CLIENTS * 45
 _FAKE_CLIENT_FIELDS = struct.Struct("11s1x22s2x22s2x" * FAKE_AUTH_CLIENTS)
 _FAKE_CLIENT_LINES = b"auth-client %s %s %s\n" * FAKE_AUTH_CLIENTS
-_FAKE_CLIENT_GAP = bytes(FAKE_AUTH_CLIENTS)
+# AND mask zeroing the gap bytes (one numpy operation; five stepped slice assignments on a
+# bytearray cost ~3x as much).
+_FAKE_CLIENT_MASK = _np.frombuffer(
+    (b"\xff" * 8 + b"\0" + b"\xff" * 16 + b"\0\0" + b"\xff" * 16 + b"\0\0") * FAKE_AUTH_CLIENTS, _np.uint8)
 
 
-def _fake_auth_clients() -> bytes:
-    raw = bytearray(os.urandom(FAKE_AUTH_CLIENTS * 45))
-    for gap in (8, 25, 26, 43, 44):  # zero the gap bytes of every line
-        raw[gap::45] = _FAKE_CLIENT_GAP
-    return _FAKE_CLIENT_LINES % _FAKE_CLIENT_FIELDS.unpack(binascii.b2a_base64(raw, newline=False))
+def _fake_auth_clients(random: bytes | None = None) -> bytes:
+    """The 16 fake auth-client lines from `FAKE_AUTH_CLIENT_BYTES` random bytes."""
+    if random is None:
+        random = os.urandom(FAKE_AUTH_CLIENT_BYTES)
+    raw = _np.frombuffer(random, _np.uint8, FAKE_AUTH_CLIENT_BYTES) & _FAKE_CLIENT_MASK
+    return _FAKE_CLIENT_LINES % _FAKE_CLIENT_FIELDS.unpack(_b64encode(raw))
 
 
 class MasterDescriptorBuilder:
@@ -569,10 +596,13 @@ class MasterDescriptorBuilder:
         if period_length <= 0 or time_period_number < 0:
             raise DescriptorError(f"time period {time_period_number} of {period_length} minutes is invalid")
         now = time.time() if now is None else now
+        # All the randomness a builder needs, drawn at once: the descriptor-signing key's
+        # seed, the x25519 ephemeral secret, the fake auth-client bytes.
+        random = crypto.random_bytes(64 + FAKE_AUTH_CLIENT_BYTES)
         self._identity = identity
-        self._blinded = identity.blind(time_period_number, period_length)
-        self._subcredential = subcredential(identity.public_key, self._blinded.public_key)
-        self._signing = crypto.SeedSigningKey()
+        self._blinded = blinded = identity.blind(time_period_number, period_length)
+        self._subcredential = subcredential(identity.public_key, blinded.public_key)
+        self._signing = signing = crypto.SeedSigningKey(random[:32])
         self.time_period_number = time_period_number
         self.period_length = period_length
         self.lifetime_minutes = lifetime_minutes
@@ -582,28 +612,25 @@ class MasterDescriptorBuilder:
         lifetime = SIGNING_CERT_LIFETIME_HOURS * 3600
         self._cert_expiry_hours = -(-(int(now) + lifetime) // 3600)
         self._signing_key_expiry = _hours_to_datetime(self._cert_expiry_hours)
-        signing_cert = make_certificate(CERT_TYPE_DESC_SIGNING, self._signing.public_key,
-                                        self._cert_expiry_hours, self._blinded.public_key,
-                                        self._blinded.sign)
-        self._signing_cert_pem = (b"-----BEGIN ED25519 CERT-----\n" + _b64_cert_lines(signing_cert)
-                                  + b"-----END ED25519 CERT-----")
+        signing_cert = make_certificate(CERT_TYPE_DESC_SIGNING, signing.public_key,
+                                        self._cert_expiry_hours, blinded.public_key, blinded.sign)
+        self._signing_cert_pem = b"".join((b"-----BEGIN ED25519 CERT-----\n",
+                                           _b64_cert_lines(signing_cert), b"-----END ED25519 CERT-----"))
         # setup_desc_intro_point: intro certs count from the start of the hour.
         self._intro_expiry_hours = -(-((int(now) // 3600) * 3600 + lifetime) // 3600)
-        self._intro_cache: dict[tuple, bytes] = {}
         self._cert_cache: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
-        expiry = struct.pack(">IB", self._intro_expiry_hours, _CERT_KEY_TYPE_ED25519)
-        self._auth_cert_head = bytes((1, CERT_TYPE_INTRO_AUTH)) + expiry
-        self._enc_cert_head = bytes((1, CERT_TYPE_INTRO_ENC)) + expiry
-        self._intro_cert_ext = (b"\x01" + struct.pack(">HBB", 32, _CERTEXT_SIGNED_WITH_KEY, 0)
-                                + self._signing.public_key)
+        self._auth_cert_head = _CERT_HEAD.pack(1, CERT_TYPE_INTRO_AUTH, self._intro_expiry_hours,
+                                               _CERT_KEY_TYPE_ED25519)
+        self._enc_cert_head = _CERT_HEAD.pack(1, CERT_TYPE_INTRO_ENC, self._intro_expiry_hours,
+                                              _CERT_KEY_TYPE_ED25519)
+        self._intro_cert_ext = _CERT_EXT_SIGNED_WITH_KEY + signing.public_key
         # Middle layer head: no client auth, so 16 fake auth-client lines and a throw-away
         # x25519 ephemeral key, hiding the number of authorised clients. Like tor, made
         # once per descriptor (per period), re-used by every encoding of it.
-        ephemeral = crypto.x25519_public(os.urandom(32))
         self._middle_head = b"".join((
             b"desc-auth-type x25519\ndesc-auth-ephemeral-key ",
-            binascii.b2a_base64(ephemeral), _fake_auth_clients(),
-            b"encrypted\n-----BEGIN MESSAGE-----\n"))
+            binascii.b2a_base64(crypto.x25519_public(random[32:64])),
+            _fake_auth_clients(random[64:]), b"encrypted\n-----BEGIN MESSAGE-----\n"))
 
     @property
     def blinded_key(self) -> BlindedKey:
@@ -642,44 +669,40 @@ class MasterDescriptorBuilder:
         lines[:, 189] = 61
         blob = lines.tobytes()
         cache = self._cert_cache
-        if len(cache) > 4096:
-            cache.clear()
         for i, ip in enumerate(intro_points):
             cache[(ip.auth_key, ip.enc_key_ed25519)] = (blob[382 * i:382 * i + 191],
                                                         blob[382 * i + 191:382 * i + 382])
 
-    def _encode_intros(self, intro_points: Sequence[IntroPoint]) -> list[bytes]:
-        """Each intro point's text with its two certificates (cached per intro point)."""
-        cache = self._intro_cache
-        texts, todo = [], []
-        for ip in intro_points:
-            parts = ip.__dict__.get("_wire_parts") or ip.wire_parts()
-            key = (ip.auth_key, ip.enc_key_ed25519, parts)
-            text = cache.get(key)
-            if text is None:
-                todo.append((len(texts), key))
-            texts.append(text)
+    def _inner_plaintext(self, intro_points: tuple[IntroPoint, ...]) -> bytes:
+        """The inner layer (hs_descriptor.c get_inner_encrypted_layer_plaintext): the
+        header lines, then each intro point's text around its two certificates, certifying
+        (in one batch) the intro points this builder has not certified yet."""
+        certs = self._cert_cache
+        if len(certs) > 4096:  # before the look-ups: a clear must not drop what they found
+            certs.clear()
+        todo = [ip for ip in intro_points if (ip.auth_key, ip.enc_key_ed25519) not in certs]
         if todo:
-            certs = self._cert_cache
-            need = {}
-            for i, key in todo:
-                if key[:2] not in certs:
-                    need[key[:2]] = intro_points[i]
-            if need:
-                self._certify(list(need.values()))
-            if len(cache) > 4096:
-                cache.clear()
-            for i, key in todo:
-                auth, enc = certs[key[:2]]
-                # Legacy keys are not re-emitted: their cross-certificate signs the
-                # instance's descriptor-signing key, which the master descriptor does not use.
-                texts[i] = cache[key] = b"".join((key[2][0], auth, key[2][1], enc,
-                                                  b"-----END ED25519 CERT-----\n"))
-        return texts
+            self._certify(todo)
+        parts = [b"create2-formats 2\n"]
+        if self.single_onion:
+            parts.append(b"single-onion-service\n")
+        if self.flow_control:
+            parts.append(b"flow-control %s\n" % self.flow_control.encode("ascii"))
+        for ip in intro_points:
+            head, middle = ip.__dict__.get("_wire_parts") or ip.wire_parts()
+            auth, enc = certs[ip.auth_key, ip.enc_key_ed25519]
+            # Legacy keys are not re-emitted: their cross-certificate signs the instance's
+            # descriptor-signing key, which the master descriptor does not use.
+            parts += (head, auth, middle, enc, b"-----END ED25519 CERT-----\n")
+        return b"".join(parts)
 
     def build(self, intro_points: Sequence[IntroPoint], *, revision_counter: int) -> MasterDescriptor:
         """Build, sign and encrypt one descriptor. Raises `TooManyIntroPointsError` above 20
-        and `DescriptorTooLargeError` if the result exceeds 50000 bytes."""
+        and `DescriptorTooLargeError` if the result exceeds 50000 bytes.
+
+        Each layer is written into one buffer of its final size (the base64 lines of the
+        layer inside it included), so the 30 kB middle layer and the 41 kB text are not
+        copied to be joined."""
         intro_points = tuple(intro_points)
         if len(intro_points) > MAX_INTRO_POINTS:
             raise TooManyIntroPointsError(
@@ -690,37 +713,42 @@ class MasterDescriptorBuilder:
         if not 0 <= revision_counter < 2**64:
             raise DescriptorError(f"revision counter {revision_counter} is outside 0..2^64-1")
         blinded = self._blinded.public_key
-        # Inner layer (hs_descriptor.c get_inner_encrypted_layer_plaintext).
-        inner = [b"create2-formats 2\n"]
-        if self.single_onion:
-            inner.append(b"single-onion-service\n")
-        if self.flow_control:
-            inner.append(f"flow-control {self.flow_control}\n".encode("ascii"))
-        inner.extend(self._encode_intros(intro_points))
-        inner_blob = encrypt_layer(b"".join(inner), _ENC_CONSTANT, blinded, self._subcredential,
-                                   revision_counter)
-        inner_lines = _b64_grid(inner_blob)
-        # tor pads the middle layer with NULs to a multiple of 10000 (stem 1.8.2 pads by
-        # len % 10000 instead, which is wrong).
-        size = len(self._middle_head) + len(inner_lines) + len(_END_MESSAGE)
-        middle = b"".join((self._middle_head, inner_lines, _END_MESSAGE,
-                           bytes(-size % SUPERENCRYPTED_PAD_MULTIPLE)))
+        random = os.urandom(64)  # the two layers' salts and the signature's nonce entropy
+        inner_blob = encrypt_layer(self._inner_plaintext(intro_points), _ENC_CONSTANT, blinded,
+                                   self._subcredential, revision_counter, salt=random[:16])
+        # Middle layer: its head, the inner layer's lines, END, NUL padding to a multiple of
+        # 10000 as tor pads (stem 1.8.2 pads by len % 10000 instead, which is wrong).
+        head = self._middle_head
+        end = len(head) + _b64_lines_size(len(inner_blob))
+        size = end + len(_END_MESSAGE)
+        middle = bytearray(size + -size % SUPERENCRYPTED_PAD_MULTIPLE)
+        middle[:len(head)] = head
+        _b64_lines_into(middle, len(head), inner_blob)
+        middle[end:size] = _END_MESSAGE
         middle_blob = encrypt_layer(middle, _SUPERENC_CONSTANT, blinded, self._subcredential,
-                                    revision_counter)
-        body = (b"hs-descriptor 3\ndescriptor-lifetime %d\ndescriptor-signing-key-cert\n%s\n"
+                                    revision_counter, salt=random[16:32])
+        # Outer layer: the signed text, then the signature line.
+        head = (b"hs-descriptor 3\ndescriptor-lifetime %d\ndescriptor-signing-key-cert\n%s\n"
                 b"revision-counter %d\nsuperencrypted\n-----BEGIN MESSAGE-----\n" % (
-                    self.lifetime_minutes, self._signing_cert_pem, revision_counter),
-                _b64_grid(middle_blob), b"-----END MESSAGE-----\n")
-        signature = self._signing.sign_large(_SIG_PREFIX, *body)  # hashed in pieces, not joined
-        text = b"".join((*body, b"signature %s\n" % _b64encode(signature)[:86])).decode("ascii")
-        if len(text) >= MAX_DESCRIPTOR_SIZE:
+                    self.lifetime_minutes, self._signing_cert_pem, revision_counter))
+        end = len(head) + _b64_lines_size(len(middle_blob))
+        signed = end + len(_END_MESSAGE_LINE)
+        if signed + _SIGNATURE_LINE_SIZE >= MAX_DESCRIPTOR_SIZE:
             raise DescriptorTooLargeError(
-                f"descriptor with {len(intro_points)} introduction points is {len(text)} bytes; "
-                f"tor accepts less than {MAX_DESCRIPTOR_SIZE}: use fewer introduction points")
+                f"descriptor with {len(intro_points)} introduction points is "
+                f"{signed + _SIGNATURE_LINE_SIZE} bytes; tor accepts less than "
+                f"{MAX_DESCRIPTOR_SIZE}: use fewer introduction points")
+        text = bytearray(signed + _SIGNATURE_LINE_SIZE)
+        text[:len(head)] = head
+        _b64_lines_into(text, len(head), middle_blob)
+        text[end:signed] = _END_MESSAGE_LINE
+        signature = self._signing.sign_large(_SIG_PREFIX, memoryview(text)[:signed],
+                                             entropy=random[32:])
+        text[signed:] = b"signature %s\n" % _b64encode(signature)[:86]
         # A frozen dataclass' __init__ sets each field through object.__setattr__ (~5 us
         # for these 7, 960 times a publish cycle): the same fields are set in one call.
         result = object.__new__(MasterDescriptor)
-        result.__dict__.update(text=text, blinded_key=blinded,
+        result.__dict__.update(text=text.decode("ascii"), blinded_key=blinded,
                                time_period_number=self.time_period_number,
                                period_length=self.period_length,
                                revision_counter=revision_counter, intro_points=intro_points,
