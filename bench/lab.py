@@ -4,9 +4,9 @@ venv) and then onionstack's balancer core, each with fresh workers built the sam
 For each balancer it prints: seconds from the balancer's start to the frontend first
 answering a client; failover seconds after one worker is killed (until a descriptor
 fetched from the HSDirs, by a separate observer tor, no longer lists the dead worker's
-intro points); requests failed before / during / after failover (one request every 1.5 s,
-each on a fresh circuit); the balancer's CPU seconds and peak RSS. The last line holds the
-ratios (ours / OnionBalance; below 1 is better for time, CPU and memory).
+intro points; an observer fetch that no HSDir answers counts neither way); requests failed
+before / during / after failover (one request every 1.5 s, each on a fresh circuit); the
+balancer's CPU seconds and peak RSS. The last line holds the ratios (ours / OnionBalance; below 1 is better for time, CPU and memory).
 
 `--soak SECONDS` then runs both balancers side by side (fresh frontends and workers) and
 probes each frontend on fresh circuits for that long, together with a plain onion service
@@ -101,6 +101,9 @@ def measure(lab: Lab, observer, run: dict) -> dict:
     clean = 0
     while time.time() - killed_at < FAILOVER_TIMEOUT:
         keys = fetch_intro_keys(observer, frontend, timeout=20)
+        if keys is None:  # no HSDir answered the observer in time: no evidence either way
+            time.sleep(2)
+            continue
         clean = clean + 1 if keys and not keys & victim_keys else 0
         if clean == 2:  # two fetches in a row (likely from different HSDirs) agree
             failover = time.time() - killed_at
