@@ -37,6 +37,9 @@ BLIND_STRING = b"Derive temporary signing key\x00"
 BLIND_PREFIX_STRING = b"Derive temporary signing key hash input"
 
 _ZERO32 = bytes(32)
+# Ed25519 clamping (RFC 8032) as integer masks: clear the 3 low bits and bit 255, set bit 254.
+_CLAMP_MASK = (1 << 254) - 8
+_CLAMP_BIT = 1 << 254
 _new = _ffi.new
 _buffer = _ffi.buffer
 _scalar_reduce = _sodium_lib.crypto_core_ed25519_scalar_reduce
@@ -85,11 +88,7 @@ def reduce_scalar(scalar: bytes) -> bytes:
 
 def clamp(scalar: bytes) -> bytes:
     """Ed25519 clamping: clear the 3 low bits and the top bit, set bit 254."""
-    b = bytearray(scalar[:32])
-    b[0] &= 248
-    b[31] &= 63
-    b[31] |= 64
-    return bytes(b)
+    return (int.from_bytes(scalar[:32], "little") & _CLAMP_MASK | _CLAMP_BIT).to_bytes(32, "little")
 
 
 def expand_seed(seed: bytes) -> bytes:
@@ -117,7 +116,7 @@ def public_from_scalar(scalar: bytes) -> bytes:
 def _sign_parts(a: bytes, nonce_hash: bytes, public_key: bytes, *message: bytes) -> bytes:
     """R | S with R = rB, r = nonce_hash mod l, S = r + SHA-512(R | A | message) a (mod l).
 
-    `a` is the reduced secret scalar; `message` may come in pieces (hashed without joining
+    `a` is the secret scalar (32 bytes, reduced or not); `message` may come in pieces (hashed without joining
     them). libsodium's cffi functions are called on one scratch buffer: PyNaCl's wrappers
     (checks, a result buffer per call) cost more than the scalar arithmetic itself.
     """
@@ -139,8 +138,12 @@ def sign_expanded(expanded: bytes, public_key: bytes, message: bytes) -> bytes:
     """Ed25519 signature with an expanded secret (what tor's ed25519_sign does).
 
     r = H(prefix | M) mod l, R = rB, S = r + H(R | A | M) a  (mod l)
+
+    `a` goes unreduced to libsodium's scalar multiplication, which reduces the product of
+    any two 256-bit scalars (ref10's sc_muladd, which crypto_sign runs on its unreduced
+    clamped key too); only the noclamp point multiplications need reduced scalars.
     """
-    return _sign_parts(reduce_scalar(expanded[:32]), hashlib.sha512(expanded[32:64] + message).digest(),
+    return _sign_parts(expanded[:32], hashlib.sha512(expanded[32:64] + message).digest(),
                        public_key, message)
 
 
@@ -174,10 +177,12 @@ class SeedSigningKey:
         # What crypto_sign_seed_keypair computes, expanding the seed once (sign_large needs
         # the expanded key, and the keypair call would hash the seed a second time):
         # a = clamp(SHA-512(seed)[:32]) mod l, A = aB, libsodium's secret key = seed | A.
-        expanded = expand_seed(seed)
-        self._scalar = reduce_scalar(expanded[:32])
-        self._prefix = expanded[32:]
-        self.public_key: bytes = public_from_scalar(self._scalar)
+        expanded = hashlib.sha512(seed).digest()
+        keys = _new("unsigned char[64]")  # a | A
+        _scalar_reduce(keys, clamp(expanded) + _ZERO32)
+        _base_noclamp(keys + 32, keys)  # never 0: a clamped scalar is not a multiple of l
+        keys = _buffer(keys, 64)[:]
+        self._scalar, self._prefix, self.public_key = keys[:32], expanded[32:], keys[32:]
         self._sk = bytes(seed) + self.public_key
 
     def sign(self, message: bytes) -> bytes:
@@ -249,9 +254,12 @@ def blind_public_key_with_param(public_key: bytes, param: bytes) -> bytes:
 
 
 def blind_expanded_secret_with_param(expanded: bytes, param: bytes) -> bytes:
-    """(clamp(param) a mod l) | SHA-512(prefix string | prefix)[:32] (ed25519_keypair_blind)."""
+    """(clamp(param) a mod l) | SHA-512(prefix string | prefix)[:32] (ed25519_keypair_blind).
+
+    Both factors go unreduced to libsodium's scalar multiplication: it reduces the
+    product of any two 256-bit scalars (see sign_expanded), and the result is reduced."""
     buf = _new("unsigned char[32]")
-    _scalar_mul(buf, reduce_scalar(clamp(param)), reduce_scalar(expanded[:32]))
+    _scalar_mul(buf, clamp(param), expanded[:32])
     prefix = hashlib.sha512(BLIND_PREFIX_STRING + expanded[32:64]).digest()[:32]
     return _buffer(buf, 32)[:] + prefix
 

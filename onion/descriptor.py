@@ -424,8 +424,8 @@ def parse_certificate(raw: bytes, what: str) -> Certificate:
 # --- layer encryption (rend-spec-v3 [HS-DESC-ENCRYPTION-KEYS]) -----------------------------
 
 def subcredential(public_key: bytes, blinded_key: bytes) -> bytes:
-    credential = crypto.sha3_256(b"credential", public_key)
-    return crypto.sha3_256(b"subcredential", credential, blinded_key)
+    credential = hashlib.sha3_256(b"credential" + public_key).digest()
+    return hashlib.sha3_256(b"".join((b"subcredential", credential, blinded_key))).digest()
 
 
 _U64 = struct.Struct(">Q")
