@@ -145,7 +145,7 @@ def bench_build(quick: bool) -> float:
     def ours_once():
         ours._blind_cache.clear()
         for ip in intros:  # no head start from earlier runs: re-encode every intro point too
-            ip.__dict__.pop("_wire_parts", None)
+            ip.__dict__.pop("_wire_head", None)
         build_master_descriptor(ours, intros, time_period_number=TP, period_length=LEN,
                                 revision_counter=123456).text
 
@@ -418,12 +418,12 @@ def bench_breakdown(rounds: int = 300) -> None:
     for r in range(rounds):
         identity._blind_cache.clear()
         for ip in intros:
-            ip.__dict__.pop("_wire_parts", None)
+            ip.__dict__.pop("_wire_head", None)
         t = pc()
         builder = MasterDescriptorBuilder(identity, time_period_number=TP, period_length=LEN)
         t = add("set-up", t)
         for ip in intros:
-            ip.wire_parts()
+            ip.wire_head()
         t = add("texts", t)
         builder._certify(intros)
         t = add("certificates", t)

@@ -191,23 +191,25 @@ class SeedSigningKey:
             raise RuntimeError("libsodium crypto_sign failed")  # never, for a valid key
         return _ffi.buffer(out, 64)[:]
 
-    def sign_many(self, messages: bytes, size: int) -> bytes:
-        """Sign each consecutive `size`-byte message of `messages`: returns, per message,
-        signature | message (libsodium's combined form), all in one bytes object.
+    def sign_into(self, buffer: bytearray, count: int, size: int, stride: int) -> None:
+        """Sign, in place, `count` messages of `size` bytes that start every `stride`
+        bytes of `buffer`: each signature (64 bytes) is written right after its message,
+        and the `size` bytes after that get a copy of the message (libsodium's combined
+        crypto_sign writes signature | message; here its output starts `size` bytes into
+        the slot, so the slot reads message | signature | message).
 
-        One libsodium call per message on pointers into two buffers: no Python objects
-        per signature (a new period's first descriptor signs 40 certificates at once)."""
-        n, rest = divmod(len(messages), size)
-        if rest:
-            raise ValueError(f"{len(messages)} bytes are not whole {size}-byte messages")
-        step = 64 + size
-        out = _new("unsigned char[]", max(n * step, 1))
-        src = _ffi.from_buffer(messages)
+        One libsodium call per message on pointers into the caller's buffer: no Python
+        objects per signature, no copies (a new period's first descriptor signs 40
+        certificates at once)."""
+        if stride < 2 * size + 64 or len(buffer) < count * stride:
+            raise ValueError(f"{count} slots of {stride} bytes (messages of {size} bytes, their "
+                             f"signatures and copies) do not fit in {len(buffer)} bytes")
+        base = _ffi.from_buffer(buffer, require_writable=True)
         sign, sk, null = _sodium_lib.crypto_sign, self._sk, _ffi.NULL
-        for i in range(n):
-            if sign(out + i * step, null, src + i * size, size, sk) != 0:
+        for offset in range(0, count * stride, stride):
+            message = base + offset
+            if sign(message + size, null, message, size, sk) != 0:
                 raise RuntimeError("libsodium crypto_sign failed")  # never, for a valid key
-        return _buffer(out, n * step)[:]
 
     def sign_large(self, *message: bytes, entropy: bytes | None = None) -> bytes:
         """Sign a large message (a 40-50 kB descriptor) hashing it once instead of twice.

@@ -204,15 +204,15 @@ class IntroPoint:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IntroPoint) and other.auth_key == self.auth_key
 
-    def wire_parts(self) -> tuple[bytes, bytes]:
-        """The signing-key-independent text around this intro point's two certificates.
-
-        (`introduction-point`, `onion-key` up to the auth-key cert; `enc-key` up to the
-        enc-key cert.) Computed once per IntroPoint and kept on it: a publish cycle puts
-        each intro point in several distinct descriptors of several builders."""
+    def wire_head(self) -> bytes:
+        """This intro point's text up to its auth-key certificate (`introduction-point`,
+        `onion-key`, `auth-key` and the certificate's BEGIN line): the same under every
+        descriptor-signing key, so computed once per IntroPoint and kept on it (a publish
+        cycle puts each intro point in several distinct descriptors of several builders).
+        The rest, from the certificate on, is the builder's (`_certify`)."""
         cache = self.__dict__
-        parts = cache.get("_wire_parts")
-        if parts is None:
+        head = cache.get("_wire_head")
+        if head is None:
             specs = self.link_specifiers
             if not 1 <= len(specs) <= 255:
                 encode_link_specifiers(specs)  # raises the precise error
@@ -223,12 +223,10 @@ class IntroPoint:
                 raw.append(len(data))
                 raw += data
             b2a = binascii.b2a_base64  # each value ends its line: b2a's NL is that line's end
-            parts = (b"".join((b"introduction-point ", b2a(raw), b"onion-key ntor ", b2a(self.onion_key),
-                               b"auth-key\n-----BEGIN ED25519 CERT-----\n")),
-                     b"".join((b"-----END ED25519 CERT-----\nenc-key ntor ", b2a(self.enc_key),
-                               b"enc-key-cert\n-----BEGIN ED25519 CERT-----\n")))
-            cache["_wire_parts"] = parts  # frozen dataclass: a cache, not state
-        return parts
+            head = b"".join((b"introduction-point ", b2a(raw), b"onion-key ntor ", b2a(self.onion_key),
+                             b"auth-key\n-----BEGIN ED25519 CERT-----\n"))
+            cache["_wire_head"] = head  # frozen dataclass: a cache, not state
+        return head
 
     def __hash__(self) -> int:
         return hash(self.auth_key)
@@ -577,6 +575,19 @@ def _fake_auth_clients(random: bytes | None = None) -> bytes:
     return _FAKE_CLIENT_LINES % _FAKE_CLIENT_FIELDS.unpack(_b64encode(raw))
 
 
+# An intro point's text after `IntroPoint.wire_head`, under one descriptor-signing key:
+# its two certificates (140 bytes: 188 base64 characters, '=' last, in lines of 64, 64
+# and 60) around its `enc-key` line. Fixed size, so `_certify` writes those of many intro
+# points as the rows of one numpy grid laid over this template ('#': filled in).
+_CERT_LINES = b"#" * 64 + b"\n" + b"#" * 64 + b"\n" + b"#" * 59 + b"=\n"
+_INTRO_TAIL = b"".join((_CERT_LINES, b"-----END ED25519 CERT-----\nenc-key ntor ", b"#" * 43,
+                        b"=\nenc-key-cert\n-----BEGIN ED25519 CERT-----\n", _CERT_LINES,
+                        b"-----END ED25519 CERT-----\n"))
+_INTRO_TAIL_ROW = _np.frombuffer(_INTRO_TAIL, _np.uint8)
+_ENC_KEY_AT = _INTRO_TAIL.index(b"ntor ") + 5                  # 43 base64 characters
+_ENC_CERT_AT = _INTRO_TAIL.index(_CERT_LINES, len(_CERT_LINES))  # the second certificate
+
+
 class MasterDescriptorBuilder:
     """Builds descriptors of one identity for one time period, fast enough to build a
     distinct descriptor per HSDir: the blinded key, the descriptor-signing key and its
@@ -618,7 +629,7 @@ class MasterDescriptorBuilder:
                                            _b64_cert_lines(signing_cert), b"-----END ED25519 CERT-----"))
         # setup_desc_intro_point: intro certs count from the start of the hour.
         self._intro_expiry_hours = -(-((int(now) // 3600) * 3600 + lifetime) // 3600)
-        self._cert_cache: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+        self._cert_cache: dict[tuple[bytes, bytes, bytes], bytes] = {}
         self._auth_cert_head = _CERT_HEAD.pack(1, CERT_TYPE_INTRO_AUTH, self._intro_expiry_hours,
                                                _CERT_KEY_TYPE_ED25519)
         self._enc_cert_head = _CERT_HEAD.pack(1, CERT_TYPE_INTRO_ENC, self._intro_expiry_hours,
@@ -640,60 +651,65 @@ class MasterDescriptorBuilder:
     def signing_key_expiry(self) -> _dt.datetime:
         return self._signing_key_expiry
 
-    def _certify(self, intro_points: Sequence[IntroPoint]) -> None:
+    def _certify(self, intro_points: Sequence[IntroPoint]) -> list[bytes]:
         """Make the two certificates (types 09 and 0B, by our descriptor-signing key) of
-        each intro point and keep them, as base64 lines, by the two certified keys: an
-        intro point whose link specifiers change keeps them.
+        each intro point, and return (and keep, by the keys they contain) each one's text
+        from its auth-key certificate on: an intro point whose link specifiers change
+        keeps it.
 
-        All at once: the 76-byte bodies are joined, signed in one loop of libsodium
-        calls, put together and base64'd as one (2n, 141) byte grid (each certificate
-        plus a zero byte, so that every one starts on a base64 group) and cut into lines
-        by numpy. Per certificate that is ~1/4 of the Python a cert-by-cert loop needs."""
-        n = 2 * len(intro_points)
-        ext, auth_head, enc_head = self._intro_cert_ext, self._auth_cert_head, self._enc_cert_head
-        bodies = b"".join([b"".join((auth_head, ip.auth_key, ext, enc_head, ip.enc_key_ed25519, ext))
-                           for ip in intro_points])
-        signed = _np.frombuffer(self._signing.sign_many(bodies, 76), _np.uint8).reshape(n, 140)
-        certs = _np.empty((n, 141), _np.uint8)
-        certs[:, :76] = signed[:, 64:]     # body
-        certs[:, 76:140] = signed[:, :64]  # signature
-        certs[:, 140] = 0
-        # base64 of 141 bytes is 188 characters; the last one stands for the zero byte
-        # and becomes the '=' of a 140-byte encoding. Lines: 64 + 64 + 59 and '='.
-        encoded = _np.frombuffer(_b64encode(certs), _np.uint8).reshape(n, 188)
-        lines = _np.empty((n, 191), _np.uint8)
-        lines[:, 0:64] = encoded[:, 0:64]
-        lines[:, 65:129] = encoded[:, 64:128]
-        lines[:, 130:189] = encoded[:, 128:187]
-        lines[:, (64, 129, 190)] = 10
-        lines[:, 189] = 61
-        blob = lines.tobytes()
-        cache = self._cert_cache
-        for i, ip in enumerate(intro_points):
-            cache[(ip.auth_key, ip.enc_key_ed25519)] = (blob[382 * i:382 * i + 191],
-                                                        blob[382 * i + 191:382 * i + 382])
+        All at once, with a few Python operations per intro point (a cert-by-cert loop
+        needs ~10x as many): one buffer holds every certificate body in a 216-byte slot,
+        then every enc key and a zero byte; libsodium signs each body in place (the slot
+        then reads body | signature | body: 140 certificate bytes, then a byte whose top
+        bits are 0, the certificate version, so that the base64 of the slot starts with
+        the certificate's own, and 216 bytes are whole base64 groups); one base64 call
+        encodes the buffer and numpy copies the lines and keys into the rows of a
+        template grid."""
+        n = len(intro_points)
+        auth_head = self._auth_cert_head
+        after_auth = self._intro_cert_ext + bytes(140) + self._enc_cert_head  # signature, copy
+        after_enc = self._intro_cert_ext + bytes(140)
+        buf = bytearray().join([part for ip in intro_points for part in (
+            auth_head, ip.auth_key, after_auth, ip.enc_key_ed25519, after_enc)]
+            + [part for ip in intro_points for part in (ip.enc_key, b"\0")])
+        self._signing.sign_into(buf, 2 * n, 76, 216)
+        encoded = _np.frombuffer(_b64encode(buf), _np.uint8)
+        certs = encoded[:2 * n * 288].reshape(n, 2, 288)  # 187 characters of each are the cert's
+        rows = _np.empty((n, len(_INTRO_TAIL)), _np.uint8)
+        rows[:] = _INTRO_TAIL_ROW
+        lines = _np.ndarray((n, 2, len(_CERT_LINES)), _np.uint8, rows, 0,
+                            (len(_INTRO_TAIL), _ENC_CERT_AT, 1))  # both certificates' lines
+        lines[:, :, 0:64] = certs[:, :, 0:64]
+        lines[:, :, 65:129] = certs[:, :, 64:128]
+        lines[:, :, 130:189] = certs[:, :, 128:187]
+        rows[:, _ENC_KEY_AT:_ENC_KEY_AT + 43] = encoded[2 * n * 288:].reshape(n, 44)[:, :43]
+        blob, size = rows.tobytes(), len(_INTRO_TAIL)
+        tails = [blob[i:i + size] for i in range(0, n * size, size)]
+        self._cert_cache.update(zip([(ip.auth_key, ip.enc_key, ip.enc_key_ed25519)
+                                     for ip in intro_points], tails))
+        return tails
 
     def _inner_plaintext(self, intro_points: tuple[IntroPoint, ...]) -> bytes:
         """The inner layer (hs_descriptor.c get_inner_encrypted_layer_plaintext): the
-        header lines, then each intro point's text around its two certificates, certifying
-        (in one batch) the intro points this builder has not certified yet."""
+        header lines, then each intro point's text, certifying (in one batch) the intro
+        points this builder has not certified yet."""
         certs = self._cert_cache
         if len(certs) > 4096:  # before the look-ups: a clear must not drop what they found
             certs.clear()
-        todo = [ip for ip in intro_points if (ip.auth_key, ip.enc_key_ed25519) not in certs]
-        if todo:
-            self._certify(todo)
+        tails = [certs.get((ip.auth_key, ip.enc_key, ip.enc_key_ed25519)) for ip in intro_points]
+        if not all(tails):
+            todo = [i for i, tail in enumerate(tails) if tail is None]
+            for i, tail in zip(todo, self._certify([intro_points[i] for i in todo])):
+                tails[i] = tail
         parts = [b"create2-formats 2\n"]
         if self.single_onion:
             parts.append(b"single-onion-service\n")
         if self.flow_control:
             parts.append(b"flow-control %s\n" % self.flow_control.encode("ascii"))
-        for ip in intro_points:
-            head, middle = ip.__dict__.get("_wire_parts") or ip.wire_parts()
-            auth, enc = certs[ip.auth_key, ip.enc_key_ed25519]
-            # Legacy keys are not re-emitted: their cross-certificate signs the instance's
-            # descriptor-signing key, which the master descriptor does not use.
-            parts += (head, auth, middle, enc, b"-----END ED25519 CERT-----\n")
+        # Legacy keys are not re-emitted: their cross-certificate signs the instance's
+        # descriptor-signing key, which the master descriptor does not use.
+        for ip, tail in zip(intro_points, tails):
+            parts += (ip.__dict__.get("_wire_head") or ip.wire_head(), tail)
         return b"".join(parts)
 
     def build(self, intro_points: Sequence[IntroPoint], *, revision_counter: int) -> MasterDescriptor:

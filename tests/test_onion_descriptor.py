@@ -538,24 +538,33 @@ def test_short_base64_lines_equal_tors_multiline_encoding():
 
 
 def test_batched_intro_certificates_equal_certificates_made_one_by_one(identity, intros):
-    """The builder signs all intro-point certificates in one batch (libsodium loop, one
-    base64 grid): each must be byte for byte the certificate make_certificate gives
-    (ed25519 signatures are deterministic), in tor's 64-column lines."""
+    """The builder signs all intro-point certificates in one batch (libsodium loop in one
+    buffer, one base64 grid): each must be byte for byte the certificate make_certificate
+    gives (ed25519 signatures are deterministic), in tor's 64-column lines, in the text
+    tor writes after the intro point's `auth-key` line."""
     from onion.descriptor import (CERT_TYPE_INTRO_AUTH, CERT_TYPE_INTRO_ENC, _b64_cert_lines,
                                   _b64_lines, make_certificate)
     builder = MasterDescriptorBuilder(identity, time_period_number=TP, period_length=LEN)
     builder.build(intros, revision_counter=1)
     signer = builder._signing
     for ip in intros:
-        auth, enc = builder._cert_cache[(ip.auth_key, ip.enc_key_ed25519)]
-        for lines, cert_type, key in ((auth, CERT_TYPE_INTRO_AUTH, ip.auth_key),
-                                      (enc, CERT_TYPE_INTRO_ENC, ip.enc_key_ed25519)):
-            cert = make_certificate(cert_type, key, builder._intro_expiry_hours,
-                                    signer.public_key, signer.sign)
-            assert lines == _b64_cert_lines(cert) == _b64_lines(cert)
-    msgs = os.urandom(76 * 7)
-    batch = signer.sign_many(msgs, 76)
-    assert batch == b"".join(signer.sign(msgs[i:i + 76]) + msgs[i:i + 76] for i in range(0, len(msgs), 76))
-    assert signer.sign_many(b"", 76) == b""
+        certs = [make_certificate(cert_type, key, builder._intro_expiry_hours, signer.public_key,
+                                  signer.sign)
+                 for cert_type, key in ((CERT_TYPE_INTRO_AUTH, ip.auth_key),
+                                        (CERT_TYPE_INTRO_ENC, ip.enc_key_ed25519))]
+        assert all(_b64_cert_lines(cert) == _b64_lines(cert) for cert in certs)
+        tail = builder._cert_cache[(ip.auth_key, ip.enc_key, ip.enc_key_ed25519)]
+        assert tail == b"".join((
+            _b64_lines(certs[0]), b"-----END ED25519 CERT-----\nenc-key ntor ",
+            base64.b64encode(ip.enc_key), b"\nenc-key-cert\n-----BEGIN ED25519 CERT-----\n",
+            _b64_lines(certs[1]), b"-----END ED25519 CERT-----\n"))
+    # sign_into: each slot becomes message | signature | message, the signatures crypto_sign's
+    msgs = [os.urandom(76) for _ in range(7)]
+    buf = bytearray(b"".join(m + bytes(140) for m in msgs) + b"tail")
+    signer.sign_into(buf, 7, 76, 216)
+    assert buf == b"".join(m + signer.sign(m) + m for m in msgs) + b"tail"
+    signer.sign_into(bytearray(), 0, 76, 216)
     with pytest.raises(ValueError):
-        signer.sign_many(b"x" * 77, 76)
+        signer.sign_into(bytearray(216 * 2 - 1), 2, 76, 216)
+    with pytest.raises(ValueError):
+        signer.sign_into(bytearray(215 * 2), 2, 76, 215)
