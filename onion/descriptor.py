@@ -694,13 +694,16 @@ class MasterDescriptorBuilder:
         header lines, then each intro point's text, certifying (in one batch) the intro
         points this builder has not certified yet."""
         certs = self._cert_cache
-        if len(certs) > 4096:  # before the look-ups: a clear must not drop what they found
-            certs.clear()
-        tails = [certs.get((ip.auth_key, ip.enc_key, ip.enc_key_ed25519)) for ip in intro_points]
-        if not all(tails):
-            todo = [i for i, tail in enumerate(tails) if tail is None]
-            for i, tail in zip(todo, self._certify([intro_points[i] for i in todo])):
-                tails[i] = tail
+        if not certs:  # a new builder (period): nothing to look up
+            tails = self._certify(intro_points)
+        else:
+            if len(certs) > 4096:  # before the look-ups: a clear must not drop what they find
+                certs.clear()
+            tails = [certs.get((ip.auth_key, ip.enc_key, ip.enc_key_ed25519)) for ip in intro_points]
+            if not all(tails):
+                todo = [i for i, tail in enumerate(tails) if tail is None]
+                for i, tail in zip(todo, self._certify([intro_points[i] for i in todo])):
+                    tails[i] = tail
         parts = [b"create2-formats 2\n"]
         if self.single_onion:
             parts.append(b"single-onion-service\n")
