@@ -48,21 +48,6 @@ _scalar_add = _sodium_lib.crypto_core_ed25519_scalar_add
 _base_noclamp = _sodium_lib.crypto_scalarmult_ed25519_base_noclamp
 
 
-def random_bytes(n: int) -> bytes:
-    """`n` fresh random bytes (keys, salts, padding).
-
-    Up to 64 bytes straight from the kernel (`os.urandom`); above that, a ChaCha20 keystream
-    (libsodium's `randombytes_buf_deterministic`) under a fresh 32-byte kernel key. Why:
-    here getrandom() costs ~0.7 us a call plus ~4 ns a byte, ChaCha20 ~1.5 ns a byte, and a
-    builder needs 784 bytes at once (two keys and 16 fake auth-client lines). tor itself
-    draws its keys from a user-space DRBG (OpenSSL's RAND_bytes)."""
-    if n <= 64:
-        return os.urandom(n)
-    out = _new("unsigned char[]", n)
-    _sodium_lib.randombytes_buf_deterministic(out, n, os.urandom(32))
-    return _buffer(out, n)[:]
-
-
 def x25519_public(secret: bytes) -> bytes:
     """The x25519 public key of a 32-byte secret (crypto_scalarmult_base, called directly)."""
     out = _new("unsigned char[32]")

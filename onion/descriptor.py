@@ -609,7 +609,7 @@ class MasterDescriptorBuilder:
         now = time.time() if now is None else now
         # All the randomness a builder needs, drawn at once: the descriptor-signing key's
         # seed, the x25519 ephemeral secret, the fake auth-client bytes.
-        random = crypto.random_bytes(64 + FAKE_AUTH_CLIENT_BYTES)
+        random = os.urandom(64 + FAKE_AUTH_CLIENT_BYTES)
         self._identity = identity
         self._blinded = blinded = identity.blind(time_period_number, period_length)
         self._subcredential = subcredential(identity.public_key, blinded.public_key)
