@@ -437,8 +437,9 @@ def bench_breakdown(rounds: int = 300) -> None:
     rows = [
         ("builder set-up: blinding, signing key, its certificate, x25519 key, fake clients",
          med["set-up"], 3 * sig, x25519),
-        ("20 intro points' text (link specifiers, keys)", med["texts"], 0.0, 0.0),
-        ("40 intro certificates", med["certificates"], 40 * sig, 0.0),
+        ("20 intro points' heads (link specifiers, onion keys)", med["texts"], 0.0, 0.0),
+        ("40 intro certificates, in the intro points' text with their enc keys",
+         med["certificates"], 40 * sig, 0.0),
         ("layers, base64 lines, descriptor signature, text", med["layers"], sig + desc, 0.0),
     ]
     print(f"breakdown of a full build (b), medians of {rounds} rounds, CPU us "
