@@ -101,8 +101,8 @@ def public_from_scalar(scalar: bytes) -> bytes:
 def _sign_parts(a: bytes, nonce_hash: bytes, public_key: bytes, *message: bytes) -> bytes:
     """R | S with R = rB, r = nonce_hash mod l, S = r + SHA-512(R | A | message) a (mod l).
 
-    `a` is the secret scalar (32 bytes, reduced or not); `message` may come in pieces (hashed without joining
-    them). libsodium's cffi functions are called on one scratch buffer: PyNaCl's wrappers
+    `a` is the secret scalar (32 bytes, reduced or not: see sign_expanded); `message` may
+    come in pieces (hashed without joining them). libsodium's cffi functions are called on one scratch buffer: PyNaCl's wrappers
     (checks, a result buffer per call) cost more than the scalar arithmetic itself.
     """
     buf = _new("unsigned char[160]")  # r | R | S | k | k*a

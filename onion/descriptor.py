@@ -223,8 +223,8 @@ class IntroPoint:
                 raw.append(len(data))
                 raw += data
             b2a = binascii.b2a_base64  # each value ends its line: b2a's NL is that line's end
-            head = b"".join((b"introduction-point ", b2a(raw), b"onion-key ntor ", b2a(self.onion_key),
-                             b"auth-key\n-----BEGIN ED25519 CERT-----\n"))
+            head = b"".join((b"introduction-point ", b2a(raw), b"onion-key ntor ",
+                             b2a(self.onion_key), b"auth-key\n-----BEGIN ED25519 CERT-----\n"))
             cache["_wire_head"] = head  # frozen dataclass: a cache, not state
         return head
 
@@ -564,7 +564,8 @@ _FAKE_CLIENT_LINES = b"auth-client %s %s %s\n" * FAKE_AUTH_CLIENTS
 # AND mask zeroing the gap bytes (one numpy operation; five stepped slice assignments on a
 # bytearray cost ~3x as much).
 _FAKE_CLIENT_MASK = _np.frombuffer(
-    (b"\xff" * 8 + b"\0" + b"\xff" * 16 + b"\0\0" + b"\xff" * 16 + b"\0\0") * FAKE_AUTH_CLIENTS, _np.uint8)
+    (b"\xff" * 8 + b"\0" + b"\xff" * 16 + b"\0\0" + b"\xff" * 16 + b"\0\0") * FAKE_AUTH_CLIENTS,
+    _np.uint8)
 
 
 def _fake_auth_clients(random: bytes | None = None) -> bytes:
@@ -699,7 +700,8 @@ class MasterDescriptorBuilder:
         else:
             if len(certs) > 4096:  # before the look-ups: a clear must not drop what they find
                 certs.clear()
-            tails = [certs.get((ip.auth_key, ip.enc_key, ip.enc_key_ed25519)) for ip in intro_points]
+            tails = [certs.get((ip.auth_key, ip.enc_key, ip.enc_key_ed25519))
+                     for ip in intro_points]
             if not all(tails):
                 todo = [i for i, tail in enumerate(tails) if tail is None]
                 for i, tail in zip(todo, self._certify([intro_points[i] for i in todo])):
