@@ -48,35 +48,6 @@ _scalar_add = _sodium_lib.crypto_core_ed25519_scalar_add
 _base_noclamp = _sodium_lib.crypto_scalarmult_ed25519_base_noclamp
 
 
-def _aes256_ctr_public(key: bytes, iv: bytes):
-    return Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
-
-
-def _pick_aes256_ctr():
-    """cryptography's `Cipher(...).encryptor()` spends ~4 us a call in Python wrappers (ABC
-    isinstance checks, mode validation): more than AES-CTR over a 15 kB layer. The context
-    can come straight from cryptography's Rust binding, which those wrappers call; that
-    path is private, so it is used only if it exists and encrypts exactly as the public
-    path does (checked once, here), else the public path is."""
-    try:
-        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
-        create = rust_openssl.ciphers.create_encryption_ctx
-
-        def direct(key: bytes, iv: bytes):
-            return create(algorithms.AES(key), modes.CTR(iv))
-
-        key, iv, data = bytes(range(32)), bytes(range(240, 256)), bytes(range(256)) * 3
-        if direct(key, iv).update(data) == _aes256_ctr_public(key, iv).update(data):
-            return direct
-    except Exception:  # any change in cryptography's internals: the public path
-        pass
-    return _aes256_ctr_public
-
-
-# aes256_ctr(key, iv): an encryptor (update / update_into) for AES-256-CTR, IV = counter block.
-aes256_ctr = _pick_aes256_ctr()
-
-
 def x25519_public(secret: bytes) -> bytes:
     """The x25519 public key of a 32-byte secret (crypto_scalarmult_base, called directly)."""
     out = _new("unsigned char[32]")
@@ -359,7 +330,7 @@ class OrderPreservingCipher:
         # Value i sits at keystream bytes 2i, 2i+1; 1024 values = 128 AES blocks, so chunk
         # starts are block-aligned and the CTR counter starts at first_value * 2 / 16.
         iv = (first_value * 2 // 16).to_bytes(16, "big")
-        enc = aes256_ctr(self._key, iv)
+        enc = Cipher(algorithms.AES(self._key), modes.CTR(iv)).encryptor()
         # CTR over zeros is the keystream. One shared read-only zero buffer: a fresh
         # bytes(2 * count) per call (up to 512 kB) cost as much as the AES itself.
         return enc.update(_OPE_ZEROS[:2 * count])

@@ -457,7 +457,7 @@ def encrypt_layer(plaintext: bytes, constant: bytes, secret_data: bytes, subcred
     out = bytearray(_SALT_LEN + n + _MAC_LEN)  # update_into needs 15 spare bytes: the MAC's
     out[:_SALT_LEN] = salt
     view = memoryview(out)
-    crypto.aes256_ctr(key, iv).update_into(plaintext, view[_SALT_LEN:])
+    Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update_into(plaintext, view[_SALT_LEN:])
     out[_SALT_LEN + n:] = _mac(mac_key, salt, view[_SALT_LEN:_SALT_LEN + n])
     return out
 

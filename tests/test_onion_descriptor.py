@@ -568,16 +568,3 @@ def test_batched_intro_certificates_equal_certificates_made_one_by_one(identity,
         signer.sign_into(bytearray(216 * 2 - 1), 2, 76, 216)
     with pytest.raises(ValueError):
         signer.sign_into(bytearray(215 * 2), 2, 76, 215)
-
-
-def test_aes256_ctr_equals_cryptographys_public_cipher():
-    """crypto.aes256_ctr (cryptography's Rust context, when it is there) encrypts exactly as
-    Cipher(AES, CTR).encryptor(), the counter block carrying over 64-bit boundaries too."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-    for iv in (os.urandom(16), b"\x00" * 8 + b"\xff" * 8, b"\xff" * 16):
-        key, data = os.urandom(32), os.urandom(5000)
-        want = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(data)
-        assert crypto.aes256_ctr(key, iv).update(data) == want
-        out = bytearray(len(data) + 15)
-        crypto.aes256_ctr(key, iv).update_into(data, out)
-        assert bytes(out[:len(data)]) == want
