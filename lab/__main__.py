@@ -7,6 +7,7 @@ down    stop every process the lab started, by pid
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import time
@@ -57,16 +58,23 @@ def cmd_up(args) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
     lab = Lab.create(args.state_dir, voting_interval=args.voting_interval, progress=progress)
+    # Import what `up` would import lazily before SIGTERM can interrupt it: an interrupt
+    # raised inside an import may come out as another error (class creation wraps it in a
+    # RuntimeError) or make CPython exit by SIGINT although it was caught.
+    for module in ("lab.services", "nodes.render", "onion.keys", "onion.status", "stem.control"):
+        importlib.import_module(module)
+
     # SIGTERM tears down like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         lab.up(workers=args.workers, balancer=args.balancer, tor_daemons=args.tor_daemons)
     except BaseException as exc:
         stopped = lab.down()
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc}"
+        interrupted = any(isinstance(e, KeyboardInterrupt) for e in (exc, exc.__cause__, exc.__context__))
+        reason = "interrupted" if interrupted else f"failed: {exc}"
         print(f"lab up {reason}; stopped {len(stopped)} processes. Logs: {lab.procs.log_dir}",
               file=sys.stderr)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+        return 130 if interrupted else 1
     print()
     print(f"frontend: {lab.info['frontend']}")
     print(f"try:      {lab.curl_line()}")
