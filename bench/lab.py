@@ -6,7 +6,8 @@ answering a client; failover seconds after one worker is killed (until a descrip
 fetched from the HSDirs, by a separate observer tor, no longer lists the dead worker's
 intro points; an observer fetch that no HSDir answers counts neither way); requests failed
 before / during / after failover (one request every 1.5 s, each on a fresh circuit); the
-balancer's CPU seconds and peak RSS. The last line holds the ratios (ours / OnionBalance; below 1 is better for time, CPU and memory).
+balancer's CPU seconds and peak RSS. The last line holds the ratios (ours / OnionBalance;
+below 1 is better for time, CPU and memory).
 
 `--soak SECONDS` then runs both balancers side by side (fresh frontends and workers) and
 probes each frontend on fresh circuits for that long, together with a plain onion service

@@ -514,6 +514,7 @@ class Balancer:
 
     def _publish(self, fe: FrontendState, points: list[Any], now: float) -> None:
         built: dict[tuple[int, frozenset], tuple[str, int]] = {}
+        provenance: dict[tuple[int, frozenset], str] = {}
         for slot in fe.slots:
             windows = assign_windows(points, slot.hsdirs, fe.max_intro_points)
             for hsdir, window in windows.items():
@@ -525,6 +526,7 @@ class Balancer:
                 if key not in built:
                     try:
                         built[key] = self.protocol.build(fe.identity, slot.period, window, now)
+                        provenance[key] = self._provenance(fe, window)
                     except ValueError as exc:
                         fe.note = f"cannot build descriptor: {exc}"
                         log.error("frontend %s: %s", fe.name, fe.note)
@@ -539,7 +541,7 @@ class Balancer:
                 except CommandRejected as exc:
                     self.book.fail(fe.address, hsdir, f"HSPOST refused: {exc}", now)
                 log.info("frontend %s: upload period %d to %s (%s, %d intro points from %s, rev %d)",
-                         fe.name, slot.period, hsdir, reason, len(window), self._provenance(fe, window), revision)
+                         fe.name, slot.period, hsdir, reason, len(window), provenance[key], revision)
                 fe.last_publish_at = now
                 self.status_dirty = True
 
