@@ -269,15 +269,7 @@ class DecryptedDescriptor:
 
 # --- encoding helpers -----------------------------------------------------------------------
 
-def _b64(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")  # base64.b64encode's core
-
-
 _b64encode = pybase64.b64encode
-
-
-def _b64_nopad(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii").rstrip("=")
 
 
 def _b64_lines(data: bytes) -> bytes:
@@ -336,10 +328,6 @@ def _b64_decode(text: str, what: str) -> bytes:
         return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise DescriptorFormatError(f"{what} is not valid base64") from None
-
-
-def _pem(kind: str, data: bytes) -> str:
-    return f"-----BEGIN {kind}-----\n{_b64_multiline(data)}-----END {kind}-----"
 
 
 def _hours_to_datetime(hours: int) -> _dt.datetime:
