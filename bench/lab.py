@@ -141,6 +141,8 @@ def soak(lab: Lab, workers: int, seconds: float) -> dict:
                        f"{run['kind']} frontend")
     control = lab.start_control_service()
     wait_reachable(lab.net.client.socks_port, f"http://{control}/", 300, "control service")
+    trace = trace_client(lab)
+    log(f"soak: the client's onion-service and circuit steps at info level in {trace}")
     loops = {run["kind"]: ProbeLoop(lab.net.client.socks_port, f"http://{run['frontend']}/",
                                     interval=10.0, prefix=f"soak-{run['kind']}-").start()
              for run in runs}
@@ -157,6 +159,18 @@ def soak(lab: Lab, workers: int, seconds: float) -> dict:
         for p in failed:
             log(f"soak {LABEL.get(kind, kind)}: failed at {time.strftime('%H:%M:%S', time.localtime(p.at))}: {p.error}")
     return out
+
+
+def trace_client(lab: Lab) -> Path:
+    """Log the lab client's onion-service, circuit and guard steps at info level to a file of
+    their own, so a failed soak probe can be traced to the step that failed."""
+    from lab.tornet import controller
+
+    path = lab.procs.log_dir / "tor-client-rend-info.log"
+    with controller(lab.net.client) as ctl:
+        ctl.set_options([("Log", "notice stdout"),
+                         ("Log", f"[rend,circ,guard]info file {path}")])
+    return path
 
 
 def print_results(results: dict) -> None:

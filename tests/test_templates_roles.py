@@ -98,7 +98,8 @@ def test_balancer_torrc_verifies_and_binds_loopback_only(tmp_path):
     files = render.render_balancer(spec)
     write_tree(root, files)
     torrc = files["etc/onionstack/tor/balancer.torrc"].content
-    assert "SocksPort 127.0.0.1:9050\n" in torrc and "ControlPort 127.0.0.1:9051\n" in torrc
+    # ExtendedErrors: a failed liveness probe names the onion-service step that failed
+    assert "SocksPort 127.0.0.1:9050 ExtendedErrors\n" in torrc and "ControlPort 127.0.0.1:9051\n" in torrc
     assert "CookieAuthentication 1\n" in torrc and "HiddenService" not in torrc
     # consensus fetched as early as a directory cache does (srv-window investigation)
     assert "FetchDirInfoEarly 1\n" in torrc and "FetchDirInfoExtraEarly 1\n" in torrc
