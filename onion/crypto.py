@@ -293,19 +293,10 @@ _OPE_ZEROS = memoryview(bytes(2 * OPE_INPUT_MAX))  # AES-CTR input (never writte
 
 def _sum_u16le(data: bytes) -> int:
     """Exact sum of the little-endian 16-bit words of `data` (numpy, in C)."""
-    return int(_np.frombuffer(data, dtype="<u2", count=len(data) // 2).sum(dtype=_np.int64))
-
-
-def _sample_sums(keystream: bytes) -> list[int]:
-    """Sums of the 16-bit LE words of each consecutive 1024-word sample of `keystream`.
-
-    One numpy reduction over the whole keystream (a sample sums to < 2^26, int64 is
-    exact). The first revision counter late in an SRV run sums ~140 samples; the
-    adler32/map/accumulate version this replaces took ~3x longer than this plus the AES.
-    """
-    n = len(keystream) // (2 * _OPE_SAMPLE)
-    words = _np.frombuffer(keystream, dtype="<u2", count=n * _OPE_SAMPLE)
-    return words.reshape(n, _OPE_SAMPLE).sum(axis=1, dtype=_np.int64).tolist()
+    # uint32 accumulator (~2x faster than int64): callers sum < 1024 words, < 2^26
+    if len(data) > 2 * _OPE_SAMPLE:
+        raise ValueError(f"_sum_u16le sums at most {_OPE_SAMPLE} words, got {len(data) // 2}")
+    return int(_np.frombuffer(data, dtype="<u2", count=len(data) // 2).sum(dtype=_np.uint32))
 
 
 class OrderPreservingCipher:
@@ -346,7 +337,8 @@ class OrderPreservingCipher:
             n = chunk - start
             words = _np.frombuffer(ks, dtype="<u2").reshape(n, _OPE_SAMPLE)
             # E((start + j + 1) * 1024) = E(start * 1024) + sum of samples 0..j + 1024 (j + 1)
-            cumulative = words.sum(axis=1, dtype=_np.int64)
+            # uint32 lanes sum ~2x faster than int64 ones; a sample sums to < 2^26
+            cumulative = words.sum(axis=1, dtype=_np.uint32).astype(_np.int64)
             cumulative += _OPE_SAMPLE
             _np.cumsum(cumulative, out=cumulative)
             cumulative += sums[-1]

@@ -27,11 +27,12 @@ import calendar
 import datetime as _dt
 import functools
 import hashlib
+import re
 import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import pybase64
 
@@ -167,9 +168,9 @@ class DescriptorSlot:
     revision_base: int        # unix start of the SRV run its revision counter counts from
 
 
-@dataclass(frozen=True)
-class HSDir:
-    """A relay with the HSDir flag and a known ed25519 identity."""
+class HSDir(NamedTuple):
+    """A relay with the HSDir flag and a known ed25519 identity (a NamedTuple: a ring
+    makes ~5000 of them per consensus, ~3x cheaper than a frozen dataclass)."""
 
     fingerprint: str          # 40 hex chars, upper case
     nickname: str
@@ -199,6 +200,11 @@ def hsdir_index(ed25519_id: bytes, srv: bytes, period_number: int, period_length
 
 
 def _decode_ed25519_id(fingerprint: str, value: bytes | str) -> bytes:
+    if type(value) is str and len(value) == 43:  # unpadded, as microdescriptors have it
+        try:
+            return pybase64.b64decode(value + "=", validate=True)  # always 32 bytes
+        except (binascii.Error, ValueError):
+            pass  # the general path below names the error
     if isinstance(value, (bytes, bytearray)):
         raw = bytes(value)
     else:
@@ -221,6 +227,19 @@ def _parse_time(text: str) -> int:
         return calendar.timegm(_dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timetuple())
     except ValueError:
         raise ConsensusError(f"consensus time {text!r} is not 'YYYY-MM-DD HH:MM:SS'") from None
+
+
+# One router entry of a consensus (dir-spec: r, then a/m lines, s, v, pr, w, p, in that
+# order): nickname, identity, the flags of its s line and its whole pr line ("" if none).
+# The skipped lines never start with r, so a match never runs into the next entry; an
+# entry without an s line does not match (it has no flags: not an HSDir).
+_ROUTER_ENTRY = re.compile(
+    r"^r (\S+) (\S+)[^\n]*\n"   # r nickname identity ...
+    r"(?:[^rs\n][^\n]*\n)*"      # a / m lines
+    r"s ([^\n]*)\n"               # s flags
+    r"(?:[^rp\n][^\n]*\n)*"      # v line
+    r"(?:(pr [^\n]*)\n)?",        # pr line, if any
+    re.M)
 
 
 @functools.lru_cache(maxsize=256)  # a consensus has a handful of distinct values, 8000 times
@@ -334,14 +353,13 @@ class HashRing:
             text = text.decode("utf-8", "replace")
         header: dict[str, str] = {}
         relays: list[tuple[str, str, tuple[str, ...], dict | None]] = []
-        # Router entries are cut with str.split/find (C loops) instead of classifying
-        # each of the ~40 000 lines in Python: 2x cheaper for 8000 relays.
+        # Router entries are read by one regex pass (_ROUTER_ENTRY, in C) instead of
+        # cutting and searching each of 8000 entries in Python: ~2x cheaper.
         if text.startswith("r "):
-            head, body = "", text[2:]
+            head, body = "", text
         else:
-            head, sep, body = text.partition("\nr ")
-            if not sep:
-                body = ""
+            at = text.find("\nr ")
+            head, body = (text, "") if at < 0 else (text[:at + 1], text[at + 1:])
         footer = body.find("\ndirectory-footer")
         if footer >= 0:
             body = body[:footer + 1]
@@ -350,37 +368,28 @@ class HashRing:
             if kw in ("valid-after", "fresh-until", "params", "shared-rand-current-value",
                       "shared-rand-previous-value"):
                 header[kw] = rest.strip()
-        for entry in body.split("\nr ") if body else ():
-            at = entry.rfind("\ns ")
-            if at < 0:
-                continue  # no flags: not an HSDir (_build drops it too)
-            stop = entry.find("\n", at + 3)
-            flags = tuple(entry[at + 3:stop if stop >= 0 else None].split())
-            if "HSDir" not in flags:
+        if "\r" in body:
+            body = body.replace("\r\n", "\n")
+        a2b = binascii.a2b_base64
+        for nickname, ident, flags, pr_line in _ROUTER_ENTRY.findall(body):
+            if "HSDir" not in flags or "HSDir" not in flags.split():
                 continue  # not in the ring; skip decoding its identity
-            end = entry.find("\n")
-            parts = (entry if end < 0 else entry[:end]).split()
-            if len(parts) < 2:
-                raise ConsensusError(f"consensus router line {('r ' + entry)[:60]!r} is malformed")
-            ident = parts[1]
             try:
                 # binascii directly: base64.b64decode's argument checks cost more than
                 # the decoding, thousands of times per consensus
-                fp = binascii.a2b_base64(ident + "=" * (-len(ident) % 4)).hex().upper()
+                fp = a2b(ident + "=" * (-len(ident) % 4)).hex().upper()
             except (binascii.Error, ValueError):
-                raise ConsensusError(f"consensus router {parts[0]} has a bad identity {ident!r}") from None
+                raise ConsensusError(f"consensus router {nickname} has a bad identity {ident!r}") from None
             protocols = None
-            at = entry.rfind("\npr ")
-            if at >= 0:
-                stop = entry.find("\n", at + 4)
-                for item in entry[at + 4:stop if stop >= 0 else None].split():
+            if pr_line:
+                for item in pr_line[3:].split():
                     name, _, ranges = item.partition("=")
                     if name == "HSDir":
                         protocols = {"HSDir": _protocol_versions(ranges)}
                         break
                 else:
                     protocols = {"_": []}  # protocols listed, HSDir absent
-            relays.append((fp, parts[0], flags, protocols))
+            relays.append((fp, nickname, ("HSDir",), protocols))
         for needed in ("valid-after", "fresh-until"):
             if needed not in header:
                 raise ConsensusError(f"consensus text has no {needed} line")
