@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -330,6 +331,7 @@ def _b64_decode(text: str, what: str) -> bytes:
         raise DescriptorFormatError(f"{what} is not valid base64") from None
 
 
+@functools.lru_cache(maxsize=64)  # every builder made within the same hour asks for the same
 def _hours_to_datetime(hours: int) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(hours * 3600, _dt.timezone.utc)
 
@@ -409,8 +411,13 @@ def parse_certificate(raw: bytes, what: str) -> Certificate:
 
 # --- layer encryption (rend-spec-v3 [HS-DESC-ENCRYPTION-KEYS]) -----------------------------
 
+@functools.lru_cache(maxsize=1024)  # per identity: the same few keys, every period and build
+def _credential(public_key: bytes) -> bytes:
+    return hashlib.sha3_256(b"credential" + public_key).digest()
+
+
 def subcredential(public_key: bytes, blinded_key: bytes) -> bytes:
-    credential = hashlib.sha3_256(b"credential" + public_key).digest()
+    credential = _credential(public_key)
     return hashlib.sha3_256(b"".join((b"subcredential", credential, blinded_key))).digest()
 
 
