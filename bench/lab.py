@@ -157,7 +157,27 @@ def soak(lab: Lab, workers: int, seconds: float) -> dict:
         failed = [p for p in probes if not p.ok]
         out[kind] = (len(failed), len(probes))
         for p in failed:
-            log(f"soak {LABEL.get(kind, kind)}: failed at {time.strftime('%H:%M:%S', time.localtime(p.at))}: {p.error}")
+            excerpt = client_log_excerpt(trace, p.at - 1, p.at + p.seconds + 1,
+                                         f"soak-failed-{kind}-{time.strftime('%H%M%S', time.localtime(p.at))}")
+            log(f"soak {LABEL.get(kind, kind)}: failed at {time.strftime('%H:%M:%S', time.localtime(p.at))} "
+                f"after {p.seconds:.1f} s: {p.error} (client log: {excerpt})")
+    return out
+
+
+def client_log_excerpt(trace: Path, start: float, end: float, name: str) -> Path:
+    """The lines of the client's info log (trace_client) logged between start and end
+    (unix times), copied to a file of their own next to it: a failed probe's steps."""
+    out = trace.with_name(f"{name}.log")
+    year = time.gmtime(start).tm_year
+    with open(trace, errors="replace") as src, open(out, "w") as dst:
+        for line in src:
+            try:  # tor's log time: "Nov 22 05:58:01.123", UTC here (the lab runs in UTC)
+                stamp = time.mktime(time.strptime(f"{year} {line[:15]}", "%Y %b %d %H:%M:%S"))
+                stamp += float(line[15:19] or 0) - time.timezone
+            except ValueError:
+                continue
+            if start <= stamp <= end:
+                dst.write(line)
     return out
 
 
