@@ -468,6 +468,11 @@ class Balancer:
         if changed:
             state = "down" if inst.probe_down(settings.failures) else "up"
             log.warning("instance %s.onion is %s (probe: %s); republishing", inst.address, state, msg.detail)
+        elif not msg.ok and inst.probe.consecutive_failures < settings.failures:
+            # on the way down (not every probe of a dead one): shows what detection takes
+            log.info("instance %s.onion: probe failed after %.1f s (%d of %d before it counts as "
+                     "down): %s", inst.address, msg.seconds, inst.probe.consecutive_failures,
+                     settings.failures, msg.detail)
 
     # -- publishing -----------------------------------------------------------
     def _usable(self, fe: FrontendState, now: float) -> tuple[list[InstanceState], str]:

@@ -7,6 +7,7 @@ results) with a controlled clock.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -253,7 +254,7 @@ def test_intro_point_change_by_auth_key_triggers_republish(tmp_path):
     assert new and all("a9" in keys and "a3" not in keys for _, _, keys in new)
 
 
-def test_failed_probes_drop_instance_at_once_and_passing_probes_take_it_back(tmp_path):
+def test_failed_probes_drop_instance_at_once_and_passing_probes_take_it_back(tmp_path, caplog):
     bal, control, proto, prober, clock = make(tmp_path)
     start_with_descriptors(bal, control)
     confirm_all(bal, control)
@@ -262,11 +263,16 @@ def test_failed_probes_drop_instance_at_once_and_passing_probes_take_it_back(tmp
     assert sorted(prober.started) == [A, B]
     bal.handle(ProbeResult(A, True, "connected", 1.0))
     n = len(control.posts)
+    caplog.set_level(logging.INFO, logger="onion.balancer")
     for i in range(2):
-        bal.handle(ProbeResult(B, False, "onion introduction failed", 1.0))
+        bal.handle(ProbeResult(B, False, "onion introduction failed", 1.0 + i))
         clock.t += 4
         bal.tick()
     assert len(control.posts) == n  # two failures: still in
+    # each failure on the way down is logged with how long the probe took
+    assert [r.getMessage().split(": probe ")[1] for r in caplog.records if "probe failed" in r.getMessage()] == [
+        "failed after 1.0 s (1 of 3 before it counts as down): onion introduction failed",
+        "failed after 2.0 s (2 of 3 before it counts as down): onion introduction failed"]
     assert bal.instances[B].probe.consecutive_failures == 2
     # probes of a failing instance are repeated quickly, not after the full interval
     assert prober.started.count(B) == 3
