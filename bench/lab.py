@@ -84,7 +84,12 @@ def measure(lab: Lab, observer, run: dict) -> dict:
     victim = run["workers"][-1]
     victim_keys: set[str] = set()
     for address in victim.instance_addresses:
-        victim_keys |= fetch_intro_keys(observer, address) or set()
+        for _ in range(5):  # a fetch that an HSDir fails returns None: ask again
+            keys = fetch_intro_keys(observer, address)
+            if keys:
+                victim_keys |= keys
+                break
+            time.sleep(2)
     # Failover is the change from "the published descriptor lists the victim's intro
     # points" to "it does not": first make sure the first state holds.
     deadline = time.time() + 120

@@ -13,7 +13,12 @@ from lab.tornet import TorNode, controller
 
 def fetch_intro_keys(node: TorNode, address: str, timeout: float = 30.0) -> set[str] | None:
     """Auth keys (base64) of the intro points in the service's descriptor as an HSDir
-    serves it now; None if no HSDir returned one within `timeout`."""
+    serves it now; None if the HSDir tor asked had none (or said no), or none answered
+    within `timeout`.
+
+    HSFETCH without SERVER= asks one HSDir and tor does not try another when it fails
+    (hs_client_refetch_hsdesc picks one; the failure only ends the fetch), so a FAILED
+    event ends the wait at once: the caller asks again, and tor picks another HSDir."""
     import stem
     from stem.control import EventType
     from stem.descriptor.hidden_service import HiddenServiceDescriptorV3
@@ -36,7 +41,7 @@ def fetch_intro_keys(node: TorNode, address: str, timeout: float = 30.0) -> set[
             while True:
                 desc = results.get(timeout=timeout)
                 if desc is None:
-                    continue  # one HSDir failed; tor tries the next, or we time out
+                    return None  # that HSDir failed the fetch; no other one is asked
                 raw = str(desc) if not isinstance(desc, str) else desc
                 try:
                     inner = HiddenServiceDescriptorV3.from_str(raw).decrypt(address)
