@@ -176,9 +176,9 @@ def client_log_excerpt(trace: Path, start: float, end: float, name: str) -> Path
     year = time.gmtime(start).tm_year
     with open(trace, errors="replace") as src, open(out, "w") as dst:
         for line in src:
-            try:  # tor's log time: "Nov 22 05:58:01.123", UTC here (the lab runs in UTC)
+            try:  # tor's log time, local: "Nov 22 05:58:01.123"
                 stamp = time.mktime(time.strptime(f"{year} {line[:15]}", "%Y %b %d %H:%M:%S"))
-                stamp += float(line[15:19] or 0) - time.timezone
+                stamp += float(line[15:19] or 0)
             except ValueError:
                 continue
             if start <= stamp <= end:

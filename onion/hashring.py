@@ -240,6 +240,10 @@ _ROUTER_ENTRY = re.compile(
     r"(?:[^rp\n][^\n]*\n)*"      # v line
     r"(?:(pr [^\n]*)\n)?",        # pr line, if any
     re.M)
+# An r line with fewer than the two fields the ring reads (nickname, identity). Anchored on
+# "\n", not on ^ with re.M: the regex engine then jumps between "\nr " literals (~3 ms for
+# 8000 relays instead of ~17 ms).
+_MALFORMED_ROUTER_LINE = re.compile(r"\nr (?!\S+ \S+)[^\n]*")
 
 
 @functools.lru_cache(maxsize=256)  # a consensus has a handful of distinct values, 8000 times
@@ -370,6 +374,9 @@ class HashRing:
                 header[kw] = rest.strip()
         if "\r" in body:
             body = body.replace("\r\n", "\n")
+        malformed = _MALFORMED_ROUTER_LINE.search("\n" + body)
+        if malformed:
+            raise ConsensusError(f"consensus router line {malformed.group()[1:61]!r} is malformed")
         a2b = binascii.a2b_base64
         for nickname, ident, flags, pr_line in _ROUTER_ENTRY.findall(body):
             if "HSDir" not in flags or "HSDir" not in flags.split():
@@ -389,7 +396,7 @@ class HashRing:
                         break
                 else:
                     protocols = {"_": []}  # protocols listed, HSDir absent
-            relays.append((fp, nickname, ("HSDir",), protocols))
+            relays.append((fp, nickname, ("HSDir",), protocols))  # _build reads only HSDir
         for needed in ("valid-after", "fresh-until"):
             if needed not in header:
                 raise ConsensusError(f"consensus text has no {needed} line")

@@ -304,6 +304,9 @@ def test_consensus_text_gives_the_same_ring_as_stem(kwargs):
 def test_consensus_text_errors_are_named():
     with pytest.raises(ConsensusError, match="no valid-after line"):
         HashRing.from_consensus("network-status-version 3\n", {})
+    with pytest.raises(ConsensusError, match="router line 'r lonely' is malformed"):
+        HashRing.from_consensus("valid-after 2016-04-14 14:00:00\nfresh-until 2016-04-14 15:00:00\n"
+                                "r ok AAAA x\ns HSDir\nr lonely\ns HSDir\n", {})
     with pytest.raises(ConsensusError, match="not 'YYYY-MM-DD HH:MM:SS'"):
         HashRing.from_consensus("valid-after yesterday\nfresh-until 2016-04-14 15:00:00\n", {})
 
