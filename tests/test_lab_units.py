@@ -89,6 +89,8 @@ def test_every_generated_torrc_passes_tor_verify_config(tmp_path):
     text = net.network_torrc.read_text()
     assert text.count("DirAuthority ") == 3
     assert "TestingTorNetwork 1" in text and f"__OwningControllerProcess {os.getpid()}" in text
+    # a fixed circuit-build timeout: a learned one is ~50 ms on loopback (CI flakes)
+    assert "LearnCircuitBuildTimeout 0\n" in text and "CircuitBuildTimeout 10\n" in text
     for node in net.nodes:
         out = subprocess.run(["tor", "--verify-config", "-f", str(node.torrc)],
                              capture_output=True, text=True, timeout=60)
