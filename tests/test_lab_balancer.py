@@ -230,13 +230,17 @@ def test_f_frontend_stays_reachable_across_time_period_and_srv_rotation(lab, lab
     control = ProbeLoop(lab.net.client.socks_port, lab_control, interval=4.0,
                         prefix="test-f-control").start()
     tp_changed = srv_changed = None
+    switch = None  # (last poll before, first poll after) the client entered the new period
     cached = None  # (period, intro keys of the client's first copy, instances' keys then)
     deadline = time.monotonic() + 24 * vi + 120
+    polled = time.time()
     try:
         while time.monotonic() < deadline:
             va, srv = _consensus_clock(lab)
             if tp_changed is None and time_period(va, vi) != start_tp:
                 tp_changed = time.monotonic()
+                switch = (polled, time.time())
+            polled = time.time()
             if tp_changed and cached is None:
                 period = time_period(va, vi)
                 keys = _client_cached_intro_keys(lab, period)
@@ -255,7 +259,15 @@ def test_f_frontend_stays_reachable_across_time_period_and_srv_rotation(lab, lab
     assert tp_changed, "no time-period change observed"
     assert srv_changed, "no SRV change observed"
     assert len(probes) >= 20
-    assert _unexplained_failures(probes, controls) == []
+    # tor's client drops a service's descriptor when its consensus enters a new period; a
+    # request in flight then can find its open intro circuit's intro point missing from the
+    # new period's descriptor and ends with SOCKS error 1. A plain onion service meets that
+    # race the same way (bench/period_switch.py, docs/investigations/srv-window.md), so only
+    # such a failure, in flight at the client's own switch, is not the balancer's.
+    race = [p for p in probes if not p.ok and p.error.endswith("(1)") and switch
+            and p.at <= switch[1] and p.at + p.seconds >= switch[0]]
+    _record(lab, "rotation_probes_failed_at_client_period_switch", len(race))
+    assert _unexplained_failures([p for p in probes if p not in race], controls) == []
     assert cached is not None, "the client never cached the new period's frontend descriptor"
     period, keys, new_keys = cached
     stale = keys - new_keys
