@@ -19,6 +19,7 @@ and how many of them the client's log attributes to that tor code path.
 from __future__ import annotations
 
 import argparse
+import calendar
 import re
 import sys
 import threading
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.lab import trace_client  # noqa: E402
 from lab.client import fetch, wait_reachable  # noqa: E402
 from lab.stack import Lab  # noqa: E402
 from lab.tornet import controller  # noqa: E402
@@ -46,7 +48,6 @@ def next_period_start(lab: Lab) -> float:
     with controller(lab.net.client) as ctl:
         va = ctl.get_info("consensus/valid-after")
         fu = ctl.get_info("consensus/fresh-until")
-    import calendar
     parse = lambda s: calendar.timegm(time.strptime(s, "%Y-%m-%d %H:%M:%S"))  # noqa: E731
     timing = NetworkTiming.from_times(parse(va), parse(fu), testing_network=True)
     start = timing.time_period_start(timing.time_period_number(int(time.time())) + 1)
@@ -73,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         port = lab.net.client.socks_port
         urls = {"control": f"http://{control}/", "frontend": f"http://{key.hostname}/"}
         wait_reachable(port, urls["control"], 300, "control service")
-        trace = lab.procs.log_dir / "tor-client-rend-info.log"
-        with controller(lab.net.client) as ctl:
-            ctl.set_options([("Log", "notice stdout"), ("Log", f"[rend,circ]info file {trace}")])
-            ctl.set_conf("SafeLogging", "0")
+        trace = trace_client(lab)
         counter = iter(range(10**9))
 
         def one(target: str) -> None:
