@@ -71,6 +71,8 @@ class RingInfo:
     period_length: int          # minutes
     voting_interval: float      # seconds
     complete: bool = True       # False: some HSDirs lack microdescriptors (ed25519 ids) yet
+    hsdirs: int = 0             # HSDirs in the ring
+    hsdirs_without_ed25519: int = 0  # HSDirs left out of it for want of an ed25519 id
 
 
 class ControlPort(Protocol):
@@ -338,6 +340,9 @@ class Balancer:
         if ring.complete:
             self.next_ring_refresh_at = float("inf")
         old = self.ring
+        if not ring.complete and (old is None or old.complete or old.hsdirs != ring.hsdirs):
+            log.info("hash ring: %d HSDirs; %d more have no microdescriptor (ed25519 id) in tor yet, "
+                     "re-reading in %.0f s", ring.hsdirs, ring.hsdirs_without_ed25519, RING_RETRY)
         self.ring = ring
         self.last_error = "" if self.last_error.startswith("hash ring") else self.last_error
         for fe in self.frontends:
@@ -629,6 +634,8 @@ class Balancer:
                     "time_period": ring.current_period if ring else None,
                     "period_length_minutes": ring.period_length if ring else None,
                     "consensus_valid_after": iso(ring.valid_after) if ring else None,
+                    "hsdirs": ring.hsdirs if ring else None,
+                    "hsdirs_without_ed25519_id": ring.hsdirs_without_ed25519 if ring else None,
                     "last_error": self.last_error or None},
             "frontends": out_frontends,
         }

@@ -38,6 +38,11 @@ def microdesc_ed25519_ids(md_all: str) -> dict[str, str]:
     from the text of `GETINFO md/all`. Hand-written: stem has no digest -> id index."""
     out: dict[str, str] = {}
     text = md_all.replace("\r\n", "\n")
+    # A microdescriptor's digest covers its final newline; stem strips the one at the end
+    # of a control reply, so the last microdescriptor in `md/all` arrives without it (its
+    # relay then dropped out of the ring: one HSDir too few, every time).
+    if text and not text.endswith("\n"):
+        text += "\n"
     starts = [m.start() for m in re.finditer(r"^onion-key\b", text, re.M)]
     for i, start in enumerate(starts):
         block = text[start: starts[i + 1] if i + 1 < len(starts) else len(text)]
@@ -96,7 +101,8 @@ class TorOnionProtocol:
         t = ring.timing
         return RingInfo(valid_after=float(t.valid_after), current_period=t.time_period_number(),
                         period_length=t.period_length, voting_interval=float(t.voting_interval),
-                        complete=ring.skipped_without_ed25519 == 0)
+                        complete=ring.skipped_without_ed25519 == 0, hsdirs=len(ring.hsdirs),
+                        hsdirs_without_ed25519=ring.skipped_without_ed25519)
 
     def _need_ring(self) -> hashring.HashRing:
         if self.ring is None:

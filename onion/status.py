@@ -88,6 +88,9 @@ def format_status(data: dict[str, Any], now: float | None = None) -> str:
                  f"publish: {'yes' if data.get('publish') else 'NO (standby)'}")
     lines.append(f"tor: {'connected' if tor.get('connected') else 'DISCONNECTED'} ({tor.get('control')})  "
                  f"time period {tor.get('time_period')}  consensus {tor.get('consensus_valid_after') or '-'}"
+                 + (f"  hash ring: {tor['hsdirs']} HSDirs" if tor.get("hsdirs") is not None else "")
+                 + (f" (+{tor['hsdirs_without_ed25519_id']} without a microdescriptor yet)"
+                    if tor.get("hsdirs_without_ed25519_id") else "")
                  + (f"  error: {tor['last_error']}" if tor.get("last_error") else ""))
     for fe in data.get("frontends", []):
         lines.append("")

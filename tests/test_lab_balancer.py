@@ -87,6 +87,16 @@ def test_a_frontend_serves_the_origin_through_a_worker_rewritten(lab, lab_fronte
     status = _status_when(lab, lambda st: _published_instances(st), 60,
                           "the status shows no published intro points")
     assert set(_published_instances(status)) <= set(lab.instance_addresses())
+    # The balancer's hash ring holds every HSDir of the network, and as the lab has 8 and a
+    # descriptor goes to 2 replicas x 4 HSDirs, each period's descriptor goes to all 8 (the
+    # ring once lacked the relay whose microdescriptor came last in tor's reply: clients
+    # asking that HSDir first got 404s).
+    hsdirs = {n.fingerprint for n in lab.net.relays}
+    status = _status_when(lab, lambda st: st["tor"].get("hsdirs") == len(hsdirs), 60,
+                          f"the balancer's hash ring does not hold all {len(hsdirs)} HSDirs")
+    assert status["tor"]["hsdirs_without_ed25519_id"] == 0
+    for desc in status["frontends"][0]["descriptors"]:
+        assert {up["hsdir"] for up in desc["hsdirs"]} == hsdirs, desc["time_period"]
 
 
 # ---------------------------------------------------------------- b
