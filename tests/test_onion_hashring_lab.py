@@ -51,6 +51,14 @@ def _ring_from(ctl) -> HashRing:
     ring = HashRing.from_consensus(consensus, ids, testing_network=testing)
     # the fast text path reads the same real consensus to the same ring
     assert HashRing.from_consensus(text, ids, testing_network=testing)._key() == ring._key()
+    # the balancer's path (one GETINFO md/all, matched by microdescriptor digest) finds
+    # every relay this one does (it once lost the relay whose microdescriptor came last)
+    from onion.frontend import TorOnionProtocol
+
+    balancer = TorOnionProtocol()
+    info = balancer.refresh(ctl)
+    assert {h.fingerprint for h in balancer.ring.hsdirs} == {h.fingerprint for h in ring.hsdirs}
+    assert info.complete and info.hsdirs == len(ring.hsdirs)
     return ring
 
 
