@@ -58,6 +58,9 @@ from onion.keys import IdentityKey  # noqa: E402
 TP, LEN = 20000, 1440
 
 
+FAST_SIGNATURE = 30e-6  # s: below, the machine runs at its fast speed (see main)
+
+
 def batch(fn, n: int) -> float:
     """CPU seconds per call over one batch of n calls."""
     start = time.process_time()
@@ -220,7 +223,10 @@ def bench_build(quick: bool) -> float:
     print(f"(b) floor {floor_b * 1e3:5.2f} ms = 44 scalar multiplications + hashing; ours is "
           f"{t_ours / floor_b:4.2f}x the floor; no build on these primitives beats "
           f"{ceilings[len(ceilings) // 2]:4.1f}x against stem (rounds {ceilings[0]:.1f}-{ceilings[-1]:.1f}x)")
-    return ratio, t_stem, mine, ours, (sign_once, mandatory_once)
+    print("    rounds, ratio @ the round's libsodium signature time: "
+          + "  ".join(f"{r[0]:.1f}x@{r[4] * 1e6:.0f}us" for r in sorted(rows, key=lambda r: r[4])))
+    fast = [r[0] for r in rows if r[4] < FAST_SIGNATURE]
+    return ratio, t_stem, mine, ours, (sign_once, mandatory_once), fast
 
 
 # --- floors ---------------------------------------------------------------------------------
@@ -368,7 +374,7 @@ def bench_cycle(stem_build_seconds: float, quick: bool, floor_fns) -> float:
         certs = 2 * sum(len(pool) for _, pool in frontends) * 2 + len(builders)
         t_sign, t_desc = (before[0] + between[0]) / 2, (before[1] + between[1]) / 2
         floor_cold = count * (t_desc + t_sign) + certs * t_sign
-        cold_rows.append((cold, floor_cold, certs * t_sign))
+        cold_rows.append((cold, floor_cold, certs * t_sign, t_sign))
         t_sign, t_desc = (between[0] + after[0]) / 2, (between[1] + after[1]) / 2
         warm_rows.append((warm, count * (t_desc + t_sign)))
     cold_med = statistics.median(r[0] for r in cold_rows)
@@ -377,7 +383,7 @@ def bench_cycle(stem_build_seconds: float, quick: bool, floor_fns) -> float:
     print(f"(c) publish cycle, {n_frontends} frontends x 2 periods x 8 HSDirs = {count} distinct "
           f"descriptors ({size / count / 1000:.1f} kB avg), 8000-relay consensus "
           f"({len(ids) * 3 // 5} HSDirs):")
-    print(f"    cold {cold_med:6.3f} s CPU (cycles {' / '.join(f'{r[0]:.3f}' for r in cold_rows)})   "
+    print(f"    cold {cold_med:6.3f} s CPU (cycles {' / '.join(f'{r[0]:.3f}@{r[3] * 1e6:.0f}us' for r in cold_rows)})   "
           f"warm {warm_med:6.3f} s CPU (cycles {' / '.join(f'{r[0]:.3f}' for r in warm_rows)})   "
           "(target cold < 1 s)" + ("   [--quick: 12 frontends, 1 cycle]" if quick else ""))
     print(f"    ring from the consensus text (inside each cycle above): {ring_from_text * 1e3:.0f} ms; "
@@ -389,7 +395,8 @@ def bench_cycle(stem_build_seconds: float, quick: bool, floor_fns) -> float:
           f"the {certs} certificate signatures)   warm {' / '.join(f'{r[1]:.3f}' for r in warm_rows)} s")
     print(f"    ours over its floor: cold {' / '.join(f'{r[0] / r[1]:.2f}x' for r in cold_rows)}   "
           f"warm {' / '.join(f'{r[0] / r[1]:.2f}x' for r in warm_rows)}")
-    return cold_med
+    print("    (@: the libsodium signature time measured around the cycle, the machine's speed then)")
+    return cold_med, [r[0] for r in cold_rows if r[3] < FAST_SIGNATURE]
 
 
 # --- where a full build's time goes (--breakdown) -------------------------------------------
@@ -466,9 +473,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"(2 cores here; CPU times below are process_time)")
     ratio_a = bench_blinding(args.quick)
-    ratio_b, stem_build, _sample, _identity, floor_fns = bench_build(args.quick)
-    cold = bench_cycle(stem_build, args.quick, floor_fns)
+    ratio_b, stem_build, _sample, _identity, floor_fns, fast_b = bench_build(args.quick)
+    cold, fast_c = bench_cycle(stem_build, args.quick, floor_fns)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    # This machine alternates, within seconds, between two speeds: a libsodium signature
+    # takes ~23-25 us or ~42-47 us, and in the slow phase native code slows more than
+    # stem's Python (the (b) ceiling drops from ~11x to ~10.5x). The verdicts below use
+    # every round; this line shows the rounds and cycles run at the fast speed alone.
+    print(f"at the fast speed (signature < {FAST_SIGNATURE * 1e6:.0f} us): (b) "
+          + (f"median {statistics.median(fast_b):.1f}x of {len(fast_b)} rounds" if fast_b else "no round")
+          + "; (c) cold " + (f"median {statistics.median(fast_c):.3f} s of {len(fast_c)} cycles"
+                             if fast_c else "no cycle"))
     for name, met in (("(a) >= 50x", ratio_a >= 50), ("(b) >= 10x (full build)", ratio_b >= 10),
                       ("(c) cold cycle < 1 s CPU", None if args.quick else cold < 1.0)):
         verdict = ("not measured (--quick builds 12 frontends, the target is 60)" if met is None
