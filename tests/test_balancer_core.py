@@ -657,6 +657,18 @@ def test_unusable_or_incomplete_consensus_is_retried_without_waiting_for_the_nex
     assert bal.ring.complete
 
 
+def test_status_shows_the_ring_and_the_hsdirs_it_still_lacks(tmp_path):
+    from onion.status import format_status
+
+    bal, control, proto, *_, clock = make(tmp_path)
+    proto.refresh = lambda _control: RingInfo(0.0, 100, 1440, 3600, complete=False, hsdirs=7,
+                                              hsdirs_without_ed25519=1)
+    bal.tick()
+    data = bal.status()
+    assert data["tor"]["hsdirs"] == 7 and data["tor"]["hsdirs_without_ed25519_id"] == 1
+    assert "hash ring: 7 HSDirs (+1 without a microdescriptor yet)" in format_status(data, now=clock.t)
+
+
 def test_a_bug_in_one_message_does_not_stop_the_loop(tmp_path):
     bal, control, proto, *_ , clock = make(tmp_path)
     bal.tick()
