@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab.balancer import ONIONBALANCE_VOTING_INTERVAL  # noqa: E402
-from lab.client import ProbeLoop, wait_reachable  # noqa: E402
+from lab.client import ProbeLoop, split_around, wait_reachable  # noqa: E402
 from lab.observe import fetch_intro_keys  # noqa: E402
 from lab.stack import Lab  # noqa: E402
 
@@ -124,11 +124,12 @@ def measure(lab: Lab, observer, run: dict) -> dict:
     def count(sel):
         return f"{sum(not p.ok for p in sel)}/{len(sel)}"
 
+    before, during, after = split_around(probes, killed_at, end)
     result = {
         "kind": kind, "reachable": reachable, "failover": failover, "cpu": cpu, "rss": rss,
-        "failed_before": count([p for p in probes if p.at < killed_at]),
-        "failed_during": count([p for p in probes if killed_at <= p.at < end]),
-        "failed_after": count([p for p in probes if p.at >= end]),
+        "failed_before": count(before),
+        "failed_during": count(during),
+        "failed_after": count(after),
         "alive": lab.procs.is_running(record["process"]),
     }
     lab.procs.stop(record["process"])

@@ -76,6 +76,17 @@ class Probe:
     error: str = ""
 
 
+def split_around(probes: list[Probe], start: float, end: float) -> tuple[list[Probe], list[Probe], list[Probe]]:
+    """(before, during, after) an event from `start` to `end` (time.time()): before = done
+    before it started; after = started once it was over; during = the rest, including a
+    request still in flight when it started (killing a worker breaks the request it was
+    carrying: that is not a failure "before the kill")."""
+    before = [p for p in probes if p.at + p.seconds < start]
+    after = [p for p in probes if p.at >= end]
+    during = [p for p in probes if p.at + p.seconds >= start and p.at < end]
+    return before, during, after
+
+
 class ProbeLoop:
     """Requests the frontend every `interval` seconds, each on a fresh circuit (its own SOCKS
     isolation token), in a background thread, until stopped. Used for steady load (failover,

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lab.client import ProbeLoop, fetch
+from lab.client import ProbeLoop, fetch, split_around
 from lab.tornet import controller
 
 pytestmark = pytest.mark.lab
@@ -318,9 +318,7 @@ def test_c_killed_worker_is_dropped_and_requests_keep_succeeding(lab, lab_fronte
         probes = loop.stop()
         controls = control.stop()
         lab.restart_worker(victim)  # later tests (other files) expect both workers
-    before = [p for p in probes if p.at < killed_at]
-    during = [p for p in probes if killed_at <= p.at < killed_at + failover]
-    after = [p for p in probes if p.at >= killed_at + failover]
+    before, during, after = split_around(probes, killed_at, killed_at + failover)
     _record(lab, "failover_seconds", round(failover, 1))
     _record(lab, "failover_requests_failed_total",
             {"before_kill": _failed(before), "during_failover": _failed(during),

@@ -168,3 +168,14 @@ def test_cli_status_without_a_lab_says_how_to_start_one(tmp_path, capsys):
 def test_cli_down_without_a_lab_stops_nothing(tmp_path, capsys):
     assert lab_cli.main(["--state-dir", str(tmp_path), "down"]) == 0
     assert "stopped 0 processes" in capsys.readouterr().out
+
+
+def test_a_request_in_flight_when_the_worker_dies_counts_as_during_not_before():
+    from lab.client import Probe, split_around
+
+    done = Probe(at=100.0, ok=True, seconds=1.0)            # finished before the kill at 110
+    in_flight = Probe(at=109.5, ok=False, seconds=30.0)     # the kill broke it (CI, 10:42:57)
+    during = Probe(at=115.0, ok=False, seconds=3.0)
+    after = Probe(at=125.0, ok=True, seconds=1.0)            # failover over at 125
+    before, mid, later = split_around([done, in_flight, during, after], 110.0, 125.0)
+    assert before == [done] and mid == [in_flight, during] and later == [after]
