@@ -89,8 +89,14 @@ def split_around(probes: list[Probe], start: float, end: float) -> tuple[list[Pr
 
 class ProbeLoop:
     """Requests the frontend every `interval` seconds, each on a fresh circuit (its own SOCKS
-    isolation token), in a background thread, until stopped. Used for steady load (failover,
-    restart) and for rotation soaks."""
+    isolation token), until stopped. Used for steady load (failover, restart) and for
+    rotation soaks.
+
+    Each request runs in its own thread, on schedule whether or not the previous one has
+    finished: a request that hangs (tor's client waits up to its SocksTimeout for a
+    rendezvous that a killed worker will never complete) must not pause the steady load,
+    or the requests that should show the failover never happen (test c in CI at d84bcad:
+    one request hung 30 s from the kill on, and none started after the failover)."""
 
     def __init__(self, socks_port: int, url: str, interval: float = 2.0, timeout: float = 30.0,
                  prefix: str = "probe") -> None:
@@ -102,31 +108,45 @@ class ProbeLoop:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._requests: list[threading.Thread] = []
 
     def start(self) -> "ProbeLoop":
         self._thread.start()
         return self
 
     def stop(self) -> list[Probe]:
+        """Stop starting requests and wait for those in flight (at most their timeout)."""
         self._stop.set()
-        self._thread.join(self.timeout + 15)
+        self._thread.join(self.interval + 5)
+        deadline = time.monotonic() + self.timeout + 15
+        for thread in list(self._requests):
+            thread.join(max(0.0, deadline - time.monotonic()))
         return self.snapshot()
 
     def snapshot(self) -> list[Probe]:
+        """The finished requests, in the order they started."""
         with self._lock:
-            return list(self.results)
+            return sorted(self.results, key=lambda p: p.at)
+
+    def _one(self, n: int, started: float) -> None:
+        resp = fetch(self.socks_port, self.url, isolation=f"{self.prefix}{n}-{started:.0f}",
+                     timeout=self.timeout)
+        ok = resp.ok and resp.status == 200
+        probe = Probe(at=started, ok=ok, seconds=resp.seconds,
+                      listener=resp.headers.get("x-lab-origin-listener"),
+                      error="" if ok else (resp.error or f"HTTP {resp.status}"))
+        with self._lock:
+            self.results.append(probe)
 
     def _run(self) -> None:
+        import threading
+
         n = 0
+        next_at = time.time()
         while not self._stop.is_set():
             n += 1
-            started = time.time()
-            resp = fetch(self.socks_port, self.url, isolation=f"{self.prefix}{n}-{started:.0f}",
-                         timeout=self.timeout)
-            ok = resp.ok and resp.status == 200
-            probe = Probe(at=started, ok=ok, seconds=resp.seconds,
-                          listener=resp.headers.get("x-lab-origin-listener"),
-                          error="" if ok else (resp.error or f"HTTP {resp.status}"))
-            with self._lock:
-                self.results.append(probe)
-            self._stop.wait(max(0.0, self.interval - (time.time() - started)))
+            thread = threading.Thread(target=self._one, args=(n, time.time()), daemon=True)
+            self._requests = [t for t in self._requests if t.is_alive()] + [thread]
+            thread.start()
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.time()))

@@ -179,3 +179,24 @@ def test_a_request_in_flight_when_the_worker_dies_counts_as_during_not_before():
     after = Probe(at=125.0, ok=True, seconds=1.0)            # failover over at 125
     before, mid, later = split_around([done, in_flight, during, after], 110.0, 125.0)
     assert before == [done] and mid == [in_flight, during] and later == [after]
+
+
+def test_probe_loop_keeps_its_pace_while_a_request_hangs(monkeypatch):
+    import time as _time
+
+    import lab.client as client
+
+    def fake_fetch(port, url, isolation=None, timeout=30.0):
+        if isolation.startswith("p1-"):  # the first request hangs, as one did in test c
+            _time.sleep(1.5)
+            return client.Response(ok=False, error="curl: (28) timed out", seconds=1.5)
+        return client.Response(ok=True, status=200, seconds=0.01)
+
+    monkeypatch.setattr(client, "fetch", fake_fetch)
+    loop = client.ProbeLoop(1, "http://x.onion/", interval=0.1, timeout=2.0, prefix="p").start()
+    _time.sleep(1.0)
+    during_hang = loop.snapshot()
+    probes = loop.stop()
+    assert len(during_hang) >= 5 and all(p.ok for p in during_hang)  # kept going meanwhile
+    assert not probes[0].ok and probes[0].seconds == 1.5               # the hung one, first
+    assert [p.at for p in probes] == sorted(p.at for p in probes)
