@@ -29,23 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.lab import trace_client  # noqa: E402
 from bench.period_switch import log, next_period_start  # noqa: E402
 from lab import balancer as balancer_mod  # noqa: E402
 from lab.client import fetch  # noqa: E402
 from lab.stack import Lab  # noqa: E402
-from lab.tornet import controller  # noqa: E402
 
 VOTING_INTERVAL = 10
 AFTER_REQUESTS = 8
 WORKERS_PUBLISH = 40.0  # s for the new workers' instances to publish before the round
-
-
-def trace_client(lab: Lab) -> Path:
-    path = lab.procs.log_dir / "tor-client-info.log"
-    with controller(lab.net.client) as ctl:
-        ctl.set_options([("Log", "notice stdout"), ("Log", f"[rend,dir,circ,edge,app]info file {path}")])
-        ctl.set_conf("SafeLogging", "0")
-    return path
 
 
 def prepare(lab: Lab, round_no: int, count: int) -> list[dict]:
@@ -107,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lab.start_network()
         lab.start_origin(listeners=1)
-        trace = trace_client(lab)
+        # dir: which HSDir answered 404; edge/app: how a stream ended
+        trace = trace_client(lab, "rend,dir,circ,edge,app", "tor-client-info.log")
         for round_no in range(args.rounds):
             fronts = prepare(lab, round_no, len(offsets))
             time.sleep(WORKERS_PUBLISH)

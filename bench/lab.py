@@ -187,17 +187,19 @@ def client_log_excerpt(trace: Path, start: float, end: float, name: str) -> Path
     return out
 
 
-def trace_client(lab: Lab) -> Path:
-    """Log the lab client's onion-service, circuit and guard steps at info level to a file of
-    their own, so a failed soak probe can be traced to the step that failed. Unscrubbed
-    (SafeLogging 0: a loopback lab has nothing to hide), so each line names its onion
-    address and the frontend, the other frontend and the control can be told apart."""
+def trace_client(lab: Lab, domains: str = "rend,circ,guard",
+                 name: str = "tor-client-rend-info.log") -> Path:
+    """Log the lab client's onion-service, circuit and guard steps (or other log `domains`)
+    at info level to a file of their own, so a failed soak probe can be traced to the step
+    that failed. Unscrubbed (SafeLogging 0: a loopback lab has nothing to hide), so each
+    line names its onion address and the frontend, the other frontend and the control can
+    be told apart."""
     from lab.tornet import controller
 
-    path = lab.procs.log_dir / "tor-client-rend-info.log"
+    path = lab.procs.log_dir / name
     with controller(lab.net.client) as ctl:
         ctl.set_options([("Log", "notice stdout"),
-                         ("Log", f"[rend,circ,guard]info file {path}")])
+                         ("Log", f"[{domains}]info file {path}")])
         ctl.set_conf("SafeLogging", "0")
     return path
 

@@ -7,6 +7,7 @@ without `SIGNAL NEWNYM` (rate-limited to once per 10 s).
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -100,8 +101,6 @@ class ProbeLoop:
 
     def __init__(self, socks_port: int, url: str, interval: float = 2.0, timeout: float = 30.0,
                  prefix: str = "probe") -> None:
-        import threading
-
         self.socks_port, self.url, self.interval, self.timeout = socks_port, url, interval, timeout
         self.prefix = prefix
         self.results: list[Probe] = []
@@ -139,8 +138,6 @@ class ProbeLoop:
             self.results.append(probe)
 
     def _run(self) -> None:
-        import threading
-
         n = 0
         next_at = time.time()
         while not self._stop.is_set():
