@@ -98,6 +98,14 @@ def lock_args(lock: VaultLock, min_days: int, max_days: int) -> dict:
     return args
 
 
+def lock_request(vault_name: str, lock: VaultLock, min_days: int, max_days: int) -> dict:
+    """The same lock as AWS Backup's PutBackupVaultLockConfiguration parameters (boto3)."""
+    names = {"min_retention_days": "MinRetentionDays", "max_retention_days": "MaxRetentionDays",
+             "changeable_for_days": "ChangeableForDays"}
+    return {"BackupVaultName": vault_name,
+            **{names[k]: v for k, v in lock_args(lock, min_days, max_days).items()}}
+
+
 @dataclass(frozen=True)
 class BackupArgs:
     rules: tuple[BackupRule, ...]
