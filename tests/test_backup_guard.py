@@ -48,6 +48,9 @@ def test_vault_lock_governance_by_default_bounded_by_the_rules():
     days = [int(r["lifecycle"]["deleteAfter"]) for r in plan.input("rules")]
     assert (int(lock.input("minRetentionDays")), int(lock.input("maxRetentionDays"))) == (min(days), max(days)) == (1, 731)
     assert lock.input("changeableForDays") is None  # governance: never becomes immutable
+    # No copy unless backup.copyToRegion names a region.
+    assert all(not r.get("copyActions") for r in plan.input("rules"))
+    assert len(result.of_type(VAULT)) == 1 and not result.of_type("pulumi:providers:aws")
 
 
 def test_vault_lock_bounds_follow_the_keep_counts():
@@ -149,13 +152,6 @@ def test_copy_to_a_second_region_with_its_own_key_vault_lock_and_policy():
     # EBS in the copy region may use the volumes' key to read the snapshots it copies.
     via = statements(result.named("ebs-key").input("policy"))["UseThroughEbsInThisAccount"]["Condition"]["StringEquals"]
     assert via["kms:ViaService"] == ["ec2.eu-central-1.amazonaws.com", "ec2.eu-west-1.amazonaws.com"]
-
-
-def test_no_copy_by_default():
-    result = run(minimal_config())
-    (plan,) = result.of_type("aws:backup/plan:Plan")
-    assert all(not r.get("copyActions") for r in plan.input("rules"))
-    assert len(result.of_type(VAULT)) == 1 and not result.of_type("pulumi:providers:aws")
 
 
 def test_copy_to_the_stacks_own_region_is_refused():
