@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Command modules, in help order. Add a module here when it gains commands.
-COMMAND_MODULES: tuple[str, ...] = ("onion.servicecli", "onion.keycli", "onion.tconf")
+COMMAND_MODULES: tuple[str, ...] = ("onion.servicecli", "onion.keycli", "onion.tconf", "onion.drain")
 
 
 def build_parser() -> argparse.ArgumentParser:
