@@ -195,6 +195,9 @@ class StackMocks(pulumi_mocks.Mocks):
             return {"id": itype, "instanceType": itype, "supportedArchitectures": [arch]}
         if args.token == "aws:index/getPartition:getPartition":
             return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"id": "000000000000", "accountId": "000000000000", "userId": "AROAMOCKDEPLOYROLE:ci",
+                    "arn": "arn:aws:sts::000000000000:assumed-role/deploy/ci"}
         if args.token == "aws:index/getRegion:getRegion":
             return {"id": self.region, "name": self.region, "region": self.region}
         # An unanswered invoke would silently yield None: make it loud instead.

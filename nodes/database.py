@@ -19,6 +19,7 @@ class DatabaseNodeArgs:
     jump: SshTarget  # the balancer: steps reach the database through it
     protect_data: bool = True
     backup: bool = True
+    volume_kms_key_id: Optional[pulumi.Input[str]] = None  # the stack's EBS key (infra/kms.py)
 
 
 class DatabaseNode(Node):
@@ -44,6 +45,7 @@ class DatabaseNode(Node):
             specs=self._args.volumes,
             protect=self._args.protect_data,
             backup=self._args.backup,
+            kms_key_id=self._args.volume_kms_key_id,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.volume_devices = {s.purpose: (self.volumes.volumes[s.purpose].id, s.device_name)

@@ -26,6 +26,7 @@ import pulumi_random as random
 
 from infra.backup import Backup, BackupArgs
 from infra.config import StackConfig
+from infra.kms import EbsKey, EbsKeyArgs, lookup_account
 from infra.network import Network, NetworkArgs, available_zones
 from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
 from infra.storage import database_volume_specs
@@ -44,12 +45,13 @@ class OnionSiteArgs:
 
 
 class OnionSite(pulumi.ComponentResource):
-    """Declares the parts (`network`, `security`, `balancer`, `workers`, `database`,
+    """Declares the parts (`network`, `security`, `ebs_key`, `balancer`, `workers`, `database`,
     `backup`, and the steps `balancer_package`, `balancer_core`, `worker_setups`,
     `worker_drains`, `database_setup`) and `exports`, the stack outputs."""
 
     network: Network
     security: SecurityGroups
+    ebs_key: EbsKey
     balancer: BalancerNode
     workers: list[WorkerNode]
     database: Optional[DatabaseNode]
@@ -83,11 +85,18 @@ class OnionSite(pulumi.ComponentResource):
             "access", SecurityArgs(self.network.vpc.id, config.admin_cidrs, database=config.database.enabled),
             opts=top)
         key_pair = admin_key_pair("admin-key", config.ssh_public_key, opts=top)
+        account = lookup_account()
+        copy_regions = (config.backup.copy_to_region,) if config.backup.enabled and config.backup.copy_to_region \
+            else ()
+        # One customer-managed key for every EBS volume (data and root), so the recovery points
+        # of the data volumes are under a key with an explicit policy, not aws/ebs (infra/kms.py).
+        self.ebs_key = EbsKey("ebs", EbsKeyArgs(account, protect=config.protect_data, copy_regions=copy_regions),
+                              opts=top)
 
         def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False) -> InstanceArgs:
             return InstanceArgs(role=role, instance_type=instance_type, ami_id=ami_for(instance_type),
                                 subnet_id=subnet.id, security_group_ids=[group.id], key_name=key_pair.key_name,
-                                public_ip=public_ip)
+                                public_ip=public_ip, root_kms_key_id=self.ebs_key.key.arn)
 
         # ---- the balancer: jump host for every other machine
         self.balancer = BalancerNode("balancer", BalancerNodeArgs(
@@ -139,7 +148,8 @@ class OnionSite(pulumi.ComponentResource):
                 availability_zone=zones[0],
                 volumes=database_volume_specs(config.database.data_gb, config.database.journal_gb,
                                               config.database.log_gb),
-                jump=self.balancer.ssh, protect_data=config.protect_data, backup=config.backup.enabled), opts=top)
+                jump=self.balancer.ssh, protect_data=config.protect_data, backup=config.backup.enabled,
+                volume_kms_key_id=self.ebs_key.key.arn), opts=top)
             self.database_setup = DatabaseSetup(
                 "database-postgres-step",
                 DatabaseSetupArgs(node=self.database, specs=specs, password=password.result,
@@ -150,7 +160,9 @@ class OnionSite(pulumi.ComponentResource):
 
         self.backup = None
         if config.backup.enabled:
-            self.backup = Backup("backup", BackupArgs(config.backup.rules, protect=config.protect_data), opts=top)
+            self.backup = Backup("backup", BackupArgs(config.backup.rules, protect=config.protect_data, account=account,
+                                                      lock=config.backup.lock,
+                                                      copy_to_region=config.backup.copy_to_region), opts=top)
 
         self.exports = self._exports(config, zones)
         self.register_outputs(self.exports)
@@ -176,11 +188,15 @@ class OnionSite(pulumi.ComponentResource):
         # What `pulumi destroy` keeps (protect + retainOnDelete; docs/stack.md "Teardown").
         kept: dict[str, Any] = {}
         if config.protect_data:
+            kept["ebsKmsKey"] = self.ebs_key.key.arn
             if self.database is not None:
                 kept["databaseVolumes"] = [v.id for v in self.database.volumes.volumes.values()]
             if self.backup is not None:
                 kept["backupVault"] = self.backup.vault.name
                 kept["backupKmsKey"] = self.backup.key.arn
+                if self.backup.copy_vault is not None:
+                    kept["backupCopy"] = {"region": config.backup.copy_to_region, "vault": self.backup.copy_vault.name,
+                                          "kmsKey": self.backup.copy_key.arn}
         out["keptOnDestroy"] = kept
         out["sites"] = {s.name: {"domain": s.domain, "onionAddress": s.onion_address,
                                  "originAddress": s.origin_address} for s in config.sites}

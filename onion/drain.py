@@ -22,6 +22,7 @@ import os
 import time
 from typing import Any, Iterable, Mapping, Optional
 
+from onion.cli import command_parser
 from onion.config import DEFAULT_STATE_DIR, load_config, normalize_address
 from onion.status import read_status
 
@@ -70,9 +71,18 @@ def not_drained_reason(status: Mapping[str, Any], addresses: Iterable[str], *, n
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    drained = sub.add_parser("drained", help="exit 0 once the balancer publishes without the given instances")
+    drained = command_parser(
+        sub, "drained", help="exit 0 once the balancer publishes without the given instances",
+        description="Say whether the running balancer core publishes without the given instance "
+                    "addresses: exit 0 when none of them is listed or published and every responsible "
+                    "HSDir holds a descriptor built after the config changed; 1 (not yet), 3 (the config "
+                    "still lists one: nothing will drain it) or 2 (unreadable), with one line saying why. "
+                    "A deploy's scale-in waits on it before a worker goes.",
+        examples="""\
+onion drained -c /etc/onionstack/balancer.yaml abcd...xyz.onion efgh...uvw.onion
+onion drained --state-dir /var/lib/onion-balancer abcd...xyz.onion      # no config: no reload check""")
     drained.add_argument("addresses", nargs="+", metavar="ADDRESS", help="instance onion addresses")
-    drained.add_argument("--config", metavar="FILE",
+    drained.add_argument("-c", "--config", metavar="FILE",
                          help="the balancer's config: its mtime (the status must be newer) and instances")
     drained.add_argument("--state-dir", metavar="DIR",
                          help=f"status file directory (default: the config's state_dir, else {DEFAULT_STATE_DIR})")

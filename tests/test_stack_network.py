@@ -34,6 +34,8 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
         # core; the onion package copy; the database's postgres step and its password.
         "command:remote:Command": 2 * workers + 2 + (1 if database else 0),
         "command:remote:CopyToRemote": 1,
+        # The stack's EBS key (every volume, data and root) and its alias.
+        "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1,
     })
     if database:
         c.update({"aws:ebs/volume:Volume": 3, "aws:ec2/volumeAttachment:VolumeAttachment": 3,
@@ -41,6 +43,8 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
     if backup:
         c.update({
             "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1, "aws:backup/vault:Vault": 1,
+            "aws:backup/vaultLockConfiguration:VaultLockConfiguration": 1,
+            "aws:backup/vaultPolicy:VaultPolicy": 1,
             "aws:backup/plan:Plan": 1, "aws:backup/selection:Selection": 1, "aws:iam/role:Role": 1,
             "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 2,
         })
