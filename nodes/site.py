@@ -26,6 +26,7 @@ import pulumi_random as random
 
 from infra.backup import Backup, BackupArgs
 from infra.config import StackConfig
+from infra.flowlogs import FlowLogs, FlowLogsArgs
 from infra.kms import EbsKey, EbsKeyArgs, lookup_account
 from infra.network import Network, NetworkArgs, available_zones
 from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
@@ -45,13 +46,14 @@ class OnionSiteArgs:
 
 
 class OnionSite(pulumi.ComponentResource):
-    """Declares the parts (`network`, `security`, `ebs_key`, `balancer`, `workers`, `database`,
+    """Declares the parts (`network`, `security`, `flow_logs`, `ebs_key`, `balancer`, `workers`, `database`,
     `backup`, and the steps `balancer_package`, `balancer_core`, `worker_setups`,
     `worker_drains`, `database_setup`) and `exports`, the stack outputs."""
 
     network: Network
     security: SecurityGroups
     ebs_key: EbsKey
+    flow_logs: Optional[FlowLogs]
     balancer: BalancerNode
     workers: list[WorkerNode]
     database: Optional[DatabaseNode]
@@ -88,6 +90,10 @@ class OnionSite(pulumi.ComponentResource):
         account = lookup_account()
         copy_regions = (config.backup.copy_to_region,) if config.backup.enabled and config.backup.copy_to_region \
             else ()
+        self.flow_logs = None
+        if config.flow_logs.enabled:
+            self.flow_logs = FlowLogs("flow-logs", FlowLogsArgs(self.network.vpc.id, account, config.flow_logs.traffic,
+                                                                config.flow_logs.retention_days), opts=top)
         # One customer-managed key for every EBS volume (data and root), so the recovery points
         # of the data volumes are under a key with an explicit policy, not aws/ebs (infra/kms.py).
         self.ebs_key = EbsKey("ebs", EbsKeyArgs(account, protect=config.protect_data, copy_regions=copy_regions),
