@@ -2,6 +2,7 @@
 import pulumi
 import pulumi_random as random
 
+from infra.alarms import Alarms, AlarmsArgs, FrontendRef, MetricsPublisher
 from infra.backup import Backup, BackupArgs
 from infra.config import load_config
 from infra.flowlogs import FlowLogs, FlowLogsArgs
@@ -40,7 +41,8 @@ if config.flow_logs.enabled:
 ebs_key = EbsKey("ebs", EbsKeyArgs(account, protect=config.protect_data, copy_regions=copy_regions))
 
 
-def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False) -> InstanceArgs:
+def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False,
+             profile=None) -> InstanceArgs:
     return InstanceArgs(
         role=role,
         instance_type=instance_type,
@@ -50,14 +52,17 @@ def instance(role: str, instance_type: str, subnet, group, public_ip: bool = Fal
         key_name=key_pair.key_name,
         public_ip=public_ip,
         root_kms_key_id=ebs_key.key.arn,
+        iam_instance_profile=profile,
     )
 
 
+# The balancer's instance role: it may put its metrics into Onionstack/<stack> only.
+metrics_publisher = MetricsPublisher("balancer-metrics")
 balancer = BalancerNode(
     "balancer",
     BalancerNodeArgs(
         instance=instance("balancer", config.instance_types.balancer, network.public_subnets[0],
-                          security.balancer, public_ip=True),
+                          security.balancer, public_ip=True, profile=metrics_publisher.profile.name),
         sites=config.sites,
         publish=config.balancer.publish,
         bootstrap=balancer_bootstrap(steps),
@@ -115,6 +120,21 @@ if config.backup.enabled:
     backup = Backup("backup", BackupArgs(config.backup.rules, protect=config.protect_data, account=account,
                                          lock=config.backup.lock, copy_to_region=config.backup.copy_to_region))
 
+# CloudWatch alarms on the balancer's metrics (infra/metrics.py) and the EC2 recovery of the
+# balancer, to an encrypted SNS topic with the alarmEmails subscribed.
+alarms = Alarms(
+    "alarms",
+    AlarmsArgs(
+        account=account,
+        frontends=tuple(FrontendRef(s.name, s.onion_address) for s in config.sites),
+        instances_per_frontend=config.workers * config.tor_daemons_per_worker,
+        workers=tuple(w.node_name for w in workers),
+        instances_per_worker=config.tor_daemons_per_worker * len(config.sites),
+        balancer_instance_id=balancer.instance.id,
+        emails=config.alarm_emails,
+    ),
+)
+
 # ---- outputs (nothing secret)
 jump = balancer.public_ip.apply(lambda ip: f"{SSH_USER}@{ip}")
 pulumi.export("vpcId", network.vpc.id)
@@ -162,6 +182,7 @@ pulumi.export(
      for w in workers},
 )
 pulumi.export("balancerPublishes", config.balancer.publish)
+pulumi.export("alarmTopicArn", alarms.topic.arn)
 pulumi.export(
     "introPoints",
     {
