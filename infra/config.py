@@ -465,7 +465,7 @@ def _parse_vpc_cidr(value: Any) -> str:
 def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
     accepted = (
         "must be a non-empty list of the CIDRs allowed to SSH to the balancer, "
-        "e.g. [\"198.51.100.7/32\"]; 0.0.0.0/0 and ::/0 are refused"
+        "e.g. [\"198.51.100.7/32\"]; together at most a /16 of IPv4 and a /48 of IPv6"
     )
     if value is None:
         raise _missing(
@@ -487,7 +487,37 @@ def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
         if net.prefixlen == 0:
             raise _fail(key, cidr, "opens SSH to the whole internet; list your admin networks instead")
         out.append(str(net))
+    _check_admin_span(out)
     return tuple(out)
+
+
+# The widest union of adminCidrs per IP version: a /16 of IPv4 (65 536 addresses), a /48 of
+# IPv6 (one site's allocation). Wider is no longer "the admin network".
+ADMIN_SPAN = {4: 16, 6: 48}
+
+
+def _check_admin_span(cidrs: list[str]) -> None:
+    """Refuse a set whose union is wider than ADMIN_SPAN, however it is split: the merged
+    ranges (ipaddress.collapse_addresses) are compared by address count, so 0.0.0.0/1 plus
+    128.0.0.0/1 counts as the whole internet it is."""
+    for version, widest in ADMIN_SPAN.items():
+        nets = [(i, ipaddress.ip_network(c)) for i, c in enumerate(cidrs)]
+        nets = [(i, n) for i, n in nets if n.version == version]
+        covered = sum(n.num_addresses for n in ipaddress.collapse_addresses(n for _, n in nets))
+        limit = 2 ** ((32 if version == 4 else 128) - widest)
+        if covered > limit:
+            entries = ", ".join(f"adminCidrs[{i}] {n}" for i, n in nets)
+            raise ConfigError(
+                f"{NAMESPACE}:adminCidrs: {entries} together admit {_pow2(covered)} IPv{version} "
+                f"addresses, more than a /{widest} ({_pow2(limit)}); SSH to the balancer is for "
+                f"your admin networks: list narrower CIDRs (CI opens its own /32 for the run, "
+                f"docs/operations.md)"
+            )
+
+
+def _pow2(n: int) -> str:
+    exact = n.bit_length() - 1
+    return f"2^{exact}" if n == 1 << exact else str(n)
 
 
 def _parse_ssh_keys(public: Any, private: Any) -> tuple[str, Secret]:
