@@ -4,6 +4,7 @@ import pulumi_random as random
 
 from infra.backup import Backup, BackupArgs
 from infra.config import load_config
+from infra.flowlogs import FlowLogs, FlowLogsArgs
 from infra.kms import EbsKey, EbsKeyArgs, lookup_account
 from infra.network import Network, NetworkArgs, available_zones
 from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
@@ -31,6 +32,9 @@ security = SecurityGroups(
 key_pair = admin_key_pair("admin-key", config.ssh_public_key)
 account = lookup_account()
 copy_regions = (config.backup.copy_to_region,) if config.backup.enabled and config.backup.copy_to_region else ()
+if config.flow_logs.enabled:
+    FlowLogs("flow-logs", FlowLogsArgs(network.vpc.id, account, config.flow_logs.traffic,
+                                       config.flow_logs.retention_days))
 # One customer-managed key for every EBS volume (data and root), so the recovery points
 # of the data volumes are under a key with an explicit policy, not aws/ebs (infra/kms.py).
 ebs_key = EbsKey("ebs", EbsKeyArgs(account, protect=config.protect_data, copy_regions=copy_regions))

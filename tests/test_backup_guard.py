@@ -208,7 +208,10 @@ def lint(document) -> list[tuple[str, str]]:
 
     text = document if isinstance(document, str) else json.dumps(document)
     findings = analyze_policy_string(text, include_community_auditors=False).findings
-    return [(f.issue, str(f.detail)) for f in findings if f.issue in SERIOUS]
+    # AWS's documented CloudWatch Logs key policy puts kms:Describe* under the encryption
+    # context condition; the catalogue lists no such context for the Describe actions.
+    return [(f.issue, str(f.detail)) for f in findings if f.issue in SERIOUS
+            and not (f.issue == "UNKNOWN_CONDITION_FOR_ACTION" and "for action kms:Describe" in str(f.detail))]
 
 
 def test_lint_catches_a_misspelt_action():
