@@ -186,3 +186,17 @@ def test_tls_keys_for_sites_without_provided_https_are_refused():
     assert error_of(site(), tlsKeys={"blog": key}).startswith(
         "onionstack:tlsKeys.blog = [secret]: names no site with https: provided")
     assert error_of(site(), tlsKeys="x").startswith("onionstack:tlsKeys = [secret]: must be an object")
+
+
+def test_tls_keys_plain_text_is_refused_but_the_empty_default_is_not():
+    """The CLI passes Pulumi.yaml's `tlsKeys: {}` default in plain text: nothing secret in
+    it. A key set without --secret is refused per site, like masterKeys."""
+    from infra.config import plain_secret_paths
+
+    never_secret = lambda key: False  # noqa: E731
+    assert plain_secret_paths({"tlsKeys": {}}, never_secret, None) == []
+    _, key = certificate([NEWS_ONION])
+    assert plain_secret_paths({"tlsKeys": {"news": key, "blog": key}}, never_secret, None) == \
+        ["tlsKeys.blog", "tlsKeys.news"]
+    stored = {"onionstack:tlsKeys": {"news": {"secure": "v1:abc"}, "blog": key}}
+    assert plain_secret_paths({"tlsKeys": {"news": "x", "blog": key}}, lambda k: True, stored) == ["tlsKeys.blog"]
