@@ -11,9 +11,10 @@ daemon with a MetricsPort) and balancer; then:
      connected), capped at --flood-max introductions in all and --flood-seconds.
 
 Scenarios: `off` (no DoS controls on the instances), `intro` (HiddenServiceEnableIntroDoS
-Defense at --intro-rate/--intro-burst), `pow` (HiddenServicePoWDefensesEnabled with a
-queue of --pow-rate/--pow-burst), `both` (intro + pow), and `onionbalance` (OnionBalance
-0.2.4 publishing the frontend of workers without DoS controls). The table gives, per
+Defense at --intro-rate/--intro-burst, or `intro:RATE:BURST`), `pow`
+(HiddenServicePoWDefensesEnabled with a queue of --pow-rate/--pow-burst, or
+`pow:RATE:BURST`), `both` (intro + pow, or `both:IR:IB:PR:PB`), and `onionbalance`
+(OnionBalance 0.2.4 publishing the frontend of workers without DoS controls). The table gives, per
 scenario, the readers' success and latency (median, 90th percentile) before and during
 the flood, what the flood achieved, and the instances' largest PoW queue and suggested
 effort seen on their MetricsPorts.
@@ -190,29 +191,56 @@ class Outcome:
     note: str = ""
 
 
-def scenario_dos(name: str, args):
+def parse_scenario(text: str) -> tuple[str, tuple[int, ...]]:
+    """"pow" or "pow:RATE:BURST" (likewise "intro"; "both:IR:IB:PR:PB") -> (kind, numbers)."""
+    kind, *numbers = text.strip().split(":")
+    want = {"intro": 2, "pow": 2, "both": 4}.get(kind, 0)
+    if kind not in SCENARIOS or (numbers and len(numbers) != want) or not all(n.isdigit() for n in numbers):
+        raise ValueError(f"scenario {text!r}: use one of {', '.join(SCENARIOS)}; intro:RATE:BURST, "
+                         "pow:RATE:BURST and both:INTRO_RATE:INTRO_BURST:POW_RATE:POW_BURST set their own values")
+    return kind, tuple(int(n) for n in numbers)
+
+
+def scenario_dos(text: str, args):
     from nodes.render import SiteDos
 
-    intro = dict(intro_defense=True, intro_rate=args.intro_rate, intro_burst=args.intro_burst)
-    pow_ = dict(pow=True, pow_queue_rate=args.pow_rate, pow_queue_burst=args.pow_burst)
+    kind, n = parse_scenario(text)
+    ir, ib = (n[0], n[1]) if kind == "intro" and n else (n[0], n[1]) if kind == "both" and n else \
+        (args.intro_rate, args.intro_burst)
+    pr, pb = (n[0], n[1]) if kind == "pow" and n else (n[2], n[3]) if kind == "both" and n else \
+        (args.pow_rate, args.pow_burst)
+    intro = dict(intro_defense=True, intro_rate=ir, intro_burst=ib)
+    pow_ = dict(pow=True, pow_queue_rate=pr, pow_queue_burst=pb)
     return {"off": SiteDos(intro_defense=False), "onionbalance": SiteDos(intro_defense=False),
             "intro": SiteDos(**intro), "pow": SiteDos(intro_defense=False, **pow_),
-            "both": SiteDos(**intro, **pow_)}[name]
+            "both": SiteDos(**intro, **pow_)}[kind]
 
 
-def run_scenario(lab: Lab, name: str, args, flood_ports: list[int]) -> Outcome:
+def label(text: str, dos) -> str:
+    kind, _ = parse_scenario(text)
+    parts = []
+    if dos.intro_defense:
+        parts.append(f"intro {dos.intro_rate}/{dos.intro_burst}")
+    if dos.pow:
+        parts.append(f"pow {dos.pow_queue_rate}/{dos.pow_queue_burst}")
+    return " + ".join(parts) if parts and kind != "onionbalance" else kind
+
+
+def run_scenario(lab: Lab, index: int, text: str, args, flood_ports: list[int]) -> Outcome:
+    dos = scenario_dos(text, args)
+    name = label(text, dos)
+    kind, _ = parse_scenario(text)
     out = Outcome(name)
-    dos = scenario_dos(name, args)
+    tag = f"fl{index}"
     log(f"--- {name}: {dos}")
-    key = lab.make_frontend_key(tag=f"fl{name}")
-    workers = lab.start_workers(args.workers, tor_daemons=args.tor_daemons, tag=f"fl{name}w", dos=dos,
+    key = lab.make_frontend_key(tag=tag)
+    workers = lab.start_workers(args.workers, tor_daemons=args.tor_daemons, tag=f"{tag}w", dos=dos,
                                 metrics=True)
     instances = [a for w in workers for a in w.instance_addresses]
     for address in instances:  # the balancer is timed from a state where every instance answers
         wait_reachable(lab.net.client.socks_port, f"http://{address}.onion/", 240, f"instance {address}")
-    kind = "onionbalance" if name == "onionbalance" else "onion"
-    record = lab.start_balancer(kind, tag=f"fl{name}bal", key_file=Path(lab.info["frontend_key_file"]),
-                                instances=instances)
+    record = lab.start_balancer("onionbalance" if kind == "onionbalance" else "onion", tag=f"{tag}bal",
+                                key_file=Path(lab.info["frontend_key_file"]), instances=instances)
     url = f"http://{key.hostname}/"
     try:
         try:
@@ -226,14 +254,14 @@ def run_scenario(lab: Lab, name: str, args, flood_ports: list[int]) -> Outcome:
         ports = [p for w in workers for p in w.metrics_ports]
         with MetricsSampler(ports) as sampler:
             readers = ProbeLoop(lab.net.client.socks_port, url, interval=args.reader_interval,
-                                timeout=args.reader_timeout, prefix=f"reader-{name}-").start()
+                                timeout=args.reader_timeout, prefix=f"reader-{tag}-").start()
             time.sleep(args.baseline_seconds)
             flood_start = time.time()
             log(f"{name}: flood: {len(flood_ports)} clients x {args.flood_concurrency} in flight, at most "
                 f"{args.flood_max} introductions in {args.flood_seconds:.0f} s")
             out.flood = flood(flood_ports, key.hostname, concurrency=args.flood_concurrency,
                               seconds=args.flood_seconds, limit=args.flood_max, timeout=args.flood_timeout,
-                              tag=f"flood-{name}-{int(flood_start)}")
+                              tag=f"flood-{tag}-{int(flood_start)}")
             flood_end = time.time()
             probes = readers.stop()
             out.peaks = dict(sampler.peak)
@@ -266,13 +294,13 @@ def print_table(outcomes: list[Outcome], args) -> None:
           f"introductions, <= {args.flood_seconds:.0f} s; readers every {args.reader_interval} s "
           f"(timeout {args.reader_timeout:.0f} s); workers {args.workers} x {args.tor_daemons} tor daemons; "
           f"intro {args.intro_rate}/{args.intro_burst}, pow queue {args.pow_rate}/{args.pow_burst}")
-    head = (f"{'scenario':13} {'readers before (ok, median/p90)':32} {'readers during flood':32} "
+    head = (f"{'scenario':30} {'readers before (ok, median/p90)':32} {'readers during flood':32} "
             f"{'flood: started/connected/timeout/failed':40} {'max pqueue':>10} {'max effort':>10}")
     print(head)
     for o in outcomes:
         f = o.flood
         flood_text = f"{f.started}/{f.connected}/{f.timed_out}/{f.failed} in {f.seconds:.0f} s" if f else o.note
-        print(f"{o.scenario:13} {summary(o.before):32} {summary(o.during):32} {flood_text:40} "
+        print(f"{o.scenario:30} {summary(o.before):32} {summary(o.during):32} {flood_text:40} "
               f"{o.peaks.get('rdv_pow_pqueue_count', 0):10.0f} {o.peaks.get('pow_suggested_effort', 0):10.0f}")
 
 
@@ -310,9 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state-dir", type=Path, default=Path(__file__).resolve().parent.parent / ".lab" / "flood")
     args = p.parse_args(argv)
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in names if s not in SCENARIOS]
-    if unknown:
-        p.error(f"--scenarios: unknown {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    for text in names:
+        try:
+            scenario_dos(text, args)
+        except ValueError as exc:  # also the DoS values' own checks (rate <= burst)
+            p.error(f"--scenarios: {exc}")
 
     lab = Lab.create(args.state_dir, tie_to_parent=True, voting_interval=ONIONBALANCE_VOTING_INTERVAL,
                      progress=log)
@@ -328,10 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         for node in flooders:
             wait_bootstrapped(lab.net, lab.procs, node, 120)
         flood_ports = [n.socks_port for n in flooders]
-        for name in names:
-            outcomes.append(run_scenario(lab, name, args, flood_ports))
-            load = os.getloadavg()[0]
-            log(f"after {name}: load average {load:.2f}")
+        for index, text in enumerate(names):
+            outcomes.append(run_scenario(lab, index, text, args, flood_ports))
+            log(f"after {outcomes[-1].scenario}: load average {os.getloadavg()[0]:.2f}")
     finally:
         lab.down()
     print_table(outcomes, args)
