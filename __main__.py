@@ -4,6 +4,8 @@ import pulumi_random as random
 
 from infra.backup import Backup, BackupArgs
 from infra.config import load_config
+from infra.flowlogs import FlowLogs, FlowLogsArgs
+from infra.kms import EbsKey, EbsKeyArgs, lookup_account
 from infra.network import Network, NetworkArgs, available_zones
 from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
 from infra.storage import database_volume_specs
@@ -28,6 +30,14 @@ security = SecurityGroups(
     SecurityArgs(network.vpc.id, config.admin_cidrs, database=config.database.enabled),
 )
 key_pair = admin_key_pair("admin-key", config.ssh_public_key)
+account = lookup_account()
+copy_regions = (config.backup.copy_to_region,) if config.backup.enabled and config.backup.copy_to_region else ()
+if config.flow_logs.enabled:
+    FlowLogs("flow-logs", FlowLogsArgs(network.vpc.id, account, config.flow_logs.traffic,
+                                       config.flow_logs.retention_days))
+# One customer-managed key for every EBS volume (data and root), so the recovery points
+# of the data volumes are under a key with an explicit policy, not aws/ebs (infra/kms.py).
+ebs_key = EbsKey("ebs", EbsKeyArgs(account, protect=config.protect_data, copy_regions=copy_regions))
 
 
 def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False) -> InstanceArgs:
@@ -39,6 +49,7 @@ def instance(role: str, instance_type: str, subnet, group, public_ip: bool = Fal
         security_group_ids=[group.id],
         key_name=key_pair.key_name,
         public_ip=public_ip,
+        root_kms_key_id=ebs_key.key.arn,
     )
 
 
@@ -93,6 +104,7 @@ if config.database.enabled:
             jump_host=balancer.public_ip,
             protect_data=config.protect_data,
             backup=config.backup.enabled,
+            volume_kms_key_id=ebs_key.key.arn,
             bootstrap=database_bootstrap(steps, database_password.result,
                                          [s.cidr_block for s in network.private_subnets]),
         ),
@@ -100,7 +112,8 @@ if config.database.enabled:
 
 backup = None
 if config.backup.enabled:
-    backup = Backup("backup", BackupArgs(config.backup.rules, protect=config.protect_data))
+    backup = Backup("backup", BackupArgs(config.backup.rules, protect=config.protect_data, account=account,
+                                         lock=config.backup.lock, copy_to_region=config.backup.copy_to_region))
 
 # ---- outputs (nothing secret)
 jump = balancer.public_ip.apply(lambda ip: f"{SSH_USER}@{ip}")
@@ -122,11 +135,15 @@ if backup is not None:
 # What `pulumi destroy` keeps (protect + retainOnDelete; docs/stack.md "Teardown").
 kept = {}
 if config.protect_data:
+    kept["ebsKmsKey"] = ebs_key.key.arn
     if database is not None:
         kept["databaseVolumes"] = [v.id for v in database.volumes.volumes.values()]
     if backup is not None:
         kept["backupVault"] = backup.vault.name
         kept["backupKmsKey"] = backup.key.arn
+        if backup.copy_vault is not None:
+            kept["backupCopy"] = {"region": config.backup.copy_to_region, "vault": backup.copy_vault.name,
+                                  "kmsKey": backup.copy_key.arn}
 pulumi.export("keptOnDestroy", kept)
 pulumi.export(
     "sites",

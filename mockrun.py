@@ -195,6 +195,9 @@ class StackMocks(pulumi_mocks.Mocks):
             return {"id": itype, "instanceType": itype, "supportedArchitectures": [arch]}
         if args.token == "aws:index/getPartition:getPartition":
             return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"id": "000000000000", "accountId": "000000000000", "userId": "AROAMOCKDEPLOYROLE:ci",
+                    "arn": "arn:aws:sts::000000000000:assumed-role/deploy/ci"}
         if args.token == "aws:index/getRegion:getRegion":
             return {"id": self.region, "name": self.region, "region": self.region}
         # An unanswered invoke would silently yield None: make it loud instead.
@@ -249,6 +252,9 @@ class StackMocks(pulumi_mocks.Mocks):
             state["publicIp"] = self._address(DOCUMENTATION_NET, args.name)
         elif t == "aws:ec2/keyPair:KeyPair":
             state["keyName"] = inputs.get("keyName") or f"{inputs.get('keyNamePrefix', '')}{id_}"
+        elif t == "aws:cloudwatch/logGroup:LogGroup":
+            # Policies name log groups (and their streams) by this ARN form.
+            state["arn"] = f"arn:aws:logs:{self.region}:000000000000:log-group:{inputs.get('name') or args.name}"
         elif t == "aws:kms/key:Key":
             state["keyId"] = id_
         elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role"):

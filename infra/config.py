@@ -35,7 +35,13 @@ DEFAULT_BACKUP = {
     "dailyKeep": 6,
     "weeklyKeep": 4,
     "monthlyKeep": 24,
+    # Backups an attacker with the deploy role cannot delete (infra/backup.py, docs/stack.md):
+    "lockMode": "governance",
+    "lockChangeableForDays": 3,
+    "lockConfirm": "",
+    "copyToRegion": "",
 }
+DEFAULT_FLOW_LOGS = {"enabled": True, "traffic": "REJECT", "retentionDays": 90}
 DEFAULT_BALANCER = {"publish": True}
 
 # key -> (Pulumi.yaml type or None for objects, default or REQUIRED)
@@ -57,6 +63,8 @@ SCHEMA: dict[str, tuple[Optional[str], Any]] = {
     "protectData": ("boolean", True),
     "natGateways": ("string", "one"),
     "balancer": (None, DEFAULT_BALANCER),
+    "flowLogs": (None, DEFAULT_FLOW_LOGS),
+    "alarmEmails": ("array", []),
 }
 SECRET_KEYS = ("masterKeys", "sshPrivateKey")
 
@@ -73,6 +81,19 @@ INTRO_RANGE = (1, 20)
 AZ_RANGE = (1, 6)
 VOLUME_GB_RANGE = (1, 16384)  # gp3 limits
 KEEP_RANGE = (1, 1000)
+# AWS Backup Vault Lock: ChangeableForDays is at least 3; retention at most 100 years.
+LOCK_CHANGEABLE_RANGE = (3, 36500)
+LOCK_MODES = ("governance", "compliance")
+# An AWS region name: us-east-1, eu-central-2, us-gov-west-1, ap-southeast-4, ...
+REGION_RE = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+# CloudWatch Logs accepts only these retention periods (days).
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                      1827, 2192, 2557, 2922, 3288, 3653)
+FLOW_LOG_TRAFFIC = ("REJECT", "ALL")
+# An e-mail address SNS can deliver to: one @, a local part without spaces or angle
+# brackets, and a DNS name (deliberately not the whole of RFC 5322: a display name or a
+# quoted local part here is far more likely a paste error than an address).
+EMAIL_RE = re.compile(rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@(?:{DNS_LABEL}\.)+{DNS_LABEL}$")
 
 
 class ConfigError(ValueError):
@@ -152,9 +173,39 @@ class BackupRule:
 
 
 @dataclass(frozen=True)
+class VaultLock:
+    """AWS Backup Vault Lock on the stack's vaults: governance mode can be lifted by a
+    principal allowed `backup:DeleteBackupVaultLockConfiguration`; compliance mode cannot,
+    by anyone, once `changeable_for_days` have passed."""
+
+    mode: str = "governance"  # governance | compliance
+    changeable_for_days: Optional[int] = None  # compliance only: the grace period
+
+
+@dataclass(frozen=True)
 class BackupConfig:
     enabled: bool
     rules: tuple[BackupRule, ...]
+    lock: VaultLock = VaultLock()
+    copy_to_region: Optional[str] = None  # a second region that gets a copy of every recovery point
+
+    @property
+    def min_retention_days(self) -> int:
+        """The vault lock's lower bound: the shortest rule's retention (a lock refuses any
+        recovery point retained for less, so it must not exceed any rule's)."""
+        return min(r.retention_days for r in self.rules)
+
+    @property
+    def max_retention_days(self) -> int:
+        """The vault lock's upper bound: the longest rule's retention."""
+        return max(r.retention_days for r in self.rules)
+
+
+@dataclass(frozen=True)
+class FlowLogsConfig:
+    enabled: bool
+    traffic: str  # REJECT | ALL
+    retention_days: int
 
 
 @dataclass(frozen=True)
@@ -179,6 +230,8 @@ class StackConfig:
     protect_data: bool = True
     nat_gateways: str = "one"
     balancer: BalancerConfig = field(default_factory=lambda: BalancerConfig(True))
+    flow_logs: FlowLogsConfig = field(default_factory=lambda: FlowLogsConfig(True, "REJECT", 90))
+    alarm_emails: tuple[str, ...] = ()
 
     @property
     def intro_points_per_worker(self) -> int:
@@ -530,7 +583,101 @@ def _parse_backup(value: Any) -> BackupConfig:
     for name, key, schedule, period in BACKUP_RULES:
         keep = _int(f"backup.{key}", merged[key], *KEEP_RANGE)
         rules.append(BackupRule(name, schedule, keep, retention_days(keep, period)))
-    return BackupConfig(enabled, tuple(rules))
+    return BackupConfig(enabled, tuple(rules), _parse_vault_lock(merged),
+                        _parse_copy_region(merged["copyToRegion"]))
+
+
+def compliance_confirmation(days: int) -> str:
+    """The exact `backup.lockConfirm` text that turns compliance mode on."""
+    return f"irreversible after {days} days"
+
+
+def _parse_vault_lock(merged: Mapping[str, Any]) -> VaultLock:
+    mode = merged["lockMode"]
+    if mode not in LOCK_MODES:
+        raise _fail(
+            "backup.lockMode", mode,
+            "must be \"governance\" (lifted by a principal allowed "
+            "backup:DeleteBackupVaultLockConfiguration) or \"compliance\" (irreversible after "
+            "backup.lockChangeableForDays; needs backup.lockConfirm)",
+        )
+    days = _int("backup.lockChangeableForDays", merged["lockChangeableForDays"], *LOCK_CHANGEABLE_RANGE)
+    confirm = merged["lockConfirm"]
+    if not isinstance(confirm, str):
+        raise _fail("backup.lockConfirm", confirm, "must be a string")
+    expected = compliance_confirmation(days)
+    if mode == "governance":
+        if confirm:
+            raise _fail(
+                "backup.lockConfirm", confirm,
+                "only confirms lockMode \"compliance\"; remove it "
+                "(`pulumi config rm --path backup.lockConfirm`) or set backup.lockMode compliance",
+            )
+        return VaultLock("governance")
+    if confirm != expected:
+        # Compliance mode cannot be undone: a typo in lockMode must not turn it on.
+        raise _fail(
+            "backup.lockConfirm", confirm,
+            f"compliance mode becomes immutable {days} days after `pulumi up` applies it "
+            f"(backup.lockChangeableForDays): from then on no one, not even the account's root "
+            f"user, can delete a recovery point before it expires, shorten its retention, or "
+            f"remove the lock, and the vault cannot be deleted while it holds recovery points; "
+            f"to accept that, set backup.lockConfirm to {expected!r}",
+        )
+    return VaultLock("compliance", days)
+
+
+def _parse_copy_region(value: Any) -> Optional[str]:
+    if value in ("", None):
+        return None
+    if not isinstance(value, str) or not REGION_RE.match(value):
+        raise _fail(
+            "backup.copyToRegion", value,
+            "must be an AWS region name such as eu-west-1 (a second region that gets a copy "
+            "of every recovery point), or \"\" for no copy",
+        )
+    return value
+
+
+def check_copy_region(backup: BackupConfig, region: Optional[str]) -> None:
+    """The copy must go to another region than the stack's own."""
+    if backup.enabled and backup.copy_to_region and backup.copy_to_region == region:
+        raise _fail(
+            "backup.copyToRegion", backup.copy_to_region,
+            f"is the stack's own region (aws:region); name a second region, or \"\" for no copy",
+        )
+
+
+def _parse_flow_logs(value: Any) -> FlowLogsConfig:
+    merged = _object("flowLogs", value, DEFAULT_FLOW_LOGS)
+    traffic = merged["traffic"]
+    if traffic not in FLOW_LOG_TRAFFIC:
+        raise _fail(
+            "flowLogs.traffic", traffic,
+            "must be \"REJECT\" (what the security groups and network ACLs refused) or \"ALL\"",
+        )
+    days = merged["retentionDays"]
+    if isinstance(days, bool) or days not in LOG_RETENTION_DAYS:
+        raise _fail(
+            "flowLogs.retentionDays", days,
+            f"must be one of CloudWatch Logs' retention periods: {', '.join(map(str, LOG_RETENTION_DAYS))}",
+        )
+    return FlowLogsConfig(_bool("flowLogs.enabled", merged["enabled"]), traffic, int(days))
+
+
+def _parse_alarm_emails(value: Any) -> tuple[str, ...]:
+    accepted = ("must be a list of e-mail addresses that get the alarms (each confirms an SNS "
+                "subscription e-mail), e.g. [\"ops@example.com\"]")
+    if not isinstance(value, list):
+        raise _fail("alarmEmails", value, accepted)
+    seen: list[str] = []
+    for i, address in enumerate(value):
+        if not isinstance(address, str) or not EMAIL_RE.match(address):
+            raise _fail(f"alarmEmails[{i}]", address, "must be an e-mail address such as ops@example.com")
+        if address.lower() in (a.lower() for a in seen):
+            raise _fail(f"alarmEmails[{i}]", address, "is listed twice; list each address once")
+        seen.append(address)
+    return tuple(seen)
 
 
 def _parse_nat(value: Any) -> str:
@@ -581,6 +728,8 @@ def parse_config(raw: Mapping[str, Any]) -> StackConfig:
         balancer=BalancerConfig(
             publish=_bool("balancer.publish", _object("balancer", get("balancer"), DEFAULT_BALANCER)["publish"])
         ),
+        flow_logs=_parse_flow_logs(get("flowLogs")),
+        alarm_emails=_parse_alarm_emails(get("alarmEmails")),
     )
 
 
@@ -621,6 +770,7 @@ def load_config() -> StackConfig:
         if text is not None:
             raw[key] = decode_raw(key, text)
     parsed = parse_config(raw)
+    check_copy_region(parsed.backup, pulumi.Config("aws").get("region"))
     for key in SECRET_KEYS:
         if key in raw and not runtime_config.is_config_secret(f"{NAMESPACE}:{key}"):
             pulumi.log.warn(

@@ -19,6 +19,7 @@ class DatabaseNodeArgs:
     protect_data: bool = True
     backup: bool = True
     bootstrap: Optional[Bootstrap] = None
+    volume_kms_key_id: Optional[pulumi.Input[str]] = None  # the stack's EBS key (infra/kms.py)
 
 
 class DatabaseNode(Node):
@@ -39,6 +40,7 @@ class DatabaseNode(Node):
             specs=self.args.volumes,
             protect=self.args.protect_data,
             backup=self.args.backup,
+            kms_key_id=self.args.volume_kms_key_id,
             opts=pulumi.ResourceOptions(parent=self),
         )
 

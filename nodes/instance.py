@@ -94,6 +94,8 @@ class InstanceArgs:
     key_name: pulumi.Input[str]
     public_ip: bool = False
     root_volume_gb: int = 16
+    root_kms_key_id: Optional[pulumi.Input[str]] = None  # the stack's EBS key (infra/kms.py); None: aws/ebs
+    iam_instance_profile: Optional[pulumi.Input[str]] = None  # name; None: no instance role
 
 
 def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aws.ec2.Instance:
@@ -105,6 +107,7 @@ def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aw
         vpc_security_group_ids=list(args.security_group_ids),
         key_name=args.key_name,
         associate_public_ip_address=args.public_ip,
+        iam_instance_profile=args.iam_instance_profile,
         metadata_options={
             "http_endpoint": "enabled",
             "http_tokens": "required",  # IMDSv2 only
@@ -112,6 +115,7 @@ def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aw
         },
         root_block_device={
             "encrypted": True,
+            "kms_key_id": args.root_kms_key_id,
             "volume_type": "gp3",
             "volume_size": args.root_volume_gb,
             "delete_on_termination": True,

@@ -87,6 +87,9 @@ def test_systemd_units_pass_systemd_analyze(tmp_path):
                  "ExecStartPre=/usr/bin/tor --verify-config -f /etc/onionstack/tor/%i.torrc",
                  "ExecReload=/bin/kill -HUP $MAINPID", "WantedBy=multi-user.target"):
         assert line in tor_unit
+    # `systemctl reload onion-balancer` sends SIGHUP, which the core takes as "re-read the config"
+    balancer_unit = (unit_dir / "onion-balancer.service").read_text()
+    assert "ExecReload=/bin/kill -HUP $MAINPID\n" in balancer_unit
 
 
 # ------------------------------------------------------------------ balancer
