@@ -130,26 +130,21 @@ def _port(value: Any, where: str) -> int:
     return value
 
 
-def _positive(value: Any, where: str, *, integer: bool = False, maximum: float | None = None,
-              minimum: float | None = None) -> float:
-    """A finite positive number, within [minimum, maximum] when given. NaN and infinity are
-    refused by name: YAML reads `.nan` and `.inf` as floats, and NaN passes every `<`/`>`
-    check (a NaN probe interval probed every tick, a NaN timeout turned probing off)."""
+def _positive(value: Any, where: str, *, integer: bool = False, maximum: float | None = None) -> float:
+    """A finite positive number, at most `maximum`. NaN and infinity are refused by name:
+    YAML reads `.nan` and `.inf` as floats, and NaN passes every `<`/`>` check (a NaN probe
+    interval probed every tick, a NaN timeout turned probing off)."""
     ok_types = (int,) if integer else (int, float)
     kind = "a positive integer" if integer else "a positive number"
-    low = minimum if minimum is not None else (1 if integer else None)
-    span = (f"a value from {low:g} to {maximum:g}" if low is not None and maximum is not None
-            else f"{kind}" + (f" up to {maximum:g}" if maximum is not None else ""))
+    span = f"{kind}" + (f" up to {maximum:g}" if maximum is not None else "")
     if isinstance(value, bool) or not isinstance(value, ok_types):
         raise _fail(where, value, f"must be {kind}", f"use {span}")
     if not math.isfinite(value):
         raise _fail(where, value, "must be a finite number", f"use {span}")
     if value <= 0:
         raise _fail(where, value, f"must be {kind}", f"use {span}")
-    if minimum is not None and value < minimum:
-        raise _fail(where, value, f"must be at least {minimum:g}", f"use {span}")
     if maximum is not None and value > maximum:
-        raise _fail(where, value, f"must be at most {maximum:g}", f"use {span}")
+        raise _fail(where, value, f"must be at most {maximum:g}", f"use a value from 1 to {maximum:g}")
     return value
 
 
@@ -346,9 +341,8 @@ def _probe(value: Any, where: str) -> ProbeSettings:
     d = ProbeSettings()
     return ProbeSettings(
         port=_port(value.get("port", d.port), f"{where}.port"),
-        # at least 1 s: a shorter interval or timeout would probe in a tight loop
-        interval=float(_positive(value.get("interval", d.interval), f"{where}.interval", minimum=1, maximum=3600)),
-        timeout=float(_positive(value.get("timeout", d.timeout), f"{where}.timeout", minimum=1, maximum=600)),
+        interval=float(_positive(value.get("interval", d.interval), f"{where}.interval", maximum=3600)),
+        timeout=float(_positive(value.get("timeout", d.timeout), f"{where}.timeout", maximum=600)),
         failures=int(_positive(value.get("failures", d.failures), f"{where}.failures", integer=True, maximum=100)),
         enabled=_bool(value.get("enabled", True), f"{where}.enabled"),
     )
