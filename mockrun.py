@@ -272,8 +272,8 @@ class StackMocks(pulumi_mocks.Mocks):
     def _worker_step_stdout(step_name: str, inputs: dict) -> str:
         """What a worker's tor-nginx step prints once tor created the instance keys: one
         `onionstack-instance SITE DAEMON ADDRESS` line per ob_config in its payload."""
-        from nodes.bootstrap import ADDRESS_LINE
-        from nodes.steps import unpack
+        from nodes.payload import unpack
+        from nodes.scripts import ADDRESS_LINE
 
         lines = []
         for path in sorted(unpack(reveal(inputs["stdin"]))):
@@ -290,6 +290,18 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: StackMocks):
         super().__init__(mocks)
         self.recorded: list[MockedResource] = []
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        """The URN the engine gives a resource: the parent's whole qualified type chain, then
+        its own type (the root stack's type is left out). Pulumi's MockMonitor keeps only the
+        parent's last type, which makes URNs that no real stack holds (aliases are checked
+        against real ones: tests/test_site_aliases.py)."""
+        qualified = type_
+        if parent:
+            parent_type = parent.split("::")[2]
+            if parent_type != "pulumi:pulumi:Stack":
+                qualified = f"{parent_type}${type_}"
+        return "urn:pulumi:" + "::".join([pulumi.get_stack(), pulumi.get_project(), qualified, name])
 
     def RegisterResource(self, request):  # noqa: N802 - gRPC method name
         response = super().RegisterResource(request)

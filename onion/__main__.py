@@ -16,7 +16,7 @@ import sys
 from onion import __version__
 
 # Command modules, in help order. Add a module here when it gains commands.
-COMMAND_MODULES: tuple[str, ...] = ("onion.servicecli", "onion.keycli", "onion.tconf")
+COMMAND_MODULES: tuple[str, ...] = ("onion.servicecli", "onion.keycli", "onion.tconf", "onion.drain")
 
 DESCRIPTION = "Load-balanced v3 onion services: the balancer core and its operator commands."
 EPILOG = """\

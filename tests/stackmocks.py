@@ -26,8 +26,23 @@ class OptionRecordingMonitor(mockrun.RecordingMonitor):
         record.replace_on_changes = tuple(request.replaceOnChanges)
         record.delete_before_replace = bool(request.deleteBeforeReplace)
         record.custom_timeouts = {k: getattr(request.customTimeouts, k) for k in ("create", "update", "delete")}
+        record.aliases = tuple(_alias(a) for a in request.aliases)
         record.provider = request.provider  # "<provider urn>::<id>", "" for the default provider
         return response
+
+
+def _alias(alias) -> dict:
+    """An alias as the engine receives it: {"urn": ...} or the spec's fields."""
+    if alias.WhichOneof("alias") == "urn":
+        return {"urn": alias.urn}
+    spec = alias.spec
+    out = {k: getattr(spec, k) for k in ("name", "type", "stack", "project") if getattr(spec, k)}
+    which = spec.WhichOneof("parent")
+    if which == "parentUrn":
+        out["parentUrn"] = spec.parentUrn
+    elif which == "noParent":
+        out["noParent"] = spec.noParent
+    return out
 
 
 # Every mocked run in the test session records the options the tests check.

@@ -31,7 +31,7 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": admin + (3 if database else 1),
         "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4 if database else 2,
         INSTANCE: 1 + workers + (1 if database else 0),
-        # Remote steps (nodes/bootstrap.py): per worker tor-nginx + drain; balancer base +
+        # Remote steps (nodes/steps.py): per worker tor-nginx + drain; balancer base +
         # core; the onion package copy; the database's postgres step and its password.
         "command:remote:Command": 2 * workers + 2 + (1 if database else 0),
         "command:remote:CopyToRemote": 1,

@@ -259,7 +259,7 @@ def _stage(spec: WorkerSpec, stage: Path) -> dict:
 
 
 def _apply(stage: Path) -> subprocess.CompletedProcess:
-    # umask 077 like the remote step's wrapper (nodes/steps.py): apply.sh must not depend on it
+    # umask 077 like the remote step's wrapper (nodes/templates/steps/runner.sh.j2): apply.sh must not depend on it
     return run(["bash", "-c", 'umask 077; exec bash "$0" "$1"',
                 str(stage / "usr/local/lib/onionstack/apply.sh"), str(stage)], timeout=60)
 
