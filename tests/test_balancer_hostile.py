@@ -409,3 +409,22 @@ def test_revision_counters_keep_rising_when_the_wall_clock_steps_back(env):
     first = env.proto.build(env.frontend, period, ips, env.now)[1]
     second = env.proto.build(env.frontend, period, ips, env.now - 3 * 3600)[1]
     assert second > first  # HSDirs keep only a higher revision
+
+
+def test_the_lab_hostile_worker_makes_the_descriptor_the_balancer_refuses(env):
+    """lab/hostile.py (the soak's hostile worker) turns an instance's own descriptor into
+    the ~41 kB one with padded link specifiers: valid for an HSDir (signed by the
+    instance, < 50 000 bytes), the same intro points, and refused by the balancer."""
+    from lab.hostile import REVISION_FLOOR, hostile_descriptor, is_ours
+
+    ips = [intro_point(i) for i in range(3)]
+    text = hostile_descriptor(env.instance, env.period, env.length, ips, REVISION_FLOOR + 1, env.now)
+    assert 40_000 <= len(text) < 50_000
+    d = desc.decrypt_descriptor(text, env.instance.address, time_period_numbers=(env.period,),
+                                period_length=env.length, now=env.now)
+    assert is_ours(d) and [ip.auth_key for ip in d.intro_points] == [ip.auth_key for ip in ips]
+    assert d.revision_counter > 2**34  # above any OPE revision tor makes: HSDirs keep it
+    env.bal.tick()
+    env.feed(text)
+    state = env.bal.instances[env.instance.address]
+    assert state.rejected == 1 and "link specifier" in state.last_error
