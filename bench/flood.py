@@ -130,8 +130,14 @@ def flood(ports: list[int], host: str, *, concurrency: int, seconds: float, limi
             raise ValueError(f"flood: {p!r} is not a port")
     if not host.endswith(".onion"):
         raise ValueError(f"flood: {host!r} is not an onion address (the flood targets the lab frontend only)")
-    return asyncio.run(_flood(ports, host, min(concurrency, MAX_CONCURRENCY), min(seconds, MAX_SECONDS),
-                              min(limit, MAX_INTRODUCTIONS), timeout, tag))
+    # A loop of its own, not asyncio.run(): that would leave the thread without a current
+    # event loop, which other code in the same process (Pulumi's SDK) still asks for.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_flood(ports, host, min(concurrency, MAX_CONCURRENCY), min(seconds, MAX_SECONDS),
+                                              min(limit, MAX_INTRODUCTIONS), timeout, tag))
+    finally:
+        loop.close()
 
 
 # ---------------------------------------------------------------- instance metrics
