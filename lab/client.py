@@ -25,18 +25,21 @@ class Response:
 
 
 def curl_command(socks_port: int, url: str, isolation: str | None = None,
-                 timeout: float = 30.0) -> list[str]:
+                 timeout: float = 30.0, cacert: str | None = None) -> list[str]:
+    """`cacert`: the onion's certificate (or its CA) for an https:// URL."""
     cmd = ["curl", "-sS", "--max-time", str(int(timeout)), "--socks5-hostname",
            f"127.0.0.1:{socks_port}"]
     if isolation:
         cmd += ["--proxy-user", f"{isolation}:x"]
+    if cacert:
+        cmd += ["--cacert", str(cacert)]
     return cmd + [url]
 
 
 def fetch(socks_port: int, url: str, isolation: str | None = None,
-          timeout: float = 30.0) -> Response:
+          timeout: float = 30.0, cacert: str | None = None) -> Response:
     """GET url through the SocksPort; never raises for network errors."""
-    cmd = curl_command(socks_port, url, isolation, timeout)
+    cmd = curl_command(socks_port, url, isolation, timeout, cacert)
     cmd[1:1] = ["-i"]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10)
@@ -55,7 +58,8 @@ def fetch(socks_port: int, url: str, isolation: str | None = None,
 
 
 def wait_reachable(socks_port: int, url: str, timeout: float, what: str,
-                   interval: float = 2.0, progress=None) -> tuple[Response, float]:
+                   interval: float = 2.0, cacert: str | None = None,
+                   progress=None) -> tuple[Response, float]:
     """Retry until a 200 comes back; returns it and the seconds it took. `progress` gets a
     heartbeat line every ~15 s while it waits."""
     t0 = time.monotonic()
@@ -63,7 +67,7 @@ def wait_reachable(socks_port: int, url: str, timeout: float, what: str,
     attempt = 0
     while True:
         attempt += 1
-        resp = fetch(socks_port, url, isolation=f"wait{attempt}", timeout=30)
+        resp = fetch(socks_port, url, isolation=f"wait{attempt}", timeout=30, cacert=cacert)
         if resp.ok and resp.status == 200:
             return resp, time.monotonic() - t0
         if time.monotonic() - t0 > timeout:
