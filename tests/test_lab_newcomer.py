@@ -112,7 +112,7 @@ def test_waiting_for_the_frontend_prints_a_heartbeat_with_the_last_error(monkeyp
     monkeypatch.setattr(client.time, "sleep", clock.sleep)
     calls = []
 
-    def slow_fetch(port, url, isolation=None, timeout=30.0):  # the frontend is not up yet
+    def slow_fetch(port, url, isolation=None, timeout=30.0, **kw):  # the frontend is not up yet
         calls.append(isolation)
         clock.sleep(3)
         if len(calls) < 12:
