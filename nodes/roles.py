@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from infra.config import ConfigError, Site, StackConfig
-from nodes.render import (BalancerSpec, DatabaseSpec, Layout, NginxTuning, RenderError, SiteSpec, TorTuning,
+from nodes.render import (BalancerSpec, DatabaseSpec, DatabaseTls, Layout, NginxTuning, RenderError, SiteSpec, TorTuning,
                           WorkerSpec, database_volumes)
 
 LAYOUT = Layout()  # a machine's layout: files land under /
@@ -110,10 +110,11 @@ class RoleSpecs:
         return BalancerSpec(sites=self.sites, instances={name: tuple(a) for name, a in instances.items()},
                             publish=self.publish, layout=self.layout)
 
-    def database(self, private_ip: str, client_cidrs: Sequence[str], volumes: Mapping[str, tuple[str, str]]
-                 ) -> DatabaseSpec:
+    def database(self, private_ip: str, client_cidrs: Sequence[str], volumes: Mapping[str, tuple[str, str]],
+                 tls: DatabaseTls) -> DatabaseSpec:
         """PostgreSQL on `private_ip` for `client_cidrs`; `volumes`: purpose (data, journal,
-        log) -> (EBS volume id, attachment device name)."""
+        log) -> (EBS volume id, attachment device name); `tls`: its certificate and the CA's
+        (nodes/pki.py)."""
         return DatabaseSpec(listen_ip=private_ip, client_cidrs=tuple(client_cidrs),
                             volumes=database_volumes(volumes["data"], volumes["journal"], volumes["log"]),
-                            layout=self.layout)
+                            layout=self.layout, tls=tls)
