@@ -61,6 +61,19 @@ def mock_password(name: str) -> str:
     return hashlib.sha256(f"password|{name}".encode()).hexdigest()[:32]
 
 
+def mock_tls_key(name: str) -> str:
+    """The PEM (PKCS#8) ECDSA P-256 key a mocked `tls.PrivateKey` named `name` holds:
+    derived from the name, so tests can look for it where it must not be."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's group order
+    scalar = int.from_bytes(hashlib.sha256(f"tls-key|{name}".encode()).digest(), "big") % (order - 1) + 1
+    key = ec.derive_private_key(scalar, ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
 # ---------------------------------------------------------------- recorded data
 @dataclass
 class MockedResource:
@@ -257,8 +270,11 @@ class StackMocks(pulumi_mocks.Mocks):
             state["arn"] = f"arn:aws:logs:{self.region}:000000000000:log-group:{inputs.get('name') or args.name}"
         elif t == "aws:kms/key:Key":
             state["keyId"] = id_
-        elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role"):
+        elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             state["name"] = inputs.get("name") or f"{args.name}-{id_[-7:]}"
+        elif t == "aws:sns/topic:Topic":
+            state["name"] = inputs.get("name") or f"{args.name}-{id_[-7:]}"
+            state["arn"] = f"arn:aws:sns:{self.region}:000000000000:{state['name']}"
         elif t == "command:remote:Command":
             state.setdefault("stdout", "")
             state.setdefault("stderr", "")
@@ -293,16 +309,7 @@ class StackMocks(pulumi_mocks.Mocks):
 TLS_EPOCH = (2026, 1, 1)
 
 
-def mock_tls_private_key(name: str) -> str:
-    """The PEM (PKCS#8) ECDSA P-256 key a mocked `tls.PrivateKey` named `name` holds."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's group order
-    scalar = int.from_bytes(hashlib.sha256(f"tls-key|{name}".encode()).digest(), "big") % (order - 1) + 1
-    key = ec.derive_private_key(scalar, ec.SECP256R1())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+mock_tls_private_key = mock_tls_key  # the same key derivation
 
 
 def _tls_subject(subject: Optional[dict]):
