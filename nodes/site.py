@@ -36,6 +36,7 @@ from infra.storage import database_volume_specs
 from nodes.balancer import BalancerNode, BalancerNodeArgs
 from nodes.database import DatabaseNode, DatabaseNodeArgs
 from nodes.instance import AmiCatalog, InstanceArgs
+from nodes.pki import DatabaseCertificates, DatabaseCertificatesArgs
 from nodes.roles import RoleSpecs
 from nodes.tls import OnionCertificates, OnionCertificatesArgs
 from nodes.steps import (BalancerCore, BalancerCoreArgs, BalancerPackage, BalancerPackageArgs, DatabaseSetup,
@@ -68,6 +69,7 @@ class OnionSite(pulumi.ComponentResource):
     worker_setups: list[WorkerSetup]
     worker_drains: list[WorkerDrain]
     database_setup: Optional[DatabaseSetup]
+    database_certificates: Optional[DatabaseCertificates]
     certificates: Optional[OnionCertificates]
     exports: dict[str, Any]
 
@@ -163,7 +165,7 @@ class OnionSite(pulumi.ComponentResource):
         ]
 
         # ---- the database
-        self.database, self.database_setup = None, None
+        self.database, self.database_setup, self.database_certificates = None, None, None
         if config.database.enabled:
             # Generated once and kept in the state as a secret; reaches the machine only via stdin.
             password = random.RandomPassword("database-password", length=32, special=False, opts=top)
@@ -175,11 +177,15 @@ class OnionSite(pulumi.ComponentResource):
                                               config.database.log_gb),
                 jump=self.balancer.ssh, protect_data=config.protect_data, backup=config.backup.enabled,
                 volume_kms_key_id=self.ebs_key.key.arn), opts=top)
+            # A private CA issues PostgreSQL's certificate for its private IP: clients verify it.
+            self.database_certificates = DatabaseCertificates(
+                "database-certificates", DatabaseCertificatesArgs(self.database.private_ip, pulumi.get_stack()),
+                opts=pulumi.ResourceOptions(parent=self))
             self.database_setup = DatabaseSetup(
                 "database-postgres-step",
                 DatabaseSetupArgs(node=self.database, specs=specs, password=password.result,
                                   client_cidrs=tuple(s.cidr_block for s in self.network.private_subnets),
-                                  ssh_key=ssh_key),
+                                  ssh_key=ssh_key, certificates=self.database_certificates),
                 opts=pulumi.ResourceOptions(parent=self.database),
                 legacy_parent=legacy("onionstack:nodes:DatabaseNode", "database"))
 
@@ -218,6 +224,8 @@ class OnionSite(pulumi.ComponentResource):
         }
         if self.database is not None:
             out["databasePrivateIp"] = self.database.private_ip
+            # Public: what a client needs to verify the database (sslmode=verify-full).
+            out["databaseCaCertificate"] = self.database_certificates.ca_cert_pem
             out["sshDatabase"] = pulumi.Output.concat("ssh -J ", jump, f" {user}@", self.database.private_ip)
         if self.backup is not None:
             out["backupVaultName"] = self.backup.vault.name
