@@ -206,7 +206,7 @@ class OnionSite(pulumi.ComponentResource):
             workers=tuple(w.node_name for w in self.workers),
             instances_per_worker=config.tor_daemons_per_worker * len(config.sites),
             balancer_instance_id=self.balancer.instance.id,
-            emails=config.alarm_emails), opts=pulumi.ResourceOptions(parent=self))
+            emails=config.alarm_emails, publishes=config.balancer.publish), opts=pulumi.ResourceOptions(parent=self))
 
         self.exports = self._exports(config, zones)
         self.register_outputs(self.exports)
