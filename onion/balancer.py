@@ -61,6 +61,8 @@ FETCH_INTERVAL = 300.0        # backstop refetch of every instance (shorter on f
 PROBE_RETRY = 4.0             # after a failed probe, probe again this soon
 RECONNECT_MAX = 10.0          # a local tor restarting: retry at least this often
 STATUS_MIN_INTERVAL = 1.0
+STATUS_HEARTBEAT = 10.0       # rewrite the status (and the metrics snapshot) at least this often:
+                              # `onion status --check` calls an old file a dead balancer
 STATUS_ERROR_LOG_INTERVAL = 600.0  # a status file that cannot be written: say so this often
 FETCH_REFUSED_MAX = 300.0     # a refused HSFETCH backs that instance off, up to this
 
@@ -137,7 +139,8 @@ class Balancer:
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  write_status_files: bool = True,
-                 load_overrides: dict[str, Any] | None = None):
+                 load_overrides: dict[str, Any] | None = None,
+                 metrics: Any = None):
         self.cfg = cfg
         # command-line overrides (control endpoint, state dir) that a reload must keep
         self.load_overrides = dict(load_overrides or {})
@@ -147,6 +150,7 @@ class Balancer:
         self.clock = clock          # wall clock: certificates, revision counters, status times
         self.mono = monotonic       # every schedule
         self.write_status_files = write_status_files
+        self.metrics = metrics          # onion.metrics.MetricsServer, or None
         self.queue: "queue.Queue[object]" = queue.Queue()
         self.book = UploadBook()
         self.instances: dict[str, InstanceState] = {}
@@ -172,6 +176,7 @@ class Balancer:
         self.probe_path_error = ""      # every probe fails the same local way: this
         self.probe_path_error_since: float | None = None
         self.all_down_logged: set[str] = set()  # frontends whose every instance fails probes
+        self.first_needed: dict[tuple[str, int], float] = {}  # (frontend, period) -> monotonic
         self._apply_config(cfg, keys)
 
     # -- configuration --------------------------------------------------------
@@ -192,6 +197,9 @@ class Balancer:
             for inst in fc.instances:
                 wanted[inst.address] = inst.name
         instances = {a: self.instances.get(a) or InstanceState(address=a, name=n) for a, n in wanted.items()}
+        workers = {i.address: i.worker for fc in cfg.frontends for i in fc.instances}
+        for a, inst in instances.items():
+            inst.name, inst.worker = wanted[a], workers.get(a)
         self.cfg = cfg
         self.instances = instances
         self.frontends = frontends
@@ -230,6 +238,9 @@ class Balancer:
             self._set_prober_socks()
             if self.socks is None and self.connected and cfg.probe.enabled:
                 self._find_socks()
+        if cfg.metrics != old_cfg.metrics:
+            log.warning("metrics.listen changed: restart the balancer to apply it (the old "
+                        "listener stays)")
         if cfg.control != old_cfg.control:
             self._disconnected("control endpoint changed by reload")
             return
@@ -270,6 +281,8 @@ class Balancer:
             if self.prober is not None:
                 self.prober.close()
             self._write_status(force=True, stopping=True)
+            if self.metrics is not None:
+                self.metrics.close()
         return 0
 
     def step(self, timeout: float = 0.0) -> None:
@@ -315,6 +328,11 @@ class Balancer:
 
     def tick(self) -> None:
         now = self.mono()
+        if self.metrics is not None:
+            try:
+                self.metrics.ensure_running()
+            except Exception:  # noqa: BLE001 - metrics never stop publishing
+                log.exception("metrics: cannot start the HTTP server")
         try:
             if not self.connected:
                 if now >= self.next_connect_at:
@@ -597,6 +615,7 @@ class Balancer:
             log.warning("liveness probes work again (%s.onion: %s)", inst.address, msg.detail)
             self.probe_path_error, self.probe_path_error_since = "", None
         changed = inst.probe_result(msg.ok, msg.detail, now, settings.failures)
+        inst.probe.last_ok, inst.probe.last_seconds = msg.ok, round(msg.seconds, 3)
         inst.probe.next_at = now + (settings.interval if msg.ok else min(settings.interval, PROBE_RETRY))
         if not msg.ok and inst.probe.consecutive_failures == 1:
             # Failures come in groups (a worker runs several instances): probe the others
@@ -804,25 +823,30 @@ class Balancer:
                     }
                 p = inst.probe
                 instances.append({
-                    "address": addr, "name": inst.name, "healthy": p.healthy,
+                    "address": addr, "name": inst.name, "worker": inst.worker, "healthy": p.healthy,
+                    "rejected_by_reason": dict(inst.rejected_by_reason),
                     "in_use": any(fe.selected_from.get(ip.auth_key) == addr for ip in fe.selected),
                     "descriptor": desc, "rejected_descriptors": inst.rejected,
                     "last_error": inst.last_error or None, "last_error_at": wall(inst.last_error_at),
                     "awaiting_new_period": inst.awaiting_period,
                     "intro_points_left_out": sum(1 for a in fe.left_out.values() if a == addr),
                     "probe": {"consecutive_failures": p.consecutive_failures, "last_at": wall(p.last_at),
-                              "last_ok_at": wall(p.last_ok_at), "last_result": p.last_result or None},
+                              "last_ok_at": wall(p.last_ok_at), "last_result": p.last_result or None,
+                              "last_ok": p.last_ok, "last_seconds": p.last_seconds},
                 })
             descriptors = []
             published: dict[bytes, str] = {}
             for slot in fe.slots:
                 ups = []
+                window_of: dict[frozenset, int] = {}  # distinct descriptors, in HSDir order
                 for hsdir in slot.hsdirs:
                     rec = self.book.records.get((fe.address, slot.period, hsdir))
                     if rec is None:
                         ups.append({"hsdir": hsdir, "state": "not yet"})
                         continue
+                    window = window_of.setdefault(rec.content, len(window_of))
                     ups.append({"hsdir": hsdir, "state": rec.state, "result": rec.result or None,
+                                "window": window,
                                 "attempted_at": wall(rec.attempted_at), "confirmed_at": wall(rec.confirmed_at),
                                 "failures": rec.failures, "revision": rec.revision,
                                 "next_retry_at": wall(rec.next_retry_at) if rec.state == "failed" else None,
@@ -830,13 +854,15 @@ class Balancer:
                     if rec.state in ("uploaded", "standby"):
                         for k in rec.intro_keys:
                             published.setdefault(k, fe.selected_from.get(k, "?"))
-                descriptors.append({"time_period": slot.period, "role": slot.role, "hsdirs": ups})
+                descriptors.append({"time_period": slot.period, "role": slot.role, "hsdirs": ups,
+                                    "first_needed_at": wall(self._first_needed(fe.address, slot.period, now))})
             next_at = self.book.next_due(fe.address, [s.period for s in fe.slots],
                                          {s.period: s.hsdirs for s in fe.slots})
             if self._holding(fe, now):
                 next_at = self.period_hold_until
             out_frontends.append({
                 "name": fe.name, "address": fe.address, "instances": instances,
+                "publishing": self.cfg.publish,
                 "published_intro_points": [{"auth_key": k.hex(), "instance": v} for k, v in published.items()],
                 "descriptors": descriptors, "next_publish_at": wall(next_at),
                 "last_publish_at": wall(fe.last_publish_at),
@@ -845,6 +871,8 @@ class Balancer:
         ring = self.ring
         return {
             "version": 1, "pid": os.getpid(), "written_at": wall_now, "publish": self.cfg.publish,
+            "status_interval": STATUS_HEARTBEAT,
+            "metrics": self.metrics.describe() if self.metrics is not None else None,
             "config": self.cfg.path,
             "tor": {"connected": self.connected, "control": self.cfg.control.describe(),
                     "time_period": ring.current_period if ring else None,
@@ -862,11 +890,21 @@ class Balancer:
             "frontends": out_frontends,
         }
 
+    def _first_needed(self, frontend: str, period: int, now: float) -> float:
+        """When this balancer first had a descriptor of `period` to publish (monotonic)."""
+        key = (frontend, period)
+        if key not in self.first_needed:
+            if len(self.first_needed) > 64:
+                self.first_needed = {k: v for k, v in self.first_needed.items() if k[1] >= period - 2}
+            self.first_needed[key] = now
+        return self.first_needed[key]
+
     def _write_status(self, force: bool = False, stopping: bool = False) -> None:
-        if not self.write_status_files:
+        if not self.write_status_files and self.metrics is None:
             return
         now = self.mono()
-        if not force and (not self.status_dirty or now - self.last_status_at < STATUS_MIN_INTERVAL):
+        if not force and now - self.last_status_at < STATUS_HEARTBEAT and (
+                not self.status_dirty or now - self.last_status_at < STATUS_MIN_INTERVAL):
             return
         try:
             data = self.status()
@@ -877,6 +915,12 @@ class Balancer:
         if stopping:
             data["tor"]["connected"] = False
             data["tor"]["last_error"] = "balancer stopped"
+        if self.metrics is not None:
+            self.metrics.update(data)
+        if not self.write_status_files:
+            self.status_dirty = False
+            self.last_status_at = now
+            return
         try:
             write_status(self.cfg.state_dir, data)
         except OSError as exc:

@@ -100,7 +100,13 @@ def cmd_run(args) -> int:
     control = TorControl(cfg.control, lambda m: sink[0](m))
     prober = Prober(cfg.socks_port, cfg.probe.port, cfg.probe.timeout, lambda m: sink[0](m),
                     instances=sum(len(fe.instances) for fe in cfg.frontends))
-    balancer = Balancer(cfg, keys, control, TorOnionProtocol(), prober, load_overrides=overrides)
+    metrics = None
+    if cfg.metrics is not None:
+        from onion.metrics import MetricsServer
+
+        metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port)
+    balancer = Balancer(cfg, keys, control, TorOnionProtocol(), prober, load_overrides=overrides,
+                        metrics=metrics)
     sink.append(balancer.submit)
     for fe in balancer.frontends:
         logging.getLogger("onion.balancer").info("frontend %s: %s.onion <- %d instances", fe.name,
