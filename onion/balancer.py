@@ -882,7 +882,7 @@ class Balancer:
                     "hsdirs_without_ed25519_id": ring.hsdirs_without_ed25519 if ring else None,
                     "consensus_entries_unreadable": ring.skipped_malformed if ring else None,
                     "last_error": self.last_error or None},
-            "probes": {"enabled": self.cfg.probe.enabled,
+            "probes": {"enabled": self.cfg.probe.enabled, "interval": self.cfg.probe.interval,
                        "socks": self.socks.describe() if self.socks else None,
                        "working": not self.probe_path_error,
                        "error": self.probe_path_error or None,

@@ -40,9 +40,20 @@ onion run -c balancer.yaml --control-socket /run/tor/control --log-level debug""
                     "points), the published intro points, the uploads per HSDir and the next publish.",
         examples="""\
 onion status -c /etc/onionstack/balancer.yaml              # state_dir from the config
-onion status --state-dir /var/lib/onion-balancer --json    # the raw status JSON""")
+onion status --state-dir /var/lib/onion-balancer --json    # the raw status JSON
+onion status -c /etc/onionstack/balancer.yaml --check      # one line + exit 0/1/2/3 (Nagios)
+onion status -c /etc/onionstack/balancer.yaml --watch      # refresh in place every 2 s""")
     _state_args(status)
-    status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status.add_argument("--json", action="store_true",
+                        help="print the raw status JSON (what the daemon wrote), e.g. for jq")
+    status.add_argument("--check", action="store_true",
+                        help="monitoring-plugin mode: a one-line summary first (instances up, HSDirs "
+                             "serving, reachability), then each problem; exit 0 OK, 1 WARNING, 2 CRITICAL, "
+                             "3 UNKNOWN. A status file older than 3 probe intervals is CRITICAL "
+                             "(balancer not running?). Example: onion status -c balancer.yaml --check")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                        help="redraw in place every SECONDS (default 2) until Ctrl-C; with --check the "
+                             "summary and problems head the screen. Example: onion status -c balancer.yaml --watch 5")
     status.set_defaults(func=cmd_status)
 
     maps = command_parser(
@@ -115,15 +126,49 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from onion.status import format_status, read_status
+    import time
 
-    data = read_status(_state_dir(args))
-    if args.json:
-        json.dump(data, sys.stdout, indent=1, sort_keys=True)
-        print()
-    else:
-        print(format_status(data))
-    return 0
+    from onion.status import UNKNOWN, check, format_status, read_status
+
+    state_dir = _state_dir(args)
+
+    def render() -> tuple[int, str]:
+        try:
+            data = read_status(state_dir)
+        except (OSError, ValueError) as exc:
+            if args.check:
+                code, lines = check(None, error=str(exc))
+                return code, "\n".join(lines)
+            raise
+        if args.json:
+            return 0, json.dumps(data, indent=1, sort_keys=True)
+        if args.check:
+            code, lines = check(data)
+            return code, "\n".join(lines)
+        return 0, format_status(data)
+
+    if args.watch is None:
+        code, text = render()
+        print(text)
+        return code
+    if not args.watch > 0:
+        raise ValueError(f"--watch {args.watch}: give a positive number of seconds")
+    tty = sys.stdout.isatty()
+    code = UNKNOWN
+    try:
+        while True:
+            try:
+                code, text = render()
+            except (OSError, ValueError) as exc:
+                code, text = UNKNOWN, f"onion status: {exc}"
+            stamp = time.strftime("%H:%M:%S")
+            # home + clear below: redraw in place without scrolling; a pipe gets separators
+            sys.stdout.write(("\x1b[H\x1b[J" if tty else "\n") + f"{stamp}  (every {args.watch:g} s, Ctrl-C to stop)\n"
+                             + text + "\n")
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return code
 
 
 def cmd_maps(args) -> int:
