@@ -33,7 +33,8 @@ from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
 from infra.storage import database_volume_specs
 from nodes.balancer import BalancerNode, BalancerNodeArgs
 from nodes.database import DatabaseNode, DatabaseNodeArgs
-from nodes.instance import AmiCatalog, InstanceArgs
+from nodes.hostkey import known_hosts_line
+from nodes.instance import AmiCatalog, InstanceArgs, Node
 from nodes.roles import RoleSpecs
 from nodes.steps import (BalancerCore, BalancerCoreArgs, BalancerPackage, BalancerPackageArgs, DatabaseSetup,
                          DatabaseSetupArgs, WorkerDrain, WorkerDrainArgs, WorkerSetup, WorkerSetupArgs)
@@ -63,6 +64,7 @@ class OnionSite(pulumi.ComponentResource):
     worker_setups: list[WorkerSetup]
     worker_drains: list[WorkerDrain]
     database_setup: Optional[DatabaseSetup]
+    nodes: list[Node]  # every machine: the balancer, the workers, the database
     exports: dict[str, Any]
 
     def __init__(self, name: str, args: OnionSiteArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -107,7 +109,8 @@ class OnionSite(pulumi.ComponentResource):
         # ---- the balancer: jump host for every other machine
         self.balancer = BalancerNode("balancer", BalancerNodeArgs(
             instance=instance("balancer", config.instance_types.balancer, self.network.public_subnets[0],
-                              self.security.balancer, public_ip=True)), opts=top)
+                              self.security.balancer, public_ip=True),
+            eip_after=(self.network.internet_gateway,)), opts=top)
         balancer_urn = legacy("onionstack:nodes:BalancerNode", "balancer")
         on_balancer = pulumi.ResourceOptions(parent=self.balancer)
         self.balancer_package = BalancerPackage(
@@ -170,6 +173,7 @@ class OnionSite(pulumi.ComponentResource):
                                                       lock=config.backup.lock,
                                                       copy_to_region=config.backup.copy_to_region), opts=top)
 
+        self.nodes = [self.balancer, *self.workers, *([self.database] if self.database is not None else [])]
         self.exports = self._exports(config, zones)
         self.register_outputs(self.exports)
 
@@ -185,6 +189,10 @@ class OnionSite(pulumi.ComponentResource):
             "workerPrivateIps": [w.private_ip for w in self.workers],
             "sshBalancer": pulumi.Output.concat("ssh ", jump),
             "sshWorkers": [pulumi.Output.concat("ssh -J ", jump, f" {user}@", w.private_ip) for w in self.workers],
+            # Every machine's pinned host key as known_hosts lines (its address, the key):
+            # `pulumi stack output sshKnownHosts > known_hosts` (docs/operations.md).
+            "sshKnownHosts": pulumi.Output.all(*[pulumi.Output.all(n.ssh.host, n.host_public_key) for n in self.nodes])
+            .apply(lambda pairs: "".join(known_hosts_line(h, k) + "\n" for h, k in pairs)),
         }
         if self.database is not None:
             out["databasePrivateIp"] = self.database.private_ip

@@ -101,7 +101,7 @@ def test_steps_are_children_of_their_node_and_wait_for_its_instance(program):
 # ---------------------------------------------------------------- connections
 def test_workers_and_database_go_through_the_balancer(program):
     _, result = program
-    balancer = result.named("balancer-instance").state
+    balancer = result.named("balancer-eip").state  # its Elastic IP: every step dials that
     private = [result.named(f"{w.name}-tor-nginx") for w in workers_of(result)] + [result.named("database-postgres")]
     for step in private:
         conn = step.input("connection")
@@ -289,7 +289,7 @@ def test_drain_step_graph_and_delete_command(program):
         # It runs on the balancer (no proxy), with a bounded dial limit: a vanished balancer
         # fails the delete in minutes with a clear error instead of hanging.
         conn = drain.input("connection")
-        assert conn["host"] == balancer.state["publicIp"] and "proxy" not in conn
+        assert conn["host"] == result.named("balancer-eip").state["publicIp"] and "proxy" not in conn
         assert conn["dialErrorLimit"] == 20
         text = drain.input("delete")
         # as root: the balancer core's config and status belong to its own user
