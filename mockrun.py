@@ -280,8 +280,11 @@ class StackMocks(pulumi_mocks.Mocks):
             state["arn"] = f"arn:aws:logs:{self.region}:000000000000:log-group:{inputs.get('name') or args.name}"
         elif t == "aws:kms/key:Key":
             state["keyId"] = id_
-        elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role"):
+        elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             state["name"] = inputs.get("name") or f"{args.name}-{id_[-7:]}"
+        elif t == "aws:sns/topic:Topic":
+            state["name"] = inputs.get("name") or f"{args.name}-{id_[-7:]}"
+            state["arn"] = f"arn:aws:sns:{self.region}:000000000000:{state['name']}"
         elif t == "command:remote:Command":
             state.setdefault("stdout", "")
             state.setdefault("stderr", "")

@@ -18,9 +18,11 @@ import difflib
 import ipaddress
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
 
 from onion.keys import IdentityKey
 
@@ -463,7 +465,7 @@ def _parse_vpc_cidr(value: Any) -> str:
 def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
     accepted = (
         "must be a non-empty list of the CIDRs allowed to SSH to the balancer, "
-        "e.g. [\"198.51.100.7/32\"]; 0.0.0.0/0 and ::/0 are refused"
+        "e.g. [\"198.51.100.7/32\"]; together at most a /16 of IPv4 and a /48 of IPv6"
     )
     if value is None:
         raise _missing(
@@ -485,7 +487,37 @@ def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
         if net.prefixlen == 0:
             raise _fail(key, cidr, "opens SSH to the whole internet; list your admin networks instead")
         out.append(str(net))
+    _check_admin_span(out)
     return tuple(out)
+
+
+# The widest union of adminCidrs per IP version: a /16 of IPv4 (65 536 addresses), a /48 of
+# IPv6 (one site's allocation). Wider is no longer "the admin network".
+ADMIN_SPAN = {4: 16, 6: 48}
+
+
+def _check_admin_span(cidrs: list[str]) -> None:
+    """Refuse a set whose union is wider than ADMIN_SPAN, however it is split: the merged
+    ranges (ipaddress.collapse_addresses) are compared by address count, so 0.0.0.0/1 plus
+    128.0.0.0/1 counts as the whole internet it is."""
+    for version, widest in ADMIN_SPAN.items():
+        nets = [(i, ipaddress.ip_network(c)) for i, c in enumerate(cidrs)]
+        nets = [(i, n) for i, n in nets if n.version == version]
+        covered = sum(n.num_addresses for n in ipaddress.collapse_addresses(n for _, n in nets))
+        limit = 2 ** ((32 if version == 4 else 128) - widest)
+        if covered > limit:
+            entries = ", ".join(f"adminCidrs[{i}] {n}" for i, n in nets)
+            raise ConfigError(
+                f"{NAMESPACE}:adminCidrs: {entries} together admit {_pow2(covered)} IPv{version} "
+                f"addresses, more than a /{widest} ({_pow2(limit)}); SSH to the balancer is for "
+                f"your admin networks: list narrower CIDRs (CI opens its own /32 for the run, "
+                f"docs/operations.md)"
+            )
+
+
+def _pow2(n: int) -> str:
+    exact = n.bit_length() - 1
+    return f"2^{exact}" if n == 1 << exact else str(n)
 
 
 def _parse_ssh_keys(public: Any, private: Any) -> tuple[str, Secret]:
@@ -748,6 +780,79 @@ def decode_raw(key: str, text: str) -> Any:
         return text
 
 
+# ---------------------------------------------------------------- secrets stay encrypted
+def read_stack_file(stack: str, root: Optional[str]) -> tuple[str, Optional[Mapping[str, Any]]]:
+    """The stack settings file's name and its `config:` as stored (secure values still
+    `{secure: ...}`), or None when there is none (config from elsewhere)."""
+    import yaml
+
+    # The project root (Pulumi.yaml) as the SDK reports it, else the working directory the
+    # CLI runs the program in (under mocks the SDK reports a placeholder).
+    base = next((Path(d) for d in (root, os.getcwd()) if d and (Path(d) / "Pulumi.yaml").is_file()),
+                Path(os.getcwd()))
+    folder = base
+    try:
+        project = yaml.safe_load((base / "Pulumi.yaml").read_text()) or {}
+        if isinstance(project.get("stackConfigDir"), str):
+            folder = base / project["stackConfigDir"]
+    except (OSError, yaml.YAMLError):
+        pass
+    path = folder / f"Pulumi.{stack}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return path.name, None
+    config = data.get("config") if isinstance(data, dict) else None
+    return path.name, config if isinstance(config, dict) else None
+
+
+def _encrypted(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"secure"}
+
+
+def plain_secret_paths(
+    raw: Mapping[str, Any],
+    is_secret: Callable[[str], bool],
+    stored: Optional[Mapping[str, Any]],
+) -> list[str]:
+    """Config paths that hold a secret (SECRET_KEYS) in plain text.
+
+    Pulumi tells a program only which top-level keys hold a secret, and a key counts as
+    secret when any part of it is (`masterKeys` with one site's key set `--secret` and
+    another's set plain is "secret"). The stack settings file as stored says it per path:
+    an encrypted value is `{secure: ...}` there, so each site's key is checked in it.
+    """
+    plain: list[str] = []
+    for key in SECRET_KEYS:
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not is_secret(key):
+            if key == "masterKeys" and isinstance(value, dict) and value:
+                plain += [f"{key}.{site}" for site in sorted(value)]
+            else:
+                plain.append(key)
+            continue
+        kept = (stored or {}).get(f"{NAMESPACE}:{key}")
+        if isinstance(kept, dict) and not _encrypted(kept):
+            plain += [f"{key}.{site}" for site in sorted(kept) if not _encrypted(kept[site])]
+    return plain
+
+
+def plain_secret_error(paths: list[str], stack_file: str) -> ConfigError:
+    """One line: the plain paths and, for each, the command that encrypts it in place."""
+    names = ", ".join(f"{NAMESPACE}:{p}" for p in paths)
+    verb = "is" if len(paths) == 1 else "are"
+    fixes = "; ".join(
+        f"`pulumi config get --path '{p}' | pulumi config set --secret --path '{p}'`" for p in paths
+    )
+    return ConfigError(
+        f"{names} {verb} stored in plain text in the stack config ({stack_file}); secrets must "
+        f"be encrypted: {fixes} (a key whose plain text was ever committed or shared has leaked: "
+        f"replace it)"
+    )
+
+
 def load_config() -> StackConfig:
     """Read and validate `onionstack:*` from the Pulumi config (CLI or mocks)."""
     import pulumi
@@ -769,12 +874,10 @@ def load_config() -> StackConfig:
         text = cfg.get(key)
         if text is not None:
             raw[key] = decode_raw(key, text)
+    stack_file, stored = read_stack_file(pulumi.get_stack(), pulumi.get_root_directory())
+    plain = plain_secret_paths(raw, lambda key: runtime_config.is_config_secret(f"{NAMESPACE}:{key}"), stored)
+    if plain:
+        raise plain_secret_error(plain, stack_file)
     parsed = parse_config(raw)
     check_copy_region(parsed.backup, pulumi.Config("aws").get("region"))
-    for key in SECRET_KEYS:
-        if key in raw and not runtime_config.is_config_secret(f"{NAMESPACE}:{key}"):
-            pulumi.log.warn(
-                f"{NAMESPACE}:{key} is stored in plain text in the stack config; set it with "
-                f"`pulumi config set --secret` so it is encrypted at rest"
-            )
     return parsed

@@ -5,7 +5,8 @@
       BalancerNode  <- BalancerPackage, BalancerCore
       WorkerNode x N  <- WorkerSetup, WorkerDrain
       DatabaseNode  <- DatabaseSetup          RandomPassword (the database's)
-      Backup (vault, plan, selection)
+      Backup (vault, lock, policy, plan, selection)   EbsKey   FlowLogs
+      MetricsPublisher (the balancer's instance role)   Alarms (topic, alarms)
 
 The steps run in the softmap runbook's order: every worker's tor and nginx first (they
 create the instance addresses), then the balancer core configured from them; each
@@ -24,6 +25,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi_random as random
 
+from infra.alarms import Alarms, AlarmsArgs, FrontendRef, MetricsPublisher
 from infra.backup import Backup, BackupArgs
 from infra.config import StackConfig
 from infra.flowlogs import FlowLogs, FlowLogsArgs
@@ -59,6 +61,8 @@ class OnionSite(pulumi.ComponentResource):
     workers: list[WorkerNode]
     database: Optional[DatabaseNode]
     backup: Optional[Backup]
+    metrics_publisher: MetricsPublisher
+    alarms: Alarms
     balancer_package: BalancerPackage
     balancer_core: BalancerCore
     worker_setups: list[WorkerSetup]
@@ -101,15 +105,21 @@ class OnionSite(pulumi.ComponentResource):
         self.ebs_key = EbsKey("ebs", EbsKeyArgs(account, protect=config.protect_data, copy_regions=copy_regions),
                               opts=top)
 
-        def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False) -> InstanceArgs:
+        def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False,
+                     profile: Optional[pulumi.Input[str]] = None) -> InstanceArgs:
             return InstanceArgs(role=role, instance_type=instance_type, ami_id=ami_for(instance_type),
                                 subnet_id=subnet.id, security_group_ids=[group.id], key_name=key_pair.key_name,
-                                public_ip=public_ip, root_kms_key_id=self.ebs_key.key.arn)
+                                public_ip=public_ip, root_kms_key_id=self.ebs_key.key.arn,
+                                iam_instance_profile=profile)
+
+        # The balancer's instance role: it may put its metrics into Onionstack/<stack> only.
+        self.metrics_publisher = MetricsPublisher("balancer-metrics", opts=pulumi.ResourceOptions(parent=self))
 
         # ---- the balancer: jump host for every other machine
         self.balancer = BalancerNode("balancer", BalancerNodeArgs(
             instance=instance("balancer", config.instance_types.balancer, self.network.public_subnets[0],
-                              self.security.balancer, public_ip=True),
+                              self.security.balancer, public_ip=True,
+                              profile=self.metrics_publisher.profile.name),
             eip_after=(self.network.internet_gateway,)), opts=top)
         balancer_urn = legacy("onionstack:nodes:BalancerNode", "balancer")
         on_balancer = pulumi.ResourceOptions(parent=self.balancer)
@@ -173,6 +183,17 @@ class OnionSite(pulumi.ComponentResource):
                                                       lock=config.backup.lock,
                                                       copy_to_region=config.backup.copy_to_region), opts=top)
 
+        # CloudWatch alarms on the balancer's metrics (infra/metrics.py) and the EC2 recovery
+        # of the balancer, to an encrypted SNS topic with the alarmEmails subscribed.
+        self.alarms = Alarms("alarms", AlarmsArgs(
+            account=account,
+            frontends=tuple(FrontendRef(s.name, s.onion_address) for s in config.sites),
+            instances_per_frontend=config.workers * config.tor_daemons_per_worker,
+            workers=tuple(w.node_name for w in self.workers),
+            instances_per_worker=config.tor_daemons_per_worker * len(config.sites),
+            balancer_instance_id=self.balancer.instance.id,
+            emails=config.alarm_emails), opts=pulumi.ResourceOptions(parent=self))
+
         self.nodes = [self.balancer, *self.workers, *([self.database] if self.database is not None else [])]
         self.exports = self._exports(config, zones)
         self.register_outputs(self.exports)
@@ -222,6 +243,7 @@ class OnionSite(pulumi.ComponentResource):
                 else {site: [f"{a}.onion" for a in addrs] for site, addrs in per_site.items()})
             for w, s in zip(self.workers, self.worker_setups)}
         out["balancerPublishes"] = config.balancer.publish
+        out["alarmTopicArn"] = self.alarms.topic.arn
         out["introPoints"] = {"perWorker": config.intro_points_per_worker,
                               "total": config.workers * config.intro_points_per_worker}
         return out

@@ -1,11 +1,14 @@
 """`pip install .` of the `onion` package (pyproject.toml) into a fresh venv, the way the
-balancer installs it: `--no-deps` (its dependencies come from the locked set),
-`--no-build-isolation --no-index` (nothing fetched: the build backend is already there).
-Here the fresh venv reaches the shared venv's packages (dependencies and flit_core) through
-a .pth file, so the test needs no network; what it runs is the installed `onion` command."""
+balancer installs it: from a directory holding only pyproject.toml and onion/ (what the
+balancer is shipped), `--no-deps` (its dependencies come from the locked set),
+`--no-build-isolation --no-index` (nothing fetched: the locked setuptools is already in the
+venv). Here the fresh venv reaches the shared venv's packages (the dependencies, pip and
+setuptools) through a .pth file, so the test needs no network; what it runs is the
+installed `onion` command."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,38 +36,46 @@ def normalized(reqs) -> set[str]:
     return {str(Requirement(r)).lower() for r in reqs}
 
 
-def test_dependencies_are_onion_requirements_txt_and_no_pulumi():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    deps = normalized(project["dependencies"])
-    assert deps == normalized(requirement_lines(REPO / "onion" / "requirements.txt"))
-    assert not any(Requirement(d).name.startswith("pulumi") for d in deps)
+def test_version_and_dependencies_have_one_source_each():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    assert project["dynamic"] == ["version", "dependencies"]
+    dynamic = pyproject["tool"]["setuptools"]["dynamic"]
+    assert dynamic == {"version": {"attr": "onion.__version__"},
+                       "dependencies": {"file": ["onion/requirements.txt"]}}
     assert project["scripts"] == {"onion": "onion.__main__:main"}
-    assert project["dynamic"] == ["version"]  # from onion/__init__.py, one place
 
 
-def test_the_build_backend_is_in_the_projects_requirements():
-    """The offline install below (and the balancer's) builds with the backend already present."""
+def test_the_build_backend_is_the_locked_one():
+    """The balancer (and the offline install below) builds with --no-build-isolation, using
+    the setuptools both lock files pin from requirements-build.txt."""
     backend = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
-    root = normalized(requirement_lines(REPO / "requirements.txt"))
-    for req in backend:
-        assert str(Requirement(req)).lower() in root, req
+    locked = normalized(requirement_lines(REPO / "requirements-build.txt"))
+    assert normalized(backend) <= locked
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A fresh venv with the package installed from the checkout; returns its bin/."""
     root = tmp_path_factory.mktemp("pkg")
+    # The source as the balancer gets it: pyproject.toml and onion/ (setuptools writes its
+    # build/ and *.egg-info there, not into the checkout).
+    src = root / "src"
+    src.mkdir()
+    shutil.copy(REPO / "pyproject.toml", src)
+    shutil.copytree(REPO / "onion", src / "onion", ignore=shutil.ignore_patterns("__pycache__"))
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # Without pip of its own: ensurepip would also bring an old setuptools that shadows the
+    # locked one; pip and setuptools come from the shared venv like the dependencies.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     purelib = subprocess.run([str(venv / "bin" / "python"), "-c",
                               "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    # The shared venv's packages (the dependencies, flit_core) after the fresh venv's own.
     Path(purelib, "shared-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "--no-build-isolation",
-                             "--no-index", "--quiet", str(REPO)],
-                            cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps",
+                             "--no-build-isolation", "--no-index", "--quiet", "."],
+                            cwd=src, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return venv / "bin"
 
