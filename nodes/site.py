@@ -38,6 +38,7 @@ from nodes.database import DatabaseNode, DatabaseNodeArgs
 from nodes.hostkey import known_hosts_line
 from nodes.instance import AmiCatalog, InstanceArgs, Node
 from nodes.roles import RoleSpecs
+from nodes.tls import OnionCertificates, OnionCertificatesArgs
 from nodes.steps import (BalancerCore, BalancerCoreArgs, BalancerPackage, BalancerPackageArgs, DatabaseSetup,
                          DatabaseSetupArgs, WorkerDrain, WorkerDrainArgs, WorkerSetup, WorkerSetupArgs)
 from nodes.worker import WorkerNode, WorkerNodeArgs, spread
@@ -69,6 +70,7 @@ class OnionSite(pulumi.ComponentResource):
     worker_drains: list[WorkerDrain]
     database_setup: Optional[DatabaseSetup]
     nodes: list[Node]  # every machine: the balancer, the workers, the database
+    certificates: Optional[OnionCertificates]
     exports: dict[str, Any]
 
     def __init__(self, name: str, args: OnionSiteArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -127,6 +129,13 @@ class OnionSite(pulumi.ComponentResource):
             "balancer-package-step", BalancerPackageArgs(self.balancer, ssh_key), opts=on_balancer,
             legacy_parent=balancer_urn)
 
+        # ---- the HTTPS sites' certificates (made for selfSigned, from the config for provided)
+        self.certificates = None
+        tls_args: dict[str, Any] = {}
+        if any(s.serves_https for s in config.sites):
+            self.certificates = OnionCertificates("onion-certificates", OnionCertificatesArgs(config.sites), opts=top)
+            tls_args = {"tls": self.certificates.files(), "tls_digest": self.certificates.chains_digest()}
+
         # ---- workers: tor + nginx first (their steps report the instance addresses)
         self.workers, self.worker_setups = [], []
         for i, z in enumerate(spread(config.workers, zones)):
@@ -137,7 +146,7 @@ class OnionSite(pulumi.ComponentResource):
                 jump=self.balancer.ssh), opts=top)
             self.workers.append(worker)
             self.worker_setups.append(WorkerSetup(
-                f"{name_i}-tor-nginx-step", WorkerSetupArgs(worker, specs.worker, ssh_key),
+                f"{name_i}-tor-nginx-step", WorkerSetupArgs(worker, specs.worker, ssh_key, **tls_args),
                 opts=pulumi.ResourceOptions(parent=worker),
                 legacy_parent=legacy("onionstack:nodes:WorkerNode", name_i)))
 
@@ -199,7 +208,7 @@ class OnionSite(pulumi.ComponentResource):
         self.register_outputs(self.exports)
 
     def _exports(self, config: StackConfig, zones) -> dict[str, Any]:
-        """The stack outputs (nothing secret)."""
+        """The stack outputs (secret: instanceAddresses only)."""
         user = self.balancer.ssh.user
         jump = pulumi.Output.concat(user, "@", self.balancer.public_ip)
         out: dict[str, Any] = {
@@ -233,15 +242,24 @@ class OnionSite(pulumi.ComponentResource):
                     kept["backupCopy"] = {"region": config.backup.copy_to_region, "vault": self.backup.copy_vault.name,
                                           "kmsKey": self.backup.copy_key.arn}
         out["keptOnDestroy"] = kept
-        out["sites"] = {s.name: {"domain": s.domain, "onionAddress": s.onion_address,
-                                 "originAddress": s.origin_address} for s in config.sites}
-        # Instance addresses are public (clients never see them; the balancer fetches their
-        # descriptors): worker name -> site -> one address per tor daemon.
-        out["instanceAddresses"] = {
+        out["sites"] = {s.name: {"domain": s.domain, "onionAddress": s.onion_address, "onionUrl": s.onion_url,
+                                 "https": s.https, "originAddress": s.origin_address} for s in config.sites}
+        # What the clearnet site sends so that Tor Browser offers the onion (docs/sites.md
+        # has the per-server lines that append each page's path).
+        out["onionLocation"] = {s.name: {"header": f"Onion-Location: {s.onion_url}",
+                                         "meta": f'<meta http-equiv="onion-location" content="{s.onion_url}" />'}
+                                for s in config.sites}
+        if self.certificates is not None:
+            out["tlsCertificates"] = self.certificates.info
+        # Instance addresses are for the operator only (whoever knows one can solve PoW
+        # against that instance's own descriptor and jump its queue): a secret output,
+        # `pulumi stack output --show-secrets instanceAddresses`. Worker name -> site -> one
+        # address per tor daemon.
+        out["instanceAddresses"] = pulumi.Output.secret({
             w.node_name: s.instance_addresses.apply(
                 lambda per_site: None if per_site is None  # not known: mocks without command emulation
                 else {site: [f"{a}.onion" for a in addrs] for site, addrs in per_site.items()})
-            for w, s in zip(self.workers, self.worker_setups)}
+            for w, s in zip(self.workers, self.worker_setups)})
         out["balancerPublishes"] = config.balancer.publish
         out["alarmTopicArn"] = self.alarms.topic.arn
         out["introPoints"] = {"perWorker": config.intro_points_per_worker,
