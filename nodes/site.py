@@ -37,6 +37,7 @@ from nodes.balancer import BalancerNode, BalancerNodeArgs
 from nodes.database import DatabaseNode, DatabaseNodeArgs
 from nodes.hostkey import known_hosts_line
 from nodes.instance import AmiCatalog, InstanceArgs, Node
+from nodes.pki import DatabaseCertificates, DatabaseCertificatesArgs
 from nodes.roles import RoleSpecs
 from nodes.tls import OnionCertificates, OnionCertificatesArgs
 from nodes.steps import (BalancerCore, BalancerCoreArgs, BalancerPackage, BalancerPackageArgs, DatabaseSetup,
@@ -70,6 +71,7 @@ class OnionSite(pulumi.ComponentResource):
     worker_drains: list[WorkerDrain]
     database_setup: Optional[DatabaseSetup]
     nodes: list[Node]  # every machine: the balancer, the workers, the database
+    database_certificates: Optional[DatabaseCertificates]
     certificates: Optional[OnionCertificates]
     exports: dict[str, Any]
 
@@ -108,9 +110,10 @@ class OnionSite(pulumi.ComponentResource):
                               opts=top)
 
         def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False,
-                     profile: Optional[pulumi.Input[str]] = None) -> InstanceArgs:
+                     profile: Optional[pulumi.Input[str]] = None, extra_groups=()) -> InstanceArgs:
             return InstanceArgs(role=role, instance_type=instance_type, ami_id=ami_for(instance_type),
-                                subnet_id=subnet.id, security_group_ids=[group.id], key_name=key_pair.key_name,
+                                subnet_id=subnet.id, security_group_ids=[group.id, *(g.id for g in extra_groups)],
+                                key_name=key_pair.key_name,
                                 public_ip=public_ip, root_kms_key_id=self.ebs_key.key.arn,
                                 iam_instance_profile=profile)
 
@@ -121,7 +124,8 @@ class OnionSite(pulumi.ComponentResource):
         self.balancer = BalancerNode("balancer", BalancerNodeArgs(
             instance=instance("balancer", config.instance_types.balancer, self.network.public_subnets[0],
                               self.security.balancer, public_ip=True,
-                              profile=self.metrics_publisher.profile.name),
+                              profile=self.metrics_publisher.profile.name,
+                              extra_groups=(self.security.deployer,)),
             eip_after=(self.network.internet_gateway,)), opts=top)
         balancer_urn = legacy("onionstack:nodes:BalancerNode", "balancer")
         on_balancer = pulumi.ResourceOptions(parent=self.balancer)
@@ -166,7 +170,7 @@ class OnionSite(pulumi.ComponentResource):
         ]
 
         # ---- the database
-        self.database, self.database_setup = None, None
+        self.database, self.database_setup, self.database_certificates = None, None, None
         if config.database.enabled:
             # Generated once and kept in the state as a secret; reaches the machine only via stdin.
             password = random.RandomPassword("database-password", length=32, special=False, opts=top)
@@ -178,11 +182,15 @@ class OnionSite(pulumi.ComponentResource):
                                               config.database.log_gb),
                 jump=self.balancer.ssh, protect_data=config.protect_data, backup=config.backup.enabled,
                 volume_kms_key_id=self.ebs_key.key.arn), opts=top)
+            # A private CA issues PostgreSQL's certificate for its private IP: clients verify it.
+            self.database_certificates = DatabaseCertificates(
+                "database-certificates", DatabaseCertificatesArgs(self.database.private_ip, pulumi.get_stack()),
+                opts=pulumi.ResourceOptions(parent=self))
             self.database_setup = DatabaseSetup(
                 "database-postgres-step",
                 DatabaseSetupArgs(node=self.database, specs=specs, password=password.result,
                                   client_cidrs=tuple(s.cidr_block for s in self.network.private_subnets),
-                                  ssh_key=ssh_key),
+                                  ssh_key=ssh_key, certificates=self.database_certificates),
                 opts=pulumi.ResourceOptions(parent=self.database),
                 legacy_parent=legacy("onionstack:nodes:DatabaseNode", "database"))
 
@@ -201,7 +209,7 @@ class OnionSite(pulumi.ComponentResource):
             workers=tuple(w.node_name for w in self.workers),
             instances_per_worker=config.tor_daemons_per_worker * len(config.sites),
             balancer_instance_id=self.balancer.instance.id,
-            emails=config.alarm_emails), opts=pulumi.ResourceOptions(parent=self))
+            emails=config.alarm_emails, publishes=config.balancer.publish), opts=pulumi.ResourceOptions(parent=self))
 
         self.nodes = [self.balancer, *self.workers, *([self.database] if self.database is not None else [])]
         self.exports = self._exports(config, zones)
@@ -218,6 +226,9 @@ class OnionSite(pulumi.ComponentResource):
             "balancerPrivateIp": self.balancer.private_ip,
             "workerPrivateIps": [w.private_ip for w in self.workers],
             "sshBalancer": pulumi.Output.concat("ssh ", jump),
+            # The group CI's deploy job opens SSH in for its own address, per run
+            # (ci/ssh_window.py, docs/operations.md).
+            "deployerSecurityGroupId": self.security.deployer.id,
             "sshWorkers": [pulumi.Output.concat("ssh -J ", jump, f" {user}@", w.private_ip) for w in self.workers],
             # Every machine's pinned host key as known_hosts lines (its address, the key):
             # `pulumi stack output sshKnownHosts > known_hosts` (docs/operations.md).
@@ -226,6 +237,8 @@ class OnionSite(pulumi.ComponentResource):
         }
         if self.database is not None:
             out["databasePrivateIp"] = self.database.private_ip
+            # Public: what a client needs to verify the database (sslmode=verify-full).
+            out["databaseCaCertificate"] = self.database_certificates.ca_cert_pem
             out["sshDatabase"] = pulumi.Output.concat("ssh -J ", jump, f" {user}@", self.database.private_ip)
         if self.backup is not None:
             out["backupVaultName"] = self.backup.vault.name
