@@ -29,6 +29,8 @@ class OptionRecordingMonitor(mockrun.RecordingMonitor):
         record.aliases = tuple(_alias(a) for a in request.aliases)
         record.replacement_trigger = _trigger(request)
         record.provider = request.provider  # "<provider urn>::<id>", "" for the default provider
+        # input name -> URNs it was computed from (the engine hands these to policy packs)
+        record.property_dependencies = {k: tuple(v.urns) for k, v in request.propertyDependencies.items()}
         return response
 
 
