@@ -8,11 +8,14 @@ onionstack's format::
                                   # probes); without it the balancer asks tor where it listens
     state_dir: /var/lib/onion-balancer
     probe: {port: 80, interval: 20, timeout: 30, failures: 3}   # optional
+    load: {effort_threshold: 1, queue_threshold: 64, overloaded_share: 1, recover_seconds: 300,
+           metrics_interval: 30}                                # optional; false: off
     frontends:
       - name: news
         key_file: /var/lib/onion-balancer/keys/news.key
         instances:
           - address: <56 chars>.onion
+            metrics: http://10.42.8.5:9035/metrics   # optional: its tor's MetricsPort
 
 OnionBalance's format (accepted as is, so its users switch by changing one command)::
 
@@ -39,6 +42,7 @@ from typing import Any
 import yaml
 
 from onion.errors import OnionError
+from onion.load import LoadPolicy
 
 DEFAULT_STATE_DIR = "/var/lib/onion-balancer"
 DEFAULT_CONTROL_PORT = 9051
@@ -74,6 +78,7 @@ class ProbeSettings:
 class InstanceConfig:
     address: str  # 56 chars, no ".onion"
     name: str | None = None
+    metrics: str | None = None  # http://HOST:PORT/metrics of the instance's tor MetricsPort
     worker: str | None = None  # the machine it runs on (metrics' `worker` label, status)
 
 
@@ -135,6 +140,7 @@ class BalancerConfig:
     frontend_probe: FrontendProbeSettings = field(default_factory=FrontendProbeSettings)
     readback: ReadbackSettings = field(default_factory=ReadbackSettings)
     standby: StandbySettings = field(default_factory=StandbySettings)
+    load: LoadPolicy = field(default_factory=LoadPolicy)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -222,7 +228,7 @@ def _instances(value: Any, where: str) -> tuple[InstanceConfig, ...]:
         if isinstance(item, str):  # tolerate a bare address
             item = {"address": item}
         item = _mapping(item, here)
-        _unknown_keys(item, {"address", "name", "worker"}, here)
+        _unknown_keys(item, {"address", "name", "worker", "metrics"}, here)
         if "address" not in item:
             raise ConfigError(f"{here}: missing key `address`; add `address: <56 chars>.onion`")
         address = normalize_address(item["address"], f"{here}.address")
@@ -235,8 +241,47 @@ def _instances(value: Any, where: str) -> tuple[InstanceConfig, ...]:
         if worker is not None and (not isinstance(worker, str) or not NAME_RE.match(worker)):
             raise _fail(f"{here}.worker", worker, "is not a valid worker name",
                         "use the worker's node name, e.g. worker-1 (letters, digits, '.', '_', '-')")
-        result.append(InstanceConfig(address=address, name=None if name is None else str(name), worker=worker))
+        metrics = None if item.get("metrics") is None else _metrics_url(item["metrics"], f"{here}.metrics")
+        result.append(InstanceConfig(address=address, name=None if name is None else str(name), metrics=metrics,
+                                     worker=worker))
     return tuple(result)
+
+
+_METRICS_URL_RE = re.compile(r"^http://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})(/[A-Za-z0-9._~/-]*)?$")
+
+
+def _metrics_url(value: Any, where: str) -> str:
+    """An instance's tor MetricsPort: plain http (tor serves no TLS there), host and port."""
+    m = _METRICS_URL_RE.match(value) if isinstance(value, str) else None
+    if m is None or not 1 <= int(m.group(2)) <= 65535:
+        raise _fail(where, value, "must be the instance tor's MetricsPort URL",
+                    "write e.g. http://10.42.8.5:9035/metrics (tor's MetricsPort is plain HTTP)")
+    return value if m.group(3) else value + "/metrics"
+
+
+def _load(value: Any, where: str) -> LoadPolicy:
+    if value is None:
+        return LoadPolicy()
+    if value is False:
+        return LoadPolicy(enabled=False)
+    value = _mapping(value, where)
+    allowed = {"enabled", "effort_threshold", "queue_threshold", "overloaded_share", "recover_seconds",
+               "metrics_interval"}
+    _unknown_keys(value, allowed, where)
+    d = LoadPolicy()
+    return LoadPolicy(
+        enabled=_bool(value.get("enabled", True), f"{where}.enabled"),
+        effort_threshold=int(_positive(value.get("effort_threshold", d.effort_threshold),
+                                       f"{where}.effort_threshold", integer=True, maximum=2**32)),
+        queue_threshold=int(_positive(value.get("queue_threshold", d.queue_threshold),
+                                      f"{where}.queue_threshold", integer=True, maximum=2**31)),
+        overloaded_share=int(_positive(value.get("overloaded_share", d.overloaded_share),
+                                       f"{where}.overloaded_share", integer=True, maximum=MAX_INTRO_POINTS)),
+        recover_seconds=float(_positive(value.get("recover_seconds", d.recover_seconds),
+                                        f"{where}.recover_seconds", maximum=86400)),
+        metrics_interval=float(_positive(value.get("metrics_interval", d.metrics_interval),
+                                         f"{where}.metrics_interval", maximum=3600)),
+    )
 
 
 def _check_frontends_vs_instances(frontends: list[FrontendConfig], addresses: list[str],
@@ -338,6 +383,7 @@ def load_config(path: str, *, control_port: int | None = None, control_socket: s
         frontend_probe=cfg.get("frontend_probe", FrontendProbeSettings()),
         readback=cfg.get("readback", ReadbackSettings()),
         standby=cfg.get("standby", StandbySettings()),
+        load=cfg.get("load") or LoadPolicy(),
     )
     if load_keys:
         _check_keys(result)
@@ -467,7 +513,7 @@ def _resolve(path: str, base_dir: str) -> str:
 
 def _parse_onionstack(data: dict, base_dir: str) -> dict:
     _unknown_keys(data, {"publish", "control", "socks_port", "state_dir", "frontends", "probe", "metrics",
-                         "frontend_probe", "readback", "standby"}, "config")
+                         "frontend_probe", "readback", "standby", "load"}, "config")
     # Scalars first, so their errors are not hidden behind a frontend's.
     publish = _bool(data.get("publish", True), "publish")
     control = _control(data.get("control", {"port": DEFAULT_CONTROL_PORT}), "control")
@@ -482,6 +528,7 @@ def _parse_onionstack(data: dict, base_dir: str) -> dict:
               "frontend_probe": _frontend_probe(data.get("frontend_probe"), "frontend_probe"),
               "readback": _readback(data.get("readback"), "readback"),
               "standby": _standby(data.get("standby"), "standby")}
+    load = _load(data.get("load"), "load")
     frontends_raw = data["frontends"]
     if not isinstance(frontends_raw, list) or not frontends_raw:
         raise _fail("frontends", frontends_raw, "must be a non-empty list",
@@ -514,7 +561,8 @@ def _parse_onionstack(data: dict, base_dir: str) -> dict:
                                         max_intro_points=max_ip))
     return {
         "format": "onionstack", "publish": publish, "control": control, "socks_port": socks_port,
-        "state_dir": _resolve(state_dir, base_dir), "probe": probe, "frontends": frontends, **extras,
+        "state_dir": _resolve(state_dir, base_dir), "probe": probe, "frontends": frontends, "load": load,
+        **extras,
     }
 
 
