@@ -19,6 +19,7 @@ Importable without running anything: another Pulumi program declares the same si
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -80,6 +81,11 @@ class OnionSite(pulumi.ComponentResource):
         # Before any resource: a value the templates cannot render, or more zones than the
         # region has, stops here (ConfigError).
         specs = RoleSpecs.of(config)
+        region = pulumi.Config("aws").get("region")
+        if region:  # the balancer ships its metrics to the namespace its role may write
+            from infra.metrics import namespace
+
+            specs = dataclasses.replace(specs, cloudwatch=(namespace(pulumi.get_stack()), region))
         zones = available_zones(config.availability_zones)
         super().__init__("onionstack:site:OnionSite", name, None, opts)
         ssh_key = config.ssh_private_key.output()  # a secret; the only road the key takes

@@ -56,6 +56,28 @@ onion status -c /etc/onionstack/balancer.yaml --watch      # refresh in place ev
                              "summary and problems head the screen. Example: onion status -c balancer.yaml --watch 5")
     status.set_defaults(func=cmd_status)
 
+    ship = command_parser(
+        sub, "ship-metrics", help="ship the balancer's metrics to CloudWatch (AWS)",
+        description="Read the balancer core's /metrics every interval and put the metrics the stack's "
+                    "alarms watch into CloudWatch (namespace Onionstack/<stack>), with the instance role's "
+                    "credentials (IMDSv2). When the core does not answer nothing is shipped, and the alarms "
+                    "(missing data = breaching) go off. Runs as its own systemd unit on the balancer.",
+        examples="""\
+onion ship-metrics --metrics-url http://127.0.0.1:9961/metrics --namespace Onionstack/prod --region eu-central-1
+onion ship-metrics --metrics-url http://127.0.0.1:9961/metrics --namespace Onionstack/prod --region eu-central-1 --once""")
+    ship.add_argument("--metrics-url", required=True, metavar="URL",
+                      help="the core's metrics (its config's metrics.listen + /metrics), "
+                           "e.g. http://127.0.0.1:9961/metrics")
+    ship.add_argument("--namespace", required=True, metavar="NS",
+                      help="CloudWatch namespace the instance role may write, e.g. Onionstack/prod")
+    ship.add_argument("--region", required=True, metavar="REGION", help="AWS region, e.g. eu-central-1")
+    ship.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                      help="seconds between shipments (default 60, what the alarms' periods expect), "
+                           "e.g. --interval 60")
+    ship.add_argument("--once", action="store_true",
+                      help="ship once and exit (0 when shipped), e.g. to test the role: ... --once")
+    ship.set_defaults(func=cmd_ship_metrics)
+
     maps = command_parser(
         sub, "maps", help="print frontend -> instances (like EOTK's ob-maps)",
         description="Print one line per instance: <frontend name> <frontend>.onion <instance>.onion. "
@@ -116,8 +138,10 @@ def cmd_run(args) -> int:
         from onion.metrics import MetricsServer
 
         metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port)
+    from onion.e2e import FrontendProber
+
     balancer = Balancer(cfg, keys, control, TorOnionProtocol(), prober, load_overrides=overrides,
-                        metrics=metrics)
+                        metrics=metrics, frontend_prober=FrontendProber(lambda m: sink[0](m)))
     sink.append(balancer.submit)
     for fe in balancer.frontends:
         logging.getLogger("onion.balancer").info("frontend %s: %s.onion <- %d instances", fe.name,
@@ -169,6 +193,20 @@ def cmd_status(args) -> int:
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return code
+
+
+def cmd_ship_metrics(args) -> int:
+    from onion.cloudwatch import Shipper
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.interval > 0:
+        raise ValueError(f"--interval {args.interval}: give a positive number of seconds")
+    shipper = Shipper(args.metrics_url, args.namespace, args.region)
+    if args.once:
+        print(f"shipped {shipper.ship_once()} metrics to {args.namespace}")
+        return 0
+    shipper.run_forever(args.interval)
+    return 0
 
 
 def cmd_maps(args) -> int:
