@@ -179,6 +179,7 @@ class BalancerCoreArgs:
     package: BalancerPackage
     workers: tuple[WorkerSetup, ...]
     ssh_key: pulumi.Input[str]  # secret
+    standby: bool = False  # a standby balancer: uploads only after a takeover (onion/standby.py)
 
 
 class BalancerCore(pulumi.ComponentResource):
@@ -212,7 +213,8 @@ class BalancerCore(pulumi.ComponentResource):
         per_worker = pulumi.Output.all(*[w.instance_addresses for w in args.workers])
         self.instances = per_worker.apply(lambda ws: merge(list(ws)))
         spec = pulumi.Output.all(self.instances, per_worker).apply(
-            lambda a: specs.balancer(a[0], workers=workers_of(list(a[1]))) if a[0] is not None else None)
+            lambda a: specs.balancer(a[0], workers=workers_of(list(a[1])), standby=args.standby)
+            if a[0] is not None else None)
         public = spec.apply(lambda sp: render_balancer(sp) if sp is not None else None)
         # Secret payload: the public files + the master key files, one tar on stdin.
         stdin = pulumi.Output.secret(spec.apply(
