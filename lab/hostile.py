@@ -189,9 +189,9 @@ def start_hostile_publisher(lab, worker, name: str = "hostile") -> str:
     lab processes (stopped with the lab). Returns the publisher's process name."""
     import os
 
-    node = lab.net.add_tor(lab.procs, lab.ports, f"tor{name}"[:19], [])
-    lab.net.start_tor(lab.procs, node)
     from lab.tornet import wait_bootstrapped
+
+    node = lab.net.add_tor(lab.procs, lab.ports, f"tor{name}"[:19], [])  # started by add_tor
 
     wait_bootstrapped(lab.net, lab.procs, node, 180)
     repo = Path(__file__).resolve().parent.parent
