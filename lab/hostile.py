@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import stem.util.log  # noqa: F401 - sets the "stem" logger's level on import: set ours after
+
     logging.getLogger("stem").setLevel(logging.WARNING)
     HostilePublisher(args.control_port, args.hs_dirs).run(args.interval)
     return 0
