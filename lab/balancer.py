@@ -71,9 +71,9 @@ def _has_microdesc(ctl, fingerprint: str) -> bool:
 def write_onion_config(path: Path, *, control_port: int, socks_port: int, state_dir: Path,
                        key_file: Path, instances: list[str], probe_interval: float = 10.0,
                        probe_timeout: float = 15.0, probe_failures: int = 2) -> Path:
-    """onionstack's balancer YAML (api.md). Probes are tighter than the AWS defaults: on
-    127.0.0.1 a live instance answers within a few seconds, and a dead worker should be
-    dropped within the issue's 60 s failover target (2 failures x <= 15 s + interval)."""
+    """onionstack's balancer YAML (docs/balancer.md). Probes are tighter than the AWS
+    defaults: on 127.0.0.1 a live instance answers within a few seconds, and a dead worker
+    should be dropped within 60 s (2 failures x <= 15 s + interval)."""
     config = {
         "publish": True,
         "control": {"port": control_port},
