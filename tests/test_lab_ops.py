@@ -81,8 +81,9 @@ def test_healthy_site_is_reachable_in_prometheus(lab, ops):
     measure("ops_reachable_in_prometheus_s", round(took, 1))
     assert prom.value(f'onion_balancer_instances_up{{{ops["balancer_job"]}}}') == 4
     # every worker tor's and the balancer tor's MetricsPort is scraped, with tor's own metrics
-    up = prom.targets_up()
-    assert all(up.values()) and len([t for t in up if t.startswith("tor-worker")]) == 4, up
+    up, _ = wait_for("every target scraped and up", lambda: (lambda t: t if all(t.values()) else None)(
+        prom.targets_up()), 60, 1)
+    assert len([t for t in up if t.startswith("tor-worker")]) == 4, up
     assert prom.value('count(count by (instance) ({job="tor-worker", __name__=~"tor_.+"}))') == 4
     assert prom.value('up{job="tor-balancer"}') == 1  # the balancer tor's MetricsPort answers
     # read-back: the current descriptor is served by HSDirs, as uploaded
