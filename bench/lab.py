@@ -360,7 +360,7 @@ def ops_bench(state_dir: Path) -> dict:
         standby = lab.start_balancer("onion", tag="opsstandby", instances=instances, key_file=Path(
             lab.info["frontend_key_file"]), extra_config={**common, "metrics": {"listen": f"127.0.0.1:{ports[1]}"},
                                                           "readback": {"interval": 10},
-                                                          "standby": {"takeover_after": 30}})
+                                                          "standby": {"takeover_after": 60}})
 
         def st():
             return read_status(standby["state_dir"])["frontends"][0]

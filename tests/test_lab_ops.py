@@ -159,7 +159,7 @@ def test_standby_takes_over_when_the_primary_dies(lab, ops):
                                  extra_config={"metrics": {"listen": f"127.0.0.1:{port}"},
                                                "frontend_probe": {"interval": 10, "timeout": 30},
                                                "readback": {"interval": 10},
-                                               "standby": {"takeover_after": 30}})
+                                               "standby": {"takeover_after": 60}})
     lab.info["balancer"] = saved
     lab.save()
     sdir = standby["state_dir"]
