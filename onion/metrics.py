@@ -135,7 +135,8 @@ def samples(data: dict, now: float) -> Iterable[tuple[str, dict, float]]:
                         served_points.update(served["intro_points"])
             for index, count in sorted(windows.items()):
                 yield mn.DESCRIPTOR_INTRO_POINTS.name, {**per_role, mn.DESCRIPTOR: str(index)}, float(count)
-            yield mn.HSDIRS_SERVING.name, per_role, float(serving)
+            if read_back:  # only the current period is read back (tor fetches what clients use)
+                yield mn.HSDIRS_SERVING.name, per_role, float(serving)
             since = last_confirmed if last_confirmed is not None else desc.get("first_needed_at")
             if since is not None and fe.get("publishing", data.get("publish")):
                 yield mn.SECONDS_SINCE_CONFIRMED_UPLOAD.name, per_role, max(0.0, now - float(since))

@@ -72,6 +72,8 @@ def test_metrics_follow_the_balancer_state_over_http(served):
     assert value(m, "onion_balancer_hsdir_upload_confirmed", role="current", hsdir="H4") == 0
     assert value(m, "onion_balancer_descriptor_intro_points", role="current", descriptor="0") == 6
     assert value(m, "onion_balancer_publishing", address=onion) == 1
+    # nothing read back yet: no HSDir count (0 would read as "none serves")
+    assert not [k for k in m if k[0] == "onion_balancer_hsdirs_serving"]
     assert value(m, "onion_balancer_seconds_since_confirmed_upload", role="current") == pytest.approx(2, abs=1.01)
     # ages grow at scrape time, without a new snapshot
     clock.t += 100
