@@ -807,7 +807,7 @@ def count_workers(path: Path) -> int:
 def render_yaml(result: Result, source: str, stack: str | None) -> str:
     head = [f"# onionstack stack config for Pulumi.{stack or '<stack>'}.yaml, imported from EOTK {source}",
             "# by `python -m onion import-tconf`. The master keys are NOT here: run the commands",
-            "# printed on stderr. Still to set: adminCidrs, sshPublicKey, sshPrivateKey (secret).",
+            "# printed on stderr. Still to set: adminCidrs (the stack makes its own SSH key).",
             "# Sites and their onion addresses:"]
     for s in result.sites:
         head.append(f"#   {s.name}: {s.mapping.domain} -> {s.key.hostname}{' (new key)' if s.new else ''}")
@@ -842,7 +842,7 @@ def render_commands(result: Result, source: str, stack: str | None) -> str:
             f"# Review, then run it with `sh FILE`: each `pulumi config set` replaces that key's whole",
             f"# value in stack {stack or '(the selected stack)'}. Every secret is read first: if one cannot",
             "# be read, the script stops before it changes anything.",
-            "# Still to set: adminCidrs, sshPublicKey, sshPrivateKey (secret).",
+            "# Still to set: adminCidrs (the stack makes its own SSH key).",
             "# Sites and their onion addresses:"]
     for s in result.sites:
         head.append(f"#   {s.name}: {s.mapping.domain} -> {s.key.hostname}{' (new key)' if s.new else ''}")
