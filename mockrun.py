@@ -594,11 +594,7 @@ def with_demo_secrets(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[s
     if f"{ns}masterKeys" not in cfg:
         cfg[f"{ns}masterKeys"] = {s["name"]: demo_master_key(s["name"]) for s in sites if isinstance(s, dict) and "name" in s}
         injected.append("masterKeys (demo site keys derived from the site names)")
-    if f"{ns}sshPrivateKey" not in cfg:
-        public, private = demo_ssh_key_pair()
-        cfg[f"{ns}sshPrivateKey"] = private
-        cfg[f"{ns}sshPublicKey"] = public
-        injected.append("sshPublicKey + sshPrivateKey (a fresh throwaway ed25519 pair)")
+    # No SSH key: the program makes the admin key itself (tls.PrivateKey, mocked here).
     return cfg, injected
 
 

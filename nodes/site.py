@@ -1,7 +1,7 @@
 """One onion site, the whole of it: `OnionSite(name, OnionSiteArgs(config))`.
 
     OnionSite
-      Network (VPC, subnets, gateways)   SecurityGroups   KeyPair (the admin key)
+      Network (VPC, subnets, gateways)   SecurityGroups   KeyPair + PrivateKey (the admin key)
       BalancerNode  <- BalancerPackage, BalancerCore
       WorkerNode x N  <- WorkerSetup, WorkerDrain
       DatabaseNode  <- DatabaseSetup          RandomPassword (the database's)
@@ -32,7 +32,7 @@ from infra.config import StackConfig
 from infra.flowlogs import FlowLogs, FlowLogsArgs
 from infra.kms import EbsKey, EbsKeyArgs, lookup_account
 from infra.network import Network, NetworkArgs, available_zones
-from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
+from infra.security import AdminKey, SecurityArgs, SecurityGroups, admin_key_pair, admin_ssh_key
 from infra.storage import database_volume_specs
 from nodes.balancer import BalancerNode, BalancerNodeArgs
 from nodes.database import DatabaseNode, DatabaseNodeArgs
@@ -76,6 +76,7 @@ class OnionSite(pulumi.ComponentResource):
     nodes: list[Node]  # every machine: the balancer, the workers, the database
     database_certificates: Optional[DatabaseCertificates]
     certificates: Optional[OnionCertificates]
+    admin_key: AdminKey
     exports: dict[str, Any]
 
     def __init__(self, name: str, args: OnionSiteArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -90,7 +91,10 @@ class OnionSite(pulumi.ComponentResource):
             specs = dataclasses.replace(specs, cloudwatch=(namespace(pulumi.get_stack()), region))
         zones = available_zones(config.availability_zones)
         super().__init__("onionstack:site:OnionSite", name, None, opts)
-        ssh_key = config.ssh_private_key.output()  # a secret; the only road the key takes
+        # The admin key: the config's, or one the stack makes (a secret in the state).
+        self.admin_key = admin_ssh_key("admin-ssh-key", config.ssh_public_key, config.ssh_private_key,
+                                       opts=pulumi.ResourceOptions(parent=self))
+        ssh_key = self.admin_key.private_key  # a secret; the only road the key takes
         # Until nodes/ had step components, these lived at the stack's top level and the
         # steps' commands directly under their node: aliases keep a stack deployed then.
         top = pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)])
@@ -104,7 +108,7 @@ class OnionSite(pulumi.ComponentResource):
         self.security = SecurityGroups(
             "access", SecurityArgs(self.network.vpc.id, config.admin_cidrs, database=config.database.enabled),
             opts=top)
-        key_pair = admin_key_pair("admin-key", config.ssh_public_key, opts=top)
+        key_pair = admin_key_pair("admin-key", self.admin_key.public_key, opts=top)
         account = lookup_account()
         copy_regions = (config.backup.copy_to_region,) if config.backup.enabled and config.backup.copy_to_region \
             else ()
@@ -257,6 +261,10 @@ class OnionSite(pulumi.ComponentResource):
             "balancerPrivateIp": self.balancer.private_ip,
             "workerPrivateIps": [w.private_ip for w in self.workers],
             "sshBalancer": pulumi.Output.concat("ssh ", jump),
+            # The admin key's private half, a secret output (made by the stack unless the
+            # config gives one): `pulumi stack output --show-secrets adminSshPrivateKey`.
+            "adminSshPrivateKey": self.admin_key.private_key,
+            "adminSshPublicKey": self.admin_key.public_key,
             # The group CI's deploy job opens SSH in for its own address, per run
             # (ci/ssh_window.py, docs/operations.md).
             "deployerSecurityGroupId": self.security.deployer.id,
