@@ -57,7 +57,10 @@ SCHEMA: dict[str, tuple[Optional[str], Any]] = {
     "instanceTypes": (None, DEFAULT_INSTANCE_TYPES),
     "availabilityZones": ("integer", 2),
     "vpcCidr": ("string", "10.42.0.0/16"),
-    "adminCidrs": ("array", REQUIRED),
+    # No declared type: besides a list (`--path 'adminCidrs[0]'`), a comma-separated string,
+    # which is what `pulumi new`'s prompt stores (a plain string, which the CLI would refuse
+    # for a key typed array).
+    "adminCidrs": (None, REQUIRED),
     # Both or neither: without them the stack makes its own admin key (pulumi-tls, ED25519).
     # "" is what the CLI passes for an unset key (Pulumi.yaml's default): the same as unset.
     "sshPublicKey": ("string", ""),
@@ -733,7 +736,7 @@ def _parse_vpc_cidr(value: Any) -> str:
 def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
     accepted = (
         "must be a non-empty list of the CIDRs allowed to SSH to the balancer, "
-        "e.g. [\"198.51.100.7/32\"]; together at most a /16 of IPv4 and a /48 of IPv6"
+        "e.g. [\"198.51.100.7/32\"] (or the same comma-separated); together at most a /16 of IPv4 and a /48 of IPv6"
     )
     if value is None:
         raise _missing(
@@ -741,6 +744,8 @@ def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
             "list the CIDRs allowed to SSH to the balancer, e.g. "
             "`pulumi config set --path 'adminCidrs[0]' 198.51.100.7/32`",
         )
+    if isinstance(value, str):  # "198.51.100.7/32, 2001:db8::/64" (pulumi new's prompt)
+        value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list) or not value:
         raise _fail("adminCidrs", value, accepted)
     out = []
