@@ -24,16 +24,14 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import pulumi
-from pulumi_command import remote
 
 from infra.config import Site
 from nodes.apps import (AppHostSpec, AppRelease, app_secret_files, database_url, drain_switch_script,
                         migrate_script, render_app_host, undrain_script, APP_SCRIPT_DIR)
 from nodes.balancer import BalancerNode
 from nodes.payload import digest, payload
-from nodes.pki import DATABASE_HOST_NAME  # noqa: F401 - documented alternative host
 from nodes.remote import DRAIN_DIAL_LIMIT, command, connection
-from nodes.render import RenderedFile, content_hash
+from nodes.render import content_hash
 from nodes.roles import BALANCER_CONFIG, BALANCER_STATE_DIR, PACKAGE_LIB, VENV_PYTHON, app_host_ports
 from nodes.scripts import as_root, runner_script
 from nodes.worker import WorkerNode
@@ -98,7 +96,6 @@ class AppRollout(pulumi.ComponentResource):
         # without DATABASE_URL is part of the units' digest via the config (env is public).
         stdin = pulumi.Output.secret(pulumi.Output.all(public, secret_env).apply(
             lambda a: payload({**a[0], **a[1]})))
-        child = pulumi.ResourceOptions(parent=self)
 
         # ---- migrations, once per image change, on worker 1, after the database's roles
         first, first_setup = args.workers[0], args.setups[0]

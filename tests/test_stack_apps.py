@@ -283,3 +283,50 @@ def test_nginx_passes_the_circuit_id_to_the_app_and_logs_nothing(tmp_path):
     logs = "".join(p.read_text(errors="replace") for p in Path(spec.layout.path("log_dir")).glob("*") if p.is_file())
     assert "4dad::1:2345" not in logs and "4dad::1:2345" not in log
     assert not list(Path(spec.layout.path("log_dir")).glob("*access*"))
+
+
+def test_drain_and_undrain_scripts_edit_the_balancer_config_and_put_it_back(tmp_path):
+    """The rendered scripts, run with bash against a balancer.yaml (no balancer running: the
+    waits are bounded at 0 s and go on with a warning)."""
+    import sys
+
+    import yaml
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    a1, a2, b1 = onion_address_for("w1-app"), onion_address_for("w2-app"), onion_address_for("w1-news")
+    config = tmp_path / "balancer.yaml"
+    original = {"publish": True, "state_dir": str(tmp_path / "state"), "frontends": [
+        {"name": "guestbook", "key_file": "/k", "instances": [{"address": f"{a1}.onion"}, {"address": f"{a2}.onion"}]},
+        {"name": "news", "key_file": "/k2", "instances": [{"address": f"{b1}.onion"}]}]}
+    config.write_text(yaml.safe_dump(original, sort_keys=False))
+    config.chmod(0o640)
+    common = dict(config=str(config), state_dir=str(tmp_path / "state"), python=sys.executable, package_lib=repo,
+                  wait=0, poll=1, reload=f"echo reloaded >> {tmp_path}/reloads")
+
+    def bash(script):
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+
+    drained = bash(drain_switch_script([a1], **common))
+    assert drained.returncode == 0, drained.stderr
+    assert "WARNING: not drained after 0 s" in drained.stderr  # no status: it waited, bounded
+    live = yaml.safe_load(config.read_text())
+    assert [i["address"] for i in live["frontends"][0]["instances"]] == [f"{a2}.onion"]
+    assert live["frontends"][1] == original["frontends"][1]  # the proxy site untouched
+    assert config.stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "reloads").read_text() == "reloaded\n"
+    undrained = bash(undrain_script([a1], **common))
+    assert undrained.returncode == 0, undrained.stderr
+    assert yaml.safe_load(config.read_text()) == original
+    assert not (tmp_path / "balancer.yaml.onionstack-full").exists()
+
+    # the balancer step installs a new config while a worker is drained: the undrain keeps it
+    assert bash(drain_switch_script([a1], **common)).returncode == 0
+    newer = {**original, "publish": False}
+    config.write_text(yaml.safe_dump(newer, sort_keys=False))
+    assert bash(undrain_script([a1], **common)).returncode == 0
+    assert yaml.safe_load(config.read_text()) == newer
+
+    # the only instances of a site are never drained: the switch happens in place
+    single = bash(drain_switch_script([a1, a2], **common))
+    assert single.returncode == 0 and "holds the only instances" in single.stdout
+    assert yaml.safe_load(config.read_text()) == newer
