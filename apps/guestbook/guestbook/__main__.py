@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import http.server
 import os
+import queue
 import sys
-import threading
 from urllib.parse import parse_qs
 
 import psycopg
@@ -33,24 +33,42 @@ def migrate() -> None:
 
 
 class Pool:
-    """One connection per thread (the server is threaded); reconnects after an error."""
+    """A few open connections shared by the request threads (taken and given back, so a
+    request never waits for a TLS handshake); a broken one is dropped and the query tried
+    once more on a fresh one (the database restarted, or was restored)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, keep: int = 4) -> None:
         self.url = url
-        self.local = threading.local()
+        self.idle: queue.LifoQueue = queue.LifoQueue(maxsize=keep)
+
+    def _take(self) -> psycopg.Connection:
+        try:
+            conn = self.idle.get_nowait()
+            if not conn.closed:
+                return conn
+        except queue.Empty:
+            pass
+        return psycopg.connect(self.url, autocommit=True)
+
+    def _give(self, conn: psycopg.Connection) -> None:
+        try:
+            self.idle.put_nowait(conn)
+        except queue.Full:
+            conn.close()
 
     def run(self, query: str, params: tuple = ()) -> list[tuple]:
         for attempt in (1, 2):
-            conn = getattr(self.local, "conn", None)
+            conn = self._take()
             try:
-                if conn is None or conn.closed:
-                    conn = self.local.conn = psycopg.connect(self.url, autocommit=True)
                 cur = conn.execute(query, params)
-                return cur.fetchall() if cur.description else []
+                rows = cur.fetchall() if cur.description else []
             except psycopg.OperationalError:
-                self.local.conn = None
+                conn.close()
                 if attempt == 2:
                     raise
+                continue
+            self._give(conn)
+            return rows
         return []
 
 
