@@ -453,6 +453,10 @@ class WorkerSpec:
     nginx_tcp_base_port: int | None = None
     tor_binary: str = "/usr/bin/tor"
     nginx_binary: str = "/usr/sbin/nginx"
+    # tor's MetricsPort (Prometheus text: per-service PoW queue depth, suggested effort,
+    # rejected introductions) on 127.0.0.1, one port per daemon in daemon order, readable
+    # from 127.0.0.1 only; empty: no MetricsPort.
+    metrics_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         sites = tuple(self.sites)
@@ -493,6 +497,11 @@ class WorkerSpec:
             value = getattr(self, name)
             if value is not None and (not value.startswith("/") or not SAFE_PATH_RE.match(value)):
                 _fail(name, value, "use an absolute path of [A-Za-z0-9._/@+-] characters")
+        mports = tuple(self.metrics_ports)
+        if mports and (len(mports) != self.tor_daemons or len(set(mports)) != len(mports) or
+                       not all(isinstance(p, int) and 1024 <= p <= 65535 for p in mports)):
+            _fail("metrics_ports", mports, "give one distinct free port >= 1024 per tor daemon, or ()")
+        object.__setattr__(self, "metrics_ports", mports)
         port = self.nginx_tcp_base_port
         if port is not None and not (isinstance(port, int)
                                      and 1024 <= port <= 65535 - 2 * len(sites) * self.tor_daemons):
@@ -550,6 +559,10 @@ class WorkerSpec:
 
     def data_dir(self, daemon: str) -> str:
         return self.layout.path("lib_dir", "tor", daemon)
+
+    def metrics_port(self, daemon: str) -> int | None:
+        """The daemon's MetricsPort on 127.0.0.1, or None."""
+        return self.metrics_ports[self.daemon_names.index(daemon)] if self.metrics_ports else None
 
     def hs_dir(self, daemon: str, site: SiteSpec) -> str:
         return self.layout.path("lib_dir", "tor", daemon, "hs", site.name)

@@ -112,9 +112,10 @@ class OnionSite(pulumi.ComponentResource):
                               opts=top)
 
         def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False,
-                     profile: Optional[pulumi.Input[str]] = None) -> InstanceArgs:
+                     profile: Optional[pulumi.Input[str]] = None, extra_groups=()) -> InstanceArgs:
             return InstanceArgs(role=role, instance_type=instance_type, ami_id=ami_for(instance_type),
-                                subnet_id=subnet.id, security_group_ids=[group.id], key_name=key_pair.key_name,
+                                subnet_id=subnet.id, security_group_ids=[group.id, *(g.id for g in extra_groups)],
+                                key_name=key_pair.key_name,
                                 public_ip=public_ip, root_kms_key_id=self.ebs_key.key.arn,
                                 iam_instance_profile=profile)
 
@@ -125,7 +126,8 @@ class OnionSite(pulumi.ComponentResource):
         self.balancer = BalancerNode("balancer", BalancerNodeArgs(
             instance=instance("balancer", config.instance_types.balancer, self.network.public_subnets[0],
                               self.security.balancer, public_ip=True,
-                              profile=self.metrics_publisher.profile.name)), opts=top)
+                              profile=self.metrics_publisher.profile.name,
+                              extra_groups=(self.security.deployer,))), opts=top)
         balancer_urn = legacy("onionstack:nodes:BalancerNode", "balancer")
         on_balancer = pulumi.ResourceOptions(parent=self.balancer)
         self.balancer_package = BalancerPackage(
@@ -234,7 +236,7 @@ class OnionSite(pulumi.ComponentResource):
             workers=tuple(w.node_name for w in self.workers),
             instances_per_worker=config.tor_daemons_per_worker * len(config.sites),
             balancer_instance_id=self.balancer.instance.id,
-            emails=config.alarm_emails), opts=pulumi.ResourceOptions(parent=self))
+            emails=config.alarm_emails, publishes=config.balancer.publish), opts=pulumi.ResourceOptions(parent=self))
 
         self.exports = self._exports(config, zones)
         self.register_outputs(self.exports)
@@ -250,6 +252,9 @@ class OnionSite(pulumi.ComponentResource):
             "balancerPrivateIp": self.balancer.private_ip,
             "workerPrivateIps": [w.private_ip for w in self.workers],
             "sshBalancer": pulumi.Output.concat("ssh ", jump),
+            # The group CI's deploy job opens SSH in for its own address, per run
+            # (ci/ssh_window.py, docs/operations.md).
+            "deployerSecurityGroupId": self.security.deployer.id,
             "sshWorkers": [pulumi.Output.concat("ssh -J ", jump, f" {user}@", w.private_ip) for w in self.workers],
         }
         if self.database is not None:

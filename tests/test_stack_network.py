@@ -27,7 +27,8 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
         NAT: nats,
         "aws:ec2/eip:Eip": nats,
         "aws:ec2/keyPair:KeyPair": 1,
-        "aws:ec2/securityGroup:SecurityGroup": 3 if database else 2,
+        # balancer, workers, database; the deployer group (CI's SSH window)
+        "aws:ec2/securityGroup:SecurityGroup": (3 if database else 2) + 1,
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": admin + (3 if database else 1),
         "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4 if database else 2,
         INSTANCE: 1 + workers + (1 if database else 0),
