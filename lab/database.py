@@ -193,7 +193,13 @@ class PostgresCluster:
             f.write(f"include '{conf_d}'\nhba_file = '{hba}'\nunix_socket_directories = '{self.socket_dir}'\n")
 
     def argv(self) -> list[str]:
-        return self._as_user([str(pg_bin() / "postgres"), "-D", str(self.data_dir)])
+        """The server in the foreground. As root through setpriv, which execs postgres itself
+        (runuser would stay in between and SIGKILL it 2 s after forwarding a SIGTERM), so a
+        signal reaches the postmaster: SIGINT is PostgreSQL's fast shutdown."""
+        server = [str(pg_bin() / "postgres"), "-D", str(self.data_dir)]
+        if os.geteuid() != 0:
+            return server
+        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *server]
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -56,7 +57,7 @@ def test_restored_data_volume_gives_the_app_its_old_rows():
         assert entries(port) == ["first entry", "second entry"]
 
         # the snapshot: the data directory of a cleanly stopped server
-        server.terminate()
+        server.send_signal(signal.SIGINT)  # fast shutdown: the app's open connections end
         server.wait(timeout=60)
         snapshot = root / "snapshot"
         shutil.copytree(cluster.data_dir, snapshot, symlinks=True, copy_function=shutil.copy2)
@@ -69,7 +70,7 @@ def test_restored_data_volume_gives_the_app_its_old_rows():
         assert entries(port)[-1] == "written after the backup"
 
         # the restore: the volume replaced by the one made from the snapshot
-        server.terminate()
+        server.send_signal(signal.SIGINT)  # fast shutdown: the app's open connections end
         server.wait(timeout=60)
         shutil.rmtree(cluster.data_dir)
         snapshot.rename(cluster.data_dir)
@@ -81,6 +82,6 @@ def test_restored_data_volume_gives_the_app_its_old_rows():
         if app is not None:
             app.terminate()
             app.wait(timeout=30)
-        server.terminate()
+        server.send_signal(signal.SIGINT)  # fast shutdown: the app's open connections end
         server.wait(timeout=60)
         shutil.rmtree(root, ignore_errors=True)
