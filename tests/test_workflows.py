@@ -246,6 +246,8 @@ def test_preview_workflow():
     (pulumi,) = steps_using(doc, "pulumi/actions")
     w = pulumi["with"]
     assert (w["command"], w["stack-name"], w["comment-on-pr"]) == ("preview", "prod", True)
+    # the policy pack runs with the preview (`pulumi preview --policy-pack policy`)
+    assert w["policyPacks"] == "policy" and (REPO / w["policyPacks"] / "PulumiPolicy.yaml").is_file()
     assert pulumi["env"] == {"PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}"}
     (aws,) = steps_using(doc, AWS_ROLE)
     assert aws["with"]["role-to-assume"] == "${{ vars.AWS_PREVIEW_ROLE_ARN }}"
