@@ -30,7 +30,7 @@ from nodes.apps import (AppHostSpec, AppRelease, app_secret_files, database_url,
                         migrate_script, render_app_host, undrain_script, APP_SCRIPT_DIR)
 from nodes.balancer import BalancerNode
 from nodes.payload import digest, payload
-from nodes.remote import DRAIN_DIAL_LIMIT, command, connection
+from nodes.remote import command, connection
 from nodes.render import content_hash
 from nodes.roles import BALANCER_CONFIG, BALANCER_STATE_DIR, PACKAGE_LIB, VENV_PYTHON, app_host_ports
 from nodes.scripts import as_root, runner_script
@@ -118,7 +118,7 @@ class AppRollout(pulumi.ComponentResource):
         # ---- one worker at a time: drain, switch, undrain
         self.drains, self.switches, self.undrains = [], [], []
         previous: list = [args.core, *self.migrations, args.database]
-        balancer_conn = connection(args.balancer.ssh, args.ssh_key, dial_error_limit=DRAIN_DIAL_LIMIT)
+        balancer_conn = connection(args.balancer.ssh, args.ssh_key)
         for worker, setup in zip(args.workers, args.setups):
             n = worker.node_name
             addresses = setup.instance_addresses.apply(
