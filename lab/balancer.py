@@ -72,9 +72,9 @@ def write_onion_config(path: Path, *, control_port: int, socks_port: int, state_
                        key_file: Path, instances: list[str], probe_interval: float = 10.0,
                        probe_timeout: float = 15.0, probe_failures: int = 2,
                        metrics: dict[str, str] | None = None) -> Path:
-    """onionstack's balancer YAML (api.md). Probes are tighter than the AWS defaults: on
-    127.0.0.1 a live instance answers within a few seconds, and a dead worker should be
-    dropped within the issue's 60 s failover target (2 failures x <= 15 s + interval).
+    """onionstack's balancer YAML (docs/balancer.md). Probes are tighter than the AWS
+    defaults: on 127.0.0.1 a live instance answers within a few seconds, and a dead worker
+    should be dropped within 60 s (2 failures x <= 15 s + interval).
     `metrics`: instance address -> its tor's MetricsPort URL (load-aware intro selection)."""
     config = {
         "publish": True,

@@ -30,7 +30,7 @@ log = logging.getLogger("lab.hostile")
 PAD_TYPE = 0x7F          # no link specifier type tor knows (0-3)
 PAD_LEN = 255            # the largest a link specifier holds
 REVISION_FLOOR = 2**40   # above any OPE revision counter tor makes (< 2^34)
-TARGET_SIZE = 41_000     # about the size of the hostile descriptor
+TARGET_SIZE = 41_000     # ~41 kB: a hostile instance descriptor padded near the size limit (docs/balancer.md)
 
 
 def pad(ip, n: int):

@@ -6,9 +6,10 @@ construction; each `render_*` function returns `{relative_path: RenderedFile}` w
 path is relative to `Layout.root` (``"/"`` on a real machine, a scratch directory in the
 lab), so `os.path.join(root, path)` is where the file belongs.
 
-Secrets never pass through here: the balancer's master keys are written on the machine by
-`install-keys.sh` from its stdin (see `render_balancer`), and the database password is set
-by the remote step, not rendered.
+Secrets never pass through here: the balancer's master keys and the database password
+travel in the remote step's secret stdin payload (nodes/payload.py) and are installed by
+the role's `apply.sh`; this module only names where they go (`render_balancer` lists the
+key files with empty content).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import jinja2
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
-# Same rule as infra/config.py's site names (api.md): used in file, unit and nginx names.
+# Same rule as infra/config.py's site names: used in file, unit and nginx names.
 SITE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # A DNS name as nginx and tor will see it: lowercase labels, at least two of them.
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$")
