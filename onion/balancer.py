@@ -772,8 +772,8 @@ class Balancer:
                left_out: dict[bytes, str]) -> tuple[str, int, frozenset] | None:
         """Build one descriptor; if it comes out larger than tor accepts, leave out intro
         points and build again rather than publish nothing. Each round drops the largest
-        intro point of the instance that takes the most bytes in the descriptor, so the
-        instance whose intro points are oversized pays, and the log and status name it.
+        intro point of the instance with the largest intro point (then the most bytes in
+        the descriptor), so the instance whose intro points are oversized pays, and the log and status name it.
         (tor, making its own descriptor too large, logs "We just made an HS descriptor
         that's too big" and publishes nothing: hs_descriptor.c hs_desc_encode_descriptor;
         its own intro points are never that large, an instance's may be.)"""
@@ -790,10 +790,16 @@ class Balancer:
                     fe.note = f"cannot build a descriptor for period {period}: {exc}"
                     log.error("frontend %s: %s", fe.name, fe.note)
                     return None
-                by_instance: dict[str, int] = {}
+                # Rank instances by their single largest intro point first, then by their
+                # bytes in total: fair windows give some instances one slot fewer than
+                # others, so by total bytes alone an honest instance with 3 ordinary
+                # points could outweigh the one with 2 oversized points and pay for it.
+                by_instance: dict[str, tuple[int, int]] = {}
                 for ip in points:
                     src = fe.selected_from.get(ip.auth_key, "?")
-                    by_instance[src] = by_instance.get(src, 0) + publisher.wire_size(ip)
+                    largest, total = by_instance.get(src, (0, 0))
+                    size = publisher.wire_size(ip)
+                    by_instance[src] = (max(largest, size), total + size)
                 worst = max(by_instance, key=lambda a: (by_instance[a], a))
                 victim = max((ip for ip in points if fe.selected_from.get(ip.auth_key, "?") == worst),
                              key=publisher.wire_size)
