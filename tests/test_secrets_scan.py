@@ -26,6 +26,7 @@ from onion.keys import IdentityKey
 from mockrun import mock_tls_key
 from tests.stackmocks import minimal_config, mock_password, prod_config, run
 from tests.test_bootstrap_graph import three_site_config
+from tests.test_stack_apps import mixed_config
 from tests.test_stack_sites import https_config
 
 B64_BLOB = re.compile(r"[A-Za-z0-9+/=\s]{200,}")
@@ -55,7 +56,8 @@ def needles(config: dict) -> dict[str, set[bytes]]:
         for raw in (expanded, expanded[:32], expanded[32:], key.to_tor_secret_key()):
             pats |= _encodings(raw)
         out[f"masterKeys.{site}"] = pats
-    pem = get("sshPrivateKey")
+    # The admin key: the config's, or the one the stack made (pulumi-tls, mocked).
+    pem = get("sshPrivateKey") or mockrun.mock_host_key("admin-ssh-key")["privateKeyOpenssh"]
     body = [line for line in pem.strip().splitlines() if not line.startswith("-----")]
     ssh = {pem.encode(), "".join(body).encode()} | {line.encode() for line in body if len(line) >= 20}
     ssh |= {base64.b64decode("".join(body))}  # the binary openssh-key-v1 blob
@@ -78,6 +80,10 @@ def needles(config: dict) -> dict[str, set[bytes]]:
         # (in the Pulumi state only: it must appear nowhere, secret or not).
         out["databaseTlsKey"] = _pem_key_forms(mock_tls_key("database-tls-key"))
         out["databaseCaKey"] = _pem_key_forms(mock_tls_key("database-ca-key"))
+    for site in get("sites"):
+        if site.get("kind") == "app":  # each app site's database password
+            app_pw = mock_password(f"app-{site['name']}-database-password")
+            out[f"appPassword.{site['name']}"] = {app_pw.encode(), base64.b64encode(app_pw.encode())}
     return out
 
 
@@ -181,7 +187,8 @@ def scan(texts: Iterator[tuple[str, bytes]], patterns: dict[str, set[bytes]]) ->
 
 
 CONFIGS = {"prod": prod_config, "three-sites": three_site_config, "minimal": lambda: minimal_config(workers=1),
-           "https": https_config}
+           "https": https_config, "apps": lambda: mixed_config(),
+           "generated-admin-key": lambda: minimal_config(sshPublicKey="", sshPrivateKey="")}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -206,6 +213,8 @@ def test_the_scanner_finds_every_secret_where_it_is_meant_to_be(name):
                     ("connection", json.dumps(core.input("connection")).encode()),
                     ("database stdin", result.named("database-postgres").input("stdin").encode()),
                     ("worker stdin", result.named("worker-1-tor-nginx").input("stdin").encode())]
+    if any(r.name == "worker-1-apps" for r in result.resources):  # app sites' environment (DATABASE_URL)
+        secret_texts.append(("worker apps stdin", result.named("worker-1-apps").input("stdin").encode()))
     found = {f.split(" in ")[0] for f in scan(iter(secret_texts), pats)}
     assert found == set(pats) - NOWHERE
     assert "databaseTlsKey" in found or not _database_enabled(config)
@@ -218,8 +227,9 @@ def test_secret_config_reaches_resources_only_as_secrets():
     password = result.named("database-password")
     assert "result" in password.additional_secret_outputs  # pulumi-random keeps it secret in state
     assert mockrun.is_secret(result.named("database-postgres").inputs["stdin"])
-    # The only secret output: the instance addresses, operator-only (docs/sites.md).
-    assert result.secret_outputs == {"instanceAddresses"}
+    # The only secret outputs: the instance addresses, operator-only (docs/sites.md), and
+    # the admin SSH key's private half.
+    assert result.secret_outputs == {"instanceAddresses", "adminSshPrivateKey"}
 
 
 @pytest.mark.parametrize("leak", ["hex", "tor-file-in-tar", "ssh-line"])
