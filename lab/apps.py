@@ -117,7 +117,10 @@ def start_app_worker(procs: ProcessRegistry, state_dir: Path, index: int, *, fro
 
     root = Path(state_dir) / "workers" / f"a{index}"
     site = SiteSpec(name=APP, domain=None, onion_address=frontend_address, app=AppSiteSpec(host_port=host_port))
-    machine = Machine(layout=Layout(root=str(root)), tor_user=None, nginx_user=None, tor_include=network_torrc)
+    # No MetricsPort: the stack's fixed 127.0.0.1:9101+ would collide between the lab's
+    # workers (they share one host); lab/workers.py gives its proxy workers free ports instead.
+    machine = Machine(layout=Layout(root=str(root)), tor_user=None, nginx_user=None, tor_include=network_torrc,
+                      tor_metrics_base=None)
     spec = worker_spec((site,), resolver="127.0.0.1", tor_daemons=tor_daemons, intro_points=intro_points,
                        machine=machine)
     write_rendered(root, render_worker(spec))
