@@ -91,6 +91,10 @@ def human_seconds(secs: float) -> str:
     return f"{secs / 86400:.0f} days"
 
 
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def _age(ts: float | None, now: float) -> str:
     """A wall time relative to now: "12 s ago", "in 30 min", "-" when unknown."""
     if ts is None:
@@ -141,6 +145,13 @@ def format_status(data: dict[str, Any], now: float | None = None) -> str:
             lines.append(f"    {label + '  ' if label else ''}{inst['address']}.onion  {health}  {d}  {used}")
             if inst.get("last_error"):
                 lines.append(f"      last error: {inst['last_error']}")
+            load = inst.get("load") or {}
+            if load.get("why") or load.get("metrics_error"):
+                # load-aware intro selection (onion.load): why it has fewer intro points now
+                lines.append(f"      load: {load.get('why') or 'normal'}  (suggested PoW effort "
+                             f"{_dash(load.get('pow_effort'))}, PoW queue {_dash(load.get('pow_queue'))}"
+                             + (f"; MetricsPort: {load['metrics_error']}" if load.get("metrics_error") else "")
+                             + ")")
             probe = inst.get("probe") or {}
             if probe.get("last_result"):
                 lines.append(f"      probe: {probe['last_result']} ({_age(probe.get('last_at'), now)}, "
