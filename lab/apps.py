@@ -12,8 +12,11 @@ database's CA), PGSSLROOTCERT.
 
 An upgrade (`rolling_upgrade`) does what the stack's AppRollout does: the new build's
 migration once, then per worker: the balancer drained of that worker's instances (the
-same rendered app-drain script, `python -m onion drained`), the app restarted on the new
-build and healthy, the balancer's config back (app-undrain), next worker.
+same rendered app-drain script, `python -m onion drained`), the new build started on the
+worker's idle port beside the running one (nginx's app-site.conf sends to both ports) and
+healthy, the old build stopped (SIGTERM: it finishes its requests), the balancer's config
+back (app-undrain), next worker. A drained worker still gets requests from clients that
+fetched the descriptor before the drain; the two ports are why none of them fails.
 """
 from __future__ import annotations
 
@@ -40,18 +43,22 @@ class AppWorker:
     index: int
     root: str
     tor_daemons: int
-    host_port: int
+    ports: list[int]  # the app's two loopback ports (app-site.conf's upstream), slot a and b
     instance_addresses: list[str]
     commands: dict[str, list[str]] = field(default_factory=dict)
     build: str = "1"
+    slot: int = 0  # which of `ports` the running build listens on
 
     @property
     def name(self) -> str:
         return f"a{self.index}"
 
     @property
-    def app_process(self) -> str:
-        return f"{self.name}-app"
+    def host_port(self) -> int:
+        return self.ports[self.slot]
+
+    def app_process(self, slot: int | None = None) -> str:
+        return f"{self.name}-app-{'ab'[self.slot if slot is None else slot]}"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -101,23 +108,29 @@ def wait_healthy(port: int, timeout: float = 60.0) -> None:
 
 
 def start_app(procs: ProcessRegistry, worker: AppWorker, cluster: PostgresCluster, module: Path,
-              build_number: str) -> None:
+              build_number: str, slot: int = 0) -> None:
+    """The build on the worker's port `slot`, healthy; the worker's running build from then on."""
     argv = [sys.executable, str(module), "serve"]
-    procs.start(worker.app_process, argv, env=app_env(cluster, worker.host_port, build_number))
-    worker.commands[worker.app_process] = argv
-    worker.build = build_number
-    wait_healthy(worker.host_port)
+    name = worker.app_process(slot)
+    procs.start(name, argv, env=app_env(cluster, worker.ports[slot], build_number))
+    wait_healthy(worker.ports[slot])
+    worker.commands[name] = argv
+    worker.slot, worker.build = slot, build_number
 
 
 def start_app_worker(procs: ProcessRegistry, state_dir: Path, index: int, *, frontend_address: str,
-                     host_port: int, network_torrc: str, tor_daemons: int, intro_points: int) -> AppWorker:
+                     ports: tuple[int, int], network_torrc: str, tor_daemons: int, intro_points: int) -> AppWorker:
     """One worker serving the app site: tor instances + nginx from the AWS templates."""
     from nodes.render import AppSiteSpec, Layout, SiteSpec, render_worker
     from nodes.roles import Machine, worker_spec
 
     root = Path(state_dir) / "workers" / f"a{index}"
-    site = SiteSpec(name=APP, domain=None, onion_address=frontend_address, app=AppSiteSpec(host_port=host_port))
-    machine = Machine(layout=Layout(root=str(root)), tor_user=None, nginx_user=None, tor_include=network_torrc)
+    site = SiteSpec(name=APP, domain=None, onion_address=frontend_address,
+                    app=AppSiteSpec(host_port=ports[0], next_port=ports[1]))
+    # No MetricsPort: the stack's fixed 127.0.0.1:9101+ would collide between the lab's
+    # workers (they share one host); lab/workers.py gives its proxy workers free ports instead.
+    machine = Machine(layout=Layout(root=str(root)), tor_user=None, nginx_user=None, tor_include=network_torrc,
+                      tor_metrics_base=None)
     spec = worker_spec((site,), resolver="127.0.0.1", tor_daemons=tor_daemons, intro_points=intro_points,
                        machine=machine)
     write_rendered(root, render_worker(spec))
@@ -128,7 +141,7 @@ def start_app_worker(procs: ProcessRegistry, state_dir: Path, index: int, *, fro
     torrcs = [spec.layout.path("etc_dir", "tor", f"{d}.torrc") for d in spec.daemon_names]
     for torrc in torrcs:
         _check(["tor", "--verify-config", "-f", torrc], "tor --verify-config")
-    worker = AppWorker(index=index, root=str(root), tor_daemons=tor_daemons, host_port=host_port,
+    worker = AppWorker(index=index, root=str(root), tor_daemons=tor_daemons, ports=list(ports),
                        instance_addresses=[])
     worker.commands[f"{worker.name}-nginx"] = nginx_cmd + ["-g", "daemon off;"]
     for daemon, torrc in zip(spec.daemon_names, torrcs):
@@ -171,8 +184,10 @@ def rolling_upgrade(procs: ProcessRegistry, workers: list[AppWorker], cluster: P
         t0 = time.time()
         drained = run_balancer_script("drain", worker.instance_addresses, balancer, pid)
         t1 = time.time()
-        procs.stop(worker.app_process)
-        start_app(procs, worker, cluster, module, build_number)
+        old = worker.app_process()
+        start_app(procs, worker, cluster, module, build_number, slot=1 - worker.slot)
+        procs.stop(old, timeout=40)  # SIGTERM: the old build finishes its requests (podman stop --time 30)
+        worker.commands.pop(old, None)
         t2 = time.time()
         undrained = run_balancer_script("undrain", worker.instance_addresses, balancer, pid)
         t3 = time.time()

@@ -318,7 +318,7 @@ class Lab:
         for i in range(1, count + 1):
             worker = apps.start_app_worker(
                 self.procs, self.state_dir, i, frontend_address=self.info["frontend"].removesuffix(".onion"),
-                host_port=self.ports.take(), network_torrc=str(self.net.network_torrc), tor_daemons=tor_daemons,
+                ports=(self.ports.take(), self.ports.take()), network_torrc=str(self.net.network_torrc), tor_daemons=tor_daemons,
                 intro_points=intro_points)
             apps.start_app(self.procs, worker, self.app_database, module, "1")
             self.app_workers.append(worker)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 from urllib.parse import quote
 
-from nodes.render import (Directory, Layout, RenderError, RenderedFile, _script_files, app_database_name,
-                          render_template)
+from nodes.render import (APP_NEXT_PORT_OFFSET, Directory, Layout, RenderError, RenderedFile, _script_files,
+                          app_database_name, render_template)
 
 APP_PACKAGES = ("podman", "curl", "amazon-ecr-credential-helper")
 CA_FILE_REL = "etc/onionstack/database-ca.pem"
@@ -38,7 +38,10 @@ def _fail(field_name: str, value: object, fix: str) -> None:
 class AppRelease:
     """One app site as a worker runs it. `image` is a full reference pinned by digest;
     `registry` the ECR registry host when the stack's repository holds it (podman then
-    gets credentials from the instance role through the ECR credential helper)."""
+    gets credentials from the instance role through the ECR credential helper).
+    Two slots, each its own unit and loopback port (`slots`): a switch starts the new
+    release on the idle slot beside the running one and stops the old once the new is
+    healthy; nginx sends to whichever answers."""
 
     site: str
     image: str
@@ -57,12 +60,23 @@ class AppRelease:
                 _fail(f"apps[{self.site}].env", name, "one-line values, names ^[A-Z_][A-Z0-9_]*$")
 
     @property
-    def container(self) -> str:
-        return f"onionstack-app-{self.site}"
+    def next_port(self) -> int:
+        return self.host_port + APP_NEXT_PORT_OFFSET
 
     @property
-    def unit(self) -> str:
-        return f"{self.container}.service"
+    def slots(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(slot, loopback port) of the two units."""
+        return (("a", self.host_port), ("b", self.next_port))
+
+    def container(self, slot: str) -> str:
+        return f"onionstack-app-{self.site}-{slot}"
+
+    def unit(self, slot: str) -> str:
+        return f"{self.container(slot)}.service"
+
+    @property
+    def units(self) -> tuple[str, str]:
+        return tuple(self.unit(slot) for slot, _ in self.slots)
 
     @property
     def image_name(self) -> str:
@@ -81,7 +95,7 @@ class AppHostSpec:
     def __post_init__(self) -> None:
         if "BEGIN CERTIFICATE" not in (self.ca_pem or ""):
             _fail("ca_pem", "<not PEM>", "give the database CA's certificate (PEM)")
-        ports = [a.host_port for a in self.apps]
+        ports = [p for a in self.apps for _, p in a.slots]
         if len(set(ports)) != len(ports):
             _fail("apps[].host_port", ports, "each app needs its own loopback port")
 
@@ -114,8 +128,9 @@ def render_app_host(spec: AppHostSpec) -> dict[str, RenderedFile]:
         out[layout.key(spec.auth_file)] = RenderedFile(render_template(
             "app/registries.json.j2", registries=registries), 0o644, "root")
     for app in spec.apps:
-        out[layout.key(layout.path("systemd_dir", app.unit))] = RenderedFile(render_template(
-            "app/app.service.j2", app=_UnitView(app, spec)), 0o644, "root")
+        for slot, port in app.slots:
+            out[layout.key(layout.path("systemd_dir", app.unit(slot)))] = RenderedFile(render_template(
+                "app/app.service.j2", app=_UnitView(app, spec, slot, port)), 0o644, "root")
     secret = {layout.key(spec.env_file(a)): RenderedFile("", 0o600, "root") for a in spec.apps}
     dirs = (Directory(layout.path("etc_dir"), 0o755), Directory(layout.path("etc_dir", "apps"), 0o700))
     script_layout = Layout(root=layout.root, script_dir=APP_SCRIPT_DIR)
@@ -131,6 +146,12 @@ class _UnitView:
 
     release: AppRelease
     spec: AppHostSpec
+    slot: str
+    slot_port: int
+
+    @property
+    def container(self) -> str:
+        return self.release.container(self.slot)
 
     def __getattr__(self, name: str):
         return getattr(self.release, name)

@@ -309,17 +309,34 @@ def _overlaps(a: str, b: str) -> bool:
     return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
+# An app site's second loopback port (a new release starts there beside the running one):
+# its first port + this (18080 and 19080 for the first app site).
+APP_NEXT_PORT_OFFSET = 1000
+
+
 @dataclass(frozen=True)
 class AppSiteSpec:
     """What a worker's nginx needs of an app site: the loopback port the app's container is
-    published on (`host_port`), and its health path (docs/apps.md)."""
+    published on (`host_port`), the second port a new release starts on beside the running
+    one during a switch (`next_port`, default host_port + APP_NEXT_PORT_OFFSET), and its
+    health path (docs/apps.md). nginx sends to whichever of the two answers."""
 
     host_port: int
     health_path: str = "/healthz"
+    next_port: int | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.host_port, int) and 1024 <= self.host_port <= 65535):
             _fail("app.host_port", self.host_port, "use 1024..65535")
+        if self.next_port is None:
+            object.__setattr__(self, "next_port", self.host_port + APP_NEXT_PORT_OFFSET)
+        if not (isinstance(self.next_port, int) and 1024 <= self.next_port <= 65535) or \
+                self.next_port == self.host_port:
+            _fail("app.next_port", self.next_port, "use 1024..65535, not host_port")
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return (self.host_port, self.next_port)
         if not isinstance(self.health_path, str) or not re.match(r"^/[A-Za-z0-9._~/-]{0,200}$", self.health_path):
             _fail("app.health_path", self.health_path, "use a URL path such as /healthz")
 
@@ -483,7 +500,7 @@ class WorkerSpec:
                 if a is not b and b.onion_address in (o for _, o in a.foreign_onions):
                     _fail(f"sites[{a.name}].foreign_onions", b.onion_host,
                           f"that is sites[{b.name}]'s address, which every site already maps")
-        ports = [s.app.host_port for s in sites if s.app is not None]
+        ports = [p for s in sites if s.app is not None for p in s.app.ports]
         if len(set(ports)) != len(ports):
             _fail("sites[].app.host_port", ports, "each app site needs its own loopback port")
         object.__setattr__(self, "sites", sites)
@@ -1141,7 +1158,7 @@ def render_database(spec: DatabaseSpec) -> dict[str, RenderedFile]:
 
 
 __all__ = [
-    "AppSiteSpec", "BalancerSpec", "DatabaseRole", "DatabaseSpec", "DatabaseTls", "app_database_name", "SiteDos", "ValidationPath",
+    "APP_NEXT_PORT_OFFSET", "AppSiteSpec", "BalancerSpec", "DatabaseRole", "DatabaseSpec", "DatabaseTls", "app_database_name", "SiteDos", "ValidationPath",
     "VolumeSpec", "worker_secret_files", "database_volumes", "render_database", "Directory", "Layout", "NginxTuning",
     "balancer_directories", "render_balancer", "RenderError", "RenderedFile", "SiteSpec", "TorTuning",
     "WorkerSpec", "content_hash", "render_template", "render_worker", "replace", "worker_directories",

@@ -7,6 +7,7 @@ app as a header, never logged), systemd-analyze (the podman unit), shellcheck (s
 from __future__ import annotations
 
 import http.server
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -16,11 +17,12 @@ import pytest
 import mockrun
 from infra.config import ConfigError, parse_config
 from mockrun import demo_master_key, mock_password, reveal
-from nodes.apps import AppHostSpec, AppRelease, drain_switch_script, migrate_script, render_app_host, \
-    undrain_script
+from nodes.apps import AppHostSpec, AppRelease, app_secret_files, drain_switch_script, migrate_script, \
+    render_app_host, undrain_script
 from nodes.payload import unpack
 from nodes.render import AppSiteSpec, Layout, SiteSpec, WorkerSpec, render_worker
-from tests.conftest_tools import SHELLCHECK, Nginx, onion_address_for, request, short_tmpdir, write_tree
+from tests.conftest_tools import SHELLCHECK, Nginx, free_port, onion_address_for, request, short_tmpdir, \
+    write_tree
 from tests.stackmocks import minimal_config, run
 from tests.test_stack_security import INGRESS, rules
 
@@ -102,9 +104,11 @@ def test_each_app_gets_its_own_role_database_and_password(result):
 def test_workers_render_the_app_site_without_rewriting_and_the_proxy_site_as_before(result):
     files = stdin_files(result, "worker-1-tor-nginx")
     app = files["etc/onionstack/nginx/sites/guestbook.conf"].content
-    assert "proxy_pass http://app_guestbook;" in app and "server 127.0.0.1:18080;" in app
+    assert "proxy_pass http://app_guestbook;" in app
+    assert "server 127.0.0.1:18080 max_fails=0;" in app and "server 127.0.0.1:19080 max_fails=0;" in app
     assert "subs_filter" not in app and "X-Onion-Circuit $proxy_protocol_addr" in app
-    assert "server 127.0.0.1:18081;" in files["etc/onionstack/nginx/sites/forum.conf"].content
+    forum = files["etc/onionstack/nginx/sites/forum.conf"].content
+    assert "server 127.0.0.1:18081 max_fails=0;" in forum and "server 127.0.0.1:19081 max_fails=0;" in forum
     news = files["etc/onionstack/nginx/sites/news.conf"].content
     assert "proxy_pass https://" in news and "X-Onion-Circuit" not in news  # the proxy site as before
     torrc = files["etc/onionstack/tor/tor1.torrc"].content
@@ -131,9 +135,11 @@ def test_app_environment_reaches_workers_only_in_secret_stdin(result):
                 f"&sslrootcert=/etc/onionstack/database-ca.pem\n") in env.content
         assert "GREETING=hello\n" in env.content and "PORT=8080\n" in env.content
         assert files["etc/onionstack/database-ca.pem"].content == result.outputs["databaseCaCertificate"]
-        unit = files["etc/systemd/system/onionstack-app-guestbook.service"].content
+        unit = files["etc/systemd/system/onionstack-app-guestbook-a.service"].content
         assert IMAGE in unit and "--publish 127.0.0.1:18080:8080" in unit and "--pull=never" in unit
-        forum = files["etc/systemd/system/onionstack-app-forum.service"].content
+        unit_b = files["etc/systemd/system/onionstack-app-guestbook-b.service"].content
+        assert IMAGE in unit_b and "--publish 127.0.0.1:19080:8080" in unit_b
+        forum = files["etc/systemd/system/onionstack-app-forum-b.service"].content
         repo = result.named("app-forum-images").state["repositoryUrl"]
         assert f"{repo}@{DIGEST}" in forum and "REGISTRY_AUTH_FILE=" in forum
         assert pw not in step.input("create") and pw not in str(step.input("triggers"))
@@ -199,8 +205,8 @@ def _host_spec(root="/", registry=None):
 def test_app_unit_passes_systemd_analyze(tmp_path):
     files = render_app_host(_host_spec())
     units = {k: v for k, v in files.items() if k.startswith("etc/systemd/system/")}
-    assert sorted(units) == ["etc/systemd/system/onionstack-app-forum.service",
-                             "etc/systemd/system/onionstack-app-guestbook.service"]
+    assert sorted(units) == [f"etc/systemd/system/onionstack-app-{site}-{slot}.service"
+                             for site in ("forum", "guestbook") for slot in "ab"]
     for rel, f in units.items():
         (tmp_path / Path(rel).name).write_text(f.content)
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", *[str(tmp_path / Path(r).name) for r in units]],
@@ -209,7 +215,7 @@ def test_app_unit_passes_systemd_analyze(tmp_path):
     assert result.returncode == 0 and not problems, result.stderr
     # a unit with a typo is caught by the same check
     bad = tmp_path / "onionstack-app-bad.service"
-    bad.write_text(units["etc/systemd/system/onionstack-app-forum.service"].content.replace("Restart=", "Restrat="))
+    bad.write_text(units["etc/systemd/system/onionstack-app-forum-a.service"].content.replace("Restart=", "Restrat="))
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(bad)], capture_output=True, text=True,
                             timeout=60)
     assert "Restrat" in result.stderr
@@ -283,6 +289,148 @@ def test_nginx_passes_the_circuit_id_to_the_app_and_logs_nothing(tmp_path):
     logs = "".join(p.read_text(errors="replace") for p in Path(spec.layout.path("log_dir")).glob("*") if p.is_file())
     assert "4dad::1:2345" not in logs and "4dad::1:2345" not in log
     assert not list(Path(spec.layout.path("log_dir")).glob("*access*"))
+
+
+def test_apply_starts_the_new_release_beside_the_old_and_stops_the_old_only_once_healthy(tmp_path, monkeypatch):
+    """The systemd half of the app step's apply.sh, with a recording systemctl that keeps
+    which units run and a curl that answers on a running unit's port: the first release on
+    slot a; the next on slot b, the old one stopped after b is healthy; a release that never
+    becomes healthy is stopped again and the running one stays."""
+    import os
+
+    import nodes.apps
+
+    monkeypatch.setattr(nodes.apps, "HEALTH_WAIT_SECONDS", 2)
+    root, work = short_tmpdir("os-applive-"), short_tmpdir("os-appstage-")
+    os.chmod(root, 0o755)
+    bin_dir, marker, state, log = tmp_path / "bin", tmp_path / "systemd", tmp_path / "state", tmp_path / "calls"
+    for d in (bin_dir, marker, state):
+        d.mkdir()
+    fakes = {
+        "systemctl": f"""echo "systemctl $*" >> {log}
+unit_port() {{ case "$1" in *-a.service) echo 18080;; *-b.service) echo 19080;; esac; }}
+case "$1" in
+  is-active) test -e "{state}/active-$3"; exit $?;;
+  restart) touch "{state}/active-$2"; [ -e "{state}/broken" ] || touch "{state}/up-$(unit_port "$2")";;
+  stop) rm -f "{state}/active-$2" "{state}/up-$(unit_port "$2")";;
+  disable) rm -f "{state}/active-$3" "{state}/up-$(unit_port "$3")";;
+esac
+exit 0""",
+        "curl": f"""for a in "$@"; do case "$a" in http://127.0.0.1:*) p=${{a#http://127.0.0.1:}}; p=${{p%%/*}};; esac; done
+test -e "{state}/up-$p"
+""",
+        "podman": "exit 0", "systemd-analyze": "exit 0", "journalctl": "exit 0", "sleep": "exit 0",
+    }
+    for tool, body in fakes.items():
+        (bin_dir / tool).write_text("#!/bin/bash\n" + body + "\n")
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ONIONSTACK_SYSTEMD_MARKER": str(marker)}
+    host = _host_spec(str(root))
+    guestbook, ca_pem = host.apps[0], host.ca_pem
+    stage = work / "stage"
+
+    def apply(greeting):
+        release = AppRelease(guestbook.site, guestbook.image, guestbook.port, guestbook.host_port,
+                             env=(("GREETING", greeting),))
+        spec = AppHostSpec(apps=(release,), ca_pem=ca_pem, layout=Layout(root=str(root)),
+                           podman=str(bin_dir / "podman"))  # a fake: nothing is pulled
+        shutil.rmtree(stage, ignore_errors=True)
+        write_tree(stage, {**render_app_host(spec), **app_secret_files(spec, {"guestbook": "postgresql://x"})})
+        log.write_text("")
+        result = subprocess.run(["bash", str(stage / "usr/local/lib/onionstack/apps/apply.sh"), str(stage)],
+                                capture_output=True, text=True, timeout=60, env=env)
+        return result, log.read_text().splitlines()
+
+    a, b = "onionstack-app-guestbook-a.service", "onionstack-app-guestbook-b.service"
+    first, calls = apply("hello")
+    assert first.returncode == 0, first.stderr
+    assert f"systemctl restart {a}" in calls and f"systemctl enable {a}" in calls
+    assert not [c for c in calls if "disable" in c or (b in c.split() and "is-active" not in c)]
+
+    second, calls = apply("hello again")  # a new environment: a switch
+    assert second.returncode == 0, second.stderr
+    assert calls.index(f"systemctl restart {b}") < calls.index(f"systemctl disable --now {a}")
+    assert f"systemctl enable {b}" in calls and f"systemctl restart {a}" not in calls
+    assert sorted(p.name for p in state.iterdir()) == [f"active-{b}", "up-19080"]
+
+    same, calls = apply("hello again")  # nothing changed: nothing restarted
+    assert same.returncode == 0 and not [c for c in calls if "restart" in c or "disable" in c]
+
+    (state / "broken").touch()  # the next release never answers its health path
+    third, calls = apply("broken release")
+    assert third.returncode == 1 and f"{b} keeps serving" in third.stderr
+    assert calls.index(f"systemctl restart {a}") < calls.index(f"systemctl stop {a}")
+    assert not [c for c in calls if "disable" in c]
+    assert sorted(p.name for p in state.iterdir()) == [f"active-{b}", "broken", "up-19080"]
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def test_nginx_sends_to_whichever_of_the_two_release_ports_answers():
+    """The switch on a worker: the running release on one port, the next one started on the
+    other, the old one stopped. In the real nginx no request fails at any point, POSTs
+    included: a refused connection is tried on the other port."""
+    def app_on(port, release):
+        class App(http.server.BaseHTTPRequestHandler):
+            def reply(self):
+                if self.command == "POST":
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = f"{release} {self.command}\n".encode()
+                self.send_response(201 if self.command == "POST" else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = reply  # noqa: N815
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), App)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    ports = (free_port(), free_port())
+    root = short_tmpdir("os-app2-")
+    site = SiteSpec("guestbook", None, onion_address_for("guestbook"),
+                    app=AppSiteSpec(host_port=ports[0], next_port=ports[1]))
+    spec = WorkerSpec(sites=(site,), resolver="127.0.0.1", layout=Layout(root=str(root)), nginx_user=None,
+                      tor_user=None)
+    write_tree(root, render_worker(spec))
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        Path(spec.layout.path("lib_dir", "nginx", sub)).mkdir(parents=True, exist_ok=True)
+    for name in ("run_dir", "log_dir"):
+        Path(spec.layout.path(name)).mkdir(parents=True, exist_ok=True)
+    nginx = Nginx(Path(spec.layout.path("etc_dir", "nginx", "nginx.conf")))
+    sock = spec.listener(site, "tor1").removeprefix("unix:")
+
+    def answers(n=6):
+        out = []
+        for i in range(n):
+            method = "POST" if i % 3 == 2 else "GET"
+            resp = request(sock, "/entries", site.onion_host, circuit_id=i + 1, method=method,
+                           body=b"text=x" if method == "POST" else None,
+                           headers={"Content-Type": "application/x-www-form-urlencoded"} if method == "POST" else None)
+            out.append((resp.status, resp.text))
+        return out
+
+    old = new = None
+    try:
+        nginx.wait_for_socket(sock)
+        old = app_on(ports[1], "release-1")  # running on the second port, the first one idle
+        assert {a for a in answers()} == {(200, "release-1 GET\n"), (201, "release-1 POST\n")}
+        new = app_on(ports[0], "release-2")  # the next release beside it: both answer
+        assert {status for status, _ in answers()} <= {200, 201}
+        old.shutdown()
+        old.server_close()  # the old release stopped: its port refuses
+        old = None
+        assert {a for a in answers(9)} == {(200, "release-2 GET\n"), (201, "release-2 POST\n")}
+    finally:
+        nginx.stop()
+        for server in (old, new):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
 
 
 def test_drain_and_undrain_scripts_edit_the_balancer_config_and_put_it_back(tmp_path):

@@ -77,6 +77,7 @@ def make_handler(pool: Pool, build: str):
         protocol_version = "HTTP/1.1"
         server_version = "guestbook"
         sys_version = ""
+        timeout = 10  # an idle kept-alive connection ends, so a stop never waits long for it
 
         def log_message(self, *args) -> None:  # no access log: readers are not recorded
             pass
@@ -127,7 +128,10 @@ def serve() -> None:
     host = os.environ.get("GUESTBOOK_BIND", "0.0.0.0")  # inside its container; the unit publishes on 127.0.0.1
     build = os.environ.get("GUESTBOOK_BUILD", "1")
     server = http.server.ThreadingHTTPServer((host, port), make_handler(Pool(database_url()), build))
-    server.daemon_threads = True
+    # On SIGTERM (podman stop, a switch to a new release) the requests being served finish:
+    # server_close() waits for their threads.
+    server.daemon_threads = False
+    server.block_on_close = True
     print(f"guestbook: build {build} listening on {host}:{port}", flush=True)
     try:
         server.serve_forever()
