@@ -57,6 +57,8 @@ BALANCER_USER = _BALANCER_DEFAULTS["user"].default
 BALANCER_CONFIG = LAYOUT.path("etc_dir", "balancer.yaml")  # BalancerSpec.config_file
 BALANCER_STATE_DIR = "/" + _BALANCER_DEFAULTS["state_dir_rel"].default  # BalancerSpec.state_dir
 
+WHEELHOUSE = "/var/cache/onionstack/wheels"  # an image's own wheels: pip installs offline from them
+
 # ---- the worker's addresses: how long the step waits for tor to write every hostname file
 HOSTNAME_WAIT_SECONDS = 180
 ADDRESS_LINE = "onionstack-instance"  # stdout lines: "onionstack-instance <site> <daemon> <address>"
@@ -123,7 +125,7 @@ def balancer_spec(config: StackConfig, instances: Mapping[str, Sequence[str]]) -
 
 
 def database_spec(private_ip: str, client_cidrs: Sequence[str], volume_ids: Mapping[str, str],
-                  attachments: Sequence[VolumeAttachmentSpec]) -> DatabaseSpec:
+                  attachments: Sequence[VolumeAttachmentSpec], pg_version: int = 16) -> DatabaseSpec:
     """`volume_ids`: purpose (data/journal/log) -> EBS id; `attachments`: the stack's
     volume specs (purpose -> device name)."""
     device = {a.purpose: a.device_name for a in attachments}
@@ -132,6 +134,7 @@ def database_spec(private_ip: str, client_cidrs: Sequence[str], volume_ids: Mapp
         listen_ip=private_ip,
         client_cidrs=tuple(client_cidrs),
         volumes=database_volumes(pair("data"), pair("journal"), pair("log")),
+        pg_version=pg_version,
         layout=LAYOUT,
     )
 
@@ -229,7 +232,9 @@ def package_script(package_path: str, *, venv: str = VENV, package_lib: str = PA
         f"[ -x {q(venv + '/bin/python')} ] || python3 -m venv {q(venv)}",
         f"rm -rf -- {q(new)} && install -d -m 0755 {q(new)}",
         f"base64 -d < {q(package_path)} | tar -xz --no-same-owner -C {q(new)}",
-        f"{q(venv + '/bin/pip')} install --quiet --disable-pip-version-check -r {q(new + '/onion/requirements.txt')} </dev/null",
+        # An image with its own wheels (the rehearsal's hosts: no internet) installs from them only.
+        f"wheels=(); if [ -d {q(WHEELHOUSE)} ]; then wheels=(--no-index --find-links {q(WHEELHOUSE)}); fi",
+        f"{q(venv + '/bin/pip')} install --quiet --disable-pip-version-check \"${{wheels[@]}}\" -r {q(new + '/onion/requirements.txt')} </dev/null",
         f"PYTHONPATH={q(new)} {q(venv + '/bin/python')} -c 'import onion.balancer, onion.servicecli, onion.status'",
         f"rm -rf -- {q(old)}",
         f"if [ -d {q(package_lib)} ]; then mv -- {q(package_lib)} {q(old)}; fi",
@@ -482,7 +487,7 @@ def database_bootstrap(ctx: BootstrapContext, password: pulumi.Output, client_ci
     def bootstrap(node) -> None:
         vol_ids = pulumi.Output.all(**{p: v.id for p, v in node.volumes.volumes.items()})
         spec = pulumi.Output.all(node.private_ip, pulumi.Output.all(*client_cidrs), vol_ids).apply(
-            lambda a: database_spec(a[0], a[1], a[2], node.args.volumes))
+            lambda a: database_spec(a[0], a[1], a[2], node.args.volumes, ctx.config.database.postgres_version))
         public = spec.apply(render_database)
         stdin = pulumi.Output.secret(pulumi.Output.all(spec, public, password).apply(
             lambda a: steps.payload({**a[1], **database_files(a[0], a[2])})))

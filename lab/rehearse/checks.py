@@ -1,0 +1,150 @@
+"""The rehearsal from nothing to the last check, one printed line per check; the first
+broken check stops it (`CheckFailed`). Used by `python -m lab rehearse`, the `rehearsal`
+pytest and bench/rehearsal.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lab.rehearse.run import ROOT, Deploy, Rehearsal
+
+Progress = Callable[[str], None]
+
+
+class CheckFailed(AssertionError):
+    pass
+
+
+@dataclass
+class Report:
+    print: Progress = print
+    passed: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        if not ok:
+            self.print(f"FAIL  {name}: {detail}")
+            raise CheckFailed(f"{name}: {detail}")
+        self.passed.append(name)
+        self.print(f"PASS  {name}: {detail}")
+
+
+def wheelhouse(requirements: Path = ROOT / "onion" / "requirements.txt", cache: Path = ROOT / ".lab") -> Path:
+    """The balancer's wheels for an offline install (downloaded once per requirements file,
+    with the build tools an sdist needs)."""
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    target = cache / f"wheelhouse-{digest}"
+    if target.is_dir():
+        return target
+    tmp = target.with_name(target.name + ".tmp")
+    subprocess.run(["rm", "-rf", str(tmp)], check=True)
+    tmp.mkdir(parents=True)
+    for args in (["-r", str(requirements)], ["setuptools", "wheel"]):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                        "-d", str(tmp), *args], check=True)
+    tmp.rename(target)
+    return target
+
+
+def steps_of(deploy: Deploy, kind: str) -> list[str]:
+    return sorted(o.name for o in deploy.ops if o.kind == kind)
+
+
+def rehearse(state_dir: Path, *, workers: int = 2, tor_daemons: int = 2, voting_interval: int = 10,
+             progress: Progress = print, report: Report | None = None, tie_to_parent: bool = False,
+             keep: bool = False) -> Report:
+    """Everything the issue lists, in order; tears down at the end (and on any error or
+    Ctrl-C) unless `keep`."""
+    if workers < 2:
+        raise ValueError(f"workers: {workers}: the rehearsal scales in from at least 2 workers")
+    report = report or Report(print=progress)
+    r = Rehearsal(state_dir, workers=workers, tor_daemons=tor_daemons, voting_interval=voting_interval,
+                  progress=progress, tie_to_parent=tie_to_parent)
+    try:
+        _all_checks(r, report, workers)
+    finally:
+        if not keep:
+            undone = r.down()
+            progress(f"teardown: undid {len(undone)} things (containers, mounts, links, processes)")
+    return report
+
+
+def _all_checks(r: Rehearsal, report: Report, workers: int) -> None:
+    from lab.client import ProbeLoop, fetch
+
+    wheels = wheelhouse()
+    first = r.up(wheels)
+    report.timings.update(r.timings)
+    report.check("first deploy", not first.error and not steps_of(first, "failed"),
+                 first.error or f"{len(steps_of(first, 'create'))} steps created "
+                 f"({', '.join(steps_of(first, 'create'))}) in {first.seconds['steps']:.0f} s")
+
+    url = f"http://{r.frontend()}/"
+    page = fetch(r.lab.net.client.socks_port, url, isolation="rehearsal-page", timeout=60)
+    report.check("frontend answers with the origin's page",
+                 page.ok and page.status == 200 and "Hello from" in page.body and r.frontend() in page.body,
+                 f"HTTP {page.status} from {r.frontend()} via the lab client, origin page with links "
+                 f"rewritten to the onion name" if page.ok else page.error)
+
+    units = r.check_units()
+    report.check("every unit active and enabled", True, f"{len(units)} units: " + ", ".join(units))
+
+    ok_user, refused = r.check_database()
+    report.check("database accepts a worker, refuses the balancer", True,
+                 f"worker-1 logged in as {ok_user}; balancer: {refused}")
+
+    again = r.deploy(workers)
+    report.timings["noop_run"] = again.seconds["total"]
+    report.check("a second run changes nothing", not again.error and not again.changed(),
+                 again.error or f"{len(again.ops)} steps unchanged, nothing ran "
+                 f"({again.seconds['total']:.1f} s)" if not again.changed() else
+                 f"changed: {[(o.kind, o.name) for o in again.changed()]}")
+
+    t0 = time.monotonic()
+    r.fabric.reboot(sorted(r.fabric.hosts))
+    booted = r.fabric.wait_booted()
+    took = r.wait_frontend(timeout=300)
+    units = r.check_units()
+    report.check("hosts rebooted: the site comes back without any step", True,
+                 f"all {len(r.fabric.hosts)} hosts restarted (booted in {booted:.0f} s); frontend answered "
+                 f"{time.monotonic() - t0:.0f} s after the reboot began; {len(units)} units active and enabled")
+
+    probes = ProbeLoop(r.lab.net.client.socks_port, url, interval=3.0, prefix="scalein").start()
+    try:
+        scale = r.deploy(workers - 1)
+    finally:
+        results = probes.stop()
+    gone = f"worker-{workers}"
+    drains = [o for o in scale.ops if o.kind == "delete" and o.name == f"{gone}-drain" and o.ran]
+    drained_at = drains[0].started + drains[0].seconds if drains else None
+    failed = [p for p in results if not p.ok]
+    status = r.balancer_status()
+    listed = {i["address"] for fe in status.get("frontends", []) for i in fe.get("instances", [])}
+    report.check(f"scale {workers} -> {workers - 1}: the drain runs before the worker goes, the site stays up",
+                 not scale.error and drained_at is not None and gone in scale.removed
+                 and drained_at <= scale.removed[gone] and not failed
+                 and len(listed) == (workers - 1) * r.tor_daemons,
+                 scale.error or (f"drain of {gone} ran {drains[0].seconds:.0f} s and ended "
+                                 f"{scale.removed[gone] - drained_at:.1f} s before {gone} was terminated; "
+                                 f"{len(results)} requests during the scale-in, {len(failed)} failed; "
+                                 f"the balancer lists {len(listed)} instances"
+                                 if drains and gone in scale.removed else
+                                 f"ops {[(o.kind, o.name) for o in scale.changed()]}, removed {scale.removed}, "
+                                 f"failed probes {[(p.error) for p in failed]}"))
+
+    saved = r.swap_host_keys("balancer")
+    since = time.time()
+    impostor = r.deploy(workers - 1, overrides={"balancer": {"publish": False}}, max_step_seconds=180)
+    ran = [o.name for o in impostor.ops if o.ran]
+    accepted = r.sessions_accepted("balancer", since)
+    report.check("a host with another host key stops the run before any secret is sent",
+                 bool(impostor.error) and "host key" in impostor.error.lower() and not ran and accepted == 0,
+                 f"the run failed ({impostor.error.splitlines()[0][:160] if impostor.error else 'it did NOT fail'}); "
+                 f"steps that ran: {ran or 'none'}; SSH logins the impostor accepted: {accepted}")
+    r.restore_host_keys("balancer", saved)
