@@ -195,6 +195,9 @@ class StackMocks(pulumi_mocks.Mocks):
             return {"id": itype, "instanceType": itype, "supportedArchitectures": [arch]}
         if args.token == "aws:index/getPartition:getPartition":
             return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"id": "000000000000", "accountId": "000000000000", "userId": "AROAMOCKDEPLOYROLE:ci",
+                    "arn": "arn:aws:sts::000000000000:assumed-role/deploy/ci"}
         if args.token == "aws:index/getRegion:getRegion":
             return {"id": self.region, "name": self.region, "region": self.region}
         # An unanswered invoke would silently yield None: make it loud instead.
@@ -249,6 +252,9 @@ class StackMocks(pulumi_mocks.Mocks):
             state["publicIp"] = self._address(DOCUMENTATION_NET, args.name)
         elif t == "aws:ec2/keyPair:KeyPair":
             state["keyName"] = inputs.get("keyName") or f"{inputs.get('keyNamePrefix', '')}{id_}"
+        elif t == "aws:cloudwatch/logGroup:LogGroup":
+            # Policies name log groups (and their streams) by this ARN form.
+            state["arn"] = f"arn:aws:logs:{self.region}:000000000000:log-group:{inputs.get('name') or args.name}"
         elif t == "aws:kms/key:Key":
             state["keyId"] = id_
         elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role"):
@@ -266,8 +272,8 @@ class StackMocks(pulumi_mocks.Mocks):
     def _worker_step_stdout(step_name: str, inputs: dict) -> str:
         """What a worker's tor-nginx step prints once tor created the instance keys: one
         `onionstack-instance SITE DAEMON ADDRESS` line per ob_config in its payload."""
-        from nodes.bootstrap import ADDRESS_LINE
-        from nodes.steps import unpack
+        from nodes.payload import unpack
+        from nodes.scripts import ADDRESS_LINE
 
         lines = []
         for path in sorted(unpack(reveal(inputs["stdin"]))):
@@ -284,6 +290,18 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: StackMocks):
         super().__init__(mocks)
         self.recorded: list[MockedResource] = []
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        """The URN the engine gives a resource: the parent's whole qualified type chain, then
+        its own type (the root stack's type is left out). Pulumi's MockMonitor keeps only the
+        parent's last type, which makes URNs that no real stack holds (aliases are checked
+        against real ones: tests/test_site_aliases.py)."""
+        qualified = type_
+        if parent:
+            parent_type = parent.split("::")[2]
+            if parent_type != "pulumi:pulumi:Stack":
+                qualified = f"{parent_type}${type_}"
+        return "urn:pulumi:" + "::".join([pulumi.get_stack(), pulumi.get_project(), qualified, name])
 
     def RegisterResource(self, request):  # noqa: N802 - gRPC method name
         response = super().RegisterResource(request)

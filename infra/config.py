@@ -18,9 +18,11 @@ import difflib
 import ipaddress
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
 
 from onion.keys import IdentityKey
 
@@ -36,7 +38,13 @@ DEFAULT_BACKUP = {
     "dailyKeep": 6,
     "weeklyKeep": 4,
     "monthlyKeep": 24,
+    # Backups an attacker with the deploy role cannot delete (infra/backup.py, docs/stack.md):
+    "lockMode": "governance",
+    "lockChangeableForDays": 3,
+    "lockConfirm": "",
+    "copyToRegion": "",
 }
+DEFAULT_FLOW_LOGS = {"enabled": True, "traffic": "REJECT", "retentionDays": 90}
 DEFAULT_BALANCER = {"publish": True}
 
 # key -> (Pulumi.yaml type or None for objects, default or REQUIRED)
@@ -58,6 +66,8 @@ SCHEMA: dict[str, tuple[Optional[str], Any]] = {
     "protectData": ("boolean", True),
     "natGateways": ("string", "one"),
     "balancer": (None, DEFAULT_BALANCER),
+    "flowLogs": (None, DEFAULT_FLOW_LOGS),
+    "alarmEmails": ("array", []),
 }
 SECRET_KEYS = ("masterKeys", "sshPrivateKey")
 
@@ -75,6 +85,19 @@ AZ_RANGE = (1, 6)
 VOLUME_GB_RANGE = (1, 16384)  # gp3 limits
 POSTGRES_VERSION_RANGE = (13, 18)
 KEEP_RANGE = (1, 1000)
+# AWS Backup Vault Lock: ChangeableForDays is at least 3; retention at most 100 years.
+LOCK_CHANGEABLE_RANGE = (3, 36500)
+LOCK_MODES = ("governance", "compliance")
+# An AWS region name: us-east-1, eu-central-2, us-gov-west-1, ap-southeast-4, ...
+REGION_RE = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+# CloudWatch Logs accepts only these retention periods (days).
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                      1827, 2192, 2557, 2922, 3288, 3653)
+FLOW_LOG_TRAFFIC = ("REJECT", "ALL")
+# An e-mail address SNS can deliver to: one @, a local part without spaces or angle
+# brackets, and a DNS name (deliberately not the whole of RFC 5322: a display name or a
+# quoted local part here is far more likely a paste error than an address).
+EMAIL_RE = re.compile(rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@(?:{DNS_LABEL}\.)+{DNS_LABEL}$")
 
 
 class ConfigError(ValueError):
@@ -155,9 +178,39 @@ class BackupRule:
 
 
 @dataclass(frozen=True)
+class VaultLock:
+    """AWS Backup Vault Lock on the stack's vaults: governance mode can be lifted by a
+    principal allowed `backup:DeleteBackupVaultLockConfiguration`; compliance mode cannot,
+    by anyone, once `changeable_for_days` have passed."""
+
+    mode: str = "governance"  # governance | compliance
+    changeable_for_days: Optional[int] = None  # compliance only: the grace period
+
+
+@dataclass(frozen=True)
 class BackupConfig:
     enabled: bool
     rules: tuple[BackupRule, ...]
+    lock: VaultLock = VaultLock()
+    copy_to_region: Optional[str] = None  # a second region that gets a copy of every recovery point
+
+    @property
+    def min_retention_days(self) -> int:
+        """The vault lock's lower bound: the shortest rule's retention (a lock refuses any
+        recovery point retained for less, so it must not exceed any rule's)."""
+        return min(r.retention_days for r in self.rules)
+
+    @property
+    def max_retention_days(self) -> int:
+        """The vault lock's upper bound: the longest rule's retention."""
+        return max(r.retention_days for r in self.rules)
+
+
+@dataclass(frozen=True)
+class FlowLogsConfig:
+    enabled: bool
+    traffic: str  # REJECT | ALL
+    retention_days: int
 
 
 @dataclass(frozen=True)
@@ -182,6 +235,8 @@ class StackConfig:
     protect_data: bool = True
     nat_gateways: str = "one"
     balancer: BalancerConfig = field(default_factory=lambda: BalancerConfig(True))
+    flow_logs: FlowLogsConfig = field(default_factory=lambda: FlowLogsConfig(True, "REJECT", 90))
+    alarm_emails: tuple[str, ...] = ()
 
     @property
     def intro_points_per_worker(self) -> int:
@@ -413,7 +468,7 @@ def _parse_vpc_cidr(value: Any) -> str:
 def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
     accepted = (
         "must be a non-empty list of the CIDRs allowed to SSH to the balancer, "
-        "e.g. [\"198.51.100.7/32\"]; 0.0.0.0/0 and ::/0 are refused"
+        "e.g. [\"198.51.100.7/32\"]; together at most a /16 of IPv4 and a /48 of IPv6"
     )
     if value is None:
         raise _missing(
@@ -435,7 +490,37 @@ def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
         if net.prefixlen == 0:
             raise _fail(key, cidr, "opens SSH to the whole internet; list your admin networks instead")
         out.append(str(net))
+    _check_admin_span(out)
     return tuple(out)
+
+
+# The widest union of adminCidrs per IP version: a /16 of IPv4 (65 536 addresses), a /48 of
+# IPv6 (one site's allocation). Wider is no longer "the admin network".
+ADMIN_SPAN = {4: 16, 6: 48}
+
+
+def _check_admin_span(cidrs: list[str]) -> None:
+    """Refuse a set whose union is wider than ADMIN_SPAN, however it is split: the merged
+    ranges (ipaddress.collapse_addresses) are compared by address count, so 0.0.0.0/1 plus
+    128.0.0.0/1 counts as the whole internet it is."""
+    for version, widest in ADMIN_SPAN.items():
+        nets = [(i, ipaddress.ip_network(c)) for i, c in enumerate(cidrs)]
+        nets = [(i, n) for i, n in nets if n.version == version]
+        covered = sum(n.num_addresses for n in ipaddress.collapse_addresses(n for _, n in nets))
+        limit = 2 ** ((32 if version == 4 else 128) - widest)
+        if covered > limit:
+            entries = ", ".join(f"adminCidrs[{i}] {n}" for i, n in nets)
+            raise ConfigError(
+                f"{NAMESPACE}:adminCidrs: {entries} together admit {_pow2(covered)} IPv{version} "
+                f"addresses, more than a /{widest} ({_pow2(limit)}); SSH to the balancer is for "
+                f"your admin networks: list narrower CIDRs (CI opens its own /32 for the run, "
+                f"docs/operations.md)"
+            )
+
+
+def _pow2(n: int) -> str:
+    exact = n.bit_length() - 1
+    return f"2^{exact}" if n == 1 << exact else str(n)
 
 
 def _parse_ssh_keys(public: Any, private: Any) -> tuple[str, Secret]:
@@ -534,7 +619,101 @@ def _parse_backup(value: Any) -> BackupConfig:
     for name, key, schedule, period in BACKUP_RULES:
         keep = _int(f"backup.{key}", merged[key], *KEEP_RANGE)
         rules.append(BackupRule(name, schedule, keep, retention_days(keep, period)))
-    return BackupConfig(enabled, tuple(rules))
+    return BackupConfig(enabled, tuple(rules), _parse_vault_lock(merged),
+                        _parse_copy_region(merged["copyToRegion"]))
+
+
+def compliance_confirmation(days: int) -> str:
+    """The exact `backup.lockConfirm` text that turns compliance mode on."""
+    return f"irreversible after {days} days"
+
+
+def _parse_vault_lock(merged: Mapping[str, Any]) -> VaultLock:
+    mode = merged["lockMode"]
+    if mode not in LOCK_MODES:
+        raise _fail(
+            "backup.lockMode", mode,
+            "must be \"governance\" (lifted by a principal allowed "
+            "backup:DeleteBackupVaultLockConfiguration) or \"compliance\" (irreversible after "
+            "backup.lockChangeableForDays; needs backup.lockConfirm)",
+        )
+    days = _int("backup.lockChangeableForDays", merged["lockChangeableForDays"], *LOCK_CHANGEABLE_RANGE)
+    confirm = merged["lockConfirm"]
+    if not isinstance(confirm, str):
+        raise _fail("backup.lockConfirm", confirm, "must be a string")
+    expected = compliance_confirmation(days)
+    if mode == "governance":
+        if confirm:
+            raise _fail(
+                "backup.lockConfirm", confirm,
+                "only confirms lockMode \"compliance\"; remove it "
+                "(`pulumi config rm --path backup.lockConfirm`) or set backup.lockMode compliance",
+            )
+        return VaultLock("governance")
+    if confirm != expected:
+        # Compliance mode cannot be undone: a typo in lockMode must not turn it on.
+        raise _fail(
+            "backup.lockConfirm", confirm,
+            f"compliance mode becomes immutable {days} days after `pulumi up` applies it "
+            f"(backup.lockChangeableForDays): from then on no one, not even the account's root "
+            f"user, can delete a recovery point before it expires, shorten its retention, or "
+            f"remove the lock, and the vault cannot be deleted while it holds recovery points; "
+            f"to accept that, set backup.lockConfirm to {expected!r}",
+        )
+    return VaultLock("compliance", days)
+
+
+def _parse_copy_region(value: Any) -> Optional[str]:
+    if value in ("", None):
+        return None
+    if not isinstance(value, str) or not REGION_RE.match(value):
+        raise _fail(
+            "backup.copyToRegion", value,
+            "must be an AWS region name such as eu-west-1 (a second region that gets a copy "
+            "of every recovery point), or \"\" for no copy",
+        )
+    return value
+
+
+def check_copy_region(backup: BackupConfig, region: Optional[str]) -> None:
+    """The copy must go to another region than the stack's own."""
+    if backup.enabled and backup.copy_to_region and backup.copy_to_region == region:
+        raise _fail(
+            "backup.copyToRegion", backup.copy_to_region,
+            f"is the stack's own region (aws:region); name a second region, or \"\" for no copy",
+        )
+
+
+def _parse_flow_logs(value: Any) -> FlowLogsConfig:
+    merged = _object("flowLogs", value, DEFAULT_FLOW_LOGS)
+    traffic = merged["traffic"]
+    if traffic not in FLOW_LOG_TRAFFIC:
+        raise _fail(
+            "flowLogs.traffic", traffic,
+            "must be \"REJECT\" (what the security groups and network ACLs refused) or \"ALL\"",
+        )
+    days = merged["retentionDays"]
+    if isinstance(days, bool) or days not in LOG_RETENTION_DAYS:
+        raise _fail(
+            "flowLogs.retentionDays", days,
+            f"must be one of CloudWatch Logs' retention periods: {', '.join(map(str, LOG_RETENTION_DAYS))}",
+        )
+    return FlowLogsConfig(_bool("flowLogs.enabled", merged["enabled"]), traffic, int(days))
+
+
+def _parse_alarm_emails(value: Any) -> tuple[str, ...]:
+    accepted = ("must be a list of e-mail addresses that get the alarms (each confirms an SNS "
+                "subscription e-mail), e.g. [\"ops@example.com\"]")
+    if not isinstance(value, list):
+        raise _fail("alarmEmails", value, accepted)
+    seen: list[str] = []
+    for i, address in enumerate(value):
+        if not isinstance(address, str) or not EMAIL_RE.match(address):
+            raise _fail(f"alarmEmails[{i}]", address, "must be an e-mail address such as ops@example.com")
+        if address.lower() in (a.lower() for a in seen):
+            raise _fail(f"alarmEmails[{i}]", address, "is listed twice; list each address once")
+        seen.append(address)
+    return tuple(seen)
 
 
 def _parse_nat(value: Any) -> str:
@@ -585,6 +764,8 @@ def parse_config(raw: Mapping[str, Any]) -> StackConfig:
         balancer=BalancerConfig(
             publish=_bool("balancer.publish", _object("balancer", get("balancer"), DEFAULT_BALANCER)["publish"])
         ),
+        flow_logs=_parse_flow_logs(get("flowLogs")),
+        alarm_emails=_parse_alarm_emails(get("alarmEmails")),
     )
 
 
@@ -601,6 +782,79 @@ def decode_raw(key: str, text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+# ---------------------------------------------------------------- secrets stay encrypted
+def read_stack_file(stack: str, root: Optional[str]) -> tuple[str, Optional[Mapping[str, Any]]]:
+    """The stack settings file's name and its `config:` as stored (secure values still
+    `{secure: ...}`), or None when there is none (config from elsewhere)."""
+    import yaml
+
+    # The project root (Pulumi.yaml) as the SDK reports it, else the working directory the
+    # CLI runs the program in (under mocks the SDK reports a placeholder).
+    base = next((Path(d) for d in (root, os.getcwd()) if d and (Path(d) / "Pulumi.yaml").is_file()),
+                Path(os.getcwd()))
+    folder = base
+    try:
+        project = yaml.safe_load((base / "Pulumi.yaml").read_text()) or {}
+        if isinstance(project.get("stackConfigDir"), str):
+            folder = base / project["stackConfigDir"]
+    except (OSError, yaml.YAMLError):
+        pass
+    path = folder / f"Pulumi.{stack}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return path.name, None
+    config = data.get("config") if isinstance(data, dict) else None
+    return path.name, config if isinstance(config, dict) else None
+
+
+def _encrypted(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"secure"}
+
+
+def plain_secret_paths(
+    raw: Mapping[str, Any],
+    is_secret: Callable[[str], bool],
+    stored: Optional[Mapping[str, Any]],
+) -> list[str]:
+    """Config paths that hold a secret (SECRET_KEYS) in plain text.
+
+    Pulumi tells a program only which top-level keys hold a secret, and a key counts as
+    secret when any part of it is (`masterKeys` with one site's key set `--secret` and
+    another's set plain is "secret"). The stack settings file as stored says it per path:
+    an encrypted value is `{secure: ...}` there, so each site's key is checked in it.
+    """
+    plain: list[str] = []
+    for key in SECRET_KEYS:
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not is_secret(key):
+            if key == "masterKeys" and isinstance(value, dict) and value:
+                plain += [f"{key}.{site}" for site in sorted(value)]
+            else:
+                plain.append(key)
+            continue
+        kept = (stored or {}).get(f"{NAMESPACE}:{key}")
+        if isinstance(kept, dict) and not _encrypted(kept):
+            plain += [f"{key}.{site}" for site in sorted(kept) if not _encrypted(kept[site])]
+    return plain
+
+
+def plain_secret_error(paths: list[str], stack_file: str) -> ConfigError:
+    """One line: the plain paths and, for each, the command that encrypts it in place."""
+    names = ", ".join(f"{NAMESPACE}:{p}" for p in paths)
+    verb = "is" if len(paths) == 1 else "are"
+    fixes = "; ".join(
+        f"`pulumi config get --path '{p}' | pulumi config set --secret --path '{p}'`" for p in paths
+    )
+    return ConfigError(
+        f"{names} {verb} stored in plain text in the stack config ({stack_file}); secrets must "
+        f"be encrypted: {fixes} (a key whose plain text was ever committed or shared has leaked: "
+        f"replace it)"
+    )
 
 
 def load_config() -> StackConfig:
@@ -624,11 +878,10 @@ def load_config() -> StackConfig:
         text = cfg.get(key)
         if text is not None:
             raw[key] = decode_raw(key, text)
+    stack_file, stored = read_stack_file(pulumi.get_stack(), pulumi.get_root_directory())
+    plain = plain_secret_paths(raw, lambda key: runtime_config.is_config_secret(f"{NAMESPACE}:{key}"), stored)
+    if plain:
+        raise plain_secret_error(plain, stack_file)
     parsed = parse_config(raw)
-    for key in SECRET_KEYS:
-        if key in raw and not runtime_config.is_config_secret(f"{NAMESPACE}:{key}"):
-            pulumi.log.warn(
-                f"{NAMESPACE}:{key} is stored in plain text in the stack config; set it with "
-                f"`pulumi config set --secret` so it is encrypted at rest"
-            )
+    check_copy_region(parsed.backup, pulumi.Config("aws").get("region"))
     return parsed

@@ -1,4 +1,6 @@
-"""The VPC: a public and a private subnet per AZ, an internet gateway, NAT gateway(s)."""
+"""The VPC: a public and a private subnet per AZ, an internet gateway, NAT gateway(s), and
+the VPC's default security group stripped of every rule (nothing uses it; an instance
+launched into it by mistake must not get the default allow-all-within-the-group rules)."""
 from __future__ import annotations
 
 import ipaddress
@@ -63,6 +65,14 @@ class Network(pulumi.ComponentResource):
             enable_dns_support=True,
             enable_dns_hostnames=True,
             tags=tags("network", "vpc"),
+            opts=child,
+        )
+        # Adopting the default group removes all its rules; declaring none keeps it empty
+        # (a rule added by hand is removed again on the next `up`).
+        self.default_security_group = aws.ec2.DefaultSecurityGroup(
+            f"{name}-default-sg",
+            vpc_id=self.vpc.id,
+            tags=tags("network", "default-sg-unused"),
             opts=child,
         )
         igw = aws.ec2.InternetGateway(

@@ -1,6 +1,6 @@
 """EBS volumes that outlive instances: the database's data, journal and log volumes.
 
-Each volume is encrypted gp3, tagged for AWS Backup, attached to its instance, and, when
+Each volume is gp3 encrypted with the stack's customer-managed EBS key (infra/kms.py), tagged for AWS Backup, attached to its instance, and, when
 `protectData` is on, protected (a plain `pulumi destroy` refuses) and retained on delete
 (even an unprotected delete only forgets it). Volumes depend on nothing but their AZ
 name, so `pulumi destroy --exclude-protected` can remove everything around them.
@@ -53,6 +53,7 @@ class AttachedVolumes(pulumi.ComponentResource):
         specs: tuple[VolumeSpec, ...],
         protect: bool,
         backup: bool,
+        kms_key_id: Optional[pulumi.Input[str]] = None,  # ARN; None: the account's aws/ebs key
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("onionstack:infra:AttachedVolumes", name, None, opts)
@@ -65,6 +66,8 @@ class AttachedVolumes(pulumi.ComponentResource):
                 size=spec.size_gb,
                 type="gp3",
                 encrypted=True,
+                # Snapshots, and so AWS Backup's recovery points, keep the volume's key.
+                kms_key_id=kms_key_id,
                 tags=tags(role, f"{role}-{spec.purpose}", purpose=spec.purpose, **backup_tags),
                 opts=data_options(protect, parent=self),
             )

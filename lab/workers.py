@@ -2,10 +2,10 @@
 nginx, all rendered by `nodes.render.render_worker` -- the same templates AWS workers get --
 into `<state>/workers/wN/` and started as ordinary processes.
 
-Lab-only differences, all through WorkerSpec fields the renderer offers for this: every
-torrc `%include`s the private network's options, tor's seccomp sandbox is off, daemons run
-as the lab's user, nginx trusts the lab's test CA, and each worker's `originAddress` is its
-own origin listener (so a response says which worker carried it).
+Lab-only differences, all through the `Machine` the spec builder takes: every torrc
+`%include`s the private network's options, daemons run as the lab's user, nginx trusts the
+lab's test CA; and each worker's `originAddress` is its own origin listener (so a response
+says which worker carried it). tor's seccomp sandbox is off, as on AWS (TorTuning).
 """
 from __future__ import annotations
 
@@ -46,17 +46,17 @@ class Worker:
 
 def worker_spec(root: Path, *, frontend_address: str, domain: str, origin_port: int,
                 ca_file: str, network_torrc: str, tor_daemons: int, intro_points: int):
-    """The WorkerSpec AWS would use, with the lab's paths and the private network."""
-    from nodes.render import Layout, NginxTuning, SiteSpec, TorTuning, WorkerSpec
+    """The WorkerSpec the AWS program builds (nodes.roles.worker_spec, the same builder),
+    on the lab's machine: its paths, its user, its CA and the private network."""
+    from nodes.render import Layout, SiteSpec
+    from nodes.roles import Machine, worker_spec as build
 
     site = SiteSpec(name=SITE_NAME, domain=domain, onion_address=frontend_address,
                     origin_address=f"127.0.0.1:{origin_port}")
-    return WorkerSpec(
-        sites=(site,), resolver="127.0.0.1", tor_daemons=tor_daemons,
-        tor=TorTuning(intro_points=intro_points, sandbox=False),
-        nginx=NginxTuning(trusted_ca_file=ca_file),
-        layout=Layout(root=str(root)), tor_user=None, nginx_user=None,
-        tor_include=network_torrc)
+    machine = Machine(layout=Layout(root=str(root)), tor_user=None, nginx_user=None,
+                      tor_include=network_torrc, trusted_ca_file=ca_file)
+    return build((site,), resolver="127.0.0.1", tor_daemons=tor_daemons, intro_points=intro_points,
+                 machine=machine)
 
 
 def write_rendered(root: Path, files) -> None:

@@ -1,4 +1,4 @@
-"""The balancer: public subnet, public IP, tor + the onion balancer core; SSH jump host."""
+"""The balancer: public subnet, public address, tor + the onion balancer core; SSH jump host."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,30 +6,27 @@ from typing import Optional
 
 import pulumi
 
-from infra.config import Site
-from nodes.instance import Bootstrap, InstanceArgs, Node
+from nodes.instance import InstanceArgs, Node
+from nodes.remote import SshTarget
 
 
 @dataclass(frozen=True)
 class BalancerNodeArgs:
     instance: InstanceArgs  # public_ip=True, a public subnet
-    sites: tuple[Site, ...]
-    publish: bool = True  # false: standby fleet, never uploads descriptors
-    bootstrap: Optional[Bootstrap] = None
 
 
 class BalancerNode(Node):
+    """Declares `public_ip` (the address admins and every step dial) besides Node's."""
+
     public_ip: pulumi.Output[str]
 
     def __init__(self, name: str, args: BalancerNodeArgs, opts: Optional[pulumi.ResourceOptions] = None):
         if not args.instance.public_ip:
             raise ValueError("the balancer is the SSH jump host and needs a public IP")
-        self.args = args
-        super().__init__("onionstack:nodes:BalancerNode", name, args.instance, args.bootstrap, opts)
+        super().__init__("onionstack:nodes:BalancerNode", name, args.instance, opts)
 
     def _add_role_resources(self) -> None:
         self.public_ip = self.instance.public_ip
 
-    @property
-    def ssh_host(self) -> pulumi.Output[str]:
-        return self.public_ip
+    def _ssh_target(self) -> SshTarget:
+        return SshTarget(host=self.public_ip)

@@ -1,30 +1,26 @@
 """The one way onionstack makes an EC2 instance, and the base of the three node roles.
 
 Every instance: Ubuntu 24.04 LTS (latest Canonical AMI for the type's CPU architecture,
-looked up at deploy time),
-IMDSv2 required, an encrypted gp3 root volume, the admin key pair, tags. Instances are
-disposable; state worth keeping lives on separate EBS volumes (infra/storage.py).
+looked up at deploy time), IMDSv2 required, an encrypted gp3 root volume, the admin key
+pair, tags. Instances are disposable; state worth keeping lives on separate EBS volumes
+(infra/storage.py).
 
-Bootstrap seam: a node's args carry an optional `bootstrap` callable. The node calls it
-with itself at the end of its constructor, after the instance (and its volumes) exist, so
-the remote steps a later module declares (`command.remote.Command(..., opts=
-node.child_opts())`) become children of the node and run after the instance is up.
-`ssh_host` and `jump_host` say how to reach the machine.
-
-Steps that need other nodes (the balancer's config is rendered from the workers' onion
-addresses, and the workers are built after the balancer because they use it as jump host)
-are declared later, from the composition, with the same `node.child_opts(*those_steps)`:
-a component accepts children after its constructor has returned.
+A node (a `Node` component) is a machine and what it needs to exist: its instance, and
+per role an Elastic IP (balancer) or data volumes (database). It declares how a step
+reaches it (`ssh`, an `SshTarget`) and what a step on it must wait for (`ready`). The
+remote steps are components of their own (nodes/steps.py), declared by the site
+(nodes/site.py) as children of the node they run on.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_aws as aws
 
 from infra.tags import tags
+from nodes.remote import SSH_USER, SshTarget
 
 CANONICAL_OWNER = "099720109477"
 # Canonical's image names per CPU architecture (EC2's names: x86_64, arm64).
@@ -33,7 +29,6 @@ UBUNTU_NOBLE_NAMES = {
     "arm64": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-*",
 }
 UBUNTU_NOBLE_NAME = UBUNTU_NOBLE_NAMES["x86_64"]
-SSH_USER = "ubuntu"
 
 
 def ubuntu_noble_ami(architecture: str = "x86_64") -> str:
@@ -94,6 +89,8 @@ class InstanceArgs:
     key_name: pulumi.Input[str]
     public_ip: bool = False
     root_volume_gb: int = 16
+    root_kms_key_id: Optional[pulumi.Input[str]] = None  # the stack's EBS key (infra/kms.py); None: aws/ebs
+    iam_instance_profile: Optional[pulumi.Input[str]] = None  # name; None: no instance role
 
 
 def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aws.ec2.Instance:
@@ -105,6 +102,7 @@ def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aw
         vpc_security_group_ids=list(args.security_group_ids),
         key_name=args.key_name,
         associate_public_ip_address=args.public_ip,
+        iam_instance_profile=args.iam_instance_profile,
         metadata_options={
             "http_endpoint": "enabled",
             "http_tokens": "required",  # IMDSv2 only
@@ -112,6 +110,7 @@ def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aw
         },
         root_block_device={
             "encrypted": True,
+            "kms_key_id": args.root_kms_key_id,
             "volume_type": "gp3",
             "volume_size": args.root_volume_gb,
             "delete_on_termination": True,
@@ -128,45 +127,31 @@ def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aw
     )
 
 
-Bootstrap = Callable[["Node"], None]
-
-
 class Node(pulumi.ComponentResource):
-    """A machine role: one instance plus whatever its role and its bootstrap add."""
+    """A machine role: one instance plus whatever its role adds (`_add_role_resources`).
+
+    Declared for the steps: `instance`, `private_ip`, `ssh` (how a step reaches it) and
+    `ready` (what a step on it waits for: the instance, and e.g. the database's volume
+    attachments)."""
 
     instance: aws.ec2.Instance
     private_ip: pulumi.Output[str]
-    ssh_user: str = SSH_USER
+    ssh: SshTarget
+    ready: tuple[pulumi.Resource, ...]
 
-    def __init__(
-        self,
-        type_: str,
-        name: str,
-        instance: InstanceArgs,
-        bootstrap: Optional[Bootstrap],
-        opts: Optional[pulumi.ResourceOptions],
-    ):
+    def __init__(self, type_: str, name: str, instance: InstanceArgs, opts: Optional[pulumi.ResourceOptions]):
         super().__init__(type_, name, None, opts)
         self.node_name = name
         self.instance = build_instance(name, instance, parent=self)
         self.private_ip = self.instance.private_ip
+        self.ready = (self.instance,)
         self._add_role_resources()
-        if bootstrap is not None:
-            bootstrap(self)
-        self.register_outputs({"instanceId": self.instance.id, "privateIp": self.private_ip})
+        self.ssh = self._ssh_target()
+        self.register_outputs({"instanceId": self.instance.id, "privateIp": self.private_ip,
+                               "sshHost": self.ssh.host})
 
     def _add_role_resources(self) -> None:
-        """Subclass hook: resources the role needs before bootstrap (e.g. data volumes)."""
+        """Subclass hook: resources the role needs before any step (e.g. data volumes)."""
 
-    @property
-    def ssh_host(self) -> pulumi.Output[str]:
-        """The address an SSH client uses for this machine (via `jump_host` if set)."""
-        return self.private_ip
-
-    @property
-    def jump_host(self) -> Optional[pulumi.Output[str]]:
-        return None
-
-    def child_opts(self, *depends_on: pulumi.Resource, **kwargs) -> pulumi.ResourceOptions:
-        """Options for a bootstrap step: a child of this node, after the instance."""
-        return pulumi.ResourceOptions(parent=self, depends_on=[self.instance, *depends_on], **kwargs)
+    def _ssh_target(self) -> SshTarget:
+        return SshTarget(host=self.private_ip)

@@ -1,238 +1,297 @@
-"""Remote step helpers: how onionstack runs anything on a machine with pulumi-command.
+"""The remote steps, each a component: what runs on which machine, after what.
 
-Role-agnostic pieces (nodes/bootstrap.py composes them per role):
+    WorkerSetup     worker-N-tor-nginx: the rendered worker files (torrcs, ob_configs,
+                    nginx, units, scripts), installed and checked by the templates' own
+                    scripts; declares `instance_addresses`, the addresses tor created (the
+                    keys never leave the worker)
+    BalancerPackage balancer-onion-package (copy) + balancer-package: the `onion` package
+                    in the balancer's venv, swapped in whole
+    BalancerCore    balancer-core, after BalancerPackage and EVERY WorkerSetup: the
+                    balancer's config rendered from the workers' addresses, plus the master
+                    key files (secret stdin); (re)starts tor and the core
+    WorkerDrain     worker-N-drain, on the balancer: its delete holds the worker's removal
+                    until the balancer publishes without it (scale-in)
+    DatabaseSetup   database-postgres: volumes, the cluster, pg_hba; the password (secret stdin)
 
-- `connection(...)`: SSH to a node, through the balancer as jump host for private
-  machines; retries without limit while an instance boots (`dial_error_limit=-1`), the
-  private key only ever as a Pulumi secret.
-- `payload(files)`: a role's rendered files as ONE deterministic tar.gz, base64, fed to
-  the step on stdin. stdin is the only channel that keeps secrets (master keys, the
-  database password) out of command lines and process listings; it is also atomic (the
-  whole file set or nothing) and byte-for-byte the same on every run, so a second
-  `pulumi up` with the same config sees no change.
-- `role_script(...)`: the shell program a step runs (as root, via `sudo bash -c`):
-  unpack the payload into a private staging dir, then run the role's own rendered
-  `install-packages.sh` and `apply.sh STAGE` (nodes/render.py: install with backups,
-  check with the real tools, restore and reload nothing when a check fails, else
-  reload and enable at boot).
-- `command(...)`: a `remote.Command` with onionstack's fixed policy: `update` = `create`
-  (every script is idempotent), `add_previous_output_in_env=False`, `custom_timeouts`,
-  logging off and stdout/stderr/stdin secret for secret-bearing steps, and no `delete`
-  unless the caller gives one (a delete that must reach a terminated host cannot
-  succeed; see docs/bootstrap.md).
+Each takes a typed args dataclass, parents its remote resources, and registers what others
+read. Every step's `triggers` = [instance id, content hash of what it installs, digest of
+its script], so it re-runs exactly when its rendered input (or its machine) changes, and a
+second `pulumi up` with the same config changes nothing. Component names end in "-step";
+their remote resources keep the step's own name (`worker-1-tor-nginx-step` holds the
+command `worker-1-tor-nginx`). docs/bootstrap.md shows the order and the edges.
 """
 from __future__ import annotations
 
-import base64
-import gzip
-import hashlib
-import io
-import shlex
-import tarfile
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import pulumi
 from pulumi_command import remote
 
-from nodes.render import RenderedFile
+from infra.config import Site
+from nodes.balancer import BalancerNode
+from nodes.database import DatabaseNode
+from nodes.instance import Node
+from nodes.payload import BinaryFile, digest, onion_package_tarball, payload
+from nodes.remote import DRAIN_DIAL_LIMIT, STEP_TIMEOUTS, command, connection
+from nodes.render import BalancerSpec, RenderedFile, WorkerSpec, content_hash, render_balancer, render_database, \
+    render_worker
+from nodes.roles import RoleSpecs
+from nodes.scripts import as_root, drain_script, package_script, parse_instance_addresses, runner_script, \
+    worker_setup_script
+from nodes.worker import WorkerNode
+from onion.keys import IdentityKey
 
-# Booting EC2 instances refuse SSH for a minute or two: retry dialling without limit and
-# let custom_timeouts bound the whole step instead (pulumi-command gives up after 10
-# dial errors by default).
-UNLIMITED_DIALS = -1
-PER_DIAL_TIMEOUT = 30  # seconds
-STEP_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m", delete="20m")
-# The drain step talks to a host that is already up (it ran its create there); a host that
-# has gone must fail the delete in bounded time with a clear error, not hang for 20 min.
-DRAIN_DIAL_LIMIT = 20
-
-# tmpfs: the staged payload (master keys, the database password) and apply.sh's backups of
-# the live files never touch a disk, and a run cut short leaves nothing past a reboot.
-STAGING_PREFIX = "/run/onionstack-stage."
-STAGING_TMPDIR = "/run"
-
-
-# ---------------------------------------------------------------- connection
-def connection(
-    host: pulumi.Input[str],
-    user: str,
-    private_key: pulumi.Input[str],
-    *,
-    jump_host: Optional[pulumi.Input[str]] = None,
-    host_key: Optional[pulumi.Input[str]] = None,
-    dial_error_limit: int = UNLIMITED_DIALS,
-) -> remote.ConnectionArgs:
-    """SSH settings for a step; `jump_host` routes through the balancer (same user, same key).
-
-    `private_key` must be a secret Output (config.ssh_private_key.output()): pulumi-command
-    marks the whole connection secret anyway, but the key must not be plain even briefly.
-    """
-    proxy = None
-    if jump_host is not None:
-        proxy = remote.ProxyConnectionArgs(
-            host=jump_host,
-            user=user,
-            private_key=private_key,
-            dial_error_limit=dial_error_limit,
-            per_dial_timeout=PER_DIAL_TIMEOUT,
-        )
-    return remote.ConnectionArgs(
-        host=host,
-        user=user,
-        private_key=private_key,
-        host_key=host_key,
-        dial_error_limit=dial_error_limit,
-        per_dial_timeout=PER_DIAL_TIMEOUT,
-        proxy=proxy,
-    )
+STEP_SUFFIX = "-step"
 
 
-# ---------------------------------------------------------------- payload
+def _resource_name(name: str) -> str:
+    """The name of a step's remote resource: the step component's name without "-step"."""
+    return name.removesuffix(STEP_SUFFIX)
+
+
+def _opts(step: pulumi.ComponentResource, node: Node, *after: pulumi.Resource,
+          legacy_parent: Optional[pulumi.Input[str]] = None, **kwargs) -> pulumi.ResourceOptions:
+    """A step's remote resource: a child of the step, after the node is ready and `after`.
+
+    `legacy_parent`: the URN of the resource it was a child of before steps were
+    components (the node at the stack's top level), so that a stack deployed then keeps it
+    instead of replacing it (an alias; nodes/site.py passes it)."""
+    aliases = [pulumi.Alias(parent=legacy_parent)] if legacy_parent is not None else None
+    return pulumi.ResourceOptions(parent=step, depends_on=[*node.ready, *after], aliases=aliases, **kwargs)
+
+
+# ================================================================ worker
 @dataclass(frozen=True)
-class BinaryFile:
-    """A file whose content is bytes (tor's binary key format); same fields as RenderedFile."""
-
-    content: bytes
-    mode: int = 0o600
-    owner: str = "root"
+class WorkerSetupArgs:
+    node: WorkerNode
+    spec: WorkerSpec  # RoleSpecs.worker: the same for every worker
+    ssh_key: pulumi.Input[str]  # secret
 
 
-def payload(files: Mapping[str, "RenderedFile"]) -> str:
-    """`files` ({path relative to /: RenderedFile}) as base64 of a reproducible tar.gz.
+class WorkerSetup(pulumi.ComponentResource):
+    """Installs and starts a worker's tor daemons and nginx; declares `instance_addresses`
+    (Output of {site: [56-char addresses in daemon order]}, None when unknown: mocks
+    without command emulation)."""
 
-    A file's `content` is text (UTF-8) or bytes (tor's binary key files).
+    command: remote.Command
+    instance_addresses: pulumi.Output
 
-    Same files, same bytes: sorted names, mtime 0, numeric ids 0 with the owner's *name*
-    recorded (GNU tar running as root restores owners by name, so `debian-tor` or
-    `postgres` get their files once the package has created the user), gzip mtime 0.
-    Directories are not listed: tar creates parents, and their modes are the apply
-    script's business (e.g. tor's DataDirectory must be 0700 debian-tor).
-    """
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(files):
-            _check_relpath(path)
-            f = files[path]
-            data = f.content if isinstance(f.content, bytes) else f.content.encode("utf-8")
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = f.mode
-            info.mtime = 0
-            info.uid = info.gid = 0
-            info.uname = f.owner
-            info.gname = f.owner
-            tar.addfile(info, io.BytesIO(data))
-    return base64.b64encode(gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)).decode("ascii")
-
-
-def unpack(encoded: str) -> dict[str, RenderedFile]:
-    """The inverse of `payload` (tests and mocks read what a step would install)."""
-    out: dict[str, RenderedFile] = {}
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(encoded))), mode="r") as tar:
-        for info in tar.getmembers():
-            data = tar.extractfile(info).read()
-            try:
-                content = data.decode("utf-8")
-            except UnicodeDecodeError:
-                content = data  # binary (tor key files)
-            out[info.name] = RenderedFile(content, info.mode, info.uname)
-    return out
+    def __init__(self, name: str, args: WorkerSetupArgs, opts: Optional[pulumi.ResourceOptions] = None, *,
+                 legacy_parent: Optional[pulumi.Input[str]] = None):
+        super().__init__("onionstack:nodes:WorkerSetup", name, None, opts)
+        spec, node = args.spec, args.node
+        files = render_worker(spec)
+        script = worker_setup_script(spec)
+        self.command = command(
+            _resource_name(name),
+            connection=connection(node.ssh, args.ssh_key),
+            create=as_root(script),
+            stdin=payload(files),
+            triggers=[node.instance.id, content_hash(files), digest(script)],
+            opts=_opts(self, node, legacy_parent=legacy_parent),
+        )
+        sites = [s.name for s in spec.sites]
+        self.instance_addresses = self.command.stdout.apply(
+            lambda out: parse_instance_addresses(out, sites, spec.daemon_names))
+        self.register_outputs({"instanceAddresses": self.instance_addresses})
 
 
-def _check_relpath(path: str) -> None:
-    parts = path.split("/")
-    if path.startswith("/") or not path or ".." in parts or "" in parts:
-        raise ValueError(f"payload path {path!r}: use a normalised path relative to / (no '..', no leading '/')")
+# ================================================================ balancer
+@dataclass(frozen=True)
+class BalancerPackageArgs:
+    node: BalancerNode
+    ssh_key: pulumi.Input[str]  # secret
 
 
-def digest(*parts: str) -> str:
-    """sha256 over length-prefixed parts: for `triggers` of inputs that are not files."""
-    h = hashlib.sha256()
-    for part in parts:
-        data = part.encode()
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()
+class BalancerPackage(pulumi.ComponentResource):
+    """Copies the `onion` package (a reproducible tarball) to the balancer and installs it
+    into the core's venv; declares `package_digest` (what changes when the package does)."""
+
+    copy: remote.CopyToRemote
+    command: remote.Command
+    package_digest: str
+
+    def __init__(self, name: str, args: BalancerPackageArgs, opts: Optional[pulumi.ResourceOptions] = None, *,
+                 legacy_parent: Optional[pulumi.Input[str]] = None):
+        super().__init__("onionstack:nodes:BalancerPackage", name, None, opts)
+        node = args.node
+        package = onion_package_tarball()
+        self.package_digest = digest(package)
+        package_path = f"/home/{node.ssh.user}/onionstack-onion.tar.gz.b64"
+        self.copy = remote.CopyToRemote(
+            f"{node.node_name}-onion-package",
+            connection=connection(node.ssh, args.ssh_key),
+            source=pulumi.StringAsset(package),
+            remote_path=package_path,
+            triggers=[node.instance.id, self.package_digest],
+            opts=_opts(self, node, legacy_parent=legacy_parent, custom_timeouts=STEP_TIMEOUTS),
+        )
+        script = package_script(package_path)
+        self.command = command(
+            _resource_name(name),
+            connection=connection(node.ssh, args.ssh_key),
+            create=as_root(script),
+            triggers=[node.instance.id, self.package_digest, digest(script)],
+            opts=_opts(self, node, self.copy, legacy_parent=legacy_parent),
+        )
+        self.register_outputs({"packageDigest": self.package_digest})
 
 
-# ---------------------------------------------------------------- scripts
-def role_script(script_dir: str, *, post: Sequence[str] = ()) -> str:
-    """The bash program a step runs as root, reading its payload (see `payload`) on stdin.
-
-    The payload holds the role's rendered files, among them the templates' own
-    `<script_dir>/install-packages.sh` and `<script_dir>/apply.sh` (nodes/render.py):
-
-    1. unpack into a fresh 0700 staging dir on tmpfs (a mirror of /; owners and modes
-       are apply.sh's business, it installs each file as rendered);
-    2. `install-packages.sh`: idempotent apt;
-    3. `apply.sh STAGE`: install with backups, check with the real tools, restore and
-       exit 1 without reloading anything when a check fails, else reload + enable;
-    4. `post`: e.g. print the worker's instance addresses.
-
-    `script_dir` is relative to / (render.Layout().script_dir). No secret is ever part of
-    this text: secrets arrive inside the payload.
-    """
-    q = shlex.quote
-    scripts = "$stage/" + script_dir.strip("/")
-    lines = [
-        "set -euo pipefail",
-        "umask 077",
-        f"stage=$(mktemp -d {q(STAGING_PREFIX + 'XXXXXX')})",
-        "trap 'rm -rf -- \"$stage\"' EXIT",
-        # A dropped SSH session or a kill still runs the EXIT trap (the stage holds secrets).
-        "trap 'exit 129' HUP",
-        "trap 'exit 130' INT",
-        "trap 'exit 143' TERM",
-        "base64 -d | tar -xz --no-same-owner -C \"$stage\"",
-        # stdin is consumed: nothing below may wait on it (apt, dpkg prompts).
-        f"bash \"{scripts}/install-packages.sh\" </dev/null",
-        f"TMPDIR={q(STAGING_TMPDIR)} bash \"{scripts}/apply.sh\" \"$stage\" </dev/null",
-        *post,
-    ]
-    return "\n".join(lines) + "\n"
+def key_files(spec: BalancerSpec, sites: Sequence[Site]) -> dict[str, BinaryFile]:
+    """Each site's master key as tor's `hs_ed25519_secret_key` file at the path the
+    rendered config and apply.sh name (0600, the core's user). Only for the secret
+    payload: never logged, never in a plain input."""
+    return {
+        spec.layout.key(spec.key_file(s.name)): BinaryFile(
+            IdentityKey.from_config_string(s.master_key.reveal()).to_tor_secret_key(), 0o600, spec.user)
+        for s in sites
+    }
 
 
-def as_root(script: str) -> str:
-    """The command line that runs `script` as root: the script text is quoted as one
-    argument, so it is shown in the Pulumi diff and the tests can shellcheck it."""
-    return f"sudo -n /bin/bash -c {shlex.quote(script)}"
+@dataclass(frozen=True)
+class BalancerCoreArgs:
+    node: BalancerNode
+    specs: RoleSpecs
+    sites: tuple[Site, ...]  # the stack config's sites: their master keys (secrets)
+    package: BalancerPackage
+    workers: tuple[WorkerSetup, ...]
+    ssh_key: pulumi.Input[str]  # secret
 
 
-# ---------------------------------------------------------------- the Command
-def command(
-    name: str,
-    *,
-    connection: remote.ConnectionArgs,
-    create: pulumi.Input[str],
-    triggers: Sequence[pulumi.Input],
-    opts: pulumi.ResourceOptions,
-    stdin: Optional[pulumi.Input[str]] = None,
-    delete: Optional[str] = None,
-    secret: bool = False,
-) -> remote.Command:
-    """A remote step with onionstack's policy (module docstring).
+class BalancerCore(pulumi.ComponentResource):
+    """The balancer's tor and core, configured from every worker's instance addresses;
+    declares `config_digest` (of the public files it installs: addresses, publish, key
+    paths; never key material) and `instances` ({site: [addresses]})."""
 
-    `secret=True` for steps whose stdin carries key material or passwords: logging off,
-    and stdout/stderr/stdin marked secret in the state whatever they contain.
-    """
-    extra = pulumi.ResourceOptions(
-        custom_timeouts=STEP_TIMEOUTS,
-        additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
-    )
-    return remote.Command(
-        name,
-        connection=connection,
-        create=create,
-        update=create,  # idempotent: re-running create is the update
-        delete=delete,
-        stdin=stdin,
-        triggers=list(triggers),
-        add_previous_output_in_env=False,
-        logging=remote.Logging.NONE if secret else remote.Logging.STDOUT_AND_STDERR,
-        opts=pulumi.ResourceOptions.merge(opts, extra),
-    )
+    command: remote.Command
+    config_digest: pulumi.Output
+    instances: pulumi.Output
+
+    def __init__(self, name: str, args: BalancerCoreArgs, opts: Optional[pulumi.ResourceOptions] = None, *,
+                 legacy_parent: Optional[pulumi.Input[str]] = None):
+        super().__init__("onionstack:nodes:BalancerCore", name, None, opts)
+        node, specs, sites = args.node, args.specs, args.sites
+        names = [s.name for s in specs.sites]
+        script = runner_script(specs.layout.script_dir)
+
+        def merge(per_worker: list) -> Optional[dict[str, list[str]]]:
+            if any(w is None for w in per_worker):
+                return None  # addresses not known (mocks without command emulation)
+            return {n: [a for w in per_worker for a in w[n]] for n in names}
+
+        self.instances = pulumi.Output.all(*[w.instance_addresses for w in args.workers]).apply(
+            lambda ws: merge(list(ws)))
+        spec = self.instances.apply(lambda inst: specs.balancer(inst) if inst is not None else None)
+        public = spec.apply(lambda sp: render_balancer(sp) if sp is not None else None)
+        # Secret payload: the public files + the master key files, one tar on stdin.
+        stdin = pulumi.Output.secret(spec.apply(
+            lambda sp: payload({**render_balancer(sp), **key_files(sp, sites)}) if sp is not None else None))
+        self.config_digest = public.apply(lambda f: content_hash(f) if f is not None else None)
+        # Triggers from public facts only: the rendered files and each site's onion address
+        # (a new key is a new address), never key material.
+        self.command = command(
+            _resource_name(name),
+            connection=connection(node.ssh, args.ssh_key),
+            create=as_root(script),
+            stdin=stdin,
+            triggers=[node.instance.id, self.config_digest,
+                      digest(script, *[s.onion_address for s in sites])],
+            secret=True,
+            opts=_opts(self, node, args.package, *args.workers, legacy_parent=legacy_parent),
+        )
+        self.register_outputs({"configDigest": self.config_digest, "instances": self.instances})
 
 
-def quoted_list(values: Iterable[str]) -> str:
-    return " ".join(shlex.quote(v) for v in values)
+# ================================================================ drain (scale-in)
+@dataclass(frozen=True)
+class WorkerDrainArgs:
+    worker: WorkerNode
+    setup: WorkerSetup  # the worker's own step: its instance addresses
+    balancer: BalancerNode  # where the drain runs
+    core: BalancerCore
+    ssh_key: pulumi.Input[str]  # secret
+
+
+class WorkerDrain(pulumi.ComponentResource):
+    """Runs nothing on create; its delete waits (bounded) until the balancer publishes
+    without the worker's instance addresses. Declare it as a child of the worker (it goes
+    with the worker): it depends on the worker's instance and step (Pulumi deletes it FIRST)
+    and on the balancer's instance and core step (still there while it waits). Declares
+    `addresses` (the flat, sorted list its delete waits for)."""
+
+    command: remote.Command
+    addresses: pulumi.Output
+
+    def __init__(self, name: str, args: WorkerDrainArgs, opts: Optional[pulumi.ResourceOptions] = None, *,
+                 legacy_parent: Optional[pulumi.Input[str]] = None):
+        super().__init__("onionstack:nodes:WorkerDrain", name, None, opts)
+        self.addresses = args.setup.instance_addresses.apply(
+            lambda per_site: sorted({a for v in per_site.values() for a in v}) if per_site is not None else [])
+        self.command = command(
+            _resource_name(name),
+            connection=connection(args.balancer.ssh, args.ssh_key, dial_error_limit=DRAIN_DIAL_LIMIT),
+            create="true",
+            # As root: the config (0640) and the status file (in a 0750 dir) belong to the
+            # balancer core's user.
+            delete=self.addresses.apply(lambda addresses: as_root(drain_script(addresses))),
+            # A new instance (new tor keys, new addresses) REPLACES the drain: the old one's
+            # delete then waits for the old addresses before the old instance goes.
+            triggers=[self.addresses],
+            opts=_opts(self, args.worker, args.setup, args.balancer.instance, args.core,
+                       legacy_parent=legacy_parent, replace_on_changes=["triggers"]),
+        )
+        self.register_outputs({"addresses": self.addresses})
+
+
+# ================================================================ database
+@dataclass(frozen=True)
+class DatabaseSetupArgs:
+    node: DatabaseNode
+    specs: RoleSpecs
+    password: pulumi.Input[str]  # secret (a RandomPassword's result)
+    client_cidrs: tuple[pulumi.Input[str], ...]  # the subnets PostgreSQL accepts the application from
+    ssh_key: pulumi.Input[str]  # secret
+
+
+def database_files(spec, password: Optional[str]) -> dict[str, RenderedFile]:
+    """The secret half of the database payload: the password at the path apply.sh reads
+    (0600 postgres). The generated password is alphanumeric. `None` only under mocks
+    that do not emulate `random.RandomPassword`."""
+    if password is None:
+        return {}
+    if not password.isalnum():
+        raise ValueError("the database password must be alphanumeric (RandomPassword special=False)")
+    return {spec.layout.key(spec.password_file): RenderedFile(password, 0o600, "postgres")}
+
+
+class DatabaseSetup(pulumi.ComponentResource):
+    """PostgreSQL on the database's volumes; declares `config_digest` (of its public files)."""
+
+    command: remote.Command
+    config_digest: pulumi.Output
+
+    def __init__(self, name: str, args: DatabaseSetupArgs, opts: Optional[pulumi.ResourceOptions] = None, *,
+                 legacy_parent: Optional[pulumi.Input[str]] = None):
+        super().__init__("onionstack:nodes:DatabaseSetup", name, None, opts)
+        node, specs = args.node, args.specs
+        script = runner_script(specs.layout.script_dir)
+        volumes = pulumi.Output.all(**{p: vid for p, (vid, _) in node.volume_devices.items()})
+        devices = {p: device for p, (_, device) in node.volume_devices.items()}
+        spec = pulumi.Output.all(node.private_ip, pulumi.Output.all(*args.client_cidrs), volumes).apply(
+            lambda a: specs.database(a[0], a[1], {p: (a[2][p], devices[p]) for p in devices}))
+        public = spec.apply(render_database)
+        stdin = pulumi.Output.secret(pulumi.Output.all(spec, public, args.password).apply(
+            lambda a: payload({**a[1], **database_files(a[0], a[2])})))
+        self.config_digest = public.apply(content_hash)
+        self.command = command(
+            _resource_name(name),
+            connection=connection(node.ssh, args.ssh_key),
+            create=as_root(script),
+            stdin=stdin,
+            # The password is not in the triggers; a new one changes stdin, which updates.
+            triggers=[node.instance.id, self.config_digest, digest(script)],
+            secret=True,
+            opts=_opts(self, node, legacy_parent=legacy_parent),
+        )
+        self.register_outputs({"configDigest": self.config_digest})

@@ -6,18 +6,14 @@ from typing import Optional
 
 import pulumi
 
-from nodes.instance import Bootstrap, InstanceArgs, Node
+from nodes.instance import InstanceArgs, Node
+from nodes.remote import SshTarget
 
 
 @dataclass(frozen=True)
 class WorkerNodeArgs:
     instance: InstanceArgs  # a private subnet, public_ip=False
-    index: int  # 0-based position in the fleet
-    availability_zone: str
-    jump_host: pulumi.Input[str]  # the balancer's public IP
-    tor_daemons: int = 2
-    intro_points_per_daemon: int = 3
-    bootstrap: Optional[Bootstrap] = None
+    jump: SshTarget  # the balancer: steps reach the worker through it
 
 
 def spread(count: int, zones: tuple[str, ...]) -> list[int]:
@@ -29,9 +25,8 @@ class WorkerNode(Node):
     def __init__(self, name: str, args: WorkerNodeArgs, opts: Optional[pulumi.ResourceOptions] = None):
         if args.instance.public_ip:
             raise ValueError("workers accept nothing from the internet and get no public IP")
-        self.args = args
-        super().__init__("onionstack:nodes:WorkerNode", name, args.instance, args.bootstrap, opts)
+        self._jump = args.jump
+        super().__init__("onionstack:nodes:WorkerNode", name, args.instance, opts)
 
-    @property
-    def jump_host(self) -> pulumi.Output[str]:
-        return pulumi.Output.from_input(self.args.jump_host)
+    def _ssh_target(self) -> SshTarget:
+        return SshTarget(host=self.private_ip, proxy=self._jump)

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from onion.cli import command_parser
 from onion.errors import KeyFileError
 from onion.keys import (
     PUBLIC_KEY_HEADER, SECRET_KEY_FILE, IdentityKey, onion_address, read_public_key_file,
@@ -20,19 +21,40 @@ from onion.keys import (
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    keygen = sub.add_parser("keygen", help="generate a v3 onion identity as a tor hidden-service directory")
+    keygen = command_parser(
+        sub, "keygen", help="generate a v3 onion identity as a tor hidden-service directory",
+        description="Generate a new v3 onion identity (a site's master key) and write it as a tor "
+                    "hidden-service directory (dir 0700, files 0600). Prints the onion address; the "
+                    "secret key never leaves the directory. Refuses to replace an existing key.",
+        examples="""\
+onion keygen --out keys/news                          # prints <56 chars>.onion
+onion keygen --out keys/news --pem keys/news.pem      # also OnionBalance's PEM form
+onion import keys/news | pulumi config set --secret --path masterKeys.news""")
     keygen.add_argument("--out", required=True, metavar="DIR",
                         help="directory to create (hs_ed25519_secret_key, hs_ed25519_public_key, hostname)")
     keygen.add_argument("--pem", metavar="FILE",
                         help="also write the key as unencrypted PKCS#8 PEM (mode 0600)")
     keygen.set_defaults(func=cmd_keygen)
 
-    address = sub.add_parser("address", help="print the onion address of a key")
+    address = command_parser(
+        sub, "address", help="print the onion address of a key",
+        description="Print the onion address of a key: a tor hidden-service directory, its "
+                    "hs_ed25519_secret_key or hs_ed25519_public_key, or a PEM key (OnionBalance's).",
+        examples="""\
+onion address keys/news
+onion address /var/lib/tor/mysite/hs_ed25519_public_key""")
     address.add_argument("path", metavar="DIR|FILE",
                          help="hidden-service directory, hs_ed25519_secret_key, hs_ed25519_public_key or PEM")
     address.set_defaults(func=cmd_address)
 
-    imp = sub.add_parser("import", help="print a key in the stack config's form (ED25519-V3:...)")
+    imp = command_parser(
+        sub, "import", help="print a key in the stack config's form (ED25519-V3:...)",
+        description="Print a key's secret in the form the stack config's masterKeys takes "
+                    "(ED25519-V3:<base64>), to pipe into `pulumi config set --secret`; never paste it "
+                    "on a command line. Reads a tor hidden-service directory or a key file.",
+        examples="""\
+onion import keys/news | pulumi config set --secret --path masterKeys.news
+onion import /var/lib/tor/mysite | pulumi config set --secret --path masterKeys.mysite""")
     imp.add_argument("path", metavar="DIR|FILE", help="hidden-service directory or key file")
     imp.set_defaults(func=cmd_import)
 

@@ -1,4 +1,4 @@
-"""`python -m onion run | status | maps`: the balancer daemon and its read-only views."""
+"""`onion run | status | maps | schema`: the balancer daemon, its read-only views and its config schema."""
 from __future__ import annotations
 
 import argparse
@@ -6,32 +6,69 @@ import json
 import logging
 import sys
 
+from onion.cli import command_parser
 from onion.config import DEFAULT_STATE_DIR, load_config, load_keys
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    run = sub.add_parser("run", help="run the balancer core (publishes the frontends' descriptors)")
-    run.add_argument("--config", required=True, metavar="FILE",
+    run = command_parser(
+        sub, "run", help="run the balancer core (publishes the frontends' descriptors)",
+        description="Run the balancer core: fetch and verify the instances' descriptors through the "
+                    "local tor, probe the instances, and publish each frontend's descriptors to its "
+                    "HSDirs. Logs go to stderr; SIGHUP re-reads the config, SIGTERM stops it. "
+                    "OnionBalance's config.yaml and its -c/-p/-s/-v options work as they are.",
+        examples="""\
+onion run -c /etc/onionstack/balancer.yaml               # onionstack's config (see docs/balancer.md)
+onion run -c config.yaml -p 9051                          # as `onionbalance -c config.yaml -p 9051`
+onion run -c balancer.yaml --control-socket /run/tor/control --log-level debug""")
+    run.add_argument("-c", "--config", required=True, metavar="FILE",
                      help="balancer YAML (onionstack's, or OnionBalance's config.yaml)")
     group = run.add_mutually_exclusive_group()
-    group.add_argument("--control-port", type=int, metavar="PORT", help="tor control port on 127.0.0.1")
-    group.add_argument("--control-socket", metavar="PATH", help="tor control unix socket")
+    group.add_argument("-p", "--control-port", type=int, metavar="PORT",
+                       help="tor control port on 127.0.0.1 (overrides the config's control)")
+    group.add_argument("-s", "--control-socket", metavar="PATH",
+                       help="tor control unix socket (overrides the config's control)")
     run.add_argument("--state-dir", metavar="DIR", help="override the config's state_dir")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("-v", "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"],
+                     help="log level (default info; OnionBalance's -v takes the same words)")
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="show what the running balancer publishes")
+    status = command_parser(
+        sub, "status", help="show what the running balancer publishes",
+        description="Show what the running balancer core publishes, from its status file "
+                    "(<state_dir>/status.json): per frontend each instance (up/down, descriptor, intro "
+                    "points), the published intro points, the uploads per HSDir and the next publish.",
+        examples="""\
+onion status -c /etc/onionstack/balancer.yaml              # state_dir from the config
+onion status --state-dir /var/lib/onion-balancer --json    # the raw status JSON""")
     _state_args(status)
     status.add_argument("--json", action="store_true", help="print the raw status JSON")
     status.set_defaults(func=cmd_status)
 
-    maps = sub.add_parser("maps", help="print frontend -> instances (like EOTK's ob-maps)")
-    maps.add_argument("--config", required=True, metavar="FILE")
+    maps = command_parser(
+        sub, "maps", help="print frontend -> instances (like EOTK's ob-maps)",
+        description="Print one line per instance: <frontend name> <frontend>.onion <instance>.onion. "
+                    "It loads the config and every key file as `run` does, so it also checks them.",
+        examples="""\
+onion maps -c /etc/onionstack/balancer.yaml""")
+    maps.add_argument("-c", "--config", required=True, metavar="FILE", help="balancer YAML")
     maps.set_defaults(func=cmd_maps)
+
+    schema = command_parser(
+        sub, "schema", help="print the JSON Schema of the balancer config (for editors)",
+        description="Print the JSON Schema (draft 2020-12) of the balancer config, for editors that "
+                    "validate YAML (the yaml-language-server line, see docs/balancer.md). It checks the "
+                    "structure; the core's loader also checks addresses, duplicates and key files.",
+        examples="""\
+onion schema > balancer.schema.json      # then, first line of balancer.yaml:
+                                         # yaml-language-server: $schema=./balancer.schema.json
+onion schema --path                      # where the installed schema file is""")
+    schema.add_argument("--path", action="store_true", help="print the schema file's path instead")
+    schema.set_defaults(func=cmd_schema)
 
 
 def _state_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="read state_dir from this balancer config")
+    parser.add_argument("-c", "--config", metavar="FILE", help="read state_dir from this balancer config")
     parser.add_argument("--state-dir", metavar="DIR", help=f"status file directory (default {DEFAULT_STATE_DIR})")
 
 
@@ -88,4 +125,23 @@ def cmd_maps(args) -> int:
     for fe in cfg.frontends:
         for inst in fe.instances:
             print(f"{fe.name} {keys[fe.name].address}.onion {inst.address}.onion")
+    return 0
+
+
+SCHEMA_FILE = "balancer.schema.json"
+
+
+def schema_path():
+    """The balancer config's JSON Schema, shipped inside the package (onion/schema/)."""
+    from importlib.resources import files
+
+    return files("onion") / "schema" / SCHEMA_FILE
+
+
+def cmd_schema(args) -> int:
+    path = schema_path()
+    if args.path:
+        print(path)
+    else:
+        sys.stdout.write(path.read_text(encoding="utf-8"))
     return 0

@@ -13,9 +13,11 @@ Each hardmap/softmap line becomes one onionstack site (one onion address for a d
 its subdomains; onionstack balances every site, so both kinds map the same way). EOTK's
 settings that have an onionstack equivalent are converted (block lists, intro points and
 tor daemons per worker); every other setting is reported on stderr as having no
-equivalent. The stack config YAML goes to stdout; private keys never do: new keys are
-written as tor hidden-service directories under --keys-dir and stderr shows the
-`pulumi config set --secret` commands that read them from there.
+equivalent. The stack config goes to a NEW stack file (`Pulumi.<stack>.yaml`, or --out; an
+existing file is never overwritten) or, with --print-commands, to stdout as `pulumi config
+set` lines for a stack that already exists. Private keys go to neither: new keys are
+written as tor hidden-service directories under --keys-dir, and the printed
+`python -m onion import DIR | pulumi config set --secret …` pipelines read them from there.
 
 This parser is hand-written because EOTK's own is Perl inside EOTK and no library reads
 the format; it mirrors EOTK's rules (see the functions' comments) and adds line numbers.
@@ -23,6 +25,7 @@ the format; it mirrors EOTK's rules (see the functions' comments) and adds line 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import sys
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from onion.cli import command_parser
 from onion.errors import OnionError
 from onion.keys import (HOSTNAME_FILE, SECRET_KEY_FILE, AddressError, IdentityKey, KeyFileError,
                         onion_address, parse_address)
@@ -547,10 +551,67 @@ def render_yaml(result: Result, source: str, stack: str | None) -> str:
 
 # ---- command --------------------------------------------------------------------------------
 
+STACK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")   # Pulumi's stack name characters
+
+
+def render_commands(result: Result, source: str, stack: str | None) -> str:
+    """The same config as `pulumi config set` lines (one per key, each replacing that key's
+    whole value; a JSON value is what the stack's config parser reads for lists), then the
+    pipelines that store the master keys. Nothing secret is on any line."""
+    stack_opt = f" --stack {shlex.quote(stack)}" if stack else ""
+    head = [f"# onionstack stack config imported from EOTK {source} by `onion import-tconf`.",
+            f"# Review, then run these lines (e.g. `sh FILE`): each `pulumi config set` replaces that",
+            f"# key's whole value in stack {stack or '(the selected stack)'}; the master keys travel through pipes.",
+            "# Still to set: adminCidrs, sshPublicKey, sshPrivateKey (secret).",
+            "# Sites and their onion addresses:"]
+    for s in result.sites:
+        head.append(f"#   {s.name}: {s.mapping.domain} -> {s.key.hostname}{' (new key)' if s.new else ''}")
+    lines = []
+    for key, value in result.config["config"].items():
+        text = value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
+        lines.append(f"pulumi config set{stack_opt} {shlex.quote(key)} {shlex.quote(str(text))}")
+    return "\n".join(head + lines + result.commands) + "\n"
+
+
+def stack_file_target(args) -> Path | None:
+    """Where the stack file goes: --out, else Pulumi.<stack>.yaml here; None with --print-commands."""
+    if args.print_commands:
+        return None
+    if args.out is not None:
+        return args.out
+    if not args.stack:
+        raise TconfError("name the output: --stack NAME writes a new Pulumi.NAME.yaml here, --out FILE "
+                         "writes a new FILE, or --print-commands prints `pulumi config set` lines for a "
+                         "stack that already exists")
+    # `org/project/stack` is a fully qualified stack name; its file is Pulumi.<stack>.yaml.
+    name = args.stack.rsplit("/", 1)[-1]
+    if not STACK_NAME_RE.match(name):
+        raise TconfError(f"--stack {args.stack!r}: a stack name has letters, digits, '-', '_' and '.' only")
+    return Path(f"Pulumi.{name}.yaml")
+
+
+def refuse_existing(target: Path) -> None:
+    if target.exists() or target.is_symlink():
+        raise TconfError(f"{target} already exists: refusing to overwrite it (a stack file holds that "
+                         "stack's config and its secrets); choose another --stack or --out, or use "
+                         "--print-commands for `pulumi config set` lines to apply to the existing stack")
+    if not target.parent.is_dir():
+        raise TconfError(f"--out {target}: directory {target.parent} does not exist; create it first")
+
+
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "import-tconf", help="convert an EOTK .tconf site configuration to onionstack stack config",
-        description=__doc__.split("\n\n")[0])
+    p = command_parser(
+        subparsers, "import-tconf", help="convert an EOTK .tconf site configuration to onionstack stack config",
+        description="Convert an EOTK site configuration (.tconf) to onionstack stack config: one site per "
+                    "hardmap/softmap line, with its key. It writes a new stack file "
+                    "(Pulumi.<stack>.yaml, or --out) and never overwrites one that exists; "
+                    "--print-commands prints `pulumi config set` lines for an existing stack instead. "
+                    "New keys go to --keys-dir; what EOTK sets that onionstack has no equivalent for is "
+                    "listed on stderr.",
+        examples="""\
+onion import-tconf site.tconf --keys-dir keys --stack eotk        # writes Pulumi.eotk.yaml (new)
+onion import-tconf site.tconf --keys-dir keys --out stacks/Pulumi.eotk.yaml
+onion import-tconf site.tconf --keys-dir keys --stack prod --print-commands > import.sh   # existing stack""")
     p.add_argument("file", type=Path, help="EOTK configuration (.tconf or .conf)")
     p.add_argument("--keys-dir", type=Path,
                    help="where keys go: one tor hidden-service directory per site (created 0700, keys 0600); "
@@ -561,7 +622,15 @@ def add_commands(subparsers) -> None:
     p.add_argument("--workers-file", type=Path,
                    help="EOTK's eotk-workers.conf, to carry over the number of workers "
                         "(default: eotk-workers.conf beside FILE when present)")
-    p.add_argument("--stack", help="stack name used in the printed pulumi commands")
+    p.add_argument("--stack", help="stack name: names the new stack file (Pulumi.STACK.yaml) and goes into "
+                                   "the printed pulumi commands")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--out", type=Path, metavar="FILE",
+                        help="the new stack file to write (default: Pulumi.STACK.yaml in the current "
+                             "directory); refused if it exists")
+    output.add_argument("--print-commands", action="store_true",
+                        help="write no file: print `pulumi config set` lines and the key pipelines on "
+                             "stdout, for a stack that already exists")
     p.set_defaults(func=run)
 
 
@@ -569,6 +638,10 @@ def run(args, out=None, err=None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     path: Path = args.file
+    # Before anything is written (keys included): where the config goes, and that it is new.
+    target = stack_file_target(args)
+    if target is not None:
+        refuse_existing(target)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -581,7 +654,12 @@ def run(args, out=None, err=None) -> int:
     if keys_dir is not None:
         keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     result = convert(conf, keys_dir=keys_dir, secrets_dirs=secrets, stack=args.stack, workers=workers)
-    out.write(render_yaml(result, str(path), args.stack))
+    if target is None:
+        out.write(render_commands(result, str(path), args.stack))
+    else:
+        # "x": created here or not at all, even if a file appeared since the check above.
+        with open(target, "x", encoding="utf-8") as f:
+            f.write(render_yaml(result, str(path), args.stack))
     for s in result.sites:
         how = f"new key written to {s.key_path}" if s.new else f"key from {s.key_path}"
         print(f"site {s.name}: {s.mapping.domain} -> {s.key.hostname} ({how})", file=err)
@@ -589,6 +667,11 @@ def run(args, out=None, err=None) -> int:
         print(f"workers: {workers} (from {workers_file})", file=err)
     for n in result.notes:
         print(f"note: {n}", file=err)
+    if target is None:
+        print("The commands above set the stack config and store the master keys as stack secrets "
+              "(each key is read from its directory; none appears on a command line).", file=err)
+        return 0
+    print(f"wrote {target} (a new stack file)", file=err)
     print("Store the master keys as stack secrets (each reads the key from its directory; "
           "none appears on a command line):", file=err)
     for c in result.commands:

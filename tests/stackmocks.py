@@ -26,7 +26,23 @@ class OptionRecordingMonitor(mockrun.RecordingMonitor):
         record.replace_on_changes = tuple(request.replaceOnChanges)
         record.delete_before_replace = bool(request.deleteBeforeReplace)
         record.custom_timeouts = {k: getattr(request.customTimeouts, k) for k in ("create", "update", "delete")}
+        record.aliases = tuple(_alias(a) for a in request.aliases)
+        record.provider = request.provider  # "<provider urn>::<id>", "" for the default provider
         return response
+
+
+def _alias(alias) -> dict:
+    """An alias as the engine receives it: {"urn": ...} or the spec's fields."""
+    if alias.WhichOneof("alias") == "urn":
+        return {"urn": alias.urn}
+    spec = alias.spec
+    out = {k: getattr(spec, k) for k in ("name", "type", "stack", "project") if getattr(spec, k)}
+    which = spec.WhichOneof("parent")
+    if which == "parentUrn":
+        out["parentUrn"] = spec.parentUrn
+    elif which == "noParent":
+        out["noParent"] = spec.noParent
+    return out
 
 
 # Every mocked run in the test session records the options the tests check.
@@ -110,3 +126,13 @@ def is_taggable(type_token: str) -> bool:
     mod = importlib.import_module("pulumi_aws" if module == "index" else f"pulumi_aws.{module}")
     klass = getattr(mod, cls)
     return "tags" in inspect.signature(klass._internal_init).parameters
+
+
+def provider_region(result: ProgramResult, resource) -> str | None:
+    """The region of the explicit provider `resource` was created with, or None for the
+    stack's default provider (whose region is `aws:region`)."""
+    ref = getattr(resource, "provider", "")
+    if not ref:
+        return None
+    urn = ref.rsplit("::", 1)[0]
+    return result.by_urn(urn).input("region")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import yaml
 
-from nodes.bootstrap import BALANCER_CONFIG, BALANCER_STATE_DIR
-from nodes.steps import unpack
+from nodes.payload import unpack
+from nodes.roles import BALANCER_CONFIG, BALANCER_STATE_DIR
 from tests.stackmocks import prod_config, run
 
 COMMAND = "command:remote:Command"

@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 import mockrun
-from nodes.bootstrap import (ADDRESS_LINE, BALANCER_CONFIG, BALANCER_STATE_DIR, BALANCER_USER, parse_instance_addresses,
-                             worker_spec)
+from nodes.payload import unpack
 from nodes.render import content_hash, render_worker
-from nodes.steps import unpack
+from nodes.roles import BALANCER_CONFIG, BALANCER_STATE_DIR, BALANCER_USER, RoleSpecs
+from nodes.scripts import ADDRESS_LINE, parse_instance_addresses
 from infra.config import parse_config
 from tests.stackmocks import minimal_config, mock_instance_address, prod_config, run
 
@@ -68,18 +68,34 @@ def test_every_worker_step_comes_before_the_balancer_core(program):
     assert result.named("database-postgres").urn not in core.dependencies
 
 
+def _step_component(result, resource, type_):
+    """The typed step component that parents `resource` (its name: the resource's + "-step")."""
+    parent = result.by_urn(resource.parent)
+    assert parent.type == type_ and parent.name == f"{resource.name}-step" and not parent.custom, resource.name
+    return parent
+
+
 def test_steps_are_children_of_their_node_and_wait_for_its_instance(program):
+    """Each remote resource sits in its typed step component, which is a child of the node
+    the step runs on (a worker's drain: of the worker, though it runs on the balancer)."""
     _, result = program
     for w in workers_of(result):
         step = result.named(f"{w.name}-tor-nginx")
-        assert step.parent == w.urn
+        assert _step_component(result, step, "onionstack:nodes:WorkerSetup").parent == w.urn
         assert result.named(f"{w.name}-instance").urn in step.dependencies
+        drain = result.named(f"{w.name}-drain")
+        assert _step_component(result, drain, "onionstack:nodes:WorkerDrain").parent == w.urn
     db = result.named("database-postgres")
-    assert db.parent == result.named("database").urn
+    assert _step_component(result, db, "onionstack:nodes:DatabaseSetup").parent == result.named("database").urn
     for purpose in ("data", "journal", "log"):
         assert result.named(f"database-volumes-{purpose}-attach").urn in db.dependencies
+    balancer = result.named("balancer").urn
+    assert _step_component(result, result.named("balancer-core"), "onionstack:nodes:BalancerCore").parent == balancer
+    package = _step_component(result, result.named("balancer-package"), "onionstack:nodes:BalancerPackage")
+    assert package.parent == balancer
+    assert result.named("balancer-onion-package").parent == package.urn
     for name in ("balancer-package", "balancer-core", "balancer-onion-package"):
-        assert result.named(name).parent == result.named("balancer").urn
+        assert result.named("balancer-instance").urn in result.named(name).dependencies, name
 
 
 # ---------------------------------------------------------------- connections
@@ -148,7 +164,7 @@ def test_triggers_are_instance_id_and_content_hash(program):
     from infra.config import load_config  # noqa: F401  (parse the same config the program did)
 
     config = parse_config({k.split(":", 1)[-1]: v for k, v in cfg.items() if not k.startswith("aws:")})
-    expected_hash = content_hash(render_worker(worker_spec(config)))
+    expected_hash = content_hash(render_worker(RoleSpecs.of(config).worker))
     for w in workers_of(result):
         step = result.named(f"{w.name}-tor-nginx")
         triggers = step.input("triggers")
@@ -266,7 +282,7 @@ def test_drain_step_graph_and_delete_command(program):
     core = result.named("balancer-core")
     for w in workers_of(result):
         drain = result.named(f"{w.name}-drain")
-        assert drain.parent == w.urn
+        assert result.by_urn(drain.parent).parent == w.urn
         deps = set(drain.dependencies)
         assert {result.named(f"{w.name}-instance").urn, result.named(f"{w.name}-tor-nginx").urn,
                 balancer.urn, core.urn} <= deps
@@ -282,7 +298,10 @@ def test_drain_step_graph_and_delete_command(program):
         assert len(addresses) == 2 * len(result.outputs["sites"])
         for a in addresses:
             assert a.removesuffix(".onion") in text
-        assert "-m onion status --json" in text and "deadline=" in text and "WARNING" in text
+        # The condition is the onion package's own (`python -m onion drained`, over the
+        # status file it writes), bounded by a deadline, warning when it gives up.
+        assert "-m onion drained --config /etc/onionstack/balancer.yaml" in text
+        assert "deadline=" in text and "WARNING" in text
         # New addresses (a replaced instance) replace the drain, so the old drain's delete
         # waits for the OLD addresses before the old instance is deleted.
         assert "triggers" in drain.replace_on_changes

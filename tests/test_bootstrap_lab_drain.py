@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.bootstrap import drain_script
+from nodes.scripts import drain_script
 
 pytestmark = pytest.mark.lab
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from nodes import steps
-from nodes.bootstrap import drain_script
+from nodes.payload import BinaryFile, payload, unpack
 from nodes.render import RenderedFile
+from nodes.scripts import STAGING_PREFIX, drain_script, runner_script
 from tests.stackmocks import minimal_config, mock_instance_address, prod_config, run
 
 SHELLCHECK = shutil.which("shellcheck") or "shellcheck"  # installed by scripts/setup
@@ -48,9 +48,7 @@ def test_every_step_script_is_shellcheck_clean(config, tmp_path):
             _shellcheck(_script_of(step.input("delete")), tmp_path, step.name + "-delete")
             checked += 1
     assert checked >= 2 * 2 + 2 + 1
-    # ...and the templates' own scripts in every payload (what role_script runs).
-    from nodes.steps import unpack
-
+    # ...and the templates' own scripts in every payload (what the runner runs).
     for step in result.of_type("command:remote:Command"):
         stdin = step.input("stdin")
         if not stdin:
@@ -63,8 +61,8 @@ def test_every_step_script_is_shellcheck_clean(config, tmp_path):
 
 
 # ---------------------------------------------------------------- the runner around the templates' scripts
-def test_role_script_runs_install_packages_then_apply_on_the_staged_files(tmp_path):
-    """role_script unpacks the payload and runs the role's own rendered scripts from it:
+def test_runner_runs_install_packages_then_apply_on_the_staged_files(tmp_path):
+    """The runner unpacks the payload and runs the role's own rendered scripts from it:
     install-packages.sh first, then apply.sh STAGE with every file staged; neither sees
     the payload on stdin; the stage is removed afterwards; a failing apply fails the step."""
     log = tmp_path / "log"
@@ -76,35 +74,33 @@ def test_role_script_runs_install_packages_then_apply_on_the_staged_files(tmp_pa
             f"[ -z \"$(cat)\" ] || echo apply-read-stdin >> {log}\nexit \"${{FAIL:-0}}\"\n", 0o755),
         "etc/app.conf": RenderedFile("the config\n"),
     }
-    script = steps.role_script("usr/local/lib/onionstack", post=[f"echo post >> {log}"])
-    proc = subprocess.run(["bash", "-c", script], input=steps.payload(files), capture_output=True, text=True,
+    script = runner_script("usr/local/lib/onionstack")
+    proc = subprocess.run(["bash", "-c", script], input=payload(files), capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = log.read_text().splitlines()
-    assert lines[0] == "install" and lines[1].startswith("apply " + steps.STAGING_PREFIX)
-    assert lines[2:] == ["the config", "post"]
+    assert lines[0] == "install" and lines[1].startswith("apply " + STAGING_PREFIX)
+    assert lines[2:] == ["the config"]
     assert not Path(lines[1].split()[1]).exists()  # the stage is gone
     log.unlink()
-    proc = subprocess.run(["bash", "-c", script], input=steps.payload(files), capture_output=True, text=True,
+    proc = subprocess.run(["bash", "-c", script], input=payload(files), capture_output=True, text=True,
                           timeout=60, env={**os.environ, "FAIL": "1"})
-    assert proc.returncode == 1 and "post" not in log.read_text()
+    assert proc.returncode == 1 and log.read_text().splitlines()[-1] == "the config"
 
 
 def test_payload_is_reproducible_and_round_trips():
     files = {"b/x": RenderedFile("x", 0o600, "debian-tor"), "a/y": RenderedFile("y"), "k": steps_binary()}
-    assert steps.payload(files) == steps.payload(dict(reversed(list(files.items()))))
-    back = steps.unpack(steps.payload(files))
+    assert payload(files) == payload(dict(reversed(list(files.items()))))
+    back = unpack(payload(files))
     assert back["b/x"] == RenderedFile("x", 0o600, "debian-tor") and back["a/y"] == RenderedFile("y", 0o644, "root")
     assert back["k"].content == b"\x00\xff binary"
     with pytest.raises(ValueError, match="relative to /"):
-        steps.payload({"/etc/x": RenderedFile("x")})
+        payload({"/etc/x": RenderedFile("x")})
     with pytest.raises(ValueError, match="no '..'"):
-        steps.payload({"etc/../x": RenderedFile("x")})
+        payload({"etc/../x": RenderedFile("x")})
 
 
 def steps_binary():
-    from nodes.steps import BinaryFile
-
     return BinaryFile(b"\x00\xff binary")
 
 
@@ -135,35 +131,49 @@ def _status(addresses_published=(), listed=(), written_at=None, uploaded=True, p
     }
 
 
-def _drain(tmp_path: Path, status: dict | None, config_text: str, wait: int = 3, poll: int = 1):
-    fake_python = tmp_path / "python"
-    status_file = tmp_path / "status.json"
-    if status is not None:
-        status_file.write_text(json.dumps(status))
-    # Stands in for the venv's `python -m onion status --json`: prints the status file.
-    fake_python.write_text(f"#!/bin/sh\ncat {status_file}\n")
-    fake_python.chmod(0o755)
+REPO = Path(__file__).resolve().parent.parent
+OTHER = mock_instance_address("worker-1-tor-nginx", "tor1", "news")
+GONE = mock_instance_address("worker-3-tor-nginx", "tor1", "news")
+
+
+def _balancer_config(tmp_path: Path, instances) -> Path:
+    """A balancer config as balancer-core renders it (the parts `onion drained` reads)."""
+    import yaml
+
     config = tmp_path / "balancer.yaml"
-    config.write_text(config_text)
+    config.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / "state"),
+        "frontends": [{"name": "news", "key_file": str(tmp_path / "news.key"),
+                       "instances": [{"address": f"{a}.onion"} for a in instances]}]}))
     os.utime(config, (time.time() - 60, time.time() - 60))
-    gone = [mock_instance_address("worker-3-tor-nginx", "tor1", "news")]
-    script = drain_script(gone, wait=wait, poll=poll, config=str(config), python=str(fake_python),
-                          state_dir=str(tmp_path), package_lib=str(tmp_path))
+    return config
+
+
+def _drain(tmp_path: Path, status: dict | None, config_instances=(OTHER,), wait: int = 3, poll: int = 1):
+    """The drain's delete script on this machine, with this venv's python and the repo's
+    `onion` package in place of the balancer's: the real `python -m onion drained` reads
+    the status file as the daemon writes it (onion.status.write_status)."""
+    import sys
+
+    from onion.status import write_status
+
+    config = _balancer_config(tmp_path, config_instances)
+    if status is not None:
+        write_status(str(tmp_path / "state"), status)
+    script = drain_script([GONE], wait=wait, poll=poll, config=str(config), python=sys.executable,
+                          state_dir=str(tmp_path / "state"), package_lib=str(REPO))
     started = time.monotonic()
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
-    return gone[0], proc, time.monotonic() - started
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    return proc, time.monotonic() - started
 
 
 def test_drain_returns_once_the_balancer_publishes_without_the_instance(tmp_path):
-    other = mock_instance_address("worker-1-tor-nginx", "tor1", "news")
-    _, proc, took = _drain(tmp_path, _status([other], [other]), f"frontends: [{other}.onion]\n", wait=30)
-    assert proc.returncode == 0 and "publishes without" in proc.stdout and took < 10
+    proc, took = _drain(tmp_path, _status([OTHER], [OTHER]), wait=30)
+    assert proc.returncode == 0 and "publishes without" in proc.stdout and took < 10, proc.stderr
 
 
 def test_drain_waits_bounded_then_proceeds_with_a_warning(tmp_path):
-    other = mock_instance_address("worker-1-tor-nginx", "tor1", "news")
-    gone = mock_instance_address("worker-3-tor-nginx", "tor1", "news")
-    _, proc, took = _drain(tmp_path, _status([other, gone], [other]), f"frontends: [{other}.onion]\n", wait=3)
+    proc, took = _drain(tmp_path, _status([OTHER, GONE], [OTHER]), wait=3)
     assert proc.returncode == 0
     assert "WARNING: not drained after 3 s" in proc.stderr and "still published" in proc.stderr
     assert 2 <= took < 15  # date +%s granularity: the deadline is 3 s from a whole second
@@ -174,21 +184,22 @@ def test_drain_waits_bounded_then_proceeds_with_a_warning(tmp_path):
 @pytest.mark.parametrize("make_status,why", [
     (lambda: _status(["?"], []), "still published"),                       # unattributed intro points
     (lambda: _status([], [], written_at=time.time() - 3600), "stale"),      # daemon not running
+    (lambda: _status([], [], written_at=time.time() - 120), "predates"),    # not reloaded since the config
     (lambda: _status([], [], uploaded=False), "not every HSDir"),           # restarted, upload failed
     (lambda: _status([], [], pending_hsdir=True), "not every HSDir"),       # one HSDir still has the old one
     (lambda: {**_status([], []), "frontends": []}, "no frontends"),         # a core that has not loaded its config
-], ids=["unattributed", "stale", "upload-failed", "hsdir-pending", "no-frontends"])
+    (lambda: None, "no status file"),                                       # the core never wrote one
+], ids=["unattributed", "stale", "predates-config", "upload-failed", "hsdir-pending", "no-frontends", "no-status"])
 def test_drain_is_conservative(tmp_path, make_status, why):
-    _, proc, _ = _drain(tmp_path, make_status(), "frontends: []\n", wait=2)
-    assert proc.returncode == 0 and "WARNING" in proc.stderr and why in proc.stderr
+    proc, _ = _drain(tmp_path, make_status(), wait=2)
+    assert proc.returncode == 0 and "WARNING" in proc.stderr and why in proc.stderr, proc.stderr
 
 
 def test_drain_does_not_wait_when_the_balancer_still_lists_the_instance(tmp_path):
     """A whole-stack destroy deletes the drain while the balancer config still names the
     worker (nothing re-rendered it): waiting could never succeed, so it goes on at once."""
-    gone = mock_instance_address("worker-3-tor-nginx", "tor1", "news")
-    _, proc, took = _drain(tmp_path, _status([gone], [gone]), f"frontends: [{gone}.onion]\n", wait=30)
-    assert proc.returncode == 0 and "still lists" in proc.stdout and took < 5
+    proc, took = _drain(tmp_path, _status([GONE], [GONE]), config_instances=(OTHER, GONE), wait=30)
+    assert proc.returncode == 0 and "still lists" in proc.stdout and took < 5, proc.stderr
 
 
 def test_drain_without_addresses_goes_on(tmp_path):
@@ -213,7 +224,7 @@ def test_onion_package_tarball_is_complete_and_reproducible(tmp_path):
     import sys
     import tarfile
 
-    from nodes.bootstrap import ONION_PACKAGE_DIR, onion_package_tarball
+    from nodes.payload import ONION_PACKAGE_DIR, onion_package_tarball
 
     encoded = onion_package_tarball()
     assert encoded == onion_package_tarball()
@@ -237,7 +248,7 @@ def test_onion_package_tarball_is_complete_and_reproducible(tmp_path):
 def test_package_copy_step():
     result = run(prod_config())
     copy = result.named("balancer-onion-package")
-    from nodes.bootstrap import onion_package_tarball
+    from nodes.payload import onion_package_tarball
 
     assert copy.inputs["source"].text == onion_package_tarball()
     assert copy.input("remotePath") == "/home/ubuntu/onionstack-onion.tar.gz.b64"
@@ -247,39 +258,35 @@ def test_package_copy_step():
     assert copy.input("triggers")[1] in base.input("triggers")  # a new package re-runs the install
 
 
-def test_drain_reads_the_real_status_command(tmp_path):
-    """The drain against the real `python -m onion status --json` (this venv's python and
-    the repo's package in place of the balancer's venv): the status file the daemon writes
-    (onion.status.write_status) is read through the real CLI and judged drained."""
+def test_drain_polls_until_the_balancer_has_republished(tmp_path):
+    """The balancer still publishes the removed instance's intro points when the drain
+    starts; it republishes without them a few seconds later: the drain notices on a later
+    poll and returns (no warning)."""
     import sys
 
     from onion.status import write_status
 
-    root = Path(__file__).resolve().parent.parent
-    other = mock_instance_address("worker-1-tor-nginx", "tor1", "news")
-    gone = mock_instance_address("worker-3-tor-nginx", "tor1", "news")
-    state = tmp_path / "state"
-    config = tmp_path / "balancer.yaml"
-    config.write_text(f"frontends: [{other}.onion]\n")
-    os.utime(config, (time.time() - 60, time.time() - 60))
-    write_status(str(state), _status([other], [other]))
-    script = drain_script([gone], wait=20, poll=1, config=str(config), python=sys.executable,
-                          state_dir=str(state), package_lib=str(root))
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and "publishes without" in proc.stdout, proc.stderr
-    # ...and the same status with the removed instance's intro point still published is not.
-    write_status(str(state), _status([other, gone], [other]))
-    script = drain_script([gone], wait=2, poll=1, config=str(config), python=sys.executable,
-                          state_dir=str(state), package_lib=str(root))
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and "WARNING" in proc.stderr and "still published" in proc.stderr
+    config = _balancer_config(tmp_path, [OTHER])
+    state = str(tmp_path / "state")
+    write_status(state, _status([OTHER, GONE], [OTHER]))
+    script = drain_script([GONE], wait=60, poll=1, config=str(config), python=sys.executable,
+                          state_dir=state, package_lib=str(REPO))
+    started = time.monotonic()
+    proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert proc.poll() is None  # still waiting
+    write_status(state, _status([OTHER], [OTHER]))
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 0 and "publishes without" in out and "WARNING" not in err, (out, err)
+    assert 3 <= took < 20
 
 
 def test_worker_script_reports_every_instance_address_once_tor_wrote_it(tmp_path):
     """The worker step end to end on this machine, with the templates' scripts replaced by
     stand-ins: apply.sh "starts tor", which writes the hostname files a moment later; the
     step waits for them and prints lines that parse into the balancer's instance lists."""
-    from nodes.bootstrap import parse_instance_addresses, worker_script
+    from nodes.scripts import parse_instance_addresses, worker_setup_script as worker_script
     from nodes.render import Layout, SiteSpec, WorkerSpec
 
     sites = (SiteSpec("news", "example.com", mock_instance_address("m", "x", "news")),
@@ -295,7 +302,7 @@ def test_worker_script_reports_every_instance_address_once_tor_wrote_it(tmp_path
         "usr/local/lib/onionstack/apply.sh": RenderedFile(f"( sleep 3; {writes} ) &\n", 0o755),
     }
     started = time.monotonic()
-    proc = subprocess.run(["bash", "-c", worker_script(spec)], input=steps.payload(files), capture_output=True,
+    proc = subprocess.run(["bash", "-c", worker_script(spec)], input=payload(files), capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started >= 2.5  # it waited for tor
@@ -303,7 +310,7 @@ def test_worker_script_reports_every_instance_address_once_tor_wrote_it(tmp_path
 
 
 def test_worker_script_fails_clearly_when_tor_writes_no_hostname(tmp_path):
-    from nodes.bootstrap import worker_script
+    from nodes.scripts import worker_setup_script as worker_script
     from nodes.render import Layout, SiteSpec, WorkerSpec
 
     spec = WorkerSpec(sites=(SiteSpec("news", "example.com", mock_instance_address("m", "x", "news")),),
@@ -311,11 +318,30 @@ def test_worker_script_fails_clearly_when_tor_writes_no_hostname(tmp_path):
                       layout=Layout(root=str(tmp_path), run_dir=str(tmp_path / "run")))
     files = {"usr/local/lib/onionstack/install-packages.sh": RenderedFile("true\n", 0o755),
              "usr/local/lib/onionstack/apply.sh": RenderedFile("true\n", 0o755)}
-    proc = subprocess.run(["bash", "-c", worker_script(spec, hostname_wait=2)], input=steps.payload(files),
+    proc = subprocess.run(["bash", "-c", worker_script(spec, hostname_wait=2)], input=payload(files),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert f"tor tor1 wrote no {spec.hs_dir('tor1', spec.sites[0])}/hostname within 2 s" in proc.stderr
     assert "journalctl -u onionstack-tor@tor1" in proc.stderr
+
+
+def test_worker_script_reports_nothing_when_apply_fails(tmp_path):
+    """A failed check (apply.sh exits 1) fails the step before any address is printed: the
+    balancer is never rendered from a worker whose configuration did not apply."""
+    from nodes.scripts import ADDRESS_LINE, worker_setup_script
+    from nodes.render import Layout, SiteSpec, WorkerSpec
+
+    spec = WorkerSpec(sites=(SiteSpec("news", "example.com", mock_instance_address("m", "x", "news")),),
+                      resolver="10.42.0.2", tor_daemons=1,
+                      layout=Layout(root=str(tmp_path), run_dir=str(tmp_path / "run")))
+    hostname = Path(spec.hs_dir("tor1", spec.sites[0])) / "hostname"
+    hostname.parent.mkdir(parents=True)
+    hostname.write_text(mock_instance_address("w", "tor1", "news") + ".onion\n")  # an old instance's
+    files = {"usr/local/lib/onionstack/install-packages.sh": RenderedFile("true\n", 0o755),
+             "usr/local/lib/onionstack/apply.sh": RenderedFile("echo 'check failed' >&2; exit 1\n", 0o755)}
+    proc = subprocess.run(["bash", "-c", worker_setup_script(spec, hostname_wait=2)], input=payload(files),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "check failed" in proc.stderr and ADDRESS_LINE not in proc.stdout
 
 
 @pytest.mark.tools
@@ -328,7 +354,7 @@ def test_worker_step_end_to_end_with_real_apply_and_tor(tmp_path):
     (install-packages.sh is replaced: it would reach the package mirrors.)"""
     import tempfile
 
-    from nodes.bootstrap import parse_instance_addresses, worker_script
+    from nodes.scripts import parse_instance_addresses, worker_setup_script as worker_script
     from nodes.render import Layout, SiteSpec, TorTuning, WorkerSpec, render_worker
 
     root = Path(tempfile.mkdtemp(prefix="os-e2e-", dir="/tmp"))  # short: unix socket paths
@@ -363,7 +389,7 @@ fi
     files["usr/local/lib/onionstack/install-packages.sh"] = RenderedFile("echo stand-in\n", 0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ONIONSTACK_SYSTEMD_MARKER": str(marker)}
     try:
-        proc = subprocess.run(["bash", "-c", worker_script(spec, hostname_wait=60)], input=steps.payload(files),
+        proc = subprocess.run(["bash", "-c", worker_script(spec, hostname_wait=60)], input=payload(files),
                               capture_output=True, text=True, timeout=120, env=env)
         assert proc.returncode == 0, proc.stderr + "".join(p.read_text() for p in tmp_path.glob("tor-*.log"))
         assert "configuration checked (changed)" in proc.stdout
@@ -400,9 +426,9 @@ def test_role_script_stages_on_tmpfs_and_cleans_up_when_killed(tmp_path):
     }
     # Its own session: the signal goes to the whole process group, as a dropped SSH
     # session's SIGHUP does (bash runs its trap once the foreground child has died).
-    proc = subprocess.Popen(["bash", "-c", steps.role_script("usr/local/lib/onionstack")], stdin=subprocess.PIPE,
+    proc = subprocess.Popen(["bash", "-c", runner_script("usr/local/lib/onionstack")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    proc.stdin.write(steps.payload(files))
+    proc.stdin.write(payload(files))
     proc.stdin.close()
     deadline = time.monotonic() + 20
     while not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline:

@@ -97,6 +97,31 @@ def test_admin_cidrs_shape(value, fragment):
     assert msg.startswith("onionstack:adminCidrs") and fragment in msg
 
 
+@pytest.mark.parametrize("cidrs,named,count,widest", [
+    # the whole internet in two halves: each half passes the /0 check on its own
+    (["0.0.0.0/1", "128.0.0.0/1"], "adminCidrs[0] 0.0.0.0/1, adminCidrs[1] 128.0.0.0/1", "2^32", "/16 (2^16)"),
+    (["198.51.100.7/32", "10.0.0.0/8"], "adminCidrs[0] 198.51.100.7/32, adminCidrs[1] 10.0.0.0/8",
+     "16777217", "/16 (2^16)"),
+    # one address more than a /16, overlaps counted once
+    (["10.0.0.0/16", "10.0.0.0/24", "10.1.0.0/32"],
+     "adminCidrs[0] 10.0.0.0/16, adminCidrs[1] 10.0.0.0/24, adminCidrs[2] 10.1.0.0/32", "65537", "/16 (2^16)"),
+    (["198.51.100.7/32", "2001:db8::/48", "2001:db8:1::/48"],
+     "adminCidrs[1] 2001:db8::/48, adminCidrs[2] 2001:db8:1::/48", "2^81", "/48 (2^80)"),
+    (["::/1", "8000::/1"], "adminCidrs[0] ::/1, adminCidrs[1] 8000::/1", "2^128", "/48 (2^80)"),
+])
+def test_admin_cidrs_union_wider_than_a_16_or_48(cidrs, named, count, widest):
+    msg = error_of(adminCidrs=cidrs)
+    v = 6 if ":" in named else 4
+    assert msg == (f"onionstack:adminCidrs: {named} together admit {count} IPv{v} addresses, more than "
+                   f"a {widest}; SSH to the balancer is for your admin networks: list narrower CIDRs "
+                   f"(CI opens its own /32 for the run, docs/operations.md)")
+
+
+def test_admin_cidrs_up_to_a_16_and_a_48_pass():
+    cidrs = ["10.0.0.0/17", "10.0.128.0/17", "10.0.0.5/32", "2001:db8::/49", "2001:db8:0:8000::/49"]
+    assert parse_config(minimal_config(adminCidrs=cidrs)).admin_cidrs == tuple(cidrs)
+
+
 def test_instance_types():
     assert error_of(instanceTypes={"worker": "huge"}) == (
         'onionstack:instanceTypes.worker = "huge": must be an EC2 instance type such as t3.small'

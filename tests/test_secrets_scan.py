@@ -184,8 +184,7 @@ def test_a_leak_is_caught(leak):
     import pulumi_aws as aws
 
     from infra.config import load_config
-    from nodes.steps import BinaryFile
-    from nodes.steps import payload
+    from nodes.payload import BinaryFile, payload
 
     config = minimal_config()
 

@@ -15,7 +15,8 @@ RTA = "aws:ec2/routeTableAssociation:RouteTableAssociation"
 NAT = "aws:ec2/natGateway:NatGateway"
 
 
-def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, database=True, backup=True) -> Counter:
+def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, database=True, backup=True,
+                    flow_logs=True) -> Counter:
     nats = zones if nat_per_az else 1
     c = Counter({
         "aws:ec2/vpc:Vpc": 1,
@@ -30,17 +31,26 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": admin + (3 if database else 1),
         "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4 if database else 2,
         INSTANCE: 1 + workers + (1 if database else 0),
-        # Remote steps (nodes/bootstrap.py): per worker tor-nginx + drain; balancer base +
+        # Remote steps (nodes/steps.py): per worker tor-nginx + drain; balancer base +
         # core; the onion package copy; the database's postgres step and its password.
         "command:remote:Command": 2 * workers + 2 + (1 if database else 0),
         "command:remote:CopyToRemote": 1,
+        # The stack's EBS key (every volume, data and root) and its alias.
+        "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1,
+        # The VPC's default security group, adopted to strip its rules.
+        "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": 1,
     })
+    if flow_logs:
+        c.update({"aws:ec2/flowLog:FlowLog": 1, "aws:cloudwatch/logGroup:LogGroup": 1, "aws:iam/role:Role": 1,
+                  "aws:iam/rolePolicy:RolePolicy": 1, "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1})
     if database:
         c.update({"aws:ebs/volume:Volume": 3, "aws:ec2/volumeAttachment:VolumeAttachment": 3,
                   "random:index/randomPassword:RandomPassword": 1})
     if backup:
         c.update({
             "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1, "aws:backup/vault:Vault": 1,
+            "aws:backup/vaultLockConfiguration:VaultLockConfiguration": 1,
+            "aws:backup/vaultPolicy:VaultPolicy": 1,
             "aws:backup/plan:Plan": 1, "aws:backup/selection:Selection": 1, "aws:iam/role:Role": 1,
             "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 2,
         })

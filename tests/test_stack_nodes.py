@@ -74,29 +74,26 @@ def test_nodes_are_components_owning_their_instance():
             assert len(kids) == 1 and kids[0].name == f"{node.name}-instance"
 
 
-# ---------------------------------------------------------------- the bootstrap seam
-def test_bootstrap_steps_become_children_after_the_instance():
-    """A later module adds remote steps through `bootstrap`; they must nest under the node,
-    wait for the instance (and the database's volume attachments), and see its address."""
+# ---------------------------------------------------------------- the seam between nodes and steps
+def test_a_step_declared_elsewhere_nests_under_its_node_and_waits_until_it_is_ready():
+    """A node declares how a step reaches it (`ssh`) and what a step waits for (`ready`);
+    a step from another module, declared as the node's child, nests under it, waits for
+    the instance (and the database's volume attachments), reaches it at its address, the
+    private ones through the balancer, and may be declared after other nodes' steps."""
     from pulumi_command import remote
 
+    from infra.storage import database_volume_specs
     from nodes.balancer import BalancerNode, BalancerNodeArgs
     from nodes.database import DatabaseNode, DatabaseNodeArgs
     from nodes.instance import InstanceArgs
+    from nodes.remote import connection
     from nodes.worker import WorkerNode, WorkerNodeArgs
-    from infra.storage import database_volume_specs
 
-    steps = {}
+    key = pulumi.Output.secret("not-a-real-key")
 
-    def bootstrap(node):
-        steps[node.node_name] = remote.Command(
-            f"{node.node_name}-hello",
-            connection={"host": node.ssh_host, "user": node.ssh_user,
-                        "private_key": pulumi.Output.secret("not-a-real-key"),
-                        "proxy": {"host": node.jump_host, "user": node.ssh_user}},
-            create="true",
-            opts=node.child_opts(),
-        )
+    def hello(node, *after):
+        return remote.Command(f"{node.node_name}-hello", connection=connection(node.ssh, key), create="true",
+                              opts=pulumi.ResourceOptions(parent=node, depends_on=[*node.ready, *after]))
 
     def program():
         def args(role, public_ip=False):
@@ -104,26 +101,25 @@ def test_bootstrap_steps_become_children_after_the_instance():
                                 subnet_id=subnet.id, security_group_ids=[], key_name="k")
         vpc = aws.ec2.Vpc("v", cidr_block="10.0.0.0/16")
         subnet = aws.ec2.Subnet("s", vpc_id=vpc.id, cidr_block="10.0.1.0/24", availability_zone="us-east-1a")
-        balancer = BalancerNode("b", BalancerNodeArgs(instance=args("balancer", public_ip=True), sites=()))
-        WorkerNode("w", WorkerNodeArgs(instance=args("worker"), index=0, availability_zone="us-east-1a",
-                                       jump_host=balancer.public_ip, bootstrap=bootstrap))
-        DatabaseNode("d", DatabaseNodeArgs(instance=args("database"), availability_zone="us-east-1a",
-                                           volumes=database_volume_specs(1, 1, 1), jump_host=balancer.public_ip,
-                                           protect_data=False, bootstrap=bootstrap))
-        # A balancer step that needs the workers' steps, declared after them.
-        remote.Command("b-config", connection={"host": balancer.ssh_host, "user": balancer.ssh_user},
-                       create="true", opts=balancer.child_opts(steps["w"]))
+        balancer = BalancerNode("b", BalancerNodeArgs(instance=args("balancer", public_ip=True)))
+        worker = WorkerNode("w", WorkerNodeArgs(instance=args("worker"), jump=balancer.ssh))
+        database = DatabaseNode("d", DatabaseNodeArgs(instance=args("database"), availability_zone="us-east-1a",
+                                                      volumes=database_volume_specs(1, 1, 1), jump=balancer.ssh,
+                                                      protect_data=False))
+        on_worker = hello(worker)
+        hello(database)
+        hello(balancer, on_worker)  # a balancer step that needs a worker's, declared after it
 
     result = mockrun.run_program(minimal_config(), program=program)
-    late = result.named("b-config")
+    late = result.named("b-hello")
     assert late.parent == result.named("b").urn
     assert result.named("w-hello").urn in late.dependencies
     assert result.named("b-instance").urn in late.dependencies
-    assert set(steps) == {"w", "d"}
+    assert late.input("connection")["host"] == result.named("b-instance").state["publicIp"]
+    assert "proxy" not in late.input("connection")
     for node_name in ("w", "d"):
         step = result.named(f"{node_name}-hello")
-        node = result.named(node_name)
-        assert step.parent == node.urn
+        assert step.parent == result.named(node_name).urn
         assert result.named(f"{node_name}-instance").urn in step.dependencies
         conn = step.input("connection")
         assert conn["host"] == result.named(f"{node_name}-instance").state["privateIp"]
@@ -135,13 +131,14 @@ def test_bootstrap_steps_become_children_after_the_instance():
 
 def test_private_roles_refuse_a_public_ip():
     from nodes.instance import InstanceArgs
+    from nodes.remote import SshTarget
     from nodes.worker import WorkerNode, WorkerNodeArgs
 
     def program():
         WorkerNode("w", WorkerNodeArgs(
             instance=InstanceArgs(role="worker", instance_type="t3.small", ami_id="ami-x", subnet_id="s",
                                   security_group_ids=[], key_name="k", public_ip=True),
-            index=0, availability_zone="us-east-1a", jump_host="203.0.113.9"))
+            jump=SshTarget(host="203.0.113.9")))
 
     with pytest.raises(ValueError, match="workers accept nothing from the internet"):
         mockrun.run_program(minimal_config(), program=program)

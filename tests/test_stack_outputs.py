@@ -118,19 +118,18 @@ def test_demo_command_reports_bad_config(capsys):
     assert "invalid config: onionstack:workers = 31: must be an integer from 1 to 30" in capsys.readouterr().err
 
 
-def test_secret_keys_stored_in_plain_text_are_warned_about(caplog):
-    import logging
+def test_secret_keys_stored_in_plain_text_stop_the_program():
+    """More cases (one site's key plain beside secret ones): tests/test_config_secrets.py."""
+    from infra.config import ConfigError
 
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(ConfigError) as info:
         mockrun.run_program(minimal_config(), secret_keys=[])
-    warned = " ".join(r.getMessage() for r in caplog.records)
-    assert "onionstack:masterKeys is stored in plain text" in warned
-    assert "onionstack:sshPrivateKey is stored in plain text" in warned
-    assert "PRIVATE KEY" not in warned and "ED25519-V3:" not in warned
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        mockrun.run_program(minimal_config())  # both marked secret
-    assert "plain text" not in " ".join(r.getMessage() for r in caplog.records)
+    msg = str(info.value)
+    assert msg.startswith("onionstack:masterKeys.news, onionstack:sshPrivateKey are stored in plain text")
+    assert "pulumi config set --secret --path 'sshPrivateKey'" in msg
+    assert info.value.registered_resources == []
+    assert "PRIVATE KEY" not in msg and "ED25519-V3:" not in msg
+    mockrun.run_program(minimal_config())  # both marked secret
 
 
 def test_mock_runs_are_deterministic():

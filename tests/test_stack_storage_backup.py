@@ -9,7 +9,8 @@ from tests.stackmocks import minimal_config, prod_config, run
 
 VOLUME = "aws:ebs/volume:Volume"
 ATTACH = "aws:ec2/volumeAttachment:VolumeAttachment"
-DATA_TYPES = {VOLUME, "aws:kms/key:Key", "aws:backup/vault:Vault"}
+DATA_TYPES = {VOLUME, "aws:kms/key:Key", "aws:backup/vault:Vault",
+              "aws:backup/vaultLockConfiguration:VaultLockConfiguration", "aws:backup/vaultPolicy:VaultPolicy"}
 
 
 def db_instance(result):
@@ -38,19 +39,20 @@ def test_protect_data_is_honoured(protect):
     result = run(minimal_config(protectData=protect))
     protected = {r.name for r in result.resources if r.protect}
     retained = {r.name for r in result.resources if r.retain_on_delete}
-    data = {r.name for r in result.resources if r.type in DATA_TYPES}
-    assert len(data) == 5  # 3 volumes, the KMS key, the vault
+    data = {r.name for r in result.resources if r.type in DATA_TYPES and r.name != "flow-logs-key"}
+    assert len(data) == 8  # 3 volumes, the EBS key, the vault key, the vault, its lock and policy
     if protect:
         assert protected == data and retained == data
     else:
         assert protected == set() and retained == set()
 
 
-def test_volumes_depend_only_on_their_zone_name():
+def test_volumes_depend_only_on_their_zone_name_and_key():
     # So `pulumi destroy --exclude-protected` can remove the network around them.
     result = run(minimal_config())
+    key = result.named("ebs-key")
     for v in result.of_type(VOLUME):
-        assert v.dependencies == (), v.name
+        assert v.dependencies == (key.urn,), v.name
 
 
 def test_database_disabled():
@@ -91,8 +93,8 @@ def test_backup_selection_vault_key_and_role():
     (plan,) = result.of_type("aws:backup/plan:Plan")
     (selection,) = result.of_type("aws:backup/selection:Selection")
     (vault,) = result.of_type("aws:backup/vault:Vault")
-    (key,) = result.of_type("aws:kms/key:Key")
-    (role,) = result.of_type("aws:iam/role:Role")
+    key = result.named("backup-key")
+    role = result.named("backup-role")
     assert selection.input("planId") == plan.id and selection.input("iamRoleArn") == role.state["arn"]
     assert selection.input("selectionTags") == [{"type": "STRINGEQUALS", "key": "backup", "value": "onionstack-prod"}]
     assert not selection.input("resources")  # by tag only
@@ -102,13 +104,14 @@ def test_backup_selection_vault_key_and_role():
     policy = json.loads(role.input("assumeRolePolicy"))
     (stmt,) = policy["Statement"]
     assert stmt["Principal"] == {"Service": "backup.amazonaws.com"} and stmt["Action"] == "sts:AssumeRole"
-    attached = {a.input("policyArn") for a in result.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
+    attached = {a.input("policyArn") for a in result.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+                if a.name.startswith("backup-")}
     assert attached == {
         "arn:aws:iam::aws:policy/service-role/AWSBackupServiceRolePolicyForBackup",
         "arn:aws:iam::aws:policy/service-role/AWSBackupServiceRolePolicyForRestores",
     }
     assert all(a.input("role") == role.state["name"]
-               for a in result.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment"))
+               for a in result.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") if a.name.startswith("backup-"))
 
 
 def test_backup_tag_is_stack_scoped():
@@ -120,7 +123,9 @@ def test_backup_tag_is_stack_scoped():
 
 def test_backup_disabled():
     result = run(minimal_config(backup={"enabled": False}))
-    assert not [r for r in result.resources if r.type.startswith(("aws:backup", "aws:kms", "aws:iam"))]
+    assert not [r for r in result.resources if r.type.startswith("aws:backup")]
+    assert not [r for r in result.resources if r.type.startswith(("aws:iam", "aws:kms")) and "backup" in r.name]
+    assert "ebs-key" in {r.name for r in result.of_type("aws:kms/key:Key")}  # volumes stay encrypted
     assert all("backup" not in v.input("tags") for v in result.of_type(VOLUME))
     assert "backupVaultName" not in result.outputs
 

@@ -5,7 +5,7 @@ import pytest
 
 from tests.stackmocks import is_taggable, minimal_config, prod_config, run, tags_of
 
-ROLES = {"network", "balancer", "worker", "database", "backup", "ssh"}
+ROLES = {"network", "balancer", "worker", "database", "backup", "ssh", "storage", "monitoring"}
 
 
 def test_taggable_lookup_reads_the_sdk():

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,11 +25,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_import(path: Path, *extra: str) -> tuple[int, str, str]:
+    """Run the import into a new stack file; returns (rc, the file's text, stderr)."""
     out, err = io.StringIO(), io.StringIO()
+    stack_file = Path(tempfile.mkdtemp(prefix="tconf-")) / "Pulumi.test.yaml"
     parser = __import__("onion.__main__", fromlist=["build_parser"]).build_parser()
-    args = parser.parse_args(["import-tconf", str(path), *extra])
+    args = parser.parse_args(["import-tconf", str(path), "--out", str(stack_file), *extra])
     rc = tconf.run(args, out=out, err=err)
-    return rc, out.getvalue(), err.getvalue()
+    assert out.getvalue() == ""  # the config went to the file
+    return rc, stack_file.read_text(), err.getvalue()
 
 
 def sites_of(stdout: str) -> list[dict]:
@@ -118,11 +122,15 @@ def test_printed_command_yields_the_stack_key(tmp_path, capsys):
 def test_cli_entry_point(tmp_path):
     keys = tmp_path / "keys"
     proc = subprocess.run([sys.executable, "-m", "onion", "import-tconf", str(FIXTURES / "tpo.tconf"),
-                           "--keys-dir", str(keys)], capture_output=True, text=True, cwd=REPO, timeout=60)
+                           "--keys-dir", str(keys), "--stack", "eotk"], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert sites_of(proc.stdout)[0]["domain"] == "torproject.org"
-    assert "ED25519-V3:" not in proc.stdout + proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "onion", "import-tconf", str(FIXTURES / "tpo.tconf")],
+    assert proc.stdout == ""
+    written = (tmp_path / "Pulumi.eotk.yaml").read_text()
+    assert sites_of(written)[0]["domain"] == "torproject.org"
+    assert "ED25519-V3:" not in written + proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "onion", "import-tconf", str(FIXTURES / "tpo.tconf"),
+                           "--out", str(tmp_path / "Pulumi.x.yaml")],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2
     assert f"onion import-tconf: {FIXTURES / 'tpo.tconf'}:16: %NEW_V3_ONION% needs --keys-dir DIR" in proc.stderr

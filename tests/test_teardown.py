@@ -1,6 +1,8 @@
 """Teardown: with protectData, `pulumi destroy` can remove everything except what holds
-data (the database volumes, the backup vault with its recovery points, the vault's KMS
-key); with protectData false, everything goes. docs/stack.md "Teardown"."""
+data (the database volumes, the backup vault with its recovery points, its lock and deny
+policy, the vault's and the volumes' KMS keys, and the copy vault in a second region with
+its own key, lock and policy); with protectData false, everything goes. docs/stack.md
+"Teardown"."""
 from __future__ import annotations
 
 import pytest
@@ -14,6 +16,15 @@ DATA = {
     ("aws:ebs/volume:Volume", "database-volumes-log"),
     ("aws:backup/vault:Vault", "backup-vault"),
     ("aws:kms/key:Key", "backup-key"),
+    ("aws:backup/vaultLockConfiguration:VaultLockConfiguration", "backup-vault-lock"),
+    ("aws:backup/vaultPolicy:VaultPolicy", "backup-vault-policy"),
+    ("aws:kms/key:Key", "ebs-key"),
+}
+COPY = {
+    ("aws:kms/key:Key", "backup-copy-key"),
+    ("aws:backup/vault:Vault", "backup-copy-vault"),
+    ("aws:backup/vaultLockConfiguration:VaultLockConfiguration", "backup-copy-vault-lock"),
+    ("aws:backup/vaultPolicy:VaultPolicy", "backup-copy-vault-policy"),
 }
 CONFIGS = {"prod": prod_config, "three-sites": three_site_config, "minimal": minimal_config}
 
@@ -28,6 +39,24 @@ def test_protect_data_keeps_exactly_the_data(name):
     assert sorted(kept["databaseVolumes"]) == sorted(r.id for r in result.of_type("aws:ebs/volume:Volume"))
     assert kept["backupVault"] == result.named("backup-vault").state["name"]
     assert kept["backupKmsKey"] == result.named("backup-key").state["arn"]
+    assert kept["ebsKmsKey"] == result.named("ebs-key").state["arn"]
+    assert "backupCopy" not in kept
+
+
+def test_copy_region_keeps_its_vault_key_lock_and_policy():
+    result = run(prod_config(backup={"copyToRegion": "eu-west-1"}))
+    protected = {(r.type, r.name) for r in result.resources if r.protect}
+    retained = {(r.type, r.name) for r in result.resources if r.retain_on_delete}
+    assert protected == DATA | COPY and retained == DATA | COPY
+    assert result.outputs["keptOnDestroy"]["backupCopy"] == {
+        "region": "eu-west-1",
+        "vault": result.named("backup-copy-vault").state["name"],
+        "kmsKey": result.named("backup-copy-key").state["arn"],
+    }
+    kept = {r.urn for r in result.resources if r.protect}
+    for r in result.resources:
+        if r.protect:
+            assert set(r.dependencies) <= kept, r.name
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

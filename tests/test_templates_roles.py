@@ -87,6 +87,9 @@ def test_systemd_units_pass_systemd_analyze(tmp_path):
                  "ExecStartPre=/usr/bin/tor --verify-config -f /etc/onionstack/tor/%i.torrc",
                  "ExecReload=/bin/kill -HUP $MAINPID", "WantedBy=multi-user.target"):
         assert line in tor_unit
+    # `systemctl reload onion-balancer` sends SIGHUP, which the core takes as "re-read the config"
+    balancer_unit = (unit_dir / "onion-balancer.service").read_text()
+    assert "ExecReload=/bin/kill -HUP $MAINPID\n" in balancer_unit
 
 
 # ------------------------------------------------------------------ balancer
@@ -255,7 +258,7 @@ def _stage(spec: WorkerSpec, stage: Path) -> dict:
 
 
 def _apply(stage: Path) -> subprocess.CompletedProcess:
-    # umask 077 like the remote step's wrapper (nodes/steps.py): apply.sh must not depend on it
+    # umask 077 like the remote step's wrapper (nodes/templates/steps/runner.sh.j2): apply.sh must not depend on it
     return run(["bash", "-c", 'umask 077; exec bash "$0" "$1"',
                 str(stage / "usr/local/lib/onionstack/apply.sh"), str(stage)], timeout=60)
 

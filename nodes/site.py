@@ -1,0 +1,219 @@
+"""One onion site, the whole of it: `OnionSite(name, OnionSiteArgs(config))`.
+
+    OnionSite
+      Network (VPC, subnets, gateways)   SecurityGroups   KeyPair (the admin key)
+      BalancerNode  <- BalancerPackage, BalancerCore
+      WorkerNode x N  <- WorkerSetup, WorkerDrain
+      DatabaseNode  <- DatabaseSetup          RandomPassword (the database's)
+      Backup (vault, plan, selection)
+
+The steps run in the softmap runbook's order: every worker's tor and nginx first (they
+create the instance addresses), then the balancer core configured from them; each
+worker's drain holds its removal until the balancer publishes without it
+(docs/bootstrap.md). `exports` are the stack outputs (names and meaning in
+docs/stack.md); `__main__.py` exports them as they are.
+
+Importable without running anything: another Pulumi program declares the same site with
+`OnionSite("site", OnionSiteArgs(load_config()))`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pulumi
+import pulumi_random as random
+
+from infra.backup import Backup, BackupArgs
+from infra.config import StackConfig
+from infra.flowlogs import FlowLogs, FlowLogsArgs
+from infra.kms import EbsKey, EbsKeyArgs, lookup_account
+from infra.network import Network, NetworkArgs, available_zones
+from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
+from infra.storage import database_volume_specs
+from nodes.balancer import BalancerNode, BalancerNodeArgs
+from nodes.database import DatabaseNode, DatabaseNodeArgs
+from nodes.instance import AmiCatalog, InstanceArgs
+from nodes.roles import RoleSpecs
+from nodes.steps import (BalancerCore, BalancerCoreArgs, BalancerPackage, BalancerPackageArgs, DatabaseSetup,
+                         DatabaseSetupArgs, WorkerDrain, WorkerDrainArgs, WorkerSetup, WorkerSetupArgs)
+from nodes.worker import WorkerNode, WorkerNodeArgs, spread
+
+
+@dataclass(frozen=True)
+class OnionSiteArgs:
+    config: StackConfig  # parsed and validated (infra.config.load_config / parse_config)
+
+
+class OnionSite(pulumi.ComponentResource):
+    """Declares the parts (`network`, `security`, `flow_logs`, `ebs_key`, `balancer`, `workers`, `database`,
+    `backup`, and the steps `balancer_package`, `balancer_core`, `worker_setups`,
+    `worker_drains`, `database_setup`) and `exports`, the stack outputs."""
+
+    network: Network
+    security: SecurityGroups
+    ebs_key: EbsKey
+    flow_logs: Optional[FlowLogs]
+    balancer: BalancerNode
+    workers: list[WorkerNode]
+    database: Optional[DatabaseNode]
+    backup: Optional[Backup]
+    balancer_package: BalancerPackage
+    balancer_core: BalancerCore
+    worker_setups: list[WorkerSetup]
+    worker_drains: list[WorkerDrain]
+    database_setup: Optional[DatabaseSetup]
+    exports: dict[str, Any]
+
+    def __init__(self, name: str, args: OnionSiteArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        config = args.config
+        # Before any resource: a value the templates cannot render, or more zones than the
+        # region has, stops here (ConfigError).
+        specs = RoleSpecs.of(config)
+        zones = available_zones(config.availability_zones)
+        super().__init__("onionstack:site:OnionSite", name, None, opts)
+        ssh_key = config.ssh_private_key.output()  # a secret; the only road the key takes
+        # Until nodes/ had step components, these lived at the stack's top level and the
+        # steps' commands directly under their node: aliases keep a stack deployed then.
+        top = pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)])
+
+        def legacy(node_type: str, node_name: str) -> pulumi.Output[str]:
+            return pulumi.create_urn(node_name, node_type)
+
+        ami_for = AmiCatalog()
+        self.network = Network("net", NetworkArgs(config.vpc_cidr, zones, nat_per_az=config.nat_gateways == "perAz"),
+                               opts=top)
+        self.security = SecurityGroups(
+            "access", SecurityArgs(self.network.vpc.id, config.admin_cidrs, database=config.database.enabled),
+            opts=top)
+        key_pair = admin_key_pair("admin-key", config.ssh_public_key, opts=top)
+        account = lookup_account()
+        copy_regions = (config.backup.copy_to_region,) if config.backup.enabled and config.backup.copy_to_region \
+            else ()
+        self.flow_logs = None
+        if config.flow_logs.enabled:
+            self.flow_logs = FlowLogs("flow-logs", FlowLogsArgs(self.network.vpc.id, account, config.flow_logs.traffic,
+                                                                config.flow_logs.retention_days), opts=top)
+        # One customer-managed key for every EBS volume (data and root), so the recovery points
+        # of the data volumes are under a key with an explicit policy, not aws/ebs (infra/kms.py).
+        self.ebs_key = EbsKey("ebs", EbsKeyArgs(account, protect=config.protect_data, copy_regions=copy_regions),
+                              opts=top)
+
+        def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False) -> InstanceArgs:
+            return InstanceArgs(role=role, instance_type=instance_type, ami_id=ami_for(instance_type),
+                                subnet_id=subnet.id, security_group_ids=[group.id], key_name=key_pair.key_name,
+                                public_ip=public_ip, root_kms_key_id=self.ebs_key.key.arn)
+
+        # ---- the balancer: jump host for every other machine
+        self.balancer = BalancerNode("balancer", BalancerNodeArgs(
+            instance=instance("balancer", config.instance_types.balancer, self.network.public_subnets[0],
+                              self.security.balancer, public_ip=True)), opts=top)
+        balancer_urn = legacy("onionstack:nodes:BalancerNode", "balancer")
+        on_balancer = pulumi.ResourceOptions(parent=self.balancer)
+        self.balancer_package = BalancerPackage(
+            "balancer-package-step", BalancerPackageArgs(self.balancer, ssh_key), opts=on_balancer,
+            legacy_parent=balancer_urn)
+
+        # ---- workers: tor + nginx first (their steps report the instance addresses)
+        self.workers, self.worker_setups = [], []
+        for i, z in enumerate(spread(config.workers, zones)):
+            name_i = f"worker-{i + 1}"
+            worker = WorkerNode(name_i, WorkerNodeArgs(
+                instance=instance("worker", config.instance_types.worker, self.network.private_subnets[z],
+                                  self.security.workers),
+                jump=self.balancer.ssh), opts=top)
+            self.workers.append(worker)
+            self.worker_setups.append(WorkerSetup(
+                f"{name_i}-tor-nginx-step", WorkerSetupArgs(worker, specs.worker, ssh_key),
+                opts=pulumi.ResourceOptions(parent=worker),
+                legacy_parent=legacy("onionstack:nodes:WorkerNode", name_i)))
+
+        # ---- the balancer core, from every worker's addresses; then each worker's drain
+        self.balancer_core = BalancerCore(
+            "balancer-core-step",
+            BalancerCoreArgs(node=self.balancer, specs=specs, sites=config.sites, package=self.balancer_package,
+                             workers=tuple(self.worker_setups), ssh_key=ssh_key),
+            opts=on_balancer, legacy_parent=balancer_urn)
+        self.worker_drains = [
+            WorkerDrain(f"{w.node_name}-drain-step",
+                        WorkerDrainArgs(worker=w, setup=s, balancer=self.balancer, core=self.balancer_core,
+                                        ssh_key=ssh_key),
+                        opts=pulumi.ResourceOptions(parent=w),
+                        legacy_parent=legacy("onionstack:nodes:WorkerNode", w.node_name))
+            for w, s in zip(self.workers, self.worker_setups)
+        ]
+
+        # ---- the database
+        self.database, self.database_setup = None, None
+        if config.database.enabled:
+            # Generated once and kept in the state as a secret; reaches the machine only via stdin.
+            password = random.RandomPassword("database-password", length=32, special=False, opts=top)
+            self.database = DatabaseNode("database", DatabaseNodeArgs(
+                instance=instance("database", config.instance_types.database, self.network.private_subnets[0],
+                                  self.security.database),
+                availability_zone=zones[0],
+                volumes=database_volume_specs(config.database.data_gb, config.database.journal_gb,
+                                              config.database.log_gb),
+                jump=self.balancer.ssh, protect_data=config.protect_data, backup=config.backup.enabled,
+                volume_kms_key_id=self.ebs_key.key.arn), opts=top)
+            self.database_setup = DatabaseSetup(
+                "database-postgres-step",
+                DatabaseSetupArgs(node=self.database, specs=specs, password=password.result,
+                                  client_cidrs=tuple(s.cidr_block for s in self.network.private_subnets),
+                                  ssh_key=ssh_key),
+                opts=pulumi.ResourceOptions(parent=self.database),
+                legacy_parent=legacy("onionstack:nodes:DatabaseNode", "database"))
+
+        self.backup = None
+        if config.backup.enabled:
+            self.backup = Backup("backup", BackupArgs(config.backup.rules, protect=config.protect_data, account=account,
+                                                      lock=config.backup.lock,
+                                                      copy_to_region=config.backup.copy_to_region), opts=top)
+
+        self.exports = self._exports(config, zones)
+        self.register_outputs(self.exports)
+
+    def _exports(self, config: StackConfig, zones) -> dict[str, Any]:
+        """The stack outputs (nothing secret)."""
+        user = self.balancer.ssh.user
+        jump = pulumi.Output.concat(user, "@", self.balancer.public_ip)
+        out: dict[str, Any] = {
+            "vpcId": self.network.vpc.id,
+            "availabilityZones": list(zones),
+            "balancerPublicIp": self.balancer.public_ip,
+            "balancerPrivateIp": self.balancer.private_ip,
+            "workerPrivateIps": [w.private_ip for w in self.workers],
+            "sshBalancer": pulumi.Output.concat("ssh ", jump),
+            "sshWorkers": [pulumi.Output.concat("ssh -J ", jump, f" {user}@", w.private_ip) for w in self.workers],
+        }
+        if self.database is not None:
+            out["databasePrivateIp"] = self.database.private_ip
+            out["sshDatabase"] = pulumi.Output.concat("ssh -J ", jump, f" {user}@", self.database.private_ip)
+        if self.backup is not None:
+            out["backupVaultName"] = self.backup.vault.name
+        # What `pulumi destroy` keeps (protect + retainOnDelete; docs/stack.md "Teardown").
+        kept: dict[str, Any] = {}
+        if config.protect_data:
+            kept["ebsKmsKey"] = self.ebs_key.key.arn
+            if self.database is not None:
+                kept["databaseVolumes"] = [v.id for v in self.database.volumes.volumes.values()]
+            if self.backup is not None:
+                kept["backupVault"] = self.backup.vault.name
+                kept["backupKmsKey"] = self.backup.key.arn
+                if self.backup.copy_vault is not None:
+                    kept["backupCopy"] = {"region": config.backup.copy_to_region, "vault": self.backup.copy_vault.name,
+                                          "kmsKey": self.backup.copy_key.arn}
+        out["keptOnDestroy"] = kept
+        out["sites"] = {s.name: {"domain": s.domain, "onionAddress": s.onion_address,
+                                 "originAddress": s.origin_address} for s in config.sites}
+        # Instance addresses are public (clients never see them; the balancer fetches their
+        # descriptors): worker name -> site -> one address per tor daemon.
+        out["instanceAddresses"] = {
+            w.node_name: s.instance_addresses.apply(
+                lambda per_site: None if per_site is None  # not known: mocks without command emulation
+                else {site: [f"{a}.onion" for a in addrs] for site, addrs in per_site.items()})
+            for w, s in zip(self.workers, self.worker_setups)}
+        out["balancerPublishes"] = config.balancer.publish
+        out["introPoints"] = {"perWorker": config.intro_points_per_worker,
+                              "total": config.workers * config.intro_points_per_worker}
+        return out
