@@ -35,20 +35,30 @@ class Report:
         self.print(f"PASS  {name}: {detail}")
 
 
-def wheelhouse(requirements: Path = ROOT / "onion" / "requirements.txt", cache: Path = ROOT / ".lab") -> Path:
-    """The balancer's wheels for an offline install (downloaded once per requirements file,
-    with the build tools an sdist needs)."""
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+def wheelhouse(cache: Path = ROOT / ".lab") -> Path:
+    """The balancer's wheels for an offline install, for the hosts' python (this machine's
+    /usr/bin/python3): the files of onion/requirements.lock, hash-checked, downloaded once
+    per lock (onion/requirements.txt and the build tools an sdist needs, without a lock)."""
+    lock = ROOT / "onion" / "requirements.lock"
+    source = lock if lock.exists() else ROOT / "onion" / "requirements.txt"
+    python = subprocess.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    digest = hashlib.sha256(source.read_bytes() + python.encode()).hexdigest()[:12]
     target = cache / f"wheelhouse-{digest}"
     if target.is_dir():
         return target
     tmp = target.with_name(target.name + ".tmp")
     subprocess.run(["rm", "-rf", str(tmp)], check=True)
-    tmp.mkdir(parents=True)
-    for args in (["-r", str(requirements)], ["setuptools", "wheel"]):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                        "-d", str(tmp), *args], check=True)
-    tmp.rename(target)
+    # pip of the hosts' own python picks the files that python installs
+    subprocess.run(["python3", "-m", "venv", str(tmp / "venv")], check=True)
+    pip = [str(tmp / "venv" / "bin" / "pip"), "download", "--quiet", "--disable-pip-version-check",
+           "-d", str(tmp / "wheels")]
+    if lock.exists():
+        subprocess.run(pip + ["--require-hashes", "--no-deps", "-r", str(lock)], check=True)
+    else:
+        subprocess.run(pip + ["-r", str(source), "setuptools", "wheel"], check=True)
+    (tmp / "wheels").rename(target)
+    subprocess.run(["rm", "-rf", str(tmp)], check=True)
     return target
 
 
@@ -109,7 +119,11 @@ def _all_checks(r: Rehearsal, report: Report, workers: int) -> None:
     t0 = time.monotonic()
     r.fabric.reboot(sorted(r.fabric.hosts))
     booted = r.fabric.wait_booted()
-    took = r.wait_frontend(timeout=300)
+    # A reader arriving now: the lab client forgets the descriptor it cached before the
+    # reboot (every intro point in it died with the workers' tors; tor's client would not
+    # fetch it again from the same HSDirs within 15 minutes).
+    r.new_reader()
+    r.wait_frontend(timeout=300)
     units = r.check_units()
     report.check("hosts rebooted: the site comes back without any step", True,
                  f"all {len(r.fabric.hosts)} hosts restarted (booted in {booted:.0f} s); frontend answered "

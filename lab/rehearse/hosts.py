@@ -223,6 +223,14 @@ class Fabric:
             link.symlink_to("/dev/null")
         for key in (root / "etc/ssh").glob("ssh_host_*"):
             key.unlink()
+        # The AMI boots cloud-init and sshd whatever this machine does with them.
+        for off in ("etc/cloud/cloud-init.disabled", "etc/ssh/sshd_not_to_be_run"):
+            (root / off).unlink(missing_ok=True)
+        wants = systemd / "multi-user.target.wants" / "ssh.service"
+        if not wants.exists():
+            wants.parent.mkdir(parents=True, exist_ok=True)
+            wants.unlink(missing_ok=True)
+            wants.symlink_to("/lib/systemd/system/ssh.service")
         (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
         shutil.rmtree(root / "var/lib/cloud", ignore_errors=True)
         seed = root / "var/lib/cloud/seed/nocloud"

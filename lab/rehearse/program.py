@@ -90,8 +90,8 @@ def tls_private_key(algorithm: str = "RSA", rsa_bits: int = 2048, ecdsa_curve: s
     elif algorithm == "RSA":
         key = rsa.generate_private_key(public_exponent=65537, key_size=int(rsa_bits))
     elif algorithm == "ECDSA":
-        key = ec.generate_private_key({"P256": ec.SECP256R1(), "P384": ec.SECP384R1(),
-                                       "P521": ec.SECP521R1()}[ecdsa_curve]())
+        key = ec.generate_private_key({"P256": ec.SECP256R1, "P384": ec.SECP384R1,
+                                       "P521": ec.SECP521R1}[ecdsa_curve]())
     else:
         raise ValueError(f"tls PrivateKey algorithm {algorithm!r}: not emulated")
     ser = serialization
@@ -185,12 +185,13 @@ class Evaluation:
 
 
 def evaluate(config: dict, generated: Generated, provider: Optional[Provider] = None,
-             stack: str = "rehearsal") -> Evaluation:
-    """Run the program once (a fresh context and monitor); raises what the program raised."""
-    return contextvars.Context().run(_evaluate, config, generated, provider, stack)
+             stack: str = "rehearsal", program=None) -> Evaluation:
+    """Run the program (default: the real `__main__.py`) once, with a fresh context and
+    monitor; raises what the program raised."""
+    return contextvars.Context().run(_evaluate, config, generated, provider, stack, program or mockrun.run_main)
 
 
-def _evaluate(config: dict, generated: Generated, provider: Optional[Provider], stack: str) -> Evaluation:
+def _evaluate(config: dict, generated: Generated, provider: Optional[Provider], stack: str, program) -> Evaluation:
     import pulumi
     from pulumi.runtime import config as runtime_config
     from pulumi.runtime import settings as pulumi_settings
@@ -199,13 +200,17 @@ def _evaluate(config: dict, generated: Generated, provider: Optional[Provider], 
 
     from infra.config import SECRET_KEYS
 
+    # An exception a failed run left in the RPC manager would fail the next run too
+    # (pulumi.runtime.test clears these the same way).
+    pulumi_settings.SETTINGS.rpc_manager.clear()
+    pulumi_settings.SETTINGS.outputs.clear()
     encoded = mockrun.encode_config(config)
     secret_keys = [f"{mockrun.PROJECT}:{k}" for k in SECRET_KEYS if f"{mockrun.PROJECT}:{k}" in encoded]
     mocks = RehearsalMocks(generated)
     monitor = ProviderMonitor(mocks, provider)
     runtime_config.set_all_config(dict(encoded), secret_keys)
     pulumi.runtime.set_mocks(mocks, project=mockrun.PROJECT, stack=stack, preview=False, monitor=monitor)
-    _sync_await(run_pulumi_func(mockrun.run_main))
+    _sync_await(run_pulumi_func(program))
     outputs, _ = _sync_await(mockrun._resolve_outputs(pulumi_settings.get_root_resource().outputs))
     return Evaluation(monitor.recorded, outputs, instances_of(monitor.recorded))
 

@@ -123,6 +123,7 @@ class Rehearsal:
         self.boot(plan.instances)
         took = net.start(self.lab.procs, self.progress)
         self.lab.info["network_seconds"] = round(took, 1)
+        self.timings["network"] = took
         self.lab.save()
         self.fabric.wait_booted()
         self.timings["host_boot"] = self._boot_seconds()
@@ -237,6 +238,14 @@ class Rehearsal:
             return session.run(command, stdin, {}, timeout)
         finally:
             session.close()
+
+    def new_reader(self) -> None:
+        """SIGNAL NEWNYM to the lab client: it drops its onion-service state (cached
+        descriptors, intro point failures), as a reader who was not here before."""
+        from lab.tornet import controller
+
+        with controller(self.lab.net.client) as ctl:
+            ctl.msg("SIGNAL NEWNYM")
 
     def wait_frontend(self, timeout: float = 300) -> float:
         from lab.client import wait_reachable

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shlex
 import subprocess
 import tempfile
@@ -40,10 +41,13 @@ class OpenSSH:
         self.sock_dir = Path(tempfile.mkdtemp(prefix="rh-ssh-", dir="/tmp"))
 
     def _write(self, name: str, content: str) -> Path:
+        """A 0600 file, replaced whole (a concurrent ssh never reads half of it)."""
         path = self.dir / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = self.dir / f".{name}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(content)
+        os.replace(tmp, path)
         return path
 
     def _host_block(self, alias: str, conn: Connection) -> list[str]:
@@ -70,7 +74,9 @@ class OpenSSH:
         return lines
 
     def dial(self, conn: Connection) -> "OpenSSHSession":
-        ident = _short(repr(conn.to_json()))
+        # One config and control socket per dial: steps that reach the same host at the same
+        # time (the drains on the balancer) must not share a master connection.
+        ident = _short(repr(conn.to_json())) + secrets.token_hex(4)
         target = f"t{ident}"
         lines = self._host_block(target, conn)
         if conn.proxy:
@@ -89,13 +95,14 @@ class OpenSSH:
             err.seek(0)
             message = err.read().strip()
         if proc.returncode != 0:
+            config.unlink(missing_ok=True)
             raise DialError("; ".join(message.splitlines()[-3:]) if message else f"ssh exit {proc.returncode}")
-        return OpenSSHSession(base, target)
+        return OpenSSHSession(base, target, config)
 
 
 class OpenSSHSession:
-    def __init__(self, base: list[str], target: str) -> None:
-        self.base, self.target = base, target
+    def __init__(self, base: list[str], target: str, config: Path) -> None:
+        self.base, self.target, self.config = base, target, config
 
     def run(self, command: str, stdin: Optional[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
         opts = []
@@ -126,6 +133,7 @@ class OpenSSHSession:
 
     def close(self) -> None:
         subprocess.run(self.base + ["-O", "exit", self.target], capture_output=True, timeout=30)
+        self.config.unlink(missing_ok=True)
 
 
 def _short(text: str) -> str:
