@@ -61,6 +61,43 @@ def mock_password(name: str) -> str:
     return hashlib.sha256(f"password|{name}".encode()).hexdigest()[:32]
 
 
+def mock_tls_key(name: str) -> str:
+    """The PEM (PKCS#8) ECDSA P-256 key a mocked `tls.PrivateKey` named `name` holds:
+    derived from the name, so tests can look for it where it must not be."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's group order
+    scalar = int.from_bytes(hashlib.sha256(f"tls-key|{name}".encode()).digest(), "big") % (order - 1) + 1
+    key = ec.derive_private_key(scalar, ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def mock_self_signed_cert(inputs: dict) -> dict:
+    """What pulumi-tls's SelfSignedCert returns for `inputs`: a real certificate signed by
+    the given key, with the given names and validity."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = serialization.load_pem_private_key(reveal(inputs["privateKeyPem"]).encode(), password=None)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, inputs["subject"]["commonName"])])
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    end = start + datetime.timedelta(hours=int(inputs["validityPeriodHours"]))
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in inputs.get("dnsNames", [])]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    return {"certPem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "validityStartTime": start.strftime(stamp), "validityEndTime": end.strftime(stamp),
+            "readyForRenewal": False}
+
+
 # ---------------------------------------------------------------- recorded data
 @dataclass
 class MockedResource:
@@ -257,8 +294,11 @@ class StackMocks(pulumi_mocks.Mocks):
             state["arn"] = f"arn:aws:logs:{self.region}:000000000000:log-group:{inputs.get('name') or args.name}"
         elif t == "aws:kms/key:Key":
             state["keyId"] = id_
-        elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role"):
+        elif t in ("aws:backup/vault:Vault", "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             state["name"] = inputs.get("name") or f"{args.name}-{id_[-7:]}"
+        elif t == "aws:sns/topic:Topic":
+            state["name"] = inputs.get("name") or f"{args.name}-{id_[-7:]}"
+            state["arn"] = f"arn:aws:sns:{self.region}:000000000000:{state['name']}"
         elif t == "command:remote:Command":
             state.setdefault("stdout", "")
             state.setdefault("stderr", "")
@@ -266,6 +306,10 @@ class StackMocks(pulumi_mocks.Mocks):
                 state["stdout"] = self._worker_step_stdout(args.name, inputs)
         elif t == "random:index/randomPassword:RandomPassword":
             state["result"] = mock_password(args.name)
+        elif t == "tls:index/privateKey:PrivateKey":
+            state["privateKeyPem"] = mock_tls_key(args.name)
+        elif t == "tls:index/selfSignedCert:SelfSignedCert":
+            state.update(mock_self_signed_cert(inputs))
         return id_, state
 
     @staticmethod

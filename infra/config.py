@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from onion.keys import IdentityKey
+from onion.keys import IdentityKey, onion_address
 
 NAMESPACE = "onionstack"
 
@@ -68,8 +68,9 @@ SCHEMA: dict[str, tuple[Optional[str], Any]] = {
     "balancer": (None, DEFAULT_BALANCER),
     "flowLogs": (None, DEFAULT_FLOW_LOGS),
     "alarmEmails": ("array", []),
+    "tlsKeys": (None, {}),
 }
-SECRET_KEYS = ("masterKeys", "sshPrivateKey")
+SECRET_KEYS = ("masterKeys", "sshPrivateKey", "tlsKeys")
 
 SITE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # A DNS name: labels of letters, digits and inner hyphens, at least two labels.
@@ -77,6 +78,27 @@ DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 DNS_NAME_RE = re.compile(rf"^(?:{DNS_LABEL}\.)+{DNS_LABEL}\.?$")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 MASTER_KEY_PREFIX = "ED25519-V3:"
+
+# Per-site HTTPS (sites[].https) and DoS controls (sites[].dos): defaults mirror
+# nodes/render.py's SiteDos; docs/sites.md says how they were chosen.
+HTTPS_MODES = ("off", "selfSigned", "provided")
+DEFAULT_DOS = {
+    "pow": False,
+    "powQueueRate": 250,
+    "powQueueBurst": 2500,
+    "introDefense": True,
+    "introRate": 25,
+    "introBurst": 200,
+    "maxStreams": 32,
+    "maxStreamsCloseCircuit": True,
+}
+INT32_MAX = 2**31 - 1
+VALIDATION_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/+-]{0,254}$")
+VALIDATION_CONTENT_RE = re.compile(r"^[\x20-\x7e\n]{1,4096}$")
+# A self-signed onion certificate (pulumi-tls) lives this long and is replaced by the first
+# `pulumi up` within its last SELF_SIGNED_RENEW_DAYS (early renewal; docs/sites.md).
+SELF_SIGNED_DAYS = 365
+SELF_SIGNED_RENEW_DAYS = 60
 
 WORKERS_RANGE = (1, 30)
 DAEMONS_RANGE = (1, 8)
@@ -139,6 +161,30 @@ class Secret:
 
 # ---------------------------------------------------------------- dataclasses
 @dataclass(frozen=True)
+class ValidationPath:
+    """A path port 80 serves even when HTTPS is forced: fixed `content` (a CA's validation
+    file, EOTK's ssl_proof_csv), or with `content` None every path under this prefix
+    passed to the origin (e.g. an ACME http-01 challenge the origin answers)."""
+
+    path: str
+    content: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SiteDos:
+    """tor's DoS controls for the site's instance services on every worker daemon."""
+
+    pow: bool = DEFAULT_DOS["pow"]
+    pow_queue_rate: int = DEFAULT_DOS["powQueueRate"]
+    pow_queue_burst: int = DEFAULT_DOS["powQueueBurst"]
+    intro_defense: bool = DEFAULT_DOS["introDefense"]
+    intro_rate: int = DEFAULT_DOS["introRate"]
+    intro_burst: int = DEFAULT_DOS["introBurst"]
+    max_streams: int = DEFAULT_DOS["maxStreams"]
+    max_streams_close_circuit: bool = DEFAULT_DOS["maxStreamsCloseCircuit"]
+
+
+@dataclass(frozen=True)
 class Site:
     """One onion address mapping one clearnet domain and its subdomains (EOTK hardmap)."""
 
@@ -149,6 +195,22 @@ class Site:
     origin_address: Optional[str] = None  # host:port to connect to instead of `domain`
     block_hosts: tuple[str, ...] = ()
     block_paths: tuple[str, ...] = ()
+    https: str = "off"  # off | selfSigned | provided
+    http_redirect: bool = True  # with https: port 80 answers 307 to https (validation paths aside)
+    certificate_chain: Optional[str] = None  # provided: PEM chain, leaf first (public)
+    tls_key: Optional[Secret] = field(default=None, repr=False)  # provided: the leaf's key (secret)
+    validation_paths: tuple[ValidationPath, ...] = ()
+    foreign_onions: tuple[tuple[str, str], ...] = ()  # (domain, "<56>.onion") of other onion sites
+    dos: SiteDos = field(default_factory=SiteDos)
+
+    @property
+    def serves_https(self) -> bool:
+        return self.https != "off"
+
+    @property
+    def onion_url(self) -> str:
+        """The site's onion root URL as readers should use it (https when HTTPS is on)."""
+        return f"{'https' if self.serves_https else 'http'}://{self.onion_address}/"
 
 
 @dataclass(frozen=True)
@@ -350,9 +412,10 @@ def _keygen_fix(name: str) -> str:
 
 
 # ---------------------------------------------------------------- sections
-def _parse_sites(raw_sites: Any, raw_keys: Any) -> tuple[Site, ...]:
+def _parse_sites(raw_sites: Any, raw_keys: Any, raw_tls_keys: Any = None) -> tuple[Site, ...]:
     accepted = (
-        "must be a non-empty list of {name, domain, originAddress?, blockHosts?, blockPaths?}"
+        "must be a non-empty list of {name, domain, originAddress?, blockHosts?, blockPaths?, https?, "
+        "httpRedirect?, certificateChain?, validationPaths?, foreignOnions?, dos?}"
     )
     if raw_sites is None:
         raise _missing(
@@ -368,9 +431,15 @@ def _parse_sites(raw_sites: Any, raw_keys: Any) -> tuple[Site, ...]:
         raise _fail(
             "masterKeys", raw_keys, "must be an object mapping each site name to its key", secret=True
         )
+    if not raw_tls_keys:  # unset, or empty in whatever form a tool wrote it ({}, [])
+        raw_tls_keys = {}
+    if not isinstance(raw_tls_keys, Mapping):
+        raise _fail("tlsKeys", raw_tls_keys, "must be an object mapping site names to PEM private keys", secret=True)
     sites: list[Site] = []
     seen: set[str] = set()
-    allowed = {"name": None, "domain": None, "originAddress": None, "blockHosts": [], "blockPaths": []}
+    allowed = {"name": None, "domain": None, "originAddress": None, "blockHosts": [], "blockPaths": [],
+               "https": "off", "httpRedirect": None, "certificateChain": None, "validationPaths": [],
+               "foreignOnions": {}, "dos": DEFAULT_DOS}
     for i, entry in enumerate(raw_sites):
         key = f"sites[{i}]"
         entry = _object(key, entry, allowed)
@@ -411,15 +480,24 @@ def _parse_sites(raw_sites: Any, raw_keys: Any) -> tuple[Site, ...]:
                 f"({problem}); {_keygen_fix(name)}",
                 secret=True,
             )
+        onion = onion_address_of(value)
+        https, chain, tls_key, redirect = _parse_https(key, name, entry, onion, raw_tls_keys)
         sites.append(
             Site(
                 name=name,
                 domain=domain,
                 master_key=Secret(value),
-                onion_address=onion_address_of(value),
+                onion_address=onion,
                 origin_address=origin,
                 block_hosts=tuple(h.lower() for h in block_hosts),
                 block_paths=tuple(block_paths),
+                https=https,
+                http_redirect=redirect,
+                certificate_chain=chain,
+                tls_key=tls_key,
+                validation_paths=_parse_validation_paths(f"{key}.validationPaths", entry["validationPaths"]),
+                foreign_onions=_parse_foreign_onions(f"{key}.foreignOnions", entry["foreignOnions"], domain),
+                dos=_parse_dos(f"{key}.dos", entry["dos"]),
             )
         )
     extra = sorted(set(raw_keys) - seen)
@@ -430,7 +508,182 @@ def _parse_sites(raw_sites: Any, raw_keys: Any) -> tuple[Site, ...]:
             f"`pulumi config rm --path 'masterKeys.{extra[0]}'` or add the site",
             secret=True,
         )
+    extra = sorted(set(raw_tls_keys) - {s.name for s in sites if s.https == "provided"})
+    if extra:
+        raise _fail(
+            f"tlsKeys.{extra[0]}", None,
+            "names no site with https: provided; remove it with "
+            f"`pulumi config rm --path 'tlsKeys.{extra[0]}'`",
+            secret=True,
+        )
+    _check_foreign_onions_across_sites(sites)
     return tuple(sites)
+
+
+# ---------------------------------------------------------------- HTTPS, foreign onions, DoS
+def _tls_key_fix(name: str) -> str:
+    # stdin again: the key never lands on a command line or in shell history.
+    return f"store it with `pulumi config set --secret --path 'tlsKeys.{name}' < {name}.key`"
+
+
+def _parse_https(key: str, name: str, entry: Mapping[str, Any], onion: str,
+                 raw_tls_keys: Mapping[str, Any]) -> tuple[str, Optional[str], Optional[Secret], bool]:
+    https = entry["https"]
+    if https not in HTTPS_MODES:
+        raise _fail(f"{key}.https", https,
+                    "must be off (plain HTTP), selfSigned (the stack makes and renews a certificate for the "
+                    "onion and its subdomains) or provided (certificateChain + a tlsKeys secret)")
+    redirect = entry["httpRedirect"]
+    if redirect is None:
+        redirect = True
+    else:
+        redirect = _bool(f"{key}.httpRedirect", redirect)
+        if https == "off":
+            raise _fail(f"{key}.httpRedirect", entry["httpRedirect"],
+                        "applies only to a site with https selfSigned or provided; remove it")
+    chain = entry["certificateChain"]
+    if https != "provided":
+        if chain is not None:
+            raise _fail(f"{key}.certificateChain", "(PEM)",
+                        f"is used only with https: provided (this site has https: {https}); remove it")
+        if name in raw_tls_keys:
+            raise _fail(f"tlsKeys.{name}", None, f"is used only with https: provided (sites[{name}] has "
+                        f"https: {https}); remove it with `pulumi config rm --path 'tlsKeys.{name}'`", secret=True)
+        return https, None, None, redirect
+    if not isinstance(chain, str) or "-----BEGIN CERTIFICATE-----" not in chain:
+        raise _fail(f"{key}.certificateChain", chain if not isinstance(chain, str) else "(not PEM)",
+                    "must be the PEM certificate chain for the onion, leaf first; set it with "
+                    f"`pulumi config set --path '{key}.certificateChain' < chain.pem`")
+    if name not in raw_tls_keys:
+        raise _missing(f"tlsKeys.{name}", f"site {name!r} has https: provided but no private key; "
+                                          f"{_tls_key_fix(name)}")
+    pem = raw_tls_keys[name]
+    problem = _certificate_problem(chain, pem, onion) if isinstance(pem, str) else "the key is not a string"
+    if problem:
+        where, what = problem
+        if where == "key":
+            raise _fail(f"tlsKeys.{name}", pem, f"must be the PEM private key of certificateChain's leaf ({what}); "
+                        f"{_tls_key_fix(name)}", secret=True)
+        raise _fail(f"{key}.certificateChain", "(PEM)", what)
+    return https, chain.strip() + "\n", Secret(pem), redirect
+
+
+def _certificate_problem(chain: str, key_pem: str, onion: str) -> Optional[tuple[str, str]]:
+    """Why a provided chain and key cannot serve `onion`: ("chain" | "key", reason), or None.
+
+    Parsed with `cryptography` (the same library pulumi-tls' outputs are checked with in
+    the tests). Reasons never quote the key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        certs = x509.load_pem_x509_certificates(chain.encode())
+    except ValueError as exc:
+        return "chain", f"is not a readable PEM certificate chain ({exc})"
+    leaf = certs[0]
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    if onion not in [n.lower() for n in names]:
+        return "chain", (f"its first certificate does not name {onion} (it names {', '.join(names) or 'nothing'}); "
+                         "give the onion's certificate first, then its intermediates")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if leaf.not_valid_after_utc <= now:
+        return "chain", f"its first certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d}; renew it"
+    try:
+        private = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except TypeError:
+        return "key", "it is passphrase-protected; nginx needs an unencrypted key"
+    except (ValueError, TypeError, binascii.Error):
+        return "key", "it is not a PEM private key"
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*raw) != leaf.public_key().public_bytes(*raw):
+        return "key", "it does not belong to the certificate"
+    return None
+
+
+def _parse_validation_paths(key: str, value: Any) -> tuple[ValidationPath, ...]:
+    if not isinstance(value, list):
+        raise _fail(key, value, "must be a list of {path, content?}")
+    out: list[ValidationPath] = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        item = _object(where, item, {"path": None, "content": None})
+        path, content = item["path"], item["content"]
+        if not isinstance(path, str) or not VALIDATION_PATH_RE.match(path) or ".." in path.split("/"):
+            raise _fail(f"{where}.path", path, "must be an absolute URL path of A-Za-z0-9._~/+- characters, "
+                        "e.g. /.well-known/pki-validation/FILE.txt")
+        if content is not None and (not isinstance(content, str) or not VALIDATION_CONTENT_RE.match(content)
+                                    or re.search(r'["\\$]', content)):
+            raise _fail(f"{where}.content", content, "must be 1..4096 printable ASCII characters (newlines "
+                        "allowed) without quotes, backslashes or '$'")
+        if path in [v.path for v in out]:
+            raise _fail(f"{where}.path", path, "is listed twice")
+        out.append(ValidationPath(path, content))
+    return tuple(out)
+
+
+def _parse_foreign_onions(key: str, value: Any, domain: str) -> tuple[tuple[str, str], ...]:
+    from onion.keys import parse_address
+
+    if not isinstance(value, Mapping):
+        raise _fail(key, value, "must be an object mapping other sites' domains to their onion addresses, "
+                    "e.g. {facebook.com: facebookwkhpilnemxj7asaniu7vnjjbiltxjqhye3mhbshg7kx5tfyd.onion}")
+    out = []
+    for fdomain, onion in value.items():
+        where = f"{key}[\"{fdomain}\"]"
+        if not isinstance(fdomain, str) or not DNS_NAME_RE.match(fdomain) or fdomain.lower().endswith(".onion"):
+            raise _fail(where, fdomain, "the key must be a clearnet DNS name such as facebook.com")
+        fdomain = fdomain.rstrip(".").lower()
+        if fdomain == domain or fdomain.endswith("." + domain) or domain.endswith("." + fdomain):
+            raise _fail(where, fdomain, f"overlaps this site's own domain {domain}, which it maps itself")
+        try:
+            address = onion_address(parse_address(onion)) if isinstance(onion, str) else None
+        except ValueError as exc:
+            raise _fail(where, onion, f"must be a v3 onion address ({exc})") from None
+        if address is None:
+            raise _fail(where, onion, "must be a v3 onion address")
+        out.append((fdomain, address + ".onion"))
+    names = sorted(d for d, _ in out)
+    for a in names:
+        for b in names:
+            if a != b and a.endswith("." + b):
+                raise _fail(f"{key}[\"{a}\"]", a, f"is under {b}, which is already mapped (with its subdomains)")
+    return tuple(sorted(out))
+
+
+def _check_foreign_onions_across_sites(sites: list[Site]) -> None:
+    for i, site in enumerate(sites):
+        for fdomain, fonion in site.foreign_onions:
+            for other in sites:
+                d = other.domain
+                if other is not site and (fdomain == d or fdomain.endswith("." + d) or d.endswith("." + fdomain)):
+                    raise _fail(f"sites[{i}].foreignOnions[\"{fdomain}\"]", fdomain,
+                                f"site {other.name!r} serves {d} itself; every site's links to it are "
+                                "rewritten already: remove it")
+                if fonion == other.onion_address:
+                    raise _fail(f"sites[{i}].foreignOnions[\"{fdomain}\"]", fonion,
+                                f"is the address of site {other.name!r}; remove it")
+
+
+def _parse_dos(key: str, value: Any) -> SiteDos:
+    merged = _object(key, value, DEFAULT_DOS)
+    flags = {k: _bool(f"{key}.{k}", merged[k]) for k in ("pow", "introDefense", "maxStreamsCloseCircuit")}
+    ints = {k: _int(f"{key}.{k}", merged[k], lo, hi) for k, lo, hi in (
+        ("powQueueRate", 0, INT32_MAX), ("powQueueBurst", 1, INT32_MAX), ("introRate", 1, INT32_MAX),
+        ("introBurst", 1, INT32_MAX), ("maxStreams", 0, 65535))}
+    # tor refuses a rate above its burst for both token buckets (`tor --verify-config`).
+    for rate, burst in (("powQueueRate", "powQueueBurst"), ("introRate", "introBurst")):
+        if ints[rate] > ints[burst]:
+            raise _fail(f"{key}.{rate}", ints[rate], f"must not exceed {key}.{burst} ({ints[burst]}): tor refuses "
+                        "a token bucket whose rate is above its burst")
+    return SiteDos(pow=flags["pow"], pow_queue_rate=ints["powQueueRate"], pow_queue_burst=ints["powQueueBurst"],
+                   intro_defense=flags["introDefense"], intro_rate=ints["introRate"], intro_burst=ints["introBurst"],
+                   max_streams=ints["maxStreams"], max_streams_close_circuit=flags["maxStreamsCloseCircuit"])
 
 
 def _parse_host_port(key: str, value: Any) -> str:
@@ -743,7 +996,7 @@ def parse_config(raw: Mapping[str, Any]) -> StackConfig:
             return None if default is REQUIRED else default
         return value
 
-    sites = _parse_sites(get("sites"), get("masterKeys"))
+    sites = _parse_sites(get("sites"), get("masterKeys"), get("tlsKeys"))
     ssh_public, ssh_private = _parse_ssh_keys(get("sshPublicKey"), get("sshPrivateKey"))
     nat = _parse_nat(get("natGateways"))
     return StackConfig(
@@ -831,8 +1084,10 @@ def plain_secret_paths(
         if key not in raw:
             continue
         value = raw[key]
+        if not value:
+            continue  # empty (tlsKeys' default, which the CLI passes in plain text): no secret in it
         if not is_secret(key):
-            if key == "masterKeys" and isinstance(value, dict) and value:
+            if key in ("masterKeys", "tlsKeys") and isinstance(value, dict):
                 plain += [f"{key}.{site}" for site in sorted(value)]
             else:
                 plain.append(key)

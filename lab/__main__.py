@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tor daemons per worker (1..8, default 2)")
     up.add_argument("--balancer", choices=KINDS, default="onion",
                     help="onion: onionstack's balancer core (default); onionbalance: 0.2.4 baseline")
+    up.add_argument("--https", action="store_true",
+                    help="the site serves HTTPS too (a self-signed certificate for the frontend, as "
+                         "`https: selfSigned` makes); the curl line then carries --cacert")
     up.add_argument("--voting-interval", type=_count(10, 300, "--voting-interval"), default=20,
                     help="seconds (10..300, default 20); a time period is 24 of them")
     reh = sub.add_parser("rehearse", help="rehearse a deploy on local systemd hosts (root)")
@@ -78,7 +81,7 @@ def cmd_up(args) -> int:
     # SIGTERM tears down like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        lab.up(workers=args.workers, balancer=args.balancer, tor_daemons=args.tor_daemons)
+        lab.up(workers=args.workers, balancer=args.balancer, tor_daemons=args.tor_daemons, https=args.https)
     except BaseException as exc:
         stopped = lab.down()
         interrupted = any(isinstance(e, KeyboardInterrupt) for e in (exc, exc.__cause__, exc.__context__))

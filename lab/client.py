@@ -23,18 +23,21 @@ class Response:
 
 
 def curl_command(socks_port: int, url: str, isolation: str | None = None,
-                 timeout: float = 30.0) -> list[str]:
+                 timeout: float = 30.0, cacert: str | None = None) -> list[str]:
+    """`cacert`: the onion's certificate (or its CA) for an https:// URL."""
     cmd = ["curl", "-sS", "--max-time", str(int(timeout)), "--socks5-hostname",
            f"127.0.0.1:{socks_port}"]
     if isolation:
         cmd += ["--proxy-user", f"{isolation}:x"]
+    if cacert:
+        cmd += ["--cacert", str(cacert)]
     return cmd + [url]
 
 
 def fetch(socks_port: int, url: str, isolation: str | None = None,
-          timeout: float = 30.0) -> Response:
+          timeout: float = 30.0, cacert: str | None = None) -> Response:
     """GET url through the SocksPort; never raises for network errors."""
-    cmd = curl_command(socks_port, url, isolation, timeout)
+    cmd = curl_command(socks_port, url, isolation, timeout, cacert)
     cmd[1:1] = ["-i"]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10)
@@ -53,13 +56,13 @@ def fetch(socks_port: int, url: str, isolation: str | None = None,
 
 
 def wait_reachable(socks_port: int, url: str, timeout: float, what: str,
-                   interval: float = 2.0) -> tuple[Response, float]:
+                   interval: float = 2.0, cacert: str | None = None) -> tuple[Response, float]:
     """Retry until a 200 comes back; returns it and the seconds it took."""
     t0 = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
-        resp = fetch(socks_port, url, isolation=f"wait{attempt}", timeout=30)
+        resp = fetch(socks_port, url, isolation=f"wait{attempt}", timeout=30, cacert=cacert)
         if resp.ok and resp.status == 200:
             return resp, time.monotonic() - t0
         if time.monotonic() - t0 > timeout:

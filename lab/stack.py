@@ -111,13 +111,36 @@ class Lab:
         key_dir = key.write_hs_dir(self.state_dir / "keys" / tag)
         self.info["frontend"] = key.hostname
         self.info["frontend_key_file"] = str(key_dir / "hs_ed25519_secret_key")
+        self.info.pop("frontend_cert", None)
         self.save()
         return key
 
+    def make_frontend_certificate(self) -> Path:
+        """A self-signed certificate for the current frontend and its subdomains (what the
+        stack makes for `https: selfSigned`); workers started afterwards serve HTTPS with
+        it. Returns the certificate file, the reader's `--cacert` (key beside it, 0600)."""
+        from lab.workers import onion_certificate
+
+        chain, key = onion_certificate(self.info["frontend"])
+        tls_dir = Path(self.info["frontend_key_file"]).parent / "tls"
+        tls_dir.mkdir(mode=0o700, exist_ok=True)
+        (tls_dir / "onion.crt").write_text(chain)
+        key_file = tls_dir / "onion.key"
+        key_file.touch(mode=0o600)
+        key_file.write_text(key)
+        self.info["frontend_cert"] = str(tls_dir / "onion.crt")
+        self.save()
+        return tls_dir / "onion.crt"
+
+    def frontend_url(self, path: str = "/") -> str:
+        scheme = "https" if self.info.get("frontend_cert") else "http"
+        return f"{scheme}://{self.info['frontend']}{path}"
+
     def start_workers(self, count: int, *, tor_daemons: int = 2, intro_points: int = 3,
-                      tag: str = "w", first_listener: int = 0) -> list[Worker]:
+                      tag: str = "w", first_listener: int = 0, dos=None) -> list[Worker]:
         """`count` workers for the current frontend, each proxying to its own origin listener
-        (first_listener, first_listener + 1, ...)."""
+        (first_listener, first_listener + 1, ...). They serve HTTPS too when the frontend
+        has a certificate (make_frontend_certificate); `dos`: the site's SiteDos."""
         origin = self.info["origin"]
         if first_listener + count > len(origin["ports"]):
             raise ValueError(f"workers: {count} workers from listener {first_listener} need "
@@ -131,7 +154,7 @@ class Lab:
                 domain=origin["domain"], origin_port=origin["ports"][first_listener + i - 1],
                 ca_file=origin["ca"],
                 network_torrc=str(self.net.network_torrc), tor_daemons=tor_daemons,
-                intro_points=intro_points)
+                intro_points=intro_points, dos=dos, **self._tls_args())
             workers.append(worker)
             self.progress(f"worker {worker.name}: {tor_daemons} tor instances "
                           f"{', '.join(a[:12] + '...' for a in worker.instance_addresses)} + nginx "
@@ -139,6 +162,12 @@ class Lab:
         self.info["workers"] = self.info.get("workers", []) + [w.to_json() for w in workers]
         self.save()
         return workers
+
+    def _tls_args(self) -> dict:
+        cert = self.info.get("frontend_cert")
+        if not cert:
+            return {"https": False}
+        return {"https": True, "tls": (Path(cert).read_text(), Path(cert).with_suffix(".key").read_text())}
 
     def start_control_service(self) -> str:
         """A plain onion service (no balancer, no workers) in front of a static HTTP server:
@@ -253,16 +282,19 @@ class Lab:
 
     def wait_frontend(self, timeout: float = 180.0) -> float:
         """Block until the frontend answers through the client; returns seconds waited."""
-        resp, took = wait_reachable(self.net.client.socks_port, f"http://{self.info['frontend']}/",
-                                    timeout=timeout, what="frontend")
+        resp, took = wait_reachable(self.net.client.socks_port, self.frontend_url(),
+                                    timeout=timeout, what="frontend", cacert=self.info.get("frontend_cert"))
         return took
 
-    def up(self, workers: int = 2, balancer: str = "onion", tor_daemons: int = 2) -> None:
+    def up(self, workers: int = 2, balancer: str = "onion", tor_daemons: int = 2, https: bool = False) -> None:
         t0 = time.monotonic()
         self.start_network()
         self.start_origin(listeners=workers)
         self.make_frontend_key()
         self.progress(f"frontend: {self.info['frontend']}")
+        if https:
+            cert = self.make_frontend_certificate()
+            self.progress(f"frontend certificate (self-signed, the onion and its subdomains): {cert}")
         self.start_workers(workers, tor_daemons=tor_daemons)
         self.start_balancer(balancer)
         self.progress("waiting for the frontend to answer through the client ...")
@@ -332,8 +364,9 @@ class Lab:
         return rss_kib / 1024, ticks / os.sysconf("SC_CLK_TCK")
 
     def curl_line(self) -> str:
-        return (f"curl --socks5-hostname 127.0.0.1:{self.info['socks_port']} "
-                f"http://{self.info['frontend']}/")
+        cacert = f"--cacert {self.info['frontend_cert']} " if self.info.get("frontend_cert") else ""
+        return (f"curl {cacert}--socks5-hostname 127.0.0.1:{self.info['socks_port']} "
+                f"{self.frontend_url()}")
 
 
 def _repo_root() -> Path:

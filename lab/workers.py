@@ -44,15 +44,45 @@ class Worker:
         return [f"{self.name}-tor{d}" for d in range(1, self.tor_daemons + 1)] + [f"{self.name}-nginx"]
 
 
+def onion_certificate(onion_host: str, days: int = 365) -> tuple[str, str]:
+    """(chain PEM, key PEM): a self-signed certificate for `onion_host` and its subdomains,
+    the shape the stack's pulumi-tls certificate has for `https: selfSigned` (ECDSA P-256,
+    SANs onion + *.onion, serverAuth). A reader trusts it by taking it as its CA file."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, onion_host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(onion_host), x509.DNSName("*." + onion_host)]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())
+
+
 def worker_spec(root: Path, *, frontend_address: str, domain: str, origin_port: int,
-                ca_file: str, network_torrc: str, tor_daemons: int, intro_points: int):
+                ca_file: str, network_torrc: str, tor_daemons: int, intro_points: int,
+                https: bool = False, dos=None):
     """The WorkerSpec the AWS program builds (nodes.roles.worker_spec, the same builder),
-    on the lab's machine: its paths, its user, its CA and the private network."""
-    from nodes.render import Layout, SiteSpec
+    on the lab's machine: its paths, its user, its CA and the private network. `https`: the
+    site also serves 443 (certificate staged by start_worker); `dos`: the site's
+    nodes.render.SiteDos (None: the defaults)."""
+    from nodes.render import Layout, SiteDos, SiteSpec
     from nodes.roles import Machine, worker_spec as build
 
     site = SiteSpec(name=SITE_NAME, domain=domain, onion_address=frontend_address,
-                    origin_address=f"127.0.0.1:{origin_port}")
+                    origin_address=f"127.0.0.1:{origin_port}", https=https, dos=dos or SiteDos())
     machine = Machine(layout=Layout(root=str(root)), tor_user=None, nginx_user=None,
                       tor_include=network_torrc, trusted_ca_file=ca_file)
     return build((site,), resolver="127.0.0.1", tor_daemons=tor_daemons, intro_points=intro_points,
@@ -88,12 +118,16 @@ def _check(cmd: list[str], what: str) -> None:
 
 
 def start_worker(procs: ProcessRegistry, state_dir: Path, index: int, tag: str = "w",
-                 **spec_kw) -> Worker:
-    from nodes.render import render_worker
+                 tls: tuple[str, str] | None = None, **spec_kw) -> Worker:
+    """`tls`: (chain PEM, key PEM) of the site's certificate, for an HTTPS site; staged
+    where the AWS worker gets it (the key 0600), as the remote step's secret payload does."""
+    from nodes.render import render_worker, worker_secret_files
 
     root = Path(state_dir) / "workers" / f"{tag}{index}"
     spec = worker_spec(root, **spec_kw)
     write_rendered(root, render_worker(spec))
+    if spec.sites[0].https:
+        write_rendered(root, worker_secret_files(spec, {SITE_NAME: tls}))
     prepare_dirs(spec)
     nginx_conf = spec.layout.path("etc_dir", "nginx", "nginx.conf")
     nginx_cmd = ["nginx", "-c", nginx_conf, "-e", spec.layout.path("log_dir", "nginx-start.log")]

@@ -73,11 +73,14 @@ def command(
     stdin: Optional[pulumi.Input[str]] = None,
     delete: Optional[pulumi.Input[str]] = None,
     secret: bool = False,
+    log_stderr: bool = False,
 ) -> remote.Command:
     """A remote step with onionstack's policy (module docstring).
 
-    `secret=True` for steps whose stdin carries key material or passwords: logging off,
-    and stdout/stderr/stdin marked secret in the state whatever they contain.
+    `secret=True` for steps whose stdin carries key material or passwords, or whose stdout
+    is for the operator only: logging off, and stdout/stderr/stdin marked secret in the
+    state whatever they contain. `log_stderr=True` (with `secret`) still logs stderr, for a
+    script whose stderr never carries a secret (the worker's: tool errors only).
     """
     extra = pulumi.ResourceOptions(
         custom_timeouts=STEP_TIMEOUTS,
@@ -92,6 +95,7 @@ def command(
         stdin=stdin,
         triggers=list(triggers),
         add_previous_output_in_env=False,
-        logging=remote.Logging.NONE if secret else remote.Logging.STDOUT_AND_STDERR,
+        logging=(remote.Logging.STDERR if log_stderr else remote.Logging.NONE) if secret
+        else remote.Logging.STDOUT_AND_STDERR,
         opts=pulumi.ResourceOptions.merge(opts, extra),
     )

@@ -95,6 +95,80 @@ class Layout:
         return rel
 
 
+# A validation path (a CA's file on the onion, EOTK's ssl_proof_csv): an absolute URL path.
+VALIDATION_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/+-]{0,254}$")
+# Its fixed body: printable ASCII and newlines, without what nginx would interpret inside
+# a double-quoted `return` text (quotes, backslashes, `$` variables).
+VALIDATION_CONTENT_RE = re.compile(r'^[\x20-\x7e\n]{1,4096}$')
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ValidationPath:
+    """A URL path served as it is on port 80 even when HTTPS is forced (a certificate
+    authority proving control of the onion fetches it over plain HTTP).
+
+    With `content` (EOTK's ssl_proof_csv): exactly `path` answers 200 text/plain with that
+    body, from the worker itself. Without: every path under the `path` prefix is passed to
+    the origin (e.g. "/.well-known/acme-challenge/" for a token the origin serves)."""
+
+    path: str
+    content: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not VALIDATION_PATH_RE.match(self.path) or \
+                ".." in self.path.split("/"):
+            _fail("validation_paths[].path", self.path,
+                  "use an absolute URL path of A-Za-z0-9._~/+- characters, e.g. "
+                  "'/.well-known/pki-validation/FILE.txt'")
+        if self.content is not None:
+            if not isinstance(self.content, str) or not VALIDATION_CONTENT_RE.match(self.content) or \
+                    re.search(r'["\\$]', self.content):
+                _fail(f"validation_paths[{self.path}].content", self.content,
+                      "use 1..4096 printable ASCII characters (newlines allowed) without quotes, "
+                      "backslashes or '$'")
+
+
+@dataclass(frozen=True)
+class SiteDos:
+    """tor's onion-service DoS controls for one site, on every worker tor daemon.
+
+    `pow`: HiddenServicePoWDefensesEnabled with its queue (`pow_queue_rate` rendezvous
+    requests handled per second, `pow_queue_burst`; 0 rate = no limit). The frontend's
+    descriptor never carries `pow-params`, so readers of the frontend send no solutions:
+    every request waits in the queue with effort 0 (load shedding, not prioritisation).
+    `intro_defense`: HiddenServiceEnableIntroDoSDefense, the introduction points' own
+    INTRODUCE2 rate limit (`intro_rate` per second, `intro_burst`).
+    `max_streams`: HiddenServiceMaxStreams per rendezvous circuit (0 = unlimited), the
+    circuit closed when exceeded if `max_streams_close_circuit`."""
+
+    pow: bool = False
+    pow_queue_rate: int = 250
+    pow_queue_burst: int = 2500
+    intro_defense: bool = True
+    intro_rate: int = 25
+    intro_burst: int = 200
+    max_streams: int = 32
+    max_streams_close_circuit: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("pow", "intro_defense", "max_streams_close_circuit"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(f"dos.{name}", getattr(self, name), "use true or false")
+        for name, lo in (("pow_queue_rate", 0), ("pow_queue_burst", 1), ("intro_rate", 1),
+                         ("intro_burst", 1), ("max_streams", 0)):
+            value = getattr(self, name)
+            hi = 65535 if name == "max_streams" else INT32_MAX
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                _fail(f"dos.{name}", value, f"use an integer {lo}..{hi}")
+        # tor refuses a rate above the burst for the introduction points' token bucket.
+        if self.intro_rate > self.intro_burst:
+            _fail("dos.intro_rate", self.intro_rate, f"use at most intro_burst ({self.intro_burst})")
+        if self.pow_queue_rate > self.pow_queue_burst:
+            _fail("dos.pow_queue_rate", self.pow_queue_rate,
+                  f"use at most pow_queue_burst ({self.pow_queue_burst})")
+
+
 @dataclass(frozen=True)
 class SiteSpec:
     """One onion site: the master onion address serving `domain` and all its subdomains
@@ -107,6 +181,15 @@ class SiteSpec:
     `block_paths` answered with 403: an entry starting with "/" is a literal URL path
     prefix (`location ^~`), one starting with "^" a regular expression on the path
     (`location ~`, PCRE; the stack config's `blockPaths` form).
+
+    `https`: the onion also serves HTTPS on port 443 (HTTP/2), with the certificate and key
+    staged at `WorkerSpec.tls_cert_file/tls_key_file` (never rendered: see
+    `worker_secret_files`); links, redirects and headers naming the site then use
+    `https://`. `http_redirect` (with `https`): port 80 answers 307 to the same URL over
+    HTTPS, except `validation_paths`; False serves both ports alike.
+    `foreign_onions`: (domain, onion address) of OTHER onion sites (EOTK's foreignmap):
+    that domain and its subdomains become that onion in this site's bodies and headers,
+    scheme kept. `dos`: tor's DoS controls for this site's instance services.
     """
 
     name: str
@@ -115,6 +198,11 @@ class SiteSpec:
     origin_address: str | None = None
     block_hosts: tuple[str, ...] = ()
     block_paths: tuple[str, ...] = ()
+    https: bool = False
+    http_redirect: bool = True
+    validation_paths: tuple[ValidationPath, ...] = ()
+    foreign_onions: tuple[tuple[str, str], ...] = ()
+    dos: SiteDos = field(default_factory=SiteDos)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SITE_NAME_RE.match(self.name):
@@ -141,10 +229,79 @@ class SiteSpec:
         for path in self.block_paths:
             _check_block_path(f"{where}.block_paths", path)
         object.__setattr__(self, "block_paths", tuple(self.block_paths))
+        for name in ("https", "http_redirect"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(f"{where}.{name}", getattr(self, name), "use True or False")
+        paths = tuple(self.validation_paths)
+        for v in paths:
+            if not isinstance(v, ValidationPath):
+                _fail(f"{where}.validation_paths", v, "use ValidationPath(path, content=None) entries")
+        dupes = sorted({v.path for v in paths if [w.path for w in paths].count(v.path) > 1})
+        if dupes:
+            _fail(f"{where}.validation_paths", dupes, "list each path once")
+        object.__setattr__(self, "validation_paths", paths)
+        foreign = []
+        for entry in self.foreign_onions:
+            try:
+                fdomain, fonion = entry
+            except (TypeError, ValueError):
+                _fail(f"{where}.foreign_onions", entry, "use (domain, onion address) pairs")
+            fdomain = fdomain.lower().rstrip(".") if isinstance(fdomain, str) else fdomain
+            if not isinstance(fdomain, str) or not DOMAIN_RE.match(fdomain) or fdomain.endswith(".onion"):
+                _fail(f"{where}.foreign_onions", entry, "the first of each pair is a clearnet DNS name")
+            if _overlaps(fdomain, domain):
+                _fail(f"{where}.foreign_onions", fdomain,
+                      f"a foreign domain may not be {domain}, under it or above it (the site maps it itself)")
+            faddress = fonion.lower().removesuffix(".onion") if isinstance(fonion, str) else ""
+            if not ONION_RE.match(faddress):
+                _fail(f"{where}.foreign_onions[{fdomain}]", fonion, "use a 56-character v3 onion address")
+            _check_onion_checksum(f"{where}.foreign_onions[{fdomain}]", faddress)
+            if faddress == address:
+                _fail(f"{where}.foreign_onions[{fdomain}]", fonion, "that is this site's own address")
+            foreign.append((fdomain, faddress))
+        for d in sorted({d for d, _ in foreign}):
+            clash = [e for e in foreign if _overlaps(e[0], d) and e[0] != d]
+            if [e[0] for e in foreign].count(d) > 1 or clash:
+                _fail(f"{where}.foreign_onions", d, "list each foreign domain once, and none under another")
+        object.__setattr__(self, "foreign_onions", tuple(sorted(foreign)))
+        if not isinstance(self.dos, SiteDos):
+            _fail(f"{where}.dos", self.dos, "use a SiteDos")
 
     @property
     def onion_host(self) -> str:
         return self.onion_address + ".onion"
+
+    @property
+    def scheme(self) -> str:
+        """The scheme of this site's onion URLs in rewritten links, redirects and headers."""
+        return "https" if self.https else "http"
+
+    @property
+    def foreign(self) -> tuple["ForeignOnion", ...]:
+        """`foreign_onions` as the templates use them."""
+        return tuple(ForeignOnion(d, o) for d, o in self.foreign_onions)
+
+
+@dataclass(frozen=True)
+class ForeignOnion:
+    """Another onion site's clearnet domain and address (validated by SiteSpec)."""
+
+    domain: str
+    onion_address: str
+
+    @property
+    def onion_host(self) -> str:
+        return self.onion_address + ".onion"
+
+    @property
+    def name(self) -> str:
+        """For nginx variable names: the domain with every non-alphanumeric as '_'."""
+        return re.sub(r"[^a-z0-9]", "_", self.domain)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """True when DNS names a and b are equal or one is under the other."""
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
 def _check_onion_checksum(field_name: str, address: str) -> None:
@@ -194,10 +351,9 @@ def nginx_quote(value: str) -> str:
 
 @dataclass(frozen=True)
 class TorTuning:
-    """Per-hidden-service protections rendered into every worker torrc."""
+    """Worker tor settings shared by every site (per-site DoS controls: SiteDos)."""
 
     intro_points: int = 3            # HiddenServiceNumIntroductionPoints (introPointsPerDaemon)
-    max_streams: int = 32            # HiddenServiceMaxStreams per rendezvous circuit
     # tor's seccomp sandbox: off by default. Measured here (tor 0.4.9.11, glibc 2.36) a
     # sandboxed tor ignores SIGTERM; systemd's hardening of the unit confines it instead.
     sandbox: bool = False
@@ -205,8 +361,6 @@ class TorTuning:
     def __post_init__(self) -> None:
         if not (isinstance(self.intro_points, int) and 1 <= self.intro_points <= 20):
             _fail("intro_points", self.intro_points, "use 1..20 (tor's limit per service)")
-        if not (isinstance(self.max_streams, int) and 1 <= self.max_streams <= 65535):
-            _fail("max_streams", self.max_streams, "use 1..65535")
 
 
 @dataclass(frozen=True)
@@ -272,6 +426,14 @@ class WorkerSpec:
                 if a is not b and a.domain.endswith("." + b.domain):
                     _fail(f"sites[{a.name}].domain", a.domain,
                           f"it is a subdomain of sites[{b.name}] ({b.domain}), which already maps it")
+                for fdomain, _ in a.foreign_onions:
+                    if _overlaps(fdomain, b.domain):
+                        _fail(f"sites[{a.name}].foreign_onions", fdomain,
+                              f"sites[{b.name}] maps {b.domain} itself; a foreign domain may not be it, "
+                              "under it or above it")
+                if a is not b and b.onion_address in (o for _, o in a.foreign_onions):
+                    _fail(f"sites[{a.name}].foreign_onions", b.onion_host,
+                          f"that is sites[{b.name}]'s address, which every site already maps")
         object.__setattr__(self, "sites", sites)
         _check_resolver(self.resolver)
         if not (isinstance(self.tor_daemons, int) and 1 <= self.tor_daemons <= 8):
@@ -286,11 +448,12 @@ class WorkerSpec:
                 _fail(name, value, "use an absolute path of [A-Za-z0-9._/@+-] characters")
         port = self.nginx_tcp_base_port
         if port is not None and not (isinstance(port, int)
-                                     and 1024 <= port <= 65535 - len(sites) * self.tor_daemons):
+                                     and 1024 <= port <= 65535 - 2 * len(sites) * self.tor_daemons):
             _fail("nginx_tcp_base_port", port, "use a free port >= 1024 with room for "
-                  "sites x tor_daemons consecutive ports, or None for unix sockets")
+                  "2 x sites x tor_daemons consecutive ports, or None for unix sockets")
         if port is None:
-            longest = max(self.listener(s, d) for s in sites for d in self.daemon_names)
+            longest = max((self.listener(s, d, p) for s in sites for d in self.daemon_names
+                           for p in self.ports(s)), key=len)
             if len(longest) - len("unix:") > MAX_UNIX_SOCKET_PATH:
                 _fail("layout.run_dir", self.layout.run_dir,
                       f"socket path {longest[5:]!r} exceeds 107 bytes; use a shorter run_dir")
@@ -299,14 +462,35 @@ class WorkerSpec:
     def daemon_names(self) -> tuple[str, ...]:
         return tuple(f"tor{i}" for i in range(1, self.tor_daemons + 1))
 
-    def listener(self, site: SiteSpec, daemon: str) -> str:
-        """Where nginx listens for `site`'s streams from `daemon`: one socket per pair, so
-        that nginx knows the site without trusting Host and circuit ids of different tor
-        processes (which may repeat) stay apart in the rate limiter."""
+    def listener(self, site: SiteSpec, daemon: str, port: int = 80) -> str:
+        """Where nginx listens for `site`'s streams to onion `port` (80, or 443 for an HTTPS
+        site) from `daemon`: one socket per triple, so that nginx knows the site without
+        trusting Host and circuit ids of different tor processes (which may repeat) stay
+        apart in the rate limiter. TCP mode: the port-80 listeners come first
+        (base, base+1, ...), then the same order again for 443."""
+        if port not in (80, 443):
+            raise RenderError(f"listener port: {port!r} is invalid: onion sites serve 80 and 443")
         if self.nginx_tcp_base_port is not None:
             index = self.sites.index(site) * self.tor_daemons + self.daemon_names.index(daemon)
+            if port == 443:
+                index += len(self.sites) * self.tor_daemons
             return f"127.0.0.1:{self.nginx_tcp_base_port + index}"
-        return "unix:" + self.layout.path("run_dir", f"{site.name}.{daemon}.sock")
+        suffix = "" if port == 80 else f".{port}"
+        return "unix:" + self.layout.path("run_dir", f"{site.name}.{daemon}{suffix}.sock")
+
+    @staticmethod
+    def ports(site: SiteSpec) -> tuple[int, ...]:
+        """The onion ports `site` serves: 80, and 443 with HTTPS."""
+        return (80, 443) if site.https else (80,)
+
+    def tls_cert_file(self, site: SiteSpec) -> str:
+        """Where an HTTPS site's certificate chain (PEM, leaf first) is staged: 0644 root."""
+        return self.layout.path("etc_dir", "tls", f"{site.name}.crt")
+
+    def tls_key_file(self, site: SiteSpec) -> str:
+        """Where an HTTPS site's private key (PEM) is staged: 0600 root (nginx's master reads
+        it before it drops privileges; its workers cannot)."""
+        return self.layout.path("etc_dir", "tls", f"{site.name}.key")
 
     def data_dir(self, daemon: str) -> str:
         return self.layout.path("lib_dir", "tor", daemon)
@@ -390,7 +574,41 @@ def worker_directories(spec: WorkerSpec) -> tuple[Directory, ...]:
         dirs.append(Directory(spec.data_dir(daemon), 0o700, tor_owner, tor_owner))
         dirs.append(Directory(layout.path("lib_dir", "tor", daemon, "hs"), 0o700, tor_owner, tor_owner))
         dirs.extend(Directory(spec.hs_dir(daemon, site), 0o700, tor_owner, tor_owner) for site in spec.sites)
+    if any(site.https for site in spec.sites):
+        dirs.append(Directory(layout.path("etc_dir"), 0o755))
+        dirs.append(Directory(layout.path("etc_dir", "tls"), 0o755))
     return tuple(dirs)
+
+
+def worker_secret_files(spec: WorkerSpec, tls: Mapping[str, tuple[str, str]]) -> dict[str, RenderedFile]:
+    """The staged half of a worker's files: each HTTPS site's certificate chain (0644 root)
+    and private key (0600 root), from `tls` = {site name: (chain PEM, key PEM)}. The key is
+    a secret: these files travel only in a secret payload and are never rendered by
+    `render_worker` (apply.sh expects them in its stage all the same)."""
+    wanted = {site.name for site in spec.sites if site.https}
+    if set(tls) != wanted:
+        raise RenderError(f"tls: {sorted(tls)!r} is invalid: give (chain, key) for exactly the HTTPS "
+                          f"sites {sorted(wanted)}")
+    out: dict[str, RenderedFile] = {}
+    for site in spec.sites:
+        if not site.https:
+            continue
+        chain, key = tls[site.name]
+        if "-----BEGIN CERTIFICATE-----" not in chain or "PRIVATE KEY-----" not in key:
+            raise RenderError(f"tls[{site.name}]: is invalid: give a PEM certificate chain and a PEM private key")
+        out[spec.layout.key(spec.tls_cert_file(site))] = RenderedFile(chain.strip() + "\n", 0o644, "root")
+        out[spec.layout.key(spec.tls_key_file(site))] = RenderedFile(key.strip() + "\n", 0o600, "root")
+    return out
+
+
+def _worker_secret_placeholders(spec: WorkerSpec) -> dict[str, RenderedFile]:
+    """What apply.sh must find staged besides the rendered files (modes and owners only)."""
+    out = {}
+    for site in spec.sites:
+        if site.https:
+            out[spec.layout.key(spec.tls_cert_file(site))] = RenderedFile("", 0o644, "root")
+            out[spec.layout.key(spec.tls_key_file(site))] = RenderedFile("", 0o600, "root")
+    return out
 
 
 WORKER_PACKAGES = ("tor", "deb.torproject.org-keyring", "nginx", "libnginx-mod-http-subs-filter")
@@ -448,7 +666,8 @@ def render_worker(spec: WorkerSpec) -> dict[str, RenderedFile]:
         d for d in worker_directories(spec) if d.path == layout.path("run_dir")]))
     units = (WORKER_NGINX_UNIT,) + tuple(f"onionstack-tor@{d}.service" for d in spec.daemon_names)
     out.update(_script_files(
-        layout, "worker", "scripts/apply-worker.sh.j2", out, worker_directories(spec), WORKER_PACKAGES,
+        layout, "worker", "scripts/apply-worker.sh.j2", {**out, **_worker_secret_placeholders(spec)},
+        worker_directories(spec), WORKER_PACKAGES,
         ("tor.service", "tor@default.service", "nginx.service"), True, tor_user=tor_user, tor_binary=spec.tor_binary,
         nginx_binary=spec.nginx_binary, nginx_conf=nginx_conf, tmpfiles=tmpfiles, units=units,
         torrcs=[layout.path("etc_dir", "tor", f"{d}.torrc") for d in spec.daemon_names]))
@@ -719,6 +938,6 @@ def render_database(spec: DatabaseSpec) -> dict[str, RenderedFile]:
 
 
 __all__ = [
-    "BalancerSpec", "DatabaseSpec", "VolumeSpec", "database_volumes", "render_database", "Directory", "Layout", "NginxTuning", "balancer_directories", "render_balancer", "RenderError", "RenderedFile", "SiteSpec", "TorTuning",
+    "BalancerSpec", "DatabaseSpec", "SiteDos", "ValidationPath", "VolumeSpec", "worker_secret_files", "database_volumes", "render_database", "Directory", "Layout", "NginxTuning", "balancer_directories", "render_balancer", "RenderError", "RenderedFile", "SiteSpec", "TorTuning",
     "WorkerSpec", "content_hash", "render_template", "render_worker", "replace", "worker_directories",
 ]

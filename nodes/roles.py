@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from infra.config import ConfigError, Site, StackConfig
-from nodes.render import (BalancerSpec, DatabaseSpec, Layout, NginxTuning, RenderError, SiteSpec, TorTuning,
-                          WorkerSpec, database_volumes)
+from nodes.render import (BalancerSpec, DatabaseSpec, Layout, NginxTuning, RenderError, SiteDos, SiteSpec,
+                          TorTuning, ValidationPath, WorkerSpec, database_volumes)
 
 LAYOUT = Layout()  # a machine's layout: files land under /
 
@@ -47,9 +47,15 @@ AWS = Machine()
 
 def site_spec(site: Site) -> SiteSpec:
     """The renderer's view of a config site (public facts only; no key)."""
+    d = site.dos
     return SiteSpec(name=site.name, domain=site.domain, onion_address=site.onion_address,
                     origin_address=site.origin_address, block_hosts=site.block_hosts,
-                    block_paths=site.block_paths)
+                    block_paths=site.block_paths, https=site.serves_https, http_redirect=site.http_redirect,
+                    validation_paths=tuple(ValidationPath(v.path, v.content) for v in site.validation_paths),
+                    foreign_onions=site.foreign_onions,
+                    dos=SiteDos(pow=d.pow, pow_queue_rate=d.pow_queue_rate, pow_queue_burst=d.pow_queue_burst,
+                                intro_defense=d.intro_defense, intro_rate=d.intro_rate, intro_burst=d.intro_burst,
+                                max_streams=d.max_streams, max_streams_close_circuit=d.max_streams_close_circuit))
 
 
 def vpc_resolver(vpc_cidr: str) -> str:

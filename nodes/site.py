@@ -5,7 +5,8 @@
       BalancerNode  <- BalancerPackage, BalancerCore
       WorkerNode x N  <- WorkerSetup, WorkerDrain
       DatabaseNode  <- DatabaseSetup          RandomPassword (the database's)
-      Backup (vault, plan, selection)
+      Backup (vault, lock, policy, plan, selection)   EbsKey   FlowLogs
+      MetricsPublisher (the balancer's instance role)   Alarms (topic, alarms)
 
 The steps run in the softmap runbook's order: every worker's tor and nginx first (they
 create the instance addresses), then the balancer core configured from them; each
@@ -24,6 +25,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi_random as random
 
+from infra.alarms import Alarms, AlarmsArgs, FrontendRef, MetricsPublisher
 from infra.backup import Backup, BackupArgs
 from infra.config import StackConfig
 from infra.flowlogs import FlowLogs, FlowLogsArgs
@@ -35,6 +37,7 @@ from nodes.balancer import BalancerNode, BalancerNodeArgs
 from nodes.database import DatabaseNode, DatabaseNodeArgs
 from nodes.instance import AmiCatalog, InstanceArgs
 from nodes.roles import RoleSpecs
+from nodes.tls import OnionCertificates, OnionCertificatesArgs
 from nodes.steps import (BalancerCore, BalancerCoreArgs, BalancerPackage, BalancerPackageArgs, DatabaseSetup,
                          DatabaseSetupArgs, WorkerDrain, WorkerDrainArgs, WorkerSetup, WorkerSetupArgs)
 from nodes.worker import WorkerNode, WorkerNodeArgs, spread
@@ -58,11 +61,14 @@ class OnionSite(pulumi.ComponentResource):
     workers: list[WorkerNode]
     database: Optional[DatabaseNode]
     backup: Optional[Backup]
+    metrics_publisher: MetricsPublisher
+    alarms: Alarms
     balancer_package: BalancerPackage
     balancer_core: BalancerCore
     worker_setups: list[WorkerSetup]
     worker_drains: list[WorkerDrain]
     database_setup: Optional[DatabaseSetup]
+    certificates: Optional[OnionCertificates]
     exports: dict[str, Any]
 
     def __init__(self, name: str, args: OnionSiteArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -99,20 +105,33 @@ class OnionSite(pulumi.ComponentResource):
         self.ebs_key = EbsKey("ebs", EbsKeyArgs(account, protect=config.protect_data, copy_regions=copy_regions),
                               opts=top)
 
-        def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False) -> InstanceArgs:
+        def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False,
+                     profile: Optional[pulumi.Input[str]] = None) -> InstanceArgs:
             return InstanceArgs(role=role, instance_type=instance_type, ami_id=ami_for(instance_type),
                                 subnet_id=subnet.id, security_group_ids=[group.id], key_name=key_pair.key_name,
-                                public_ip=public_ip, root_kms_key_id=self.ebs_key.key.arn)
+                                public_ip=public_ip, root_kms_key_id=self.ebs_key.key.arn,
+                                iam_instance_profile=profile)
+
+        # The balancer's instance role: it may put its metrics into Onionstack/<stack> only.
+        self.metrics_publisher = MetricsPublisher("balancer-metrics", opts=pulumi.ResourceOptions(parent=self))
 
         # ---- the balancer: jump host for every other machine
         self.balancer = BalancerNode("balancer", BalancerNodeArgs(
             instance=instance("balancer", config.instance_types.balancer, self.network.public_subnets[0],
-                              self.security.balancer, public_ip=True)), opts=top)
+                              self.security.balancer, public_ip=True,
+                              profile=self.metrics_publisher.profile.name)), opts=top)
         balancer_urn = legacy("onionstack:nodes:BalancerNode", "balancer")
         on_balancer = pulumi.ResourceOptions(parent=self.balancer)
         self.balancer_package = BalancerPackage(
             "balancer-package-step", BalancerPackageArgs(self.balancer, ssh_key), opts=on_balancer,
             legacy_parent=balancer_urn)
+
+        # ---- the HTTPS sites' certificates (made for selfSigned, from the config for provided)
+        self.certificates = None
+        tls_args: dict[str, Any] = {}
+        if any(s.serves_https for s in config.sites):
+            self.certificates = OnionCertificates("onion-certificates", OnionCertificatesArgs(config.sites), opts=top)
+            tls_args = {"tls": self.certificates.files(), "tls_digest": self.certificates.chains_digest()}
 
         # ---- workers: tor + nginx first (their steps report the instance addresses)
         self.workers, self.worker_setups = [], []
@@ -124,7 +143,7 @@ class OnionSite(pulumi.ComponentResource):
                 jump=self.balancer.ssh), opts=top)
             self.workers.append(worker)
             self.worker_setups.append(WorkerSetup(
-                f"{name_i}-tor-nginx-step", WorkerSetupArgs(worker, specs.worker, ssh_key),
+                f"{name_i}-tor-nginx-step", WorkerSetupArgs(worker, specs.worker, ssh_key, **tls_args),
                 opts=pulumi.ResourceOptions(parent=worker),
                 legacy_parent=legacy("onionstack:nodes:WorkerNode", name_i)))
 
@@ -170,11 +189,22 @@ class OnionSite(pulumi.ComponentResource):
                                                       lock=config.backup.lock,
                                                       copy_to_region=config.backup.copy_to_region), opts=top)
 
+        # CloudWatch alarms on the balancer's metrics (infra/metrics.py) and the EC2 recovery
+        # of the balancer, to an encrypted SNS topic with the alarmEmails subscribed.
+        self.alarms = Alarms("alarms", AlarmsArgs(
+            account=account,
+            frontends=tuple(FrontendRef(s.name, s.onion_address) for s in config.sites),
+            instances_per_frontend=config.workers * config.tor_daemons_per_worker,
+            workers=tuple(w.node_name for w in self.workers),
+            instances_per_worker=config.tor_daemons_per_worker * len(config.sites),
+            balancer_instance_id=self.balancer.instance.id,
+            emails=config.alarm_emails), opts=pulumi.ResourceOptions(parent=self))
+
         self.exports = self._exports(config, zones)
         self.register_outputs(self.exports)
 
     def _exports(self, config: StackConfig, zones) -> dict[str, Any]:
-        """The stack outputs (nothing secret)."""
+        """The stack outputs (secret: instanceAddresses only)."""
         user = self.balancer.ssh.user
         jump = pulumi.Output.concat(user, "@", self.balancer.public_ip)
         out: dict[str, Any] = {
@@ -204,16 +234,26 @@ class OnionSite(pulumi.ComponentResource):
                     kept["backupCopy"] = {"region": config.backup.copy_to_region, "vault": self.backup.copy_vault.name,
                                           "kmsKey": self.backup.copy_key.arn}
         out["keptOnDestroy"] = kept
-        out["sites"] = {s.name: {"domain": s.domain, "onionAddress": s.onion_address,
-                                 "originAddress": s.origin_address} for s in config.sites}
-        # Instance addresses are public (clients never see them; the balancer fetches their
-        # descriptors): worker name -> site -> one address per tor daemon.
-        out["instanceAddresses"] = {
+        out["sites"] = {s.name: {"domain": s.domain, "onionAddress": s.onion_address, "onionUrl": s.onion_url,
+                                 "https": s.https, "originAddress": s.origin_address} for s in config.sites}
+        # What the clearnet site sends so that Tor Browser offers the onion (docs/sites.md
+        # has the per-server lines that append each page's path).
+        out["onionLocation"] = {s.name: {"header": f"Onion-Location: {s.onion_url}",
+                                         "meta": f'<meta http-equiv="onion-location" content="{s.onion_url}" />'}
+                                for s in config.sites}
+        if self.certificates is not None:
+            out["tlsCertificates"] = self.certificates.info
+        # Instance addresses are for the operator only (whoever knows one can solve PoW
+        # against that instance's own descriptor and jump its queue): a secret output,
+        # `pulumi stack output --show-secrets instanceAddresses`. Worker name -> site -> one
+        # address per tor daemon.
+        out["instanceAddresses"] = pulumi.Output.secret({
             w.node_name: s.instance_addresses.apply(
                 lambda per_site: None if per_site is None  # not known: mocks without command emulation
                 else {site: [f"{a}.onion" for a in addrs] for site, addrs in per_site.items()})
-            for w, s in zip(self.workers, self.worker_setups)}
+            for w, s in zip(self.workers, self.worker_setups)})
         out["balancerPublishes"] = config.balancer.publish
+        out["alarmTopicArn"] = self.alarms.topic.arn
         out["introPoints"] = {"perWorker": config.intro_points_per_worker,
                               "total": config.workers * config.intro_points_per_worker}
         return out

@@ -35,7 +35,7 @@ from nodes.instance import Node
 from nodes.payload import BinaryFile, digest, onion_package_tarball, payload
 from nodes.remote import DRAIN_DIAL_LIMIT, STEP_TIMEOUTS, command, connection
 from nodes.render import BalancerSpec, RenderedFile, WorkerSpec, content_hash, render_balancer, render_database, \
-    render_worker
+    render_worker, worker_secret_files
 from nodes.roles import RoleSpecs
 from nodes.scripts import as_root, drain_script, package_script, parse_instance_addresses, runner_script, \
     worker_setup_script
@@ -67,12 +67,21 @@ class WorkerSetupArgs:
     node: WorkerNode
     spec: WorkerSpec  # RoleSpecs.worker: the same for every worker
     ssh_key: pulumi.Input[str]  # secret
+    # HTTPS sites' (chain, key) PEMs (OnionCertificates.files(): secret) and the chains'
+    # digest (public, for the triggers); None when no site serves HTTPS.
+    tls: Optional[pulumi.Output] = None
+    tls_digest: Optional[pulumi.Output] = None
 
 
 class WorkerSetup(pulumi.ComponentResource):
     """Installs and starts a worker's tor daemons and nginx; declares `instance_addresses`
-    (Output of {site: [56-char addresses in daemon order]}, None when unknown: mocks
-    without command emulation)."""
+    (secret Output of {site: [56-char addresses in daemon order]}, None when unknown: mocks
+    without command emulation).
+
+    The instance addresses are for the operator only (whoever knows one can solve PoW
+    against that instance and jump its queue: docs/sites.md): the step's stdout, where the
+    script prints them, is secret and not logged (stderr, tool errors only, still is). Its
+    stdin is secret when it carries HTTPS sites' keys."""
 
     command: remote.Command
     instance_addresses: pulumi.Output
@@ -83,17 +92,28 @@ class WorkerSetup(pulumi.ComponentResource):
         spec, node = args.spec, args.node
         files = render_worker(spec)
         script = worker_setup_script(spec)
+        triggers = [node.instance.id, content_hash(files), digest(script)]
+        if any(site.https for site in spec.sites):
+            if args.tls is None or args.tls_digest is None:
+                raise ValueError(f"{name}: the worker has HTTPS sites: give their certificates (tls, tls_digest)")
+            stdin = pulumi.Output.secret(args.tls.apply(
+                lambda pems: payload({**files, **worker_secret_files(spec, pems)}) if pems is not None else None))
+            triggers.append(args.tls_digest)  # a renewed certificate re-runs the step
+        else:
+            stdin = payload(files)
         self.command = command(
             _resource_name(name),
             connection=connection(node.ssh, args.ssh_key),
             create=as_root(script),
-            stdin=payload(files),
-            triggers=[node.instance.id, content_hash(files), digest(script)],
+            stdin=stdin,
+            triggers=triggers,
+            secret=True,
+            log_stderr=True,
             opts=_opts(self, node, legacy_parent=legacy_parent),
         )
         sites = [s.name for s in spec.sites]
-        self.instance_addresses = self.command.stdout.apply(
-            lambda out: parse_instance_addresses(out, sites, spec.daemon_names))
+        self.instance_addresses = pulumi.Output.secret(self.command.stdout.apply(
+            lambda out: parse_instance_addresses(out, sites, spec.daemon_names)))
         self.register_outputs({"instanceAddresses": self.instance_addresses})
 
 
@@ -187,7 +207,8 @@ class BalancerCore(pulumi.ComponentResource):
         # Secret payload: the public files + the master key files, one tar on stdin.
         stdin = pulumi.Output.secret(spec.apply(
             lambda sp: payload({**render_balancer(sp), **key_files(sp, sites)}) if sp is not None else None))
-        self.config_digest = public.apply(lambda f: content_hash(f) if f is not None else None)
+        # A hash of the files (which name the instance addresses, secret): not secret itself.
+        self.config_digest = pulumi.Output.unsecret(public.apply(lambda f: content_hash(f) if f is not None else None))
         # Triggers from public facts only: the rendered files and each site's onion address
         # (a new key is a new address), never key material.
         self.command = command(
@@ -226,8 +247,10 @@ class WorkerDrain(pulumi.ComponentResource):
     def __init__(self, name: str, args: WorkerDrainArgs, opts: Optional[pulumi.ResourceOptions] = None, *,
                  legacy_parent: Optional[pulumi.Input[str]] = None):
         super().__init__("onionstack:nodes:WorkerDrain", name, None, opts)
-        self.addresses = args.setup.instance_addresses.apply(
-            lambda per_site: sorted({a for v in per_site.values() for a in v}) if per_site is not None else [])
+        # Secret like the addresses themselves: in the triggers, the delete command and the
+        # component's outputs they stay out of plain state and logs.
+        self.addresses = pulumi.Output.secret(args.setup.instance_addresses.apply(
+            lambda per_site: sorted({a for v in per_site.values() for a in v}) if per_site is not None else []))
         self.command = command(
             _resource_name(name),
             connection=connection(args.balancer.ssh, args.ssh_key, dial_error_limit=DRAIN_DIAL_LIMIT),
@@ -238,6 +261,10 @@ class WorkerDrain(pulumi.ComponentResource):
             # A new instance (new tor keys, new addresses) REPLACES the drain: the old one's
             # delete then waits for the old addresses before the old instance goes.
             triggers=[self.addresses],
+            # The addresses are operator-only: stdout (which names them) secret and unlogged;
+            # stderr (the WARNING line, no addresses) still logged.
+            secret=True,
+            log_stderr=True,
             opts=_opts(self, args.worker, args.setup, args.balancer.instance, args.core,
                        legacy_parent=legacy_parent, replace_on_changes=["triggers"]),
         )

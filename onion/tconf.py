@@ -80,10 +80,60 @@ user_agent_blacklist_re user_agent_whitelist user_agent_whitelist_re cert_common
 log_dir project_dir
 """.split())
 
+# Onionspray's settings beyond EOTK's (its tconf templates and the Tor Project's
+# onionspray-role): per-daemon DoS controls, circuit ids, TLS trust, proxy extras.
+ONIONSPRAY_SETTINGS = frozenset("""
+tor_pow_enabled tor_pow_queue_rate tor_pow_queue_burst tor_intro_dos_defense
+tor_intro_dos_rate_per_sec tor_intro_dos_burst_per_sec tor_max_streams
+tor_max_streams_close_circuit tor_export_circuit_id nginx_x_onion_circuit_id
+nginx_proxy_ssl_trusted_certificate
+""".split())
+
 # Settings this importer converts (the rest of EOTK_SETTINGS has no equivalent).
 CONVERTED = frozenset({"project", "tor_intros_per_daemon", "softmap_tor_workers", "block_host",
                        "block_host_re", "block_path", "block_path_re", "block_location",
-                       "block_location_re"})
+                       "block_location_re", "force_https", "ssl_proof_csv", "ssl_dir", "ssl_mkcert",
+                       "ssl_cert_each_onion",
+                       "tor_pow_enabled", "tor_pow_queue_rate", "tor_pow_queue_burst", "tor_intro_dos_defense",
+                       "tor_intro_dos_rate_per_sec", "tor_intro_dos_burst_per_sec", "tor_max_streams",
+                       "tor_max_streams_close_circuit"})
+
+# Settings refused with the reason (they cannot be honoured as the operator meant them).
+REFUSED = {
+    "tor_single_onion": "single-onion services (HiddenServiceNonAnonymousMode) make each worker's network "
+                        "location learnable; onionstack's instances stay ordinary anonymous onion services",
+    "nginx_x_onion_circuit_id": "sending a reader's circuit id to the origin would let it link that reader's "
+                                "requests; onionstack sends nothing upstream that tells readers apart",
+    "x_from_onion_value": "onionstack adds no request header upstream (X-From-Onion marks onion readers to "
+                          "the origin); tell onion traffic apart by the workers' addresses instead",
+    "inject_headers_upstream": "onionstack adds no request headers upstream",
+    "cert_common_name": "each site's certificate names its own onion and *.onion (no shared umbrella certificate)",
+    "hardcoded_endpoint_csv": "fixed answers on regular-expression paths are not supported; validationPaths "
+                              "take exact paths (EOTK's ssl_proof_csv is converted)",
+    "nginx_hello_onion": "onionstack serves no /hello-onion/ page; a self-signed certificate is accepted on any page",
+    "foreignmap_csv": "write foreignmap lines instead (they become every site's foreignOnions)",
+    "log_separate": "onionstack keeps no access log by default",
+    "nginx_resolver": "workers resolve origins through the VPC resolver only (public resolvers are refused)",
+    "nginx_proxy_ssl_trusted_certificate": "origins are always verified against the system CA bundle",
+}
+# tor_export_circuit_id: onionstack always exports "haproxy" (nginx's per-circuit rate limit).
+DEFAULT_EXPORT_CIRCUIT_ID = "haproxy"
+
+# Onionspray name -> onionstack sites[].dos key, (lo, hi) for numbers or None for 0/1 flags.
+DOS_SETTINGS = {
+    "tor_pow_enabled": ("pow", None),
+    "tor_pow_queue_rate": ("powQueueRate", (0, 2**31 - 1)),
+    "tor_pow_queue_burst": ("powQueueBurst", (1, 2**31 - 1)),
+    "tor_intro_dos_defense": ("introDefense", None),
+    "tor_intro_dos_rate_per_sec": ("introRate", (1, 2**31 - 1)),
+    "tor_intro_dos_burst_per_sec": ("introBurst", (1, 2**31 - 1)),
+    "tor_max_streams": ("maxStreams", (0, 65535)),
+    "tor_max_streams_close_circuit": ("maxStreamsCloseCircuit", None),
+}
+# infra/config.py's rules for validationPaths (onion/ cannot import infra/).
+VALIDATION_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/+-]{0,254}$")
+VALIDATION_CONTENT_RE = re.compile(r"^[\x20-\x7e\n]{1,4096}$")
+ONION_TRUNCATE = 20   # EOTK's TruncateOnion: certificate files are <first 20 chars>-v3.cert / .pem
 
 
 class TconfError(OnionError):
@@ -321,6 +371,8 @@ class SiteOut:
     new: bool = False
     block_hosts: list[str] = field(default_factory=list)
     block_paths: list[str] = field(default_factory=list)
+    https: dict = field(default_factory=dict)        # https, httpRedirect, certificateChain
+    tls_key_path: Path | None = None                 # https: provided: EOTK's <onion>.pem
 
 
 @dataclass
@@ -332,7 +384,7 @@ class Result:
 
 
 def convert(conf: Tconf, *, keys_dir: Path | None, secrets_dirs: list[Path], stack: str | None = None,
-            workers: int | None = None, write_keys: bool = True) -> Result:
+            workers: int | None = None, write_keys: bool = True, ssl_dirs: list[Path] | None = None) -> Result:
     src = conf.source
     notes = list(conf.warnings)
     taken: set[str] = set()
@@ -355,6 +407,10 @@ def convert(conf: Tconf, *, keys_dir: Path | None, secrets_dirs: list[Path], sta
         s.key, s.key_path = found
 
     _convert_blocks(conf, sites, notes)
+    _convert_https(conf, sites, notes, ssl_dirs if ssl_dirs is not None else default_ssl_dirs(conf))
+    validation = _convert_ssl_proof(conf, notes)
+    foreign = _convert_foreign(conf, sites, notes)
+    dos = _convert_dos(conf, notes)
 
     config: dict = {}
     entries = []
@@ -364,6 +420,13 @@ def convert(conf: Tconf, *, keys_dir: Path | None, secrets_dirs: list[Path], sta
             e["blockHosts"] = s.block_hosts
         if s.block_paths:
             e["blockPaths"] = s.block_paths
+        e.update(s.https)
+        if validation:
+            e["validationPaths"] = validation
+        if foreign:
+            e["foreignOnions"] = foreign
+        if dos:
+            e["dos"] = dos
         entries.append(e)
     config["onionstack:sites"] = entries
     st = conf.settings
@@ -379,13 +442,19 @@ def convert(conf: Tconf, *, keys_dir: Path | None, secrets_dirs: list[Path], sta
     for name, s in sorted(st.items(), key=lambda kv: kv[1].line):
         if name in CONVERTED:
             continue
-        if name not in EOTK_SETTINGS:
-            notes.append(f"{src}:{s.line}: set {name}: not an EOTK setting (a typo?); ignored")
+        if name == "tor_export_circuit_id":
+            if s.value.strip().lower() == DEFAULT_EXPORT_CIRCUIT_ID:
+                notes.append(f"{src}:{s.line}: set {name} {s.value}: onionstack always exports haproxy circuit "
+                             "ids to nginx (its per-circuit rate limit); nothing to set")
+            else:
+                notes.append(f"{src}:{s.line}: set {name} {s.value}: not supported: onionstack always exports "
+                             "haproxy circuit ids to nginx, which rate-limits per circuit with them; ignored")
+        elif name in REFUSED:
+            notes.append(f"{src}:{s.line}: set {name}: not supported: {REFUSED[name]}; ignored")
+        elif name not in EOTK_SETTINGS and name not in ONIONSPRAY_SETTINGS:
+            notes.append(f"{src}:{s.line}: set {name}: not an EOTK or Onionspray setting (a typo?); ignored")
         else:
             notes.append(f"{src}:{s.line}: set {name}: no onionstack equivalent; ignored")
-    for f in conf.foreign:
-        notes.append(f"{src}:{f.line}: foreignmap {f.onion}.onion {f.domain}: no onionstack equivalent "
-                     "(links to that domain are not rewritten to its onion); ignored")
     projects = sorted({m.project for m in conf.mappings})
     if len(projects) > 1:
         notes.append(f"EOTK projects {', '.join(projects)} become sites of one stack")
@@ -415,6 +484,10 @@ def convert(conf: Tconf, *, keys_dir: Path | None, secrets_dirs: list[Path], sta
     for s in sites:
         commands.append(f"python -m onion import {shlex.quote(str(s.key_path))} | pulumi config set{stack_opt} "
                         f"--secret --path {shlex.quote('masterKeys.' + s.name)}")
+    for s in sites:
+        if s.tls_key_path is not None:   # the provided certificate's key, through stdin as well
+            commands.append(f"pulumi config set{stack_opt} --secret --path {shlex.quote('tlsKeys.' + s.name)} "
+                            f"< {shlex.quote(str(s.tls_key_path))}")
     return Result(config={"config": config}, sites=sites, notes=notes, commands=commands)
 
 
@@ -507,6 +580,186 @@ def _convert_blocks(conf: Tconf, sites: list[SiteOut], notes: list[str]) -> None
                          f"{n.replace('location', 'path')}")
     for x in sites:
         x.block_paths = list(dict.fromkeys(paths))
+
+
+# ---- HTTPS, validation paths, foreign onions, DoS controls --------------------------------------
+
+def default_ssl_dirs(conf: Tconf) -> list[Path]:
+    """Where EOTK keeps each project's certificates: `set ssl_dir DIR`, else
+    projects.d/<project>.d/ssl.d beside the configuration (do-configure.pl's defaults)."""
+    st = conf.settings
+    if "ssl_dir" in st and st["ssl_dir"].value and "$" not in st["ssl_dir"].value:
+        return [Path(st["ssl_dir"].value)]
+    here = Path(conf.source).parent
+    return [here / "projects.d" / f"{project}.d" / "ssl.d" for project in sorted({m.project for m in conf.mappings})]
+
+
+@dataclass(frozen=True)
+class FoundCertificate:
+    cert: Path
+    key: Path | None
+    chain: str
+    ca_issued: bool          # neither self-signed nor from a local mkcert CA
+    names_onion: bool
+    expired: bool
+
+
+def find_certificate(onion: str, project: str, ssl_dirs: list[Path], mkcert: bool) -> FoundCertificate | None:
+    """EOTK's certificate for `onion`: <ssl_dir>/<first 20 chars>-v3.cert with its key in
+    .pem (ssl_cert_each_onion, the default), else the project's umbrella <project>.cert."""
+    import datetime
+
+    from cryptography import x509
+
+    for d in ssl_dirs:
+        for stem in (f"{onion[:ONION_TRUNCATE]}-v3", project):
+            cert = d / f"{stem}.cert"
+            if not cert.is_file():
+                continue
+            text = cert.read_text(errors="replace")
+            try:
+                certs = x509.load_pem_x509_certificates(text.encode())
+            except ValueError:
+                continue
+            leaf = certs[0]
+            try:
+                names = leaf.extensions.get_extension_for_class(
+                    x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+            except x509.ExtensionNotFound:
+                names = []
+            issuer = leaf.issuer.rfc4514_string()
+            local = leaf.issuer == leaf.subject or mkcert or "mkcert" in issuer
+            key = d / f"{stem}.pem"
+            now = datetime.datetime.now(datetime.timezone.utc)
+            return FoundCertificate(cert, key if key.is_file() else None, text.strip() + "\n", not local,
+                                    f"{onion}.onion" in [n.lower() for n in names], leaf.not_valid_after_utc <= now)
+    return None
+
+
+def _flag(s: Setting, src: str) -> bool:
+    value = s.value.strip().lower()
+    if value not in ("0", "1", "true", "false", "on", "off"):
+        raise TconfError(f"{src}:{s.line}: set {s.name} {s.value!r} must be 0 or 1")
+    return value in ("1", "true", "on")
+
+
+def _convert_https(conf: Tconf, sites: list[SiteOut], notes: list[str], ssl_dirs: list[Path]) -> None:
+    """EOTK serves every onion over HTTPS as well (its own certificates), and with force_https
+    (on by default) answers port 80 with a redirect: every site gets https, httpRedirect
+    false where force_https is 0. A CA-issued certificate EOTK has for the onion (e.g. a DV
+    certificate for the .onion) is carried over as https: provided with its key as a
+    tlsKeys secret; self-signed and mkcert ones are not (the stack makes its own)."""
+    src, st = conf.source, conf.settings
+    redirect = _flag(st["force_https"], src) if "force_https" in st else True
+    mkcert = _flag(st["ssl_mkcert"], src) if "ssl_mkcert" in st else False
+    where = f"{src}:{st['force_https'].line}: set force_https {st['force_https'].value}" if "force_https" in st \
+        else f"{src}: force_https (EOTK's default, 1)"
+    notes.append(f"{where}: every site serves HTTPS (https: selfSigned unless a CA-issued certificate is found) "
+                 + ("and port 80 redirects to it" if redirect else "and keeps serving plain HTTP (httpRedirect: false)"))
+    if mkcert:
+        notes.append(f"{src}:{st['ssl_mkcert'].line}: set ssl_mkcert: mkcert's certificates come from a local "
+                     "development CA only its own machines trust; the stack makes self-signed ones instead")
+    if "ssl_cert_each_onion" in st:
+        notes.append(f"{src}:{st['ssl_cert_each_onion'].line}: set ssl_cert_each_onion: onionstack always has one "
+                     "certificate per onion (the onion and *.onion)")
+    for s in sites:
+        s.https = {"https": "selfSigned"}
+        if not redirect:
+            s.https["httpRedirect"] = False
+        if s.mapping.onion is None:
+            continue
+        found = find_certificate(s.mapping.onion, s.mapping.project, ssl_dirs, mkcert)
+        if found is None:
+            continue
+        why = None
+        if not found.ca_issued:
+            why = "self-signed or from a local CA: the stack makes a new self-signed one"
+        elif not found.names_onion:
+            why = f"it does not name {s.mapping.onion}.onion"
+        elif found.expired:
+            why = "it has expired"
+        elif found.key is None:
+            why = f"its key {found.cert.with_suffix('.pem').name} is not beside it"
+        if why:
+            notes.append(f"{src}:{s.mapping.line}: certificate {found.cert} for {s.mapping.domain}: not carried over "
+                         f"({why}); https: selfSigned")
+            continue
+        s.https = {"https": "provided", **({"httpRedirect": False} if not redirect else {}),
+                   "certificateChain": found.chain}
+        s.tls_key_path = found.key
+        notes.append(f"{src}:{s.mapping.line}: certificate {found.cert} for {s.mapping.domain}: carried over "
+                     f"(https: provided; its key {found.key} becomes the tlsKeys.{s.name} secret)")
+
+
+def _convert_ssl_proof(conf: Tconf, notes: list[str]) -> list[dict]:
+    """ssl_proof_csv `PATH,VALUE ...` -> validationPaths [{path, content}] (every site, as
+    EOTK serves them on every onion, on port 80 and 443)."""
+    src, st = conf.source, conf.settings
+    if "ssl_proof_csv" not in st:
+        return []
+    s = st["ssl_proof_csv"]
+    out: list[dict] = []
+    for item in s.value.split():
+        path, sep, content = item.partition(",")
+        if not sep or not VALIDATION_PATH_RE.match(path) or ".." in path.split("/") or \
+                not VALIDATION_CONTENT_RE.match(content) or re.search(r'["\\$]', content):
+            notes.append(f"{src}:{s.line}: set ssl_proof_csv {item}: not supported (validationPaths take "
+                         "/path,content with a URL path and printable text without quotes, backslashes or '$'); "
+                         "ignored")
+            continue
+        if path in [v["path"] for v in out]:
+            raise TconfError(f"{src}:{s.line}: set ssl_proof_csv lists {path} twice")
+        out.append({"path": path, "content": content})
+    if out:
+        notes.append(f"{src}:{s.line}: set ssl_proof_csv: converted to validationPaths of every site "
+                     f"({', '.join(v['path'] for v in out)}; answered on port 80 even when it redirects)")
+    return out
+
+
+def _convert_foreign(conf: Tconf, sites: list[SiteOut], notes: list[str]) -> dict[str, str]:
+    """foreignmap lines -> foreignOnions of every site (EOTK's apply to every project)."""
+    src = conf.source
+    out: dict[str, str] = {}
+    for f in conf.foreign:
+        clash = [s for s in sites if f.domain.endswith("." + s.mapping.domain) or s.mapping.domain.endswith("." + f.domain)]
+        if clash:
+            notes.append(f"{src}:{f.line}: foreignmap {f.onion}.onion {f.domain}: not supported: site "
+                         f"{clash[0].name} serves {clash[0].mapping.domain}, which overlaps it; ignored")
+            continue
+        nested = [d for d in out if f.domain.endswith("." + d) or d.endswith("." + f.domain)]
+        if nested:
+            notes.append(f"{src}:{f.line}: foreignmap {f.onion}.onion {f.domain}: not supported: it overlaps the "
+                         f"foreignmap of {nested[0]} (onionstack maps a domain with its subdomains); ignored")
+            continue
+        out[f.domain] = f"{f.onion}.onion"
+        notes.append(f"{src}:{f.line}: foreignmap {f.onion}.onion {f.domain}: converted to foreignOnions of every "
+                     "site (links to it and its subdomains are rewritten to that onion)")
+    return out
+
+
+# tor's defaults, which Onionspray's torrc leaves in force for a setting it does not write.
+TOR_DOS_DEFAULTS = {"powQueueRate": 250, "powQueueBurst": 2500, "introRate": 25, "introBurst": 200}
+
+
+def _convert_dos(conf: Tconf, notes: list[str]) -> dict:
+    """Onionspray's per-daemon tor DoS settings -> every site's dos (onionstack's workers
+    run every site's instance service in every tor daemon)."""
+    src, st = conf.source, conf.settings
+    out: dict = {}
+    for name, (key, bounds) in DOS_SETTINGS.items():
+        if name not in st or not st[name].value:
+            continue
+        s = st[name]
+        out[key] = _flag(s, src) if bounds is None else _int_setting(s, *bounds, f"sites[].dos.{key}", src)
+        notes.append(f"{src}:{s.line}: set {name} {s.value}: converted to dos.{key} of every site")
+    for rate, burst in (("powQueueRate", "powQueueBurst"), ("introRate", "introBurst")):
+        if rate in out or burst in out:
+            r, b = out.get(rate, TOR_DOS_DEFAULTS[rate]), out.get(burst, TOR_DOS_DEFAULTS[burst])
+            if r > b:
+                raise TconfError(f"{src}: dos.{rate} {r} is above dos.{burst} {b} (tor's default where unset): "
+                                 "tor refuses that; set both")
+            out[rate], out[burst] = r, b
+    return out
 
 
 def find_key(onion: str, keys_dir: Path | None, secrets_dirs: list[Path]) -> tuple[IdentityKey, Path] | None:
@@ -619,6 +872,10 @@ onion import-tconf site.tconf --keys-dir keys --stack prod --print-commands > im
     p.add_argument("--secrets-dir", type=Path, action="append", default=None,
                    help="EOTK secrets.d holding <onion>.v3sec.key files (default: secrets.d beside FILE); "
                         "may repeat")
+    p.add_argument("--ssl-dir", type=Path, action="append", default=None,
+                   help="where EOTK keeps certificates (<onion prefix>-v3.cert + .pem); a CA-issued one for an "
+                        "onion becomes https: provided (default: set ssl_dir, else projects.d/<project>.d/ssl.d "
+                        "beside FILE); may repeat")
     p.add_argument("--workers-file", type=Path,
                    help="EOTK's eotk-workers.conf, to carry over the number of workers "
                         "(default: eotk-workers.conf beside FILE when present)")
@@ -653,7 +910,8 @@ def run(args, out=None, err=None) -> int:
     keys_dir = args.keys_dir
     if keys_dir is not None:
         keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    result = convert(conf, keys_dir=keys_dir, secrets_dirs=secrets, stack=args.stack, workers=workers)
+    result = convert(conf, keys_dir=keys_dir, secrets_dirs=secrets, stack=args.stack, workers=workers,
+                     ssl_dirs=args.ssl_dir)
     if target is None:
         out.write(render_commands(result, str(path), args.stack))
     else:
@@ -672,8 +930,8 @@ def run(args, out=None, err=None) -> int:
               "(each key is read from its directory; none appears on a command line).", file=err)
         return 0
     print(f"wrote {target} (a new stack file)", file=err)
-    print("Store the master keys as stack secrets (each reads the key from its directory; "
-          "none appears on a command line):", file=err)
+    print("Store the master keys (and provided certificates' keys) as stack secrets (each is read from "
+          "its file; none appears on a command line):", file=err)
     for c in result.commands:
         print(f"  {c}", file=err)
     return 0

@@ -130,6 +130,38 @@ class TestCA:
         return cert_path, key_path
 
 
+def self_signed(directory: Path, names: list[str], days: int = 90) -> tuple[Path, Path]:
+    """A self-signed certificate for DNS `names` (the first is the subject's CN) and its
+    key, as PEM files in `directory`: the shape pulumi-tls makes for a site with
+    `https: selfSigned` (ECDSA P-256, no CA, serverAuth), which a client trusts by taking
+    the certificate itself as its CA file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
+                                     crl_sign=False, content_commitment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False),
+                       critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    stem = directory / names[0].replace("*", "wild")
+    cert_path, key_path = stem.with_suffix(".crt"), stem.with_suffix(".key")
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
 # --------------------------------------------------------------------------- HTTPS origin
 
 @dataclass
@@ -219,26 +251,87 @@ class ProxyProtocolConnection(http.client.HTTPConnection):
     `HiddenServiceExportCircuitID haproxy`: the circuit id is the low 32 bits of an IPv6
     source address in fc00:dead:beef:4dad::/64 (tor's connection_edge.c)."""
 
-    def __init__(self, listener: str, circuit_id: int, timeout: float = 10.0):
-        """`listener`: a unix socket path, or "127.0.0.1:PORT" (nginx_tcp_base_port mode)."""
+    def __init__(self, listener: str, circuit_id: int, timeout: float = 10.0, *,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None, port: int = 80):
+        """`listener`: a unix socket path, or "127.0.0.1:PORT" (nginx_tcp_base_port mode).
+        With `tls`, the stream after the PROXY line is TLS (an onion's port 443), with SNI
+        `server_name`; `port` is the onion port tor writes into the PROXY line."""
         super().__init__("localhost", timeout=timeout)
         self.listener = listener
         self.circuit_id = circuit_id
+        self.tls, self.server_name, self.port = tls, server_name, port
 
     def connect(self) -> None:
-        if self.listener.startswith("/"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: object = self.listener
-        else:
-            host, _, port = self.listener.rpartition(":")
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            address = (host, int(port))
-        sock.settimeout(self.timeout)
-        sock.connect(address)
-        gid = self.circuit_id  # exactly tor's export_hs_client_circuit_id() format
-        sock.sendall(f"PROXY TCP6 fc00:dead:beef:4dad::{gid >> 16:x}:{gid & 0xFFFF:x} ::1 "
-                     f"{gid & 0xFFFF} 80\r\n".encode())
+        sock = proxied_socket(self.listener, self.circuit_id, self.port, self.timeout)
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_hostname=self.server_name)
         self.sock = sock
+
+
+def proxied_socket(listener: str, circuit_id: int, port: int = 80, timeout: float = 10.0) -> socket.socket:
+    """A connected socket to `listener` that has sent tor's PROXY line for `circuit_id`."""
+    if listener.startswith("/"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: object = listener
+    else:
+        host, _, tcp_port = listener.rpartition(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = (host, int(tcp_port))
+    sock.settimeout(timeout)
+    sock.connect(address)
+    gid = circuit_id  # exactly tor's export_hs_client_circuit_id() format
+    sock.sendall(f"PROXY TCP6 fc00:dead:beef:4dad::{gid >> 16:x}:{gid & 0xFFFF:x} ::1 "
+                 f"{gid & 0xFFFF} {port}\r\n".encode())
+    return sock
+
+
+class ProxyBridge:
+    """127.0.0.1:<port> -> `listener`, each connection prefixed with tor's PROXY line (a
+    fresh circuit id each): lets any real client (curl, with TLS and HTTP/2) talk to an
+    onion's nginx socket the way tor's rendezvous streams do."""
+
+    def __init__(self, listener: str, onion_port: int = 443, first_circuit: int = 50000):
+        self.listener, self.onion_port = listener, onion_port
+        self.circuits = iter(range(first_circuit, first_circuit + 100000))
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = proxied_socket(self.listener, next(self.circuits), self.onion_port)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.server.close()
 
 
 @dataclass
@@ -253,10 +346,14 @@ class Response:
 
 
 def request(listener: str, path: str, host: str, headers: dict[str, str] | None = None,
-            circuit_id: int = 1, method: str = "GET") -> Response:
-    conn = ProxyProtocolConnection(listener, circuit_id)
+            circuit_id: int = 1, method: str = "GET", *, tls: ssl.SSLContext | None = None,
+            body: bytes | None = None) -> Response:
+    """One HTTP/1.1 request the way tor delivers it; with `tls` (an onion's port 443) the
+    stream is TLS with SNI = `host`."""
+    conn = ProxyProtocolConnection(listener, circuit_id, tls=tls, server_name=host if tls else None,
+                                   port=443 if tls else 80)
     try:
-        conn.request(method, path, headers={"Host": host, "Connection": "close", **(headers or {})})
+        conn.request(method, path, body=body, headers={"Host": host, "Connection": "close", **(headers or {})})
         resp = conn.getresponse()
         return Response(resp.status, resp.msg, resp.read())
     finally:

@@ -102,7 +102,7 @@ def test_import_tconf_writes_a_new_stack_file_named_after_the_stack(tmp_path):
     assert r.stdout == ""
     written = tmp_path / "Pulumi.eotk.yaml"
     config = yaml.safe_load(written.read_text())["config"]
-    assert config["onionstack:sites"] == [{"name": "torproject-org", "domain": "torproject.org"}]
+    assert config["onionstack:sites"] == [{"name": "torproject-org", "domain": "torproject.org", "https": "selfSigned"}]
     assert f"wrote {written.name} (a new stack file)" in r.stderr
     assert "python -m onion import keys/torproject-org | pulumi config set --stack eotk" in r.stderr
 

@@ -125,6 +125,34 @@ def input_problems(lock_text: str, reqs: list[Requirement], python: str) -> list
     return problems
 
 
+PIN_START = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==")
+
+
+def wanted_by(text: str) -> dict[str, set[str]]:
+    """Each pin's `# via` annotations: input files (`-r FILE`) and the packages needing it
+    (constraint files, `-c FILE`, left out: they allow a version, they add nothing)."""
+    via: dict[str, set[str]] = {}
+    current = None
+    for line in text.splitlines():
+        m = PIN_START.match(line)
+        if m:
+            current = canonicalize_name(m.group(1))
+            via.setdefault(current, set())
+            continue
+        c = re.match(r"^\s+#\s+(?:via\s+)?(\S.*?)\s*$", line)
+        if current and c and c.group(1) != "via" and not c.group(1).startswith("-c "):
+            via[current].add(c.group(1))
+    return via
+
+
+def stale_pins(lock_text: str, reqs: list[Requirement]) -> list[str]:
+    """Pins that only an input file wanted, which no input names any more."""
+    names = {canonicalize_name(r.name) for r in reqs}
+    return sorted(f"{name} is locked but nothing needs it any more: run bash scripts/lock"
+                  for name, why in wanted_by(lock_text).items()
+                  if name not in names and all(w.startswith("-r ") for w in why))
+
+
 def read(name: str) -> tuple[str, list[Requirement], str]:
     lock, paths, python = LOCKS[name]
     return lock.read_text(), inputs(paths), python
@@ -136,7 +164,9 @@ def read(name: str) -> tuple[str, list[Requirement], str]:
 def test_lock_pins_every_input_exactly_with_hashes(name):
     text, reqs, python = read(name)
     assert input_problems(text, reqs, python) == []
+    assert stale_pins(text, reqs) == []
     pins, _ = parse_lock(text)
+    assert set(wanted_by(text)) == {p.name for p in pins}
     assert len(pins) >= len(reqs)
     assert "bash scripts/lock" in text.splitlines()[1]        # says how it was made
     assert f"bash scripts/install-lock VENV {LOCKS[name][0].relative_to(REPO)}" in text
@@ -184,6 +214,9 @@ def test_consistency_checks_reject_broken_locks():
         "leftpad (leftpad>=1) is not in the lock: run bash scripts/lock"]
     # an input whose range moved past the locked version
     assert any("outside >=99" in p for p in input_problems(text, [Requirement("stem>=99")], python))
+    # a pin left behind after its input line was removed (requirements.txt minus jinja2)
+    assert stale_pins(text, [r for r in reqs if r.name.lower() != "jinja2"]) == [
+        "jinja2 is locked but nothing needs it any more: run bash scripts/lock"]
     # a pin without hashes, a range instead of a pin, a stray option
     broken = "stem==1.8.2\nnumpy>=2 \\\n    --hash=sha256:" + "0" * 64 + "\npyyaml==6.0.4 --no-binary x\n"
     _, problems = parse_lock(broken)

@@ -23,8 +23,10 @@ import pytest
 
 import mockrun
 from onion.keys import IdentityKey
+from mockrun import mock_tls_key
 from tests.stackmocks import minimal_config, mock_password, prod_config, run
 from tests.test_bootstrap_graph import three_site_config
+from tests.test_stack_sites import https_config
 
 B64_BLOB = re.compile(r"[A-Za-z0-9+/=\s]{200,}")
 
@@ -60,6 +62,17 @@ def needles(config: dict) -> dict[str, set[bytes]]:
     out["sshPrivateKey"] = ssh
     password = mock_password("database-password")
     out["databasePassword"] = {password.encode(), base64.b64encode(password.encode())}
+    # TLS keys of HTTPS sites: provided ones from the config, selfSigned ones as pulumi-tls
+    # (mocked) made them; the PEM, its base64 body lines and the DER.
+    tls_keys = dict(get("tlsKeys") or {})
+    for s in get("sites"):
+        if s.get("https") == "selfSigned":
+            tls_keys[s["name"]] = mock_tls_key(f"{s['name']}-onion-tls-key")
+    for name, pem in tls_keys.items():
+        body = [line for line in pem.strip().splitlines() if not line.startswith("-----")]
+        der = base64.b64decode("".join(body))
+        out[f"tlsKeys.{name}"] = {pem.strip().encode(), "".join(body).encode(), der} | \
+            {line.encode() for line in body if len(line) >= 20} | _encodings(der)
     return out
 
 
@@ -140,7 +153,8 @@ def scan(texts: Iterator[tuple[str, bytes]], patterns: dict[str, set[bytes]]) ->
     return found
 
 
-CONFIGS = {"prod": prod_config, "three-sites": three_site_config, "minimal": lambda: minimal_config(workers=1)}
+CONFIGS = {"prod": prod_config, "three-sites": three_site_config, "minimal": lambda: minimal_config(workers=1),
+           "https": https_config}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -163,7 +177,8 @@ def test_the_scanner_finds_every_secret_where_it_is_meant_to_be(name):
     core = result.named("balancer-core")
     secret_texts = [("balancer-core stdin", core.input("stdin").encode()),
                     ("connection", json.dumps(core.input("connection")).encode()),
-                    ("database stdin", result.named("database-postgres").input("stdin").encode())]
+                    ("database stdin", result.named("database-postgres").input("stdin").encode()),
+                    ("worker stdin", result.named("worker-1-tor-nginx").input("stdin").encode())]
     found = {f.split(" in ")[0] for f in scan(iter(secret_texts), pats)}
     assert found == set(pats)
 
@@ -175,7 +190,8 @@ def test_secret_config_reaches_resources_only_as_secrets():
     password = result.named("database-password")
     assert "result" in password.additional_secret_outputs  # pulumi-random keeps it secret in state
     assert mockrun.is_secret(result.named("database-postgres").inputs["stdin"])
-    assert result.secret_outputs == set()  # nothing exported is secret: nothing secret is exported
+    # The only secret output: the instance addresses, operator-only (docs/sites.md).
+    assert result.secret_outputs == {"instanceAddresses"}
 
 
 @pytest.mark.parametrize("leak", ["hex", "tor-file-in-tar", "ssh-line"])

@@ -16,7 +16,7 @@ NAT = "aws:ec2/natGateway:NatGateway"
 
 
 def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, database=True, backup=True,
-                    flow_logs=True) -> Counter:
+                    flow_logs=True, sites=1, emails=0) -> Counter:
     nats = zones if nat_per_az else 1
     c = Counter({
         "aws:ec2/vpc:Vpc": 1,
@@ -39,7 +39,16 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
         "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1,
         # The VPC's default security group, adopted to strip its rules.
         "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": 1,
+        # Alarms: 5 per site, 1 per worker, the balancer's recovery; the topic, its policy,
+        # key and alias, one subscription per e-mail; the balancer's metrics role.
+        "aws:cloudwatch/metricAlarm:MetricAlarm": 5 * sites + workers + 1,
+        "aws:sns/topic:Topic": 1, "aws:sns/topicPolicy:TopicPolicy": 1,
+        "aws:sns/topicSubscription:TopicSubscription": emails,
+        "aws:iam/instanceProfile:InstanceProfile": 1,
     })
+    c.update({"aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1, "aws:iam/role:Role": 1,
+              "aws:iam/rolePolicy:RolePolicy": 1})
+    c = +c  # drop zero counts
     if flow_logs:
         c.update({"aws:ec2/flowLog:FlowLog": 1, "aws:cloudwatch/logGroup:LogGroup": 1, "aws:iam/role:Role": 1,
                   "aws:iam/rolePolicy:RolePolicy": 1, "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1})
@@ -72,7 +81,7 @@ def test_counts_with_nat_per_az_and_optional_parts():
 
 def test_prod_stack_counts():
     result = run(prod_config())
-    assert result.counts() == expected_counts(3, 3, nat_per_az=True)
+    assert result.counts() == expected_counts(3, 3, nat_per_az=True, sites=2)
 
 
 def test_vpc_and_subnet_plan():

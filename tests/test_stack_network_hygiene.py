@@ -41,7 +41,7 @@ def test_flow_log_delivery_role_writes_only_its_group():
     (trust,) = json.loads(role.input("assumeRolePolicy"))["Statement"]
     assert trust["Principal"] == {"Service": "vpc-flow-logs.amazonaws.com"}
     assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": "000000000000"}
-    (inline,) = result.of_type("aws:iam/rolePolicy:RolePolicy")
+    inline = result.named("flow-logs-delivery")
     assert inline.input("role") == role.id
     # Built in an apply from the group's ARN: a string here proves the callback ran.
     policy = json.loads(inline.input("policy"))

@@ -30,12 +30,13 @@ def test_outputs():
     from onion.keys import IdentityKey
 
     expected = IdentityKey.from_config_string(demo_master_key("news")).hostname
-    assert out["sites"] == {"news": {"domain": "example.com", "onionAddress": expected, "originAddress": None}}
+    assert out["sites"] == {"news": {"domain": "example.com", "onionAddress": expected, "onionUrl": f"http://{expected}/",
+                                     "https": "off", "originAddress": None}}
 
 
-def test_no_output_is_secret_and_none_leaks_a_secret():
+def test_only_instance_addresses_are_secret_and_no_output_leaks_a_secret():
     result = run(prod_config())
-    assert result.secret_outputs == set()
+    assert result.secret_outputs == {"instanceAddresses"}  # operator-only (docs/sites.md)
     dumped = json.dumps(result.outputs)
     secrets = [ssh_pair()[1]] + [demo_master_key(n) for n in ("news", "shop")]
     for secret in secrets:

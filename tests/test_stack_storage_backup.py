@@ -39,7 +39,7 @@ def test_protect_data_is_honoured(protect):
     result = run(minimal_config(protectData=protect))
     protected = {r.name for r in result.resources if r.protect}
     retained = {r.name for r in result.resources if r.retain_on_delete}
-    data = {r.name for r in result.resources if r.type in DATA_TYPES and r.name != "flow-logs-key"}
+    data = {r.name for r in result.resources if r.type in DATA_TYPES and r.name not in ("flow-logs-key", "alarms-key")}
     assert len(data) == 8  # 3 volumes, the EBS key, the vault key, the vault, its lock and policy
     if protect:
         assert protected == data and retained == data

@@ -71,7 +71,13 @@ def test_example_demo(tmp_path):
         assert (f"python -m onion import {keys / s['name']} | pulumi config set --stack prod --secret "
                 f"--path masterKeys.{s['name']}") in err
     assert len(addresses) == 5                       # five distinct new onions
-    assert "foreignmap facebookwkhpilnemxj7asaniu7vnjjbiltxjqhye3mhbshg7kx5tfyd.onion facebook.com: no onionstack equivalent" in err
+    fb = "facebookwkhpilnemxj7asaniu7vnjjbiltxjqhye3mhbshg7kx5tfyd.onion"
+    assert f"foreignmap {fb} facebook.com: converted to foreignOnions of every site" in err
+    for s in sites:
+        # EOTK serves every onion over HTTPS (force_https by default) and rewrites foreignmaps everywhere
+        assert s["https"] == "selfSigned" and "httpRedirect" not in s
+        assert s["foreignOnions"] == {"facebook.com": fb}
+    assert "force_https (EOTK's default, 1): every site serves HTTPS" in err
     assert "EOTK projects hardexample, softexample become sites of one stack" in err
     for secret in secrets_in(keys):                  # no private key on stdout or stderr
         assert secret not in out and secret not in err
@@ -90,10 +96,12 @@ def test_wikipedia_demo_blocks_and_unsupported_settings(tmp_path):
         assert s["blockPaths"] == ["^(?i:.*(?:/User:))",
                                    r"^(?i:.*(?:/Special:(UserLogin|(Create|Merge)Account|RenameRequest)\b))"]
     src = str(FIXTURES / "wikipedia.tconf")
-    for line, name in ((5, "preserve_csv"), (10, "nginx_resolver"), (15, "nginx_cache_seconds"),
+    for line, name in ((5, "preserve_csv"), (15, "nginx_cache_seconds"),
                        (19, "suppress_methods_except_get"), (31, "block_param_re"),
                        (35, "user_agent_whitelist_re")):
         assert f"note: {src}:{line}: set {name}: no onionstack equivalent; ignored" in err
+    assert f"note: {src}:10: set nginx_resolver: not supported: workers resolve origins through the VPC " \
+           "resolver only" in err
     assert f"{src}:26: set block_path_re /User:: converted to blockPaths ^(?i:.*(?:/User:))" in err
     assert "converted to blockHosts {login,donate}.<domain> of every site" in err
     assert f"{src}:46: subdomains m of wikipedia.org: onionstack serves every subdomain" in err
@@ -102,9 +110,11 @@ def test_wikipedia_demo_blocks_and_unsupported_settings(tmp_path):
 def test_tpo_and_human_rights_demos(tmp_path):
     rc, out, err = run_import(FIXTURES / "tpo.tconf", "--keys-dir", str(tmp_path / "k1"))
     assert rc == 0
-    assert sites_of(out) == [{"name": "torproject-org", "domain": "torproject.org"}]
-    for name in ("nginx_resolver", "ssl_mkcert", "log_separate", "preserve_csv"):
-        assert f"set {name}: no onionstack equivalent" in err
+    assert sites_of(out) == [{"name": "torproject-org", "domain": "torproject.org", "https": "selfSigned"}]
+    assert "set preserve_csv: no onionstack equivalent" in err
+    for name, reason in (("nginx_resolver", "the VPC resolver"), ("log_separate", "no access log"),
+                         ("ssl_mkcert", "mkcert's certificates come from a local development CA")):
+        assert f"set {name}" in err and reason in err
     rc, out, err = run_import(FIXTURES / "human-rights.tconf", "--keys-dir", str(tmp_path / "k2"))
     assert rc == 0
     assert [s["name"] for s in sites_of(out)] == ["aclu-org", "liberty-human-rights-org-uk"]
@@ -183,7 +193,7 @@ set block_path_re ^/private\\\\.d/
     assert doc["onionstack:workers"] == 3
     s_news, s_shop = doc["onionstack:sites"]
     assert s_news == {"name": "news-example", "domain": "news.example", "blockHosts": ["login.news.example"],
-                      "blockPaths": ["^/wp-admin/$", r"^(?i:/private\.d/)"]}
+                      "blockPaths": ["^/wp-admin/$", r"^(?i:/private\.d/)"], "https": "selfSigned"}
     assert s_shop["blockHosts"] == ["ads.shop.example"]
     assert f"python -m onion import {secrets / (news.address + '.v3sec.key')} | pulumi config set --secret " \
            f"--path masterKeys.news-example" in err
@@ -278,7 +288,7 @@ def test_unknown_setting_is_reported_as_typo(tmp_path):
     conf.write_text("set nginx_resolvr 10.0.0.2\nhardmap %NEW_V3_ONION% b.com\n")
     rc, out, err = run_import(conf, "--keys-dir", str(tmp_path / "k"))
     assert rc == 0
-    assert "t.tconf:1: set nginx_resolvr: not an EOTK setting (a typo?); ignored" in err
+    assert "t.tconf:1: set nginx_resolvr: not an EOTK or Onionspray setting (a typo?); ignored" in err
 
 
 def test_site_names_fit_the_stack_rule():
