@@ -46,7 +46,7 @@ class Deploy:
     workers: int
     ops: list[Op] = field(default_factory=list)
     booted: list[str] = field(default_factory=list)
-    removed: dict[str, float] = field(default_factory=dict)  # host -> time.time() it went
+    removed: dict[str, tuple[float, float]] = field(default_factory=dict)  # host -> (poweroff began, ended)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
@@ -214,8 +214,9 @@ class Rehearsal:
         result.seconds["steps"] = time.monotonic() - t1
         if not result.error:
             for name in sorted(set(self.fabric.hosts) - declared):
+                began = time.time()
                 self.fabric.remove_host(name)
-                result.removed[name] = time.time()
+                result.removed[name] = (began, time.time())
                 self.progress(f"host {name}: terminated (left the program)")
         result.seconds["total"] = time.monotonic() - t0
         return result
