@@ -12,9 +12,13 @@ below 1 is better for time, CPU and memory).
 `--soak SECONDS` then runs both balancers side by side (fresh frontends and workers) and
 probes each frontend on fresh circuits for that long, together with a plain onion service
 as the control; use at least 3 time periods (3 x 24 x 20 s = 1440 s) to cross time-period
-and SRV changes.
+and SRV changes. `--hostile-worker` makes one of onionstack's soak workers hostile: its
+instances' descriptors on the HSDirs are replaced, from before the balancer starts and for
+the whole soak, by validly signed ~41 kB ones whose intro points carry padded link
+specifiers of an unknown type (lab/hostile.py). `--soak-only` skips the failover runs.
 
-Usage: .venv/bin/python bench/lab.py [--workers 2] [--soak 1500] [--state-dir DIR]
+Usage: .venv/bin/python bench/lab.py [--workers 2] [--soak 1500 [--hostile-worker] [--soak-only]]
+       [--state-dir DIR]
 """
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ def proc_usage(pid: int) -> tuple[float, float]:
     return cpu, peak
 
 
-def start_run(lab: Lab, kind: str, workers: int, first_listener: int, phase: str = "") -> dict:
+def start_run(lab: Lab, kind: str, workers: int, first_listener: int, phase: str = "",
+              before_balancer=None) -> dict:
     tag = phase + TAG[kind]  # distinct keys, workers and balancer per phase
     key = lab.make_frontend_key(tag=tag)
     started = lab.start_workers(workers, tag=f"{tag}w", first_listener=first_listener)
@@ -61,6 +66,8 @@ def start_run(lab: Lab, kind: str, workers: int, first_listener: int, phase: str
     for address in instances:
         wait_reachable(lab.net.client.socks_port, f"http://{address}.onion/", 180,
                        f"instance {address}")
+    if before_balancer is not None:
+        before_balancer(started)
     record = lab.start_balancer(kind, tag=f"{tag}bal", key_file=Path(
         lab.info["frontend_key_file"]), instances=instances)
     return {"kind": kind, "frontend": key.hostname, "workers": started, "record": record}
@@ -139,8 +146,36 @@ def measure(lab: Lab, observer, run: dict) -> dict:
     return result
 
 
-def soak(lab: Lab, workers: int, seconds: float) -> dict:
-    runs = [start_run(lab, kind, workers, first_listener=i * workers, phase="soak")
+def make_hostile(lab: Lab, worker) -> dict:
+    """Start lab/hostile.py for `worker` and wait until the HSDirs serve its oversized
+    descriptor for every instance of the worker."""
+    from lab.hostile import start_hostile_publisher
+
+    name = start_hostile_publisher(lab, worker)
+    log_path = lab.procs.log_path(name)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        if all(f"{a}.onion: replaced" in text for a in worker.instance_addresses):
+            break
+        time.sleep(2)
+    else:
+        raise TimeoutError(f"hostile publisher did not replace every descriptor of {worker.name}; see {log_path}")
+    log(f"hostile worker {worker.name}: the HSDirs serve ~41 kB descriptors with padded link "
+        f"specifiers for {', '.join(a[:12] for a in worker.instance_addresses)}")
+    return {"worker": worker, "process": name, "log": log_path}
+
+
+def soak(lab: Lab, workers: int, seconds: float, hostile: bool = False) -> dict:
+    hostile_info: dict = {}
+
+    def hook(kind):
+        if not (hostile and kind == "onion"):
+            return None
+        return lambda started: hostile_info.update(make_hostile(lab, started[-1]))
+
+    runs = [start_run(lab, kind, workers, first_listener=i * workers, phase="soak",
+                      before_balancer=hook(kind))
             for i, kind in enumerate(KINDS)]
     for run in runs:
         wait_reachable(lab.net.client.socks_port, f"http://{run['frontend']}/", 300,
@@ -158,6 +193,8 @@ def soak(lab: Lab, workers: int, seconds: float) -> dict:
     log(f"soak: probing both frontends every 10 s on fresh circuits for {seconds:.0f} s")
     time.sleep(seconds)
     out = {}
+    if hostile_info:
+        out["hostile"] = hostile_report(lab, runs, hostile_info)
     for kind, loop in loops.items():
         probes = loop.stop()
         failed = [p for p in probes if not p.ok]
@@ -168,6 +205,28 @@ def soak(lab: Lab, workers: int, seconds: float) -> dict:
             log(f"soak {LABEL.get(kind, kind)}: failed at {time.strftime('%H:%M:%S', time.localtime(p.at))} "
                 f"after {p.seconds:.1f} s: {p.error} (client log: {excerpt})")
     return out
+
+
+def hostile_report(lab: Lab, runs: list, info: dict) -> str:
+    """What the hostile worker did and what onionstack's balancer made of it."""
+    from onion.status import read_status
+
+    run = next(r for r in runs if r["kind"] == "onion")
+    status = read_status(run["record"]["state_dir"])
+    text = info["log"].read_text(errors="replace")
+    uploads = text.count(": replaced tor's descriptor")
+    lines = [f"hostile worker {info['worker'].name}: {uploads} oversized descriptors uploaded over the soak"]
+    for fe in status["frontends"]:
+        for inst in fe["instances"]:
+            if inst["address"] in info["worker"].instance_addresses:
+                lines.append(f"  {inst['address'][:16]}...: {inst['rejected_descriptors']} refused by the "
+                             f"balancer, in use: {inst['in_use']}, probe: {(inst.get('probe') or {}).get('last_result')}, "
+                             f"last error: {inst['last_error']}")
+        lines.append(f"  frontend note: {fe.get('note')}; published intro points: "
+                     f"{len(fe['published_intro_points'])}")
+    for line in lines:
+        log(line)
+    return "\n".join(lines)
 
 
 def client_log_excerpt(trace: Path, start: float, end: float, name: str) -> Path:
@@ -230,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, choices=range(2, 5))
     parser.add_argument("--soak", type=float, default=0, metavar="SECONDS")
+    parser.add_argument("--hostile-worker", action="store_true",
+                        help="in the soak, one of onionstack's workers serves oversized descriptors")
+    parser.add_argument("--soak-only", action="store_true", help="skip the failover runs")
     parser.add_argument("--state-dir", type=Path,
                         default=Path(__file__).resolve().parent.parent / ".lab" / "bench")
     args = parser.parse_args(argv)
@@ -246,14 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         from lab.tornet import wait_bootstrapped
         wait_bootstrapped(lab.net, lab.procs, observer, 120)
         results = {}
-        for kind in KINDS:
-            log(f"--- {LABEL[kind]}")
-            results[kind] = measure(lab, observer, start_run(lab, kind, args.workers, 0))
-        print_results(results)
+        if not args.soak_only:
+            for kind in KINDS:
+                log(f"--- {LABEL[kind]}")
+                results[kind] = measure(lab, observer, start_run(lab, kind, args.workers, 0))
+            print_results(results)
         soaked = None
         if args.soak:
             try:
-                soaked = soak(lab, args.workers, args.soak)
+                soaked = soak(lab, args.workers, args.soak, hostile=args.hostile_worker)
             except Exception as exc:  # noqa: BLE001 - still print the main results' ratios
                 log(f"soak failed: {exc!r}")
     finally:
@@ -263,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         for kind in KINDS + ("control",):
             failed, total = soaked[kind]
             what = LABEL.get(kind, "control (plain onion service)")
-            print(f"soak {what}: {failed}/{total} probes failed over {args.soak:.0f} s")
+            print(f"soak {what}: {failed}/{total} probes failed over {args.soak:.0f} s"
+                  + (" (with one hostile worker)" if kind == "onion" and "hostile" in soaked else ""))
+        if "hostile" in soaked:
+            print(soaked["hostile"])
+    if not results:
+        return 0
     ob, ours = results["onionbalance"], results["onion"]
     print(f"failover_ratio_vs_onionbalance: {ratio(ours['failover'], ob['failover'] or FAILOVER_TIMEOUT)}  "
           f"cpu_ratio_vs_onionbalance: {ratio(ours['cpu'], ob['cpu'])}  "

@@ -24,10 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help=f"where everything lives (default {DEFAULT_STATE_DIR})")
+    state_help = f"where everything lives (default {DEFAULT_STATE_DIR})"
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=state_help)
+    # --state-dir also after the command (`python -m lab status --state-dir DIR`), as the
+    # lines `up` prints write it; SUPPRESS keeps the one given before the command otherwise.
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=state_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    up = sub.add_parser("up", help="start the lab and print the frontend address")
+    up = sub.add_parser("up", help="start the lab and print the frontend address", parents=[state])
     up.add_argument("--workers", type=_count(1, 8, "--workers"), default=2,
                     help="number of workers (1..8, default 2)")
     up.add_argument("--tor-daemons", type=_count(1, 8, "--tor-daemons"), default=2,
@@ -39,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "`https: selfSigned` makes); the curl line then carries --cacert")
     up.add_argument("--voting-interval", type=_count(10, 300, "--voting-interval"), default=20,
                     help="seconds (10..300, default 20); a time period is 24 of them")
-    reh = sub.add_parser("rehearse", help="rehearse a deploy on local systemd hosts (root)")
+    reh = sub.add_parser("rehearse", help="rehearse a deploy on local systemd hosts (root)", parents=[state])
     reh.add_argument("action", nargs="?", choices=("down",),
                      help="down: remove the containers, mounts, links and processes of a rehearsal")
     reh.add_argument("--workers", type=_count(2, 4, "--workers"), default=2,
@@ -48,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tor daemons per worker (1..4, default 2)")
     reh.add_argument("--keep", action="store_true",
                      help="leave everything running after the checks (remove it with `rehearse down`)")
-    sub.add_parser("status", help="show what is running")
-    sub.add_parser("down", help="stop every process of the lab")
+    sub.add_parser("status", help="show what is running", parents=[state])
+    sub.add_parser("down", help="stop every process of the lab", parents=[state])
     return parser
 
 
@@ -66,6 +70,12 @@ def _count(lo: int, hi: int, flag: str):
 
 
 def cmd_up(args) -> int:
+    from lab import preflight
+
+    absent = preflight.missing()
+    if absent:
+        print(f"lab up: {preflight.report(absent)}", file=sys.stderr)
+        return 2
     from lab.stack import Lab
 
     def progress(line: str) -> None:
@@ -105,14 +115,18 @@ def cmd_status(args) -> int:
     from lab.stack import Lab
 
     lab = Lab.load(args.state_dir)
-    print("\n".join(lab.status_lines()))
+    print("\n".join(lab.status_lines(start_command=f"python -m lab up{_state_flag(args)}")))
     return 0
 
 
 def cmd_down(args) -> int:
     from lab.procs import ProcessRegistry
+    from lab.stack import Lab
 
-    stopped = ProcessRegistry(args.state_dir).stop_all()
+    try:
+        stopped = Lab.load(args.state_dir).down()  # also records when, for `status`
+    except FileNotFoundError:  # no lab.json: whatever pids there are, stop them
+        stopped = ProcessRegistry(args.state_dir).stop_all()
     print(f"stopped {len(stopped)} processes" + (f": {', '.join(stopped)}" if stopped else ""))
     return 0
 

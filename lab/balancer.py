@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from lab.heartbeat import Heartbeat
 from lab.ports import PortAllocator
 from lab.procs import ProcessRegistry
 from lab.tornet import TorNetwork, TorNode, check_alive, consensus_fingerprints, controller, bootstrap_progress
@@ -35,14 +36,19 @@ def balancer_tor_lines(kind: str) -> list[str]:
 
 
 def wait_balancer_tor_ready(net: TorNetwork, procs: ProcessRegistry, node: TorNode,
-                            timeout: float = 120.0) -> None:
+                            timeout: float = 120.0, progress=None) -> None:
     """Gate (notes): bootstrapped, and it holds every HSDir relay and its microdescriptor,
-    so the balancer's first HSDir computation sees the whole ring."""
+    so the balancer's first HSDir computation sees the whole ring. `progress` gets a
+    heartbeat line every ~15 s while it waits."""
     want = {n.fingerprint for n in net.relays}
+    beat = Heartbeat(progress, "balancer tor")
     deadline = time.monotonic() + timeout
     while True:
         check_alive(procs, [node])
-        if bootstrap_progress(node) == 100 and consensus_fingerprints(node) >= want:
+        percent = bootstrap_progress(node)
+        listed = consensus_fingerprints(node) & want if percent == 100 else set()
+        missing = None
+        if percent == 100 and listed == want:
             with controller(node) as ctl:
                 missing = [fp for fp in want if not _has_microdesc(ctl, fp)]
             if not missing:
@@ -50,6 +56,8 @@ def wait_balancer_tor_ready(net: TorNetwork, procs: ProcessRegistry, node: TorNo
         if time.monotonic() > deadline:
             raise TimeoutError(f"balancer tor not ready within {timeout:.0f} s; see "
                                f"{procs.log_path(node.process_name)}")
+        beat.beat(f"bootstrap {max(percent, 0)} %, {len(listed)}/{len(want)} relays in its consensus"
+                  + (f", {len(missing)} microdescriptors missing" if missing else ""))
         time.sleep(0.5)
 
 

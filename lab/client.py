@@ -11,6 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from lab.heartbeat import Heartbeat
+
 
 @dataclass
 class Response:
@@ -56,9 +58,12 @@ def fetch(socks_port: int, url: str, isolation: str | None = None,
 
 
 def wait_reachable(socks_port: int, url: str, timeout: float, what: str,
-                   interval: float = 2.0, cacert: str | None = None) -> tuple[Response, float]:
-    """Retry until a 200 comes back; returns it and the seconds it took."""
+                   interval: float = 2.0, cacert: str | None = None,
+                   progress=None) -> tuple[Response, float]:
+    """Retry until a 200 comes back; returns it and the seconds it took. `progress` gets a
+    heartbeat line every ~15 s while it waits."""
     t0 = time.monotonic()
+    beat = Heartbeat(progress, f"{what} at {url}")
     attempt = 0
     while True:
         attempt += 1
@@ -68,6 +73,7 @@ def wait_reachable(socks_port: int, url: str, timeout: float, what: str,
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"{what} not reachable at {url} within {timeout:.0f} s "
                                f"(last: {resp.error or resp.status})")
+        beat.beat(f"{attempt} requests so far, the last: {resp.error or f'HTTP {resp.status}'}")
         time.sleep(interval)
 
 

@@ -219,7 +219,7 @@ class Lab:
             if nickname not in {n.nickname for n in self.net.nodes} else self.net.node(nickname)
         if not self.procs.is_running(node.process_name):
             self.net.start_tor(self.procs, node)
-        balancer_mod.wait_balancer_tor_ready(self.net, self.procs, node)
+        balancer_mod.wait_balancer_tor_ready(self.net, self.procs, node, progress=self.progress)
         self.progress(f"balancer tor: bootstrapped, holds every HSDir (control 127.0.0.1:"
                       f"{node.control_port}, socks 127.0.0.1:{node.socks_port})")
         key_file = Path(key_file or self.info["frontend_key_file"])
@@ -283,7 +283,8 @@ class Lab:
     def wait_frontend(self, timeout: float = 180.0) -> float:
         """Block until the frontend answers through the client; returns seconds waited."""
         resp, took = wait_reachable(self.net.client.socks_port, self.frontend_url(),
-                                    timeout=timeout, what="frontend", cacert=self.info.get("frontend_cert"))
+                                    timeout=timeout, what="frontend", cacert=self.info.get("frontend_cert"),
+                                    progress=self.progress)
         return took
 
     def up(self, workers: int = 2, balancer: str = "onion", tor_daemons: int = 2, https: bool = False) -> None:
@@ -312,9 +313,19 @@ class Lab:
             self.save()
         return stopped
 
-    def status_lines(self) -> list[str]:
+    def status_lines(self, start_command: str = "python -m lab up") -> list[str]:
         lines = [f"state dir: {self.state_dir}"]
         running = [n for n in self.procs.names() if self.procs.is_running(n)]
+        if not running:
+            # After `down` (or a crash) the per-process view would list every part as
+            # stopped and still print a curl line that cannot work: say it plainly.
+            when = self.info.get("stopped_at")
+            how = (f"stopped by `python -m lab down` at {time.strftime('%H:%M:%S', time.localtime(when))}"
+                   if when else "its processes have exited")
+            lines.append(f"nothing is running: {how}")
+            lines.append(f"logs and configs of the last run: {self.state_dir}")
+            lines.append(f"start it again: {start_command}")
+            return lines
         stopped = [n for n in self.procs.names() if n not in running]
         lines.append(f"processes running: {len(running)}" +
                      (f" (not running: {', '.join(stopped)})" if stopped else ""))

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 import jinja2
 
+from lab.heartbeat import Heartbeat
 from lab.ports import PortAllocator
 from lab.procs import ProcessRegistry
 
@@ -243,7 +244,7 @@ class TorNetwork:
                  f"(voting interval {self.voting_interval} s)")
         self.wait_relays(procs, progress, t0, timeout)
         self.start_tor(procs, self.client)
-        wait_bootstrapped(self, procs, self.client, timeout - (time.monotonic() - t0))
+        wait_bootstrapped(self, procs, self.client, timeout - (time.monotonic() - t0), progress)
         took = time.monotonic() - t0
         progress(f"network: client bootstrapped, SocksPort 127.0.0.1:{self.client.socks_port} "
                  f"({took:.0f} s)")
@@ -254,6 +255,7 @@ class TorNetwork:
         """Gate: the consensus lists every relay and every relay is at bootstrap 100 %."""
         want = {n.fingerprint for n in self.relays}
         last = ""
+        beat = Heartbeat(progress, "network")
         while True:
             check_alive(procs, self.relays)
             listed = consensus_fingerprints(self.authorities[0]) & want
@@ -263,6 +265,9 @@ class TorNetwork:
             if line != last:
                 progress(f"{line} ({time.monotonic() - t0:.0f} s)")
                 last = line
+                beat.spoke()
+            else:
+                beat.beat(line.removeprefix("network: "))
             if len(listed) == len(want) and done == len(want):
                 return
             if time.monotonic() - t0 > timeout:
@@ -339,13 +344,15 @@ def consensus_fingerprints(node: TorNode) -> set[str]:
 
 
 def wait_bootstrapped(net: TorNetwork, procs: ProcessRegistry, node: TorNode,
-                      timeout: float) -> None:
+                      timeout: float, progress: Progress | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while bootstrap_progress(node) != 100:
+    beat = Heartbeat(progress, f"tor {node.nickname}")
+    while (percent := bootstrap_progress(node)) != 100:
         check_alive(procs, [node])
         if time.monotonic() > deadline:
             raise TimeoutError(f"tor {node.nickname} did not bootstrap within {timeout:.0f} s; "
                                f"see {procs.log_path(node.process_name)}")
+        beat.beat(f"bootstrap {max(percent, 0)} %")
         time.sleep(0.5)
 
 

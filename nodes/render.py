@@ -692,7 +692,6 @@ class BalancerSpec:
     sites: tuple[SiteSpec, ...]
     instances: Mapping[str, tuple[str, ...]]
     publish: bool = True
-    control_port: int = 9051
     socks_port: int = 9050
     layout: Layout = field(default_factory=Layout)
     user: str = "onionbalancer"
@@ -700,6 +699,9 @@ class BalancerSpec:
     tor_instance: str = "balancer"
     state_dir_rel: str = "var/lib/onion-balancer"
     cookie_file: str = "/run/onionstack-tor-balancer/control.authcookie"
+    # tor's control socket, in its runtime dir (0750, tor's group): the core connects
+    # through it, no TCP control port
+    control_socket: str = "/run/onionstack-tor-balancer/control"
     venv: str = "/opt/onionstack/venv"
     package_lib: str = "/opt/onionstack/lib"
     tor_include: str | None = None
@@ -735,16 +737,12 @@ class BalancerSpec:
         object.__setattr__(self, "instances", normalized)
         if not isinstance(self.publish, bool):
             _fail("publish", self.publish, "use true or false")
-        for name in ("control_port", "socks_port"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and 1 <= value <= 65535):
-                _fail(name, value, "use a TCP port 1..65535")
-        if self.control_port == self.socks_port:
-            _fail("socks_port", self.socks_port, "use a port other than control_port")
+        if not (isinstance(self.socks_port, int) and 1 <= self.socks_port <= 65535):
+            _fail("socks_port", self.socks_port, "use a TCP port 1..65535")
         for name in ("user", "tor_user", "tor_instance"):
             if not SAFE_NAME_RE.match(getattr(self, name)):
                 _fail(name, getattr(self, name), "use a lowercase system name")
-        for name in ("cookie_file", "venv", "package_lib", "tor_binary", "tor_include"):
+        for name in ("cookie_file", "control_socket", "venv", "package_lib", "tor_binary", "tor_include"):
             value = getattr(self, name)
             if value is not None and (not value.startswith("/") or not SAFE_PATH_RE.match(value)):
                 _fail(name, value, "use an absolute path of [A-Za-z0-9._/@+-] characters")

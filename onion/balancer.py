@@ -21,6 +21,14 @@ we fetch the instances' new descriptors, wait (briefly) for them, then republish
 balancer's tor fetches each consensus as early as a directory cache does (see
 docs/investigations/srv-window.md). OnionBalance 0.2.4 republished late and failed between
 SRV changes and period starts.
+
+Clocks: every schedule (republish, retries, probes, holds, reconnects, staleness) runs on a
+monotonic clock, so a wall clock stepped back or forth (NTP, a VM resumed) neither delays
+nor rushes anything; the wall clock is used only where tor's protocol needs it (certificate
+expiry, time periods come from the consensus, revision counters) and to show times in the
+status. Nothing that happens in one instance, one command or one reload stops the loop:
+failures are handled where they happen (see "What the balancer survives" in
+docs/balancer.md).
 """
 from __future__ import annotations
 
@@ -37,9 +45,10 @@ from onion import publisher
 from onion.config import BalancerConfig, ConfigError, load_config, load_keys
 from onion.control import (CommandRejected, ControlError, DescContent, DescEvent,
                            Disconnected, NewConsensus)
+from onion.errors import DescriptorTooLargeError
 from onion.instances import InstanceState
-from onion.probe import ProbeResult
-from onion.publisher import UploadBook, assign_windows, interleave
+from onion.probe import ProbeResult, SocksEndpoint, parse_socks_listeners
+from onion.publisher import UploadBook, fair_windows
 from onion.status import iso, write_status
 
 log = logging.getLogger("onion.balancer")
@@ -52,6 +61,8 @@ FETCH_INTERVAL = 300.0        # backstop refetch of every instance (shorter on f
 PROBE_RETRY = 4.0             # after a failed probe, probe again this soon
 RECONNECT_MAX = 10.0          # a local tor restarting: retry at least this often
 STATUS_MIN_INTERVAL = 1.0
+STATUS_ERROR_LOG_INTERVAL = 600.0  # a status file that cannot be written: say so this often
+FETCH_REFUSED_MAX = 300.0     # a refused HSFETCH backs that instance off, up to this
 
 
 # ----------------------------------------------------------------------------- interfaces
@@ -73,6 +84,7 @@ class RingInfo:
     complete: bool = True       # False: some HSDirs lack microdescriptors (ed25519 ids) yet
     hsdirs: int = 0             # HSDirs in the ring
     hsdirs_without_ed25519: int = 0  # HSDirs left out of it for want of an ed25519 id
+    skipped_malformed: int = 0       # router entries left out as unreadable
 
 
 class ControlPort(Protocol):
@@ -81,6 +93,7 @@ class ControlPort(Protocol):
     def fetch_descriptor(self, address: str, servers: Sequence[str] = ()) -> None: ...
     def post_descriptor(self, text: str, address: str, server: str) -> None: ...
     def signal_active(self) -> None: ...
+    def get_info(self, key: str) -> str: ...
 
 
 class OnionProtocol(Protocol):
@@ -93,8 +106,9 @@ class OnionProtocol(Protocol):
 
 
 class Prober(Protocol):
-    def start(self, address: str) -> None: ...
+    def start(self, address: str) -> bool: ...   # False: not started (one still running, ...)
     def close(self) -> None: ...
+    # optional: set_socks(endpoint) and resize(instances), see onion/probe.py
 
 
 # ----------------------------------------------------------------------------- state
@@ -107,16 +121,22 @@ class FrontendState:
     instances: list[str]                      # instance addresses in config order
     max_intro_points: int = publisher.MAX_INTRO_POINTS
     slots: list[Slot] = field(default_factory=list)
-    selected: list[Any] = field(default_factory=list)     # interleaved intro points in use
+    selected: list[Any] = field(default_factory=list)     # intro points in the descriptors
     selected_from: dict[bytes, str] = field(default_factory=dict)  # auth key -> instance
     note: str = ""
-    last_publish_at: float | None = None
+    last_publish_at: float | None = None                  # monotonic
+    # intro points left out of the last built descriptors because they came out too large
+    left_out: dict[bytes, str] = field(default_factory=dict)  # auth key -> instance
+    size_note: str = ""       # says so (and names the instances) while it lasts
+    size_error: str = ""
 
 
 class Balancer:
     def __init__(self, cfg: BalancerConfig, keys: dict[str, Any], control: ControlPort,
                  protocol: OnionProtocol, prober: Prober | None, *,
-                 clock: Callable[[], float] = time.time, write_status_files: bool = True,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 write_status_files: bool = True,
                  load_overrides: dict[str, Any] | None = None):
         self.cfg = cfg
         # command-line overrides (control endpoint, state dir) that a reload must keep
@@ -124,7 +144,8 @@ class Balancer:
         self.control = control
         self.protocol = protocol
         self.prober = prober
-        self.clock = clock
+        self.clock = clock          # wall clock: certificates, revision counters, status times
+        self.mono = monotonic       # every schedule
         self.write_status_files = write_status_files
         self.queue: "queue.Queue[object]" = queue.Queue()
         self.book = UploadBook()
@@ -140,14 +161,23 @@ class Balancer:
         self.next_ring_refresh_at = float("inf")
         self.next_fetch_all_at = 0.0
         self.status_dirty = True
-        self.last_status_at = 0.0
+        self.last_status_at = float("-inf")
+        self.status_error = ""          # why the status file cannot be written, while it cannot
+        self.status_error_count = 0
+        self.status_error_logged_at = float("-inf")
         self.stop_requested = False
         self.reload_requested = False
+        # The probe path: where tor's SocksPort is, and whether probes can run through it.
+        self.socks: SocksEndpoint | None = None
+        self.probe_path_error = ""      # every probe fails the same local way: this
+        self.probe_path_error_since: float | None = None
+        self.all_down_logged: set[str] = set()  # frontends whose every instance fails probes
         self._apply_config(cfg, keys)
 
     # -- configuration --------------------------------------------------------
     def _apply_config(self, cfg: BalancerConfig, keys: dict[str, Any]) -> None:
-        self.cfg = cfg
+        """Switch to `cfg`. Everything is computed before anything is replaced, so a failure
+        here leaves the previous configuration in place."""
         old = {fe.address: fe for fe in self.frontends}
         frontends = []
         wanted: dict[str, str | None] = {}
@@ -161,35 +191,60 @@ class Balancer:
             frontends.append(fe)
             for inst in fc.instances:
                 wanted[inst.address] = inst.name
-        for addr, name in wanted.items():
-            if addr not in self.instances:
-                self.instances[addr] = InstanceState(address=addr, name=name)
-        for addr in [a for a in self.instances if a not in wanted]:
-            del self.instances[addr]
+        instances = {a: self.instances.get(a) or InstanceState(address=a, name=n) for a, n in wanted.items()}
+        self.cfg = cfg
+        self.instances = instances
         self.frontends = frontends
         self.by_address = {fe.address: fe for fe in frontends}
+        if self.socks is None and cfg.socks_port is not None:
+            self.socks = SocksEndpoint(port=cfg.socks_port)
+        resize = getattr(self.prober, "resize", None)
+        if resize is not None:
+            resize(len(instances))
         self.status_dirty = True
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; on any error keep running with the old one."""
+        """SIGHUP: re-read the config. Whatever goes wrong, the daemon keeps running: an
+        unusable new config leaves the old one in place, and the reason is logged once."""
         try:
             cfg = load_config(self.cfg.path, **self.load_overrides)
             keys = load_keys(cfg)
-        except (ConfigError, OSError, ValueError) as exc:
-            self.last_error = f"reload failed, old config kept: {exc}"
+        except Exception as exc:  # noqa: BLE001 - ConfigError, or anything a loader lets out
+            why = str(exc) if isinstance(exc, (ConfigError, OSError)) else f"{type(exc).__name__}: {exc}"
+            self.last_error = f"reload failed, old config kept: {why}"
             log.error("%s", self.last_error)
             self.status_dirty = True
             return
-        endpoint_changed = cfg.control != self.cfg.control
-        self._apply_config(cfg, keys)
-        log.info("config reloaded: %d frontends, %d instances", len(self.frontends), len(self.instances))
-        if endpoint_changed:
+        old_cfg = self.cfg
+        try:
+            self._apply_config(cfg, keys)
+        except Exception as exc:  # noqa: BLE001 - a bug: the old config stays
+            self.last_error = f"reload failed, old config kept: {type(exc).__name__}: {exc}"
+            log.exception("%s", self.last_error)
+            self.status_dirty = True
+            return
+        log.info("config reloaded: %d frontends, %d instances, publish=%s", len(self.frontends),
+                 len(self.instances), cfg.publish)
+        if old_cfg.socks_port != cfg.socks_port:
+            self.socks = SocksEndpoint(port=cfg.socks_port) if cfg.socks_port is not None else None
+            self._set_prober_socks()
+            if self.socks is None and self.connected and cfg.probe.enabled:
+                self._find_socks()
+        if cfg.control != old_cfg.control:
             self._disconnected("control endpoint changed by reload")
-        elif self.connected:
-            self._refresh_ring(self.clock())
+            return
+        if not self.connected:
+            return
+        now = self.mono()
+        try:
+            self._refresh_ring(now)
             for inst in self.instances.values():
                 if inst.current is None:
-                    self._fetch(inst, self.clock())
+                    self._fetch(inst, now)
+        except ControlError as exc:
+            self._disconnected(str(exc))
+        except Exception:  # noqa: BLE001 - a bug must not stop the balancer
+            log.exception("internal error after a reload")
 
     # -- message intake (any thread) -----------------------------------------
     def submit(self, message: object) -> None:
@@ -231,11 +286,14 @@ class Balancer:
                 message = None
         if self.reload_requested:
             self.reload_requested = False
-            self.reload()
+            try:
+                self.reload()
+            except Exception:  # noqa: BLE001 - reload handles its errors; this is the last net
+                log.exception("internal error in a reload; old config kept")
         self.tick()
 
     def handle(self, message: object) -> None:
-        now = self.clock()
+        now = self.mono()
         try:
             if isinstance(message, DescContent):
                 self._on_content(message, now)
@@ -256,21 +314,28 @@ class Balancer:
         self.status_dirty = True
 
     def tick(self) -> None:
-        now = self.clock()
+        now = self.mono()
         try:
             if not self.connected:
                 if now >= self.next_connect_at:
                     self._connect(now)
                 if not self.connected:
+                    self._write_status()
                     return
             if now >= self.next_ring_refresh_at:
                 self._refresh_ring(now)
             for frontend, hsdir in self.book.expire(now):
                 log.warning("upload of %s.onion to %s: no answer from tor, will retry", frontend, hsdir)
                 self.status_dirty = True
-            self._fetch_due(now)
-            self._probe_due(now)
-            self._publish_all(now)
+            # Each stage on its own: a bug in one (say, fetching) must not stop the others
+            # (probing, publishing a due republish).
+            for stage in (self._fetch_due, self._probe_due, self._publish_all):
+                try:
+                    stage(now)
+                except ControlError:
+                    raise
+                except Exception:  # noqa: BLE001 - the next tick tries again
+                    log.exception("internal error in the balancer loop (%s)", stage.__name__)
         except ControlError as exc:
             self._disconnected(str(exc))
         except Exception:  # a bug must not stop the balancer; the next tick tries again
@@ -294,6 +359,8 @@ class Balancer:
         self.reconnect_failures = 0
         self.last_error = ""
         self.control.signal_active()
+        if self.cfg.socks_port is None and self.cfg.probe.enabled:
+            self._find_socks()
         self._refresh_ring(now)
         for inst in self.instances.values():
             inst.next_fetch_at = 0.0  # fetch everything now
@@ -306,6 +373,31 @@ class Balancer:
             self.period_hold_until = max(self.period_hold_until, now + STARTUP_HOLD)
         self.status_dirty = True
 
+    def _find_socks(self) -> None:
+        """The config names no SocksPort (OnionBalance's never does): ask tor where it
+        listens, on every (re)connect, since a restarted tor may listen elsewhere."""
+        try:
+            listeners = parse_socks_listeners(self.control.get_info("net/listeners/socks") or "")
+        except CommandRejected as exc:  # a tor too old for the key, or it refused
+            listeners, why = [], f"tor did not say where its SocksPort is ({exc})"
+        else:
+            why = "tor has no SocksPort (GETINFO net/listeners/socks is empty)"
+        found = listeners[0] if listeners else None
+        if found != self.socks and found is not None:
+            log.info("liveness probes go through tor's SocksPort %s (from tor)", found.describe())
+        self.socks = found
+        if found is not None and self.probe_path_error:
+            self.probe_path_error, self.probe_path_error_since = "", None  # probes will tell
+        if found is None:
+            self._probe_path_broken(why + "; add a SocksPort on 127.0.0.1 to tor's torrc or "
+                                    "socks_port to the balancer's config", self.mono())
+        self._set_prober_socks()
+
+    def _set_prober_socks(self) -> None:
+        setter = getattr(self.prober, "set_socks", None)
+        if setter is not None:
+            setter(self.socks)
+
     def _disconnected(self, reason: str) -> None:
         if not self.connected:
             return  # already handled (a failed command and stem's CLOSED event both report it)
@@ -313,7 +405,7 @@ class Balancer:
         self.connected = False
         self.last_error = reason
         self.control.close()
-        now = self.clock()
+        now = self.mono()
         # Uploads in flight are lost with the connection: count them failed, retry later.
         for frontend, hsdir in list(self.book.inflight):
             self.book.fail(frontend, hsdir, "control connection lost", now)
@@ -347,7 +439,7 @@ class Balancer:
         self.last_error = "" if self.last_error.startswith("hash ring") else self.last_error
         for fe in self.frontends:
             try:
-                fe.slots = self.protocol.slots(fe.identity, now)
+                fe.slots = self.protocol.slots(fe.identity, self.clock())
             except ValueError as exc:
                 fe.note = f"cannot compute responsible HSDirs: {exc}"
                 fe.slots = []
@@ -375,6 +467,9 @@ class Balancer:
 
     # -- instance descriptors -------------------------------------------------
     def _fetch(self, inst: InstanceState, now: float) -> None:
+        """HSFETCH one instance. tor refusing the command (e.g. `552 Unknown SERVER` for an
+        HSDir it has dropped) fails this instance's fetch only: it backs off, the others
+        and the rest of the tick go on. A lost connection (ControlError) is everybody's."""
         servers: list[str] = []
         if self.ring is not None and inst.fetch_failures % 2 == 0:
             # Ask responsible HSDirs directly: tor otherwise skips HSDirs it asked in the
@@ -384,12 +479,23 @@ class Balancer:
                 servers = self.protocol.fetch_hsdirs(inst.address, now)[:2]
             except ValueError:
                 servers = []
-        self.control.fetch_descriptor(inst.address, servers)
+        try:
+            self.control.fetch_descriptor(inst.address, servers)
+        except CommandRejected as exc:
+            inst.fetch_failures += 1
+            retry = min(FETCH_REFUSED_MAX, 2.0 * 2 ** min(inst.fetch_failures, 8))
+            inst.next_fetch_at = now + retry
+            reason = f"HSFETCH refused by tor: {exc}"
+            if inst.last_error != reason:
+                log.warning("instance %s.onion: %s; retrying it in %.0f s", inst.address, exc, retry)
+            inst.last_error, inst.last_error_at = reason, now
+            self.status_dirty = True
+            return
         inst.fetch_requested_at = now
         inst.next_fetch_at = now + self._fetch_interval()
 
     def _fetch_due(self, now: float) -> None:
-        for inst in self.instances.values():
+        for inst in list(self.instances.values()):
             # waiting for a new period's descriptor: ask again soon (unless fetches fail,
             # then the backoff below applies)
             awaiting = (inst.awaiting_period is not None and now < self.period_hold_until
@@ -409,7 +515,13 @@ class Balancer:
         inst = self.instances.get(msg.address)
         if inst is None:
             return  # not ours (or our own frontend's descriptor)
-        offer = inst.offer(msg.text, msg.hsdir, now, self.protocol.decode, self._periods_for_decode())
+        rejected = inst.rejected
+        offer = inst.offer(msg.text, msg.hsdir, now, self.protocol.decode, self._periods_for_decode(),
+                           wall=self.clock())
+        if inst.rejected > rejected and inst.awaiting_period is not None:
+            # It answered, with a descriptor we refuse: waiting longer for it would only
+            # hold the others' publication up (start-up or period hold).
+            inst.awaiting_period = None
         if offer.accepted:
             inst.fetch_failures = 0
         if offer.accepted and offer.changed:
@@ -454,14 +566,36 @@ class Balancer:
                 p.in_flight_since = None  # lost result (should not happen): probe again
             if inst.current is None or now < p.next_at:
                 continue
-            p.in_flight_since = now
-            self.prober.start(inst.address)
+            if self.prober.start(inst.address) is not False:  # False: one still runs
+                p.in_flight_since = now
+
+    def _probe_path_broken(self, why: str, now: float) -> None:
+        if self.probe_path_error != why:
+            log.error("liveness probes cannot reach any instance: %s. Instances keep their "
+                      "last known state (not marked down); failover is off until this is fixed",
+                      why)
+            self.probe_path_error_since = now
+        self.probe_path_error = why
+        self.status_dirty = True
 
     def _on_probe(self, msg: ProbeResult, now: float) -> None:
         inst = self.instances.get(msg.address)
         if inst is None:
             return
         settings = self.cfg.probe
+        if getattr(msg, "local", False):
+            # The probe never reached tor's onion-service code: our own SocksPort (or the
+            # path to it) failed. Not the instance's fault: keep its state, say so loudly.
+            inst.probe.in_flight_since = None
+            inst.probe.next_at = now + min(settings.interval, PROBE_RETRY * 4)
+            inst.probe.last_at, inst.probe.last_result = now, f"not probed: {msg.detail}"
+            self._probe_path_broken(msg.detail, now)
+            if self.cfg.socks_port is None and self.connected:
+                self._find_socks()  # tor may listen elsewhere since it restarted
+            return
+        if self.probe_path_error:
+            log.warning("liveness probes work again (%s.onion: %s)", inst.address, msg.detail)
+            self.probe_path_error, self.probe_path_error_since = "", None
         changed = inst.probe_result(msg.ok, msg.detail, now, settings.failures)
         inst.probe.next_at = now + (settings.interval if msg.ok else min(settings.interval, PROBE_RETRY))
         if not msg.ok and inst.probe.consecutive_failures == 1:
@@ -481,21 +615,34 @@ class Balancer:
 
     # -- publishing -----------------------------------------------------------
     def _usable(self, fe: FrontendState, now: float) -> tuple[list[InstanceState], str]:
+        wall = self.clock()
         valid = [self.instances[a] for a in sorted(fe.instances)
-                 if a in self.instances and self.instances[a].has_valid_descriptor(now)]
+                 if a in self.instances and self.instances[a].has_valid_descriptor(now, wall)]
         alive = [i for i in valid if not i.probe_down(self.cfg.probe.failures)] if self.cfg.probe.enabled else valid
         if valid and not alive:
             # Every probe fails: more likely our own tor is in trouble than every worker
-            # dead. Keep advertising them all rather than nothing.
-            return valid, "all instances fail their probes: keeping all of them"
+            # dead. Keep advertising them all rather than nothing - and say so loudly.
+            note = (f"every instance fails its probes ({valid[0].probe.last_result or '?'}): "
+                    "publishing all of them, failover is off until one passes; check the "
+                    "balancer's tor and the workers")
+            if fe.address not in self.all_down_logged:
+                log.error("frontend %s: %s", fe.name, note)
+                self.all_down_logged.add(fe.address)
+            return valid, note
+        if fe.address in self.all_down_logged:
+            log.warning("frontend %s: instances pass their probes again", fe.name)
+            self.all_down_logged.discard(fe.address)
         return alive, ""
 
-    def select(self, fe: FrontendState, now: float) -> list[Any]:
+    def select(self, fe: FrontendState, now: float) -> list[list[Any]]:
+        """The intro point groups of the usable instances, in address order."""
         usable, note = self._usable(fe, now)
+        if self.probe_path_error and self.cfg.probe.enabled:
+            note = (f"liveness probes cannot run ({self.probe_path_error}): instances keep their "
+                    "last known state, failover is off") + (f"; {note}" if note else "")
         fe.note = note
-        groups = [inst.current.decoded.intro_points for inst in usable]
         fe.selected_from = {ip.auth_key: inst.address for inst in usable for ip in inst.current.decoded.intro_points}
-        return interleave(groups)
+        return [list(inst.current.decoded.intro_points) for inst in usable]
 
     def _holding(self, fe: FrontendState, now: float) -> bool:
         """True while a new period's descriptor is still missing from a live instance
@@ -515,45 +662,107 @@ class Balancer:
             if self._holding(fe, now):
                 fe.note = "new time period: waiting for the instances' new descriptors"
                 continue
-            points = self.select(fe, now)
-            fe.selected = points
-            if not points:
+            groups = self.select(fe, now)
+            if not any(groups):
+                fe.selected = []
                 fe.note = fe.note or "no instance with a valid descriptor yet: nothing to publish"
                 continue
-            self._publish(fe, points, now)
+            self._publish(fe, groups, now)
 
-    def _publish(self, fe: FrontendState, points: list[Any], now: float) -> None:
-        built: dict[tuple[int, frozenset], tuple[str, int]] = {}
+    def _publish(self, fe: FrontendState, groups: list[list[Any]], now: float) -> None:
+        built: dict[tuple[int, frozenset], tuple[str, int, frozenset] | None] = {}
         provenance: dict[tuple[int, frozenset], str] = {}
+        selected: dict[bytes, Any] = {}
+        left_out: dict[bytes, str] = {}
         for slot in fe.slots:
-            windows = assign_windows(points, slot.hsdirs, fe.max_intro_points)
+            windows = fair_windows(groups, slot.hsdirs, fe.max_intro_points)
+            for window in windows.values():
+                for ip in window:
+                    selected.setdefault(ip.auth_key, ip)
             for hsdir, window in windows.items():
                 content = frozenset(ip.auth_key for ip in window)
-                reason = self.book.needs_upload(fe.address, slot.period, hsdir, content, now)
+                reason = self.book.needs_upload(fe.address, slot.period, hsdir, content, now,
+                                                publishing=self.cfg.publish)
                 if reason is None:
                     continue
                 key = (slot.period, content)
                 if key not in built:
-                    try:
-                        built[key] = self.protocol.build(fe.identity, slot.period, window, now)
-                        provenance[key] = self._provenance(fe, window)
-                    except ValueError as exc:
-                        fe.note = f"cannot build descriptor: {exc}"
-                        log.error("frontend %s: %s", fe.name, fe.note)
-                        return
-                text, revision = built[key]
+                    built[key] = self._build(fe, slot.period, window, left_out)
+                    provenance[key] = self._provenance(fe, window)
+                if built[key] is None:
+                    continue  # cannot be built (said in the note and log); other slots go on
+                text, revision, in_descriptor = built[key]
+                count = len(in_descriptor)
                 if not self.cfg.publish:
-                    self.book.standby(fe.address, slot.period, hsdir, content, now, revision)
+                    self.book.standby(fe.address, slot.period, hsdir, content, now, revision, in_descriptor)
                     continue
-                self.book.sent(fe.address, slot.period, hsdir, content, now, revision)
+                self.book.sent(fe.address, slot.period, hsdir, content, now, revision, in_descriptor)
                 try:
                     self.control.post_descriptor(text, fe.address, hsdir)
                 except CommandRejected as exc:
                     self.book.fail(fe.address, hsdir, f"HSPOST refused: {exc}", now)
                 log.info("frontend %s: upload period %d to %s (%s, %d intro points from %s, rev %d)",
-                         fe.name, slot.period, hsdir, reason, len(window), provenance[key], revision)
+                         fe.name, slot.period, hsdir, reason, count, provenance[key], revision)
                 fe.last_publish_at = now
                 self.status_dirty = True
+        fe.selected = list(selected.values())
+        if built:  # something was (re)built: these are the intro points left out now
+            # (left out of every descriptor: one dropped from one window may fit in another)
+            placed = {k for entry in built.values() if entry is not None for k in entry[2]}
+            left_out = {k: a for k, a in left_out.items() if k not in placed}
+            fe.left_out = left_out
+            note = ""
+            if left_out:
+                culprits: dict[str, int] = {}
+                for address in left_out.values():
+                    culprits[address] = culprits.get(address, 0) + 1
+                note = (f"descriptors too large for tor ({fe.size_error}): left out "
+                        + ", ".join(f"{n} intro point(s) of {a}.onion" for a, n in
+                                    sorted(culprits.items(), key=lambda kv: (-kv[1], kv[0]))))
+                log.warning("frontend %s: %s", fe.name, note)
+            fe.size_note = note
+
+    def _build(self, fe: FrontendState, period: int, window: Sequence[Any],
+               left_out: dict[bytes, str]) -> tuple[str, int, frozenset] | None:
+        """Build one descriptor; if it comes out larger than tor accepts, leave out intro
+        points and build again rather than publish nothing. Each round drops the largest
+        intro point of the instance that takes the most bytes in the descriptor, so the
+        instance whose intro points are oversized pays, and the log and status name it.
+        (tor, making its own descriptor too large, logs "We just made an HS descriptor
+        that's too big" and publishes nothing: hs_descriptor.c hs_desc_encode_descriptor;
+        its own intro points are never that large, an instance's may be.)"""
+        points = list(window)
+        dropped: list[Any] = []
+        first_error = ""
+        wall = self.clock()
+        while True:
+            try:
+                text, revision = self.protocol.build(fe.identity, period, points, wall)
+                break
+            except DescriptorTooLargeError as exc:
+                if len(points) <= 1:
+                    fe.note = f"cannot build a descriptor for period {period}: {exc}"
+                    log.error("frontend %s: %s", fe.name, fe.note)
+                    return None
+                by_instance: dict[str, int] = {}
+                for ip in points:
+                    src = fe.selected_from.get(ip.auth_key, "?")
+                    by_instance[src] = by_instance.get(src, 0) + publisher.wire_size(ip)
+                worst = max(by_instance, key=lambda a: (by_instance[a], a))
+                victim = max((ip for ip in points if fe.selected_from.get(ip.auth_key, "?") == worst),
+                             key=publisher.wire_size)
+                points.remove(victim)
+                dropped.append(victim)
+                first_error = first_error or str(exc)
+            except ValueError as exc:  # DescriptorError, ConsensusError: never a crash
+                fe.note = f"cannot build a descriptor for period {period}: {exc}"
+                log.error("frontend %s: %s", fe.name, fe.note)
+                return None
+        for ip in dropped:
+            left_out[ip.auth_key] = fe.selected_from.get(ip.auth_key, "?")
+        if dropped:
+            fe.size_error = first_error
+        return text, revision, frozenset(ip.auth_key for ip in points)
 
     def _provenance(self, fe: FrontendState, window: Sequence[Any]) -> str:
         """Which instance descriptors (time periods) an upload's intro points come from, and
@@ -569,7 +778,12 @@ class Balancer:
 
     # -- status ---------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        now = self.clock()
+        now = self.mono()
+        wall_now = self.clock()
+
+        def wall(t: float | None) -> float | None:
+            return None if t is None else wall_now - (now - t)
+
         out_frontends = []
         for fe in self.frontends:
             instances = []
@@ -581,7 +795,7 @@ class Balancer:
                 if inst.current is not None:
                     d = inst.current.decoded
                     desc = {
-                        "received_at": inst.current.received_at,
+                        "received_at": wall(inst.current.received_at),
                         "age_seconds": round(now - inst.current.received_at, 1),
                         "revision": d.revision, "time_period": d.period,
                         "signing_key_expiry": iso(d.signing_key_expiry),
@@ -593,10 +807,11 @@ class Balancer:
                     "address": addr, "name": inst.name, "healthy": p.healthy,
                     "in_use": any(fe.selected_from.get(ip.auth_key) == addr for ip in fe.selected),
                     "descriptor": desc, "rejected_descriptors": inst.rejected,
-                    "last_error": inst.last_error or None, "last_error_at": inst.last_error_at,
+                    "last_error": inst.last_error or None, "last_error_at": wall(inst.last_error_at),
                     "awaiting_new_period": inst.awaiting_period,
-                    "probe": {"consecutive_failures": p.consecutive_failures, "last_at": p.last_at,
-                              "last_ok_at": p.last_ok_at, "last_result": p.last_result or None},
+                    "intro_points_left_out": sum(1 for a in fe.left_out.values() if a == addr),
+                    "probe": {"consecutive_failures": p.consecutive_failures, "last_at": wall(p.last_at),
+                              "last_ok_at": wall(p.last_ok_at), "last_result": p.last_result or None},
                 })
             descriptors = []
             published: dict[bytes, str] = {}
@@ -608,12 +823,12 @@ class Balancer:
                         ups.append({"hsdir": hsdir, "state": "not yet"})
                         continue
                     ups.append({"hsdir": hsdir, "state": rec.state, "result": rec.result or None,
-                                "attempted_at": rec.attempted_at, "confirmed_at": rec.confirmed_at,
+                                "attempted_at": wall(rec.attempted_at), "confirmed_at": wall(rec.confirmed_at),
                                 "failures": rec.failures, "revision": rec.revision,
-                                "next_retry_at": rec.next_retry_at if rec.state == "failed" else None,
-                                "intro_points": len(rec.content)})
+                                "next_retry_at": wall(rec.next_retry_at) if rec.state == "failed" else None,
+                                "intro_points": len(rec.intro_keys)})
                     if rec.state in ("uploaded", "standby"):
-                        for k in rec.content:
+                        for k in rec.intro_keys:
                             published.setdefault(k, fe.selected_from.get(k, "?"))
                 descriptors.append({"time_period": slot.period, "role": slot.role, "hsdirs": ups})
             next_at = self.book.next_due(fe.address, [s.period for s in fe.slots],
@@ -623,12 +838,13 @@ class Balancer:
             out_frontends.append({
                 "name": fe.name, "address": fe.address, "instances": instances,
                 "published_intro_points": [{"auth_key": k.hex(), "instance": v} for k, v in published.items()],
-                "descriptors": descriptors, "next_publish_at": next_at,
-                "last_publish_at": fe.last_publish_at, "note": fe.note or None,
+                "descriptors": descriptors, "next_publish_at": wall(next_at),
+                "last_publish_at": wall(fe.last_publish_at),
+                "note": "; ".join(n for n in (fe.note, fe.size_note) if n) or None,
             })
         ring = self.ring
         return {
-            "version": 1, "pid": os.getpid(), "written_at": now, "publish": self.cfg.publish,
+            "version": 1, "pid": os.getpid(), "written_at": wall_now, "publish": self.cfg.publish,
             "config": self.cfg.path,
             "tor": {"connected": self.connected, "control": self.cfg.control.describe(),
                     "time_period": ring.current_period if ring else None,
@@ -636,14 +852,20 @@ class Balancer:
                     "consensus_valid_after": iso(ring.valid_after) if ring else None,
                     "hsdirs": ring.hsdirs if ring else None,
                     "hsdirs_without_ed25519_id": ring.hsdirs_without_ed25519 if ring else None,
+                    "consensus_entries_unreadable": ring.skipped_malformed if ring else None,
                     "last_error": self.last_error or None},
+            "probes": {"enabled": self.cfg.probe.enabled,
+                       "socks": self.socks.describe() if self.socks else None,
+                       "working": not self.probe_path_error,
+                       "error": self.probe_path_error or None,
+                       "error_since": wall(self.probe_path_error_since)},
             "frontends": out_frontends,
         }
 
     def _write_status(self, force: bool = False, stopping: bool = False) -> None:
         if not self.write_status_files:
             return
-        now = self.clock()
+        now = self.mono()
         if not force and (not self.status_dirty or now - self.last_status_at < STATUS_MIN_INTERVAL):
             return
         try:
@@ -658,6 +880,23 @@ class Balancer:
         try:
             write_status(self.cfg.state_dir, data)
         except OSError as exc:
-            log.error("cannot write status file in %s: %s", self.cfg.state_dir, exc)
+            # A full disk fails every write, once a second: say it when it starts, then at
+            # most every STATUS_ERROR_LOG_INTERVAL with how many failed meanwhile.
+            self.status_error_count += 1
+            why = str(exc)
+            if why != self.status_error or now - self.status_error_logged_at >= STATUS_ERROR_LOG_INTERVAL:
+                more = (f" ({self.status_error_count - 1} more failed writes since the last message)"
+                        if self.status_error == why and self.status_error_count > 1 else "")
+                log.error("cannot write status file in %s: %s%s; publishing goes on, next "
+                          "message in %.0f min if it persists", self.cfg.state_dir, exc, more,
+                          STATUS_ERROR_LOG_INTERVAL / 60)
+                self.status_error_logged_at = now
+                self.status_error_count = 1
+            self.status_error = why
+        else:
+            if self.status_error:
+                log.warning("status file in %s written again", self.cfg.state_dir)
+                self.status_error, self.status_error_count = "", 0
+                self.status_error_logged_at = float("-inf")
         self.status_dirty = False
         self.last_status_at = now

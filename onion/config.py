@@ -4,7 +4,8 @@ onionstack's format::
 
     publish: true                 # false: everything but HSPOST (blue/green standby)
     control: {port: 9051}         # or {socket: /run/tor-balancer/control}; cookie auth
-    socks_port: 9050              # balancer tor's SocksPort on 127.0.0.1 (liveness probes)
+    socks_port: 9050              # optional: the balancer tor's SocksPort on 127.0.0.1 (liveness
+                                  # probes); without it the balancer asks tor where it listens
     state_dir: /var/lib/onion-balancer
     probe: {port: 80, interval: 20, timeout: 30, failures: 3}   # optional
     frontends:
@@ -26,8 +27,10 @@ value and what to do instead.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import reprlib
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +42,6 @@ from onion.errors import OnionError
 
 DEFAULT_STATE_DIR = "/var/lib/onion-balancer"
 DEFAULT_CONTROL_PORT = 9051
-DEFAULT_SOCKS_PORT = 9050
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # tor clients reject descriptors with more than 20 introduction points (rend-spec-v3).
 MAX_INTRO_POINTS = 20
@@ -86,7 +88,7 @@ class FrontendConfig:
 class BalancerConfig:
     publish: bool
     control: ControlEndpoint
-    socks_port: int
+    socks_port: int | None          # None: ask tor (GETINFO net/listeners/socks)
     state_dir: str
     frontends: tuple[FrontendConfig, ...]
     probe: ProbeSettings = field(default_factory=ProbeSettings)
@@ -96,8 +98,13 @@ class BalancerConfig:
 
 # ----------------------------------------------------------------------------- helpers
 
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 80
+_SHOW.maxlevel = 3  # bounded: YAML aliases can make a small file a huge nested value
+
+
 def _fail(where: str, value: Any, problem: str, fix: str) -> ConfigError:
-    shown = repr(value)
+    shown = _SHOW.repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return ConfigError(f"{where}: {problem} (got {shown}); {fix}")
@@ -124,10 +131,18 @@ def _port(value: Any, where: str) -> int:
 
 
 def _positive(value: Any, where: str, *, integer: bool = False, maximum: float | None = None) -> float:
+    """A finite positive number, at most `maximum`. NaN and infinity are refused by name:
+    YAML reads `.nan` and `.inf` as floats, and NaN passes every `<`/`>` check (a NaN probe
+    interval probed every tick, a NaN timeout turned probing off)."""
     ok_types = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types) or value <= 0:
-        kind = "a positive integer" if integer else "a positive number"
-        raise _fail(where, value, f"must be {kind}", f"use {kind}")
+    kind = "a positive integer" if integer else "a positive number"
+    span = f"{kind}" + (f" up to {maximum:g}" if maximum is not None else "")
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        raise _fail(where, value, f"must be {kind}", f"use {span}")
+    if not math.isfinite(value):
+        raise _fail(where, value, "must be a finite number", f"use {span}")
+    if value <= 0:
+        raise _fail(where, value, f"must be {kind}", f"use {span}")
     if maximum is not None and value > maximum:
         raise _fail(where, value, f"must be at most {maximum:g}", f"use a value from 1 to {maximum:g}")
     return value
@@ -233,6 +248,9 @@ def load_config(path: str, *, control_port: int | None = None, control_socket: s
             text = handle.read()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; pass --config with the balancer's YAML") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}; check the path, its "
+                          "permissions and that it is UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -240,6 +258,16 @@ def load_config(path: str, *, control_port: int | None = None, control_socket: s
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"config file {path} is not valid YAML{where}: "
                           f"{getattr(exc, 'problem', exc)}; fix the syntax there") from None
+    except RecursionError:
+        # PyYAML's composer recurses once per nesting level: `[[[[...]]]]` a few thousand
+        # deep exhausts Python's stack. No balancer config nests more than 4 levels.
+        raise ConfigError(f"config file {path} nests too deeply to be a balancer config; "
+                          "see docs/balancer.md for the format") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors raise these for values that parse but do not construct,
+        # e.g. a timestamp with month 13
+        raise ConfigError(f"config file {path} holds a value YAML cannot construct ({exc}); "
+                          "fix or quote it") from None
     if not isinstance(data, dict):
         raise _fail(path, data, "must be a YAML mapping with `frontends:` (or OnionBalance's `services:`)",
                     "see docs/balancer.md for the format")
@@ -329,7 +357,9 @@ def _parse_onionstack(data: dict, base_dir: str) -> dict:
     # Scalars first, so their errors are not hidden behind a frontend's.
     publish = _bool(data.get("publish", True), "publish")
     control = _control(data.get("control", {"port": DEFAULT_CONTROL_PORT}), "control")
-    socks_port = _port(data.get("socks_port", DEFAULT_SOCKS_PORT), "socks_port")
+    # No socks_port: ask tor where its SocksPort listens (a fixed default of 9050 probed
+    # nothing on a tor listening elsewhere, and every instance then looked down).
+    socks_port = None if data.get("socks_port") is None else _port(data["socks_port"], "socks_port")
     state_dir = data.get("state_dir", DEFAULT_STATE_DIR)
     if not isinstance(state_dir, str) or not state_dir:
         raise _fail("state_dir", state_dir, "must be a directory path", f"use e.g. {DEFAULT_STATE_DIR}")
@@ -406,7 +436,7 @@ def _parse_onionbalance(data: dict, base_dir: str) -> dict:
         "format": "onionbalance",
         "publish": True,
         "control": ControlEndpoint(port=DEFAULT_CONTROL_PORT),
-        "socks_port": DEFAULT_SOCKS_PORT,
+        "socks_port": None,           # OnionBalance has no such setting: ask tor
         "state_dir": DEFAULT_STATE_DIR,
         "probe": ProbeSettings(),
         "frontends": frontends,

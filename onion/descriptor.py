@@ -49,7 +49,7 @@ from onion.keys import BlindedKey, IdentityKey, parse_address, onion_address
 __all__ = [
     "LinkSpecifier", "IntroPoint", "MasterDescriptor", "MasterDescriptorBuilder",
     "DecryptedDescriptor", "build_master_descriptor", "decrypt_descriptor", "revision_counter",
-    "MAX_INTRO_POINTS", "DEFAULT_LIFETIME_MINUTES", "MAX_DESCRIPTOR_SIZE",
+    "MAX_INTRO_POINTS", "DEFAULT_LIFETIME_MINUTES", "MAX_DESCRIPTOR_SIZE", "intro_point_problem",
     "DescriptorError", "DescriptorFormatError", "DescriptorTooLargeError",
     "TooManyIntroPointsError", "CertificateError", "CertificateExpiredError",
     "BlindedKeyMismatchError", "DescriptorSignatureError", "DescriptorDecryptionError",
@@ -136,6 +136,37 @@ class LinkSpecifier:
         if self.type == LS_LEGACY_ID:
             return f"LinkSpecifier.legacy_id({self.data.hex().upper()!r})"
         return f"LinkSpecifier(type={self.type}, data={self.data.hex()})"
+
+
+# What a tor onion service puts in an intro point's link specifiers: hs_service.c takes
+# them from nodelist.c node_get_link_specifier_smartlist(): IPv4 and the legacy RSA
+# identity always, the ed25519 identity when the relay has one, IPv6 when it has one. Each
+# type once, so at most 4, every one of a known type and fixed length (tor's trunnel parser,
+# ed25519_cert.trunnel `struct link_specifier`, enforces the lengths of known types and
+# keeps unknown types as opaque bytes, which clients then ignore: hs_common.c
+# hs_get_extend_info_from_lspecs). A client cannot use an intro point without IPv4 and
+# legacy id (ibid.).
+TOR_MAX_LINK_SPECIFIERS = 4
+
+
+def intro_point_problem(ip: "IntroPoint") -> str | None:
+    """Why tor would never have produced this intro point, or None. An instance whose
+    descriptor has one is broken or hostile: padded link specifiers of unknown types are
+    how one ~41 kB instance descriptor made every master descriptor too large to publish."""
+    specs = ip.link_specifiers
+    types = [spec.type for spec in specs]
+    if len(specs) > TOR_MAX_LINK_SPECIFIERS:
+        return (f"{len(specs)} link specifiers; tor services make at most "
+                f"{TOR_MAX_LINK_SPECIFIERS} (IPv4, legacy id, ed25519 id, IPv6)")
+    unknown = sorted({t for t in types if t not in _LS_LENGTHS})
+    if unknown:
+        return (f"link specifier type(s) {', '.join(map(str, unknown))} that tor services never "
+                "make (they make types 0-3)")
+    if len(set(types)) != len(types):
+        return "a link specifier type appears twice; tor services list each once"
+    if LS_IPV4 not in types or LS_LEGACY_ID not in types:
+        return "no IPv4 or no legacy-id link specifier; tor clients cannot use such an intro point"
+    return None
 
 
 def encode_link_specifiers(specs: Sequence[LinkSpecifier]) -> bytes:
@@ -712,9 +743,11 @@ class MasterDescriptorBuilder:
             parts += (ip.__dict__.get("_wire_head") or ip.wire_head(), tail)
         return b"".join(parts)
 
-    def build(self, intro_points: Sequence[IntroPoint], *, revision_counter: int) -> MasterDescriptor:
+    def build(self, intro_points: Sequence[IntroPoint], *, revision_counter: int,
+              max_size: int = MAX_DESCRIPTOR_SIZE) -> MasterDescriptor:
         """Build, sign and encrypt one descriptor. Raises `TooManyIntroPointsError` above 20
-        and `DescriptorTooLargeError` if the result exceeds 50000 bytes.
+        and `DescriptorTooLargeError` if the result is not below `max_size` bytes (tor's
+        limit: the consensus' HSV3MaxDescriptorSize, 50000 by default; hs_cache.c).
 
         Each layer is written into one buffer of its final size (the base64 lines of the
         layer inside it included), so the 30 kB middle layer and the 41 kB text are not
@@ -749,11 +782,11 @@ class MasterDescriptorBuilder:
                     self.lifetime_minutes, self._signing_cert_pem, revision_counter))
         end = len(head) + _b64_lines_size(len(middle_blob))
         signed = end + len(_END_MESSAGE_LINE)
-        if signed + _SIGNATURE_LINE_SIZE >= MAX_DESCRIPTOR_SIZE:
+        if signed + _SIGNATURE_LINE_SIZE >= min(max_size, MAX_DESCRIPTOR_SIZE):
             raise DescriptorTooLargeError(
                 f"descriptor with {len(intro_points)} introduction points is "
                 f"{signed + _SIGNATURE_LINE_SIZE} bytes; tor accepts less than "
-                f"{MAX_DESCRIPTOR_SIZE}: use fewer introduction points")
+                f"{min(max_size, MAX_DESCRIPTOR_SIZE)}: use fewer introduction points")
         text = bytearray(signed + _SIGNATURE_LINE_SIZE)
         text[:len(head)] = head
         _b64_lines_into(text, len(head), middle_blob)
@@ -815,6 +848,9 @@ def decrypt_descriptor(text: str | bytes, address: str, *,
             raise DescriptorFormatError("descriptor is not ASCII text") from None
     if len(text) > max_size:
         raise DescriptorTooLargeError(f"descriptor is {len(text)} bytes, at most {max_size} accepted")
+    if not text.isascii():  # else the signature check's encode("ascii") raised UnicodeEncodeError
+        at = next(i for i, c in enumerate(text) if ord(c) > 127)
+        raise DescriptorFormatError(f"descriptor is not ASCII text (character {text[at]!r} at offset {at})")
     public_key = parse_address(address)
     periods = [time_period_numbers] if isinstance(time_period_numbers, int) else list(time_period_numbers)
     if not periods:

@@ -48,6 +48,7 @@ DEFAULT_PERIOD_LENGTH = 1440   # minutes; tor HS_TIME_PERIOD_LENGTH_DEFAULT
 DEFAULT_N_REPLICAS = 2         # hsdir_n_replicas
 DEFAULT_SPREAD_STORE = 4       # hsdir_spread_store
 DEFAULT_SPREAD_FETCH = 3       # hsdir_spread_fetch
+DEFAULT_MAX_DESCRIPTOR_SIZE = 50000  # HSV3MaxDescriptorSize (tor: HS_DESC_MAX_LEN)
 SRV_ROUNDS_PER_PHASE = 12      # SHARED_RANDOM_N_ROUNDS
 SRV_PHASES = 2                 # SHARED_RANDOM_N_PHASES
 
@@ -57,6 +58,7 @@ _PERIOD_LENGTH_BOUNDS = (30, 60 * 24 * 10)   # tor HS_TIME_PERIOD_LENGTH_MIN/MAX
 _N_REPLICAS_BOUNDS = (1, 16)
 _SPREAD_STORE_BOUNDS = (1, 128)
 _SPREAD_FETCH_BOUNDS = (1, 128)
+_MAX_DESCRIPTOR_SIZE_BOUNDS = (1, 2**31 - 1)  # hs_cache.c: 1..INT32_MAX
 
 
 def _unix(when) -> int:
@@ -229,13 +231,17 @@ def _parse_time(text: str) -> int:
         raise ConsensusError(f"consensus time {text!r} is not 'YYYY-MM-DD HH:MM:SS'") from None
 
 
-# One router entry of a consensus (dir-spec: r, then a/m lines, s, v, pr, w, p, in that
-# order): nickname, identity, the flags of its s line and its whole pr line ("" if none).
+# One router entry of a consensus (dir-spec: r, then a lines, the m line of the microdesc
+# flavour, s, v, pr, w, p, in that order): nickname, identity, the microdescriptor digest
+# ("" in the full flavour), the flags of its s line and its whole pr line ("" if none).
 # The skipped lines never start with r, so a match never runs into the next entry; an
-# entry without an s line does not match (it has no flags: not an HSDir).
+# entry without an s line does not match (it has no flags: not an HSDir), nor does one
+# whose r line lacks a field the ring reads: such an entry is skipped and counted.
 _ROUTER_ENTRY = re.compile(
     r"^r (\S+) (\S+)[^\n]*\n"   # r nickname identity ...
-    r"(?:[^rs\n][^\n]*\n)*"      # a / m lines
+    r"(?:a [^\n]*\n)*"           # a lines
+    r"(?:m (\S+)[^\n]*\n)?"      # m line (microdesc consensus)
+    r"(?:[^rs\n][^\n]*\n)*"      # anything else before s
     r"s ([^\n]*)\n"               # s flags
     r"(?:[^rp\n][^\n]*\n)*"      # v line
     r"(?:(pr [^\n]*)\n)?",        # pr line, if any
@@ -245,16 +251,50 @@ _ROUTER_ENTRY = re.compile(
 # 8000 relays instead of ~17 ms).
 _MALFORMED_ROUTER_LINE = re.compile(r"\nr (?!\S+ \S+)[^\n]*")
 
+# tor's protover.c: versions are 0..MAX_PROTOCOL_VERSION (63), kept as a 64-bit mask, and a
+# protocol list with any malformed entry (a version above 63, a range low > high, a stray
+# character) is "unparseable: treat it as if it defines no protocols"
+# (protocol_list_supports_protocol). Parsing here follows that and is bounded by the line's
+# length: `HSDir=2-99999999999` once made stem and an earlier version of this parser
+# allocate a list of 10^11 versions (24 GB before the kernel killed the process).
+MAX_PROTOCOL_VERSION = 63
+_PROTOCOL_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+_VERSION_RANGE = re.compile(r"^([0-9]+)(?:-([0-9]+))?$")
+_PARAM_VALUE = re.compile(r"^-?[0-9]{1,10}$")
 
-@functools.lru_cache(maxsize=256)  # a consensus has a handful of distinct values, 8000 times
-def _protocol_versions(ranges: str) -> tuple[int, ...]:
-    """'1-2' / '2' / '1,3-4' -> (1, 2) / (2,) / (1, 3, 4)."""
-    out: list[int] = []
+
+def _version_mask(ranges: str) -> int | None:
+    """'1-2' / '2' / '1,3-4' -> bitmask of the versions, None if malformed (tor's rules)."""
+    mask = 0
     for part in ranges.split(","):
-        lo, _, hi = part.partition("-")
-        if lo.isdigit() and (not hi or hi.isdigit()):
-            out.extend(range(int(lo), int(hi or lo) + 1))
-    return tuple(out)
+        m = _VERSION_RANGE.match(part)
+        if not m or len(part) > 20:
+            return None
+        low = int(m.group(1))
+        high = int(m.group(2)) if m.group(2) is not None else low
+        if low > high or high > MAX_PROTOCOL_VERSION:
+            return None
+        mask |= ((1 << (high - low + 1)) - 1) << low
+    return mask
+
+
+@functools.lru_cache(maxsize=256)  # a consensus has a handful of distinct pr lines, 8000 times
+def _supports_hsdir_v3(pr_line: str) -> bool:
+    """Whether a relay's `pr` line lists HSDir=2 (tor: node_supports_v3_hsdir via
+    protocol_list_supports_protocol); an unparseable line lists nothing."""
+    hsdir = 0
+    for entry in pr_line.split(" ")[1:]:
+        if not entry:
+            continue
+        name, eq, ranges = entry.partition("=")
+        if not eq or not _PROTOCOL_NAME.match(name) or len(name) > 63:
+            return False
+        mask = _version_mask(ranges) if ranges else 0
+        if mask is None:
+            return False
+        if name == "HSDir":
+            hsdir |= mask
+    return bool(hsdir & (1 << 2))
 
 
 def _decode_srv(value, which: str) -> bytes | None:
@@ -277,7 +317,9 @@ class HashRing:
                  n_replicas: int = DEFAULT_N_REPLICAS,
                  spread_store: int = DEFAULT_SPREAD_STORE,
                  spread_fetch: int = DEFAULT_SPREAD_FETCH,
-                 skipped_without_ed25519: int = 0) -> None:
+                 skipped_without_ed25519: int = 0,
+                 max_descriptor_size: int = DEFAULT_MAX_DESCRIPTOR_SIZE,
+                 skipped_malformed: int = 0) -> None:
         self._timing = timing
         self._hsdirs = tuple(hsdirs)
         self._srv_current = srv_current
@@ -286,12 +328,16 @@ class HashRing:
         self.spread_store = spread_store
         self.spread_fetch = spread_fetch
         self.skipped_without_ed25519 = skipped_without_ed25519
+        # HSDirs refuse larger descriptors (hs_cache.c hs_cache_get_max_descriptor_size)
+        self.max_descriptor_size = max_descriptor_size
+        self.skipped_malformed = skipped_malformed  # entries left out as unreadable
         self._rings: dict[tuple[int, int, bytes], tuple[list[bytes], list[HSDir]]] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def from_consensus(cls, consensus, ed25519_ids: Mapping[str, bytes | str], *,
-                       testing_network: bool | None = None) -> "HashRing":
+                       testing_network: bool | None = None,
+                       ed25519_ids_by_digest: Mapping[str, bytes | str] | None = None) -> "HashRing":
         """From a consensus (full or microdesc flavour) and a mapping relay fingerprint ->
         ed25519 identity (32 bytes or unpadded base64, as in a microdescriptor's
         `id ed25519`). Relays without HSDir flag, without an ed25519 identity or without
@@ -301,31 +347,42 @@ class HashRing:
         `consensus` is a stem `NetworkStatusDocumentV3`, or the consensus text itself
         (str/bytes, e.g. `GETINFO dir/status-vote/current/consensus-microdesc`): for text
         only the lines the ring needs are read, ~20x faster than stem's full parse of an
-        8000-relay consensus (which the ring does not need)."""
+        8000-relay consensus (which the ring does not need). The balancer daemon reads text
+        only: it is the parser whose work is bounded by the text (stem allocated every
+        version of `pr HSDir=2-99999999999`, and raised AttributeError on a short `r` line).
+
+        `ed25519_ids_by_digest` (text only): microdescriptor digest (unpadded base64, as
+        in the `m` line) -> ed25519 identity, for relays not in `ed25519_ids`: what the
+        balancer has from `GETINFO md/all`."""
         if isinstance(consensus, (str, bytes)):
-            return cls._from_text(consensus, ed25519_ids, testing_network)
+            return cls._from_text(consensus, ed25519_ids, testing_network, ed25519_ids_by_digest or {})
         timing = NetworkTiming.from_consensus(consensus, testing_network=testing_network)
         routers = getattr(consensus, "routers", None)
         if routers is None:
             raise ConsensusError("consensus has no router entries (is it a NetworkStatusDocumentV3?)")
         entries = routers.values() if isinstance(routers, Mapping) else routers
-        relays = ((e.fingerprint, e.nickname, e.flags or (), getattr(e, "protocols", None))
+        relays = ((e.fingerprint, e.nickname, e.flags or (),
+                   None if not getattr(e, "protocols", None) else 2 in e.protocols.get("HSDir", ()))
                   for e in entries)
         return cls._build(timing, relays, ed25519_ids, getattr(consensus, "params", None) or {},
                           getattr(consensus, "shared_randomness_current_value", None),
                           getattr(consensus, "shared_randomness_previous_value", None))
 
     @classmethod
-    def _build(cls, timing, relays, ed25519_ids, params, srv_current, srv_previous) -> "HashRing":
+    def _build(cls, timing, relays, ed25519_ids, params, srv_current, srv_previous, *,
+               by_digest: Mapping[str, bytes | str] | None = None, strict: bool = True,
+               malformed: int = 0) -> "HashRing":
         # Keys as given are tried first; a mapping keyed "$abcd..."/lower case is
         # normalised only when needed (saves a copy of 8000 keys per consensus).
         ids = None
+        by_digest = by_digest or {}
         hsdirs: list[HSDir] = []
         skipped = 0
-        for fingerprint, nickname, flags, protocols in relays:
+        for entry in relays:
+            fingerprint, nickname, flags, hsdir_v3 = entry[:4]
             if "HSDir" not in flags:
                 continue
-            if protocols and 2 not in protocols.get("HSDir", ()):
+            if hsdir_v3 is False:  # None: the consensus lists no protocols for it
                 continue
             fingerprint = fingerprint.upper()
             ed = ed25519_ids.get(fingerprint)
@@ -333,10 +390,17 @@ class HashRing:
                 if ids is None:
                     ids = {k.lstrip("$").upper(): v for k, v in ed25519_ids.items()}
                 ed = ids.get(fingerprint)
+            if ed is None and len(entry) > 4 and entry[4]:
+                ed = by_digest.get(entry[4].rstrip("="))
             if ed is None:
                 skipped += 1
                 continue
-            hsdirs.append(HSDir(fingerprint, nickname, _decode_ed25519_id(fingerprint, ed)))
+            try:
+                hsdirs.append(HSDir(fingerprint, nickname, _decode_ed25519_id(fingerprint, ed)))
+            except ConsensusError:
+                if strict:
+                    raise
+                malformed += 1  # one bad identity leaves that relay out, not the ring
         return cls(
             timing, hsdirs,
             srv_current=_decode_srv(srv_current, "current"),
@@ -345,18 +409,29 @@ class HashRing:
             spread_store=_param(params, "hsdir_spread_store", DEFAULT_SPREAD_STORE, _SPREAD_STORE_BOUNDS),
             spread_fetch=_param(params, "hsdir_spread_fetch", DEFAULT_SPREAD_FETCH, _SPREAD_FETCH_BOUNDS),
             skipped_without_ed25519=skipped,
+            max_descriptor_size=_param(params, "HSV3MaxDescriptorSize", DEFAULT_MAX_DESCRIPTOR_SIZE,
+                                       _MAX_DESCRIPTOR_SIZE_BOUNDS),
+            skipped_malformed=malformed,
         )
 
     @classmethod
-    def _from_text(cls, text: str | bytes, ed25519_ids, testing_network) -> "HashRing":
-        """Read valid-after, fresh-until, params, the SRVs and each relay's r/s/pr lines.
+    def _from_text(cls, text: str | bytes, ed25519_ids, testing_network,
+                   by_digest: Mapping[str, bytes | str]) -> "HashRing":
+        """Read valid-after, fresh-until, params, the SRVs and each relay's r/m/s/pr lines.
 
         Hand-written because stem parses every field of every router entry (~0.3 s for
-        8000 relays, on every new consensus) and the ring needs four of them."""
+        8000 relays, on every new consensus) and the ring needs four of them. Every step is
+        bounded by the text's length (regexes without backtracking blow-ups, no ranges
+        expanded), and an entry the ring cannot read (a short `r` line, an identity that is
+        not 20 bytes of base64, a malformed `pr` line, which tor reads as "no protocols")
+        leaves that relay out and is counted, rather than failing the whole ring. (tor
+        itself rejects a consensus with a malformed entry, ns_parse.c; the text here comes
+        from the balancer's tor, which has accepted it, so a bad entry means our reading
+        differs from tor's, and one relay is all it may cost.)"""
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
         header: dict[str, str] = {}
-        relays: list[tuple[str, str, tuple[str, ...], dict | None]] = []
+        relays: list[tuple] = []
         # Router entries are read by one regex pass (_ROUTER_ENTRY, in C) instead of
         # cutting and searching each of 8000 entries in Python: ~2x cheaper.
         if text.startswith("r "):
@@ -374,46 +449,39 @@ class HashRing:
                 header[kw] = rest.strip()
         if "\r" in body:
             body = body.replace("\r\n", "\n")
-        malformed = _MALFORMED_ROUTER_LINE.search("\n" + body)
-        if malformed:
-            raise ConsensusError(f"consensus router line {malformed.group()[1:61]!r} is malformed")
+        malformed = len(_MALFORMED_ROUTER_LINE.findall("\n" + body))
         a2b = binascii.a2b_base64
-        for nickname, ident, flags, pr_line in _ROUTER_ENTRY.findall(body):
+        for nickname, ident, md_digest, flags, pr_line in _ROUTER_ENTRY.findall(body):
             if "HSDir" not in flags or "HSDir" not in flags.split():
                 continue  # not in the ring; skip decoding its identity
             try:
                 # binascii directly: base64.b64decode's argument checks cost more than
                 # the decoding, thousands of times per consensus
-                fp = a2b(ident + "=" * (-len(ident) % 4)).hex().upper()
+                raw = a2b(ident + "=" * (-len(ident) % 4))
             except (binascii.Error, ValueError):
-                raise ConsensusError(f"consensus router {nickname} has a bad identity {ident!r}") from None
-            protocols = None
-            if pr_line:
-                for item in pr_line[3:].split():
-                    name, _, ranges = item.partition("=")
-                    if name == "HSDir":
-                        protocols = {"HSDir": _protocol_versions(ranges)}
-                        break
-                else:
-                    protocols = {"_": []}  # protocols listed, HSDir absent
-            relays.append((fp, nickname, ("HSDir",), protocols))  # _build reads only HSDir
+                raw = b""
+            if len(raw) != 20:
+                malformed += 1
+                continue
+            relays.append((raw.hex().upper(), nickname, ("HSDir",),  # _build reads only HSDir
+                           _supports_hsdir_v3(pr_line) if pr_line else None, md_digest))
         for needed in ("valid-after", "fresh-until"):
             if needed not in header:
                 raise ConsensusError(f"consensus text has no {needed} line")
         params: dict[str, int] = {}
         for item in header.get("params", "").split():
             name, _, value = item.partition("=")
-            try:
+            # tor keeps params in int32; one it cannot read is left at its default
+            if _PARAM_VALUE.match(value) and -2**31 <= int(value) < 2**31:
                 params[name] = int(value)
-            except ValueError:
-                raise ConsensusError(f"consensus param {item!r} is not name=integer") from None
         timing = NetworkTiming.from_times(_parse_time(header["valid-after"]),
                                           _parse_time(header["fresh-until"]), params,
                                           testing_network=testing_network)
         srv = {k: (header[k].split() + [None, None])[1] for k in
                ("shared-rand-current-value", "shared-rand-previous-value") if k in header}
         return cls._build(timing, relays, ed25519_ids, params,
-                          srv.get("shared-rand-current-value"), srv.get("shared-rand-previous-value"))
+                          srv.get("shared-rand-current-value"), srv.get("shared-rand-previous-value"),
+                          by_digest=by_digest, strict=False, malformed=malformed)
 
     @property
     def timing(self) -> NetworkTiming:
@@ -425,7 +493,7 @@ class HashRing:
 
     def _key(self) -> tuple:
         return (self._timing, self._srv_current, self._srv_previous, self.n_replicas,
-                self.spread_store, self.spread_fetch, self._hsdirs)
+                self.spread_store, self.spread_fetch, self._hsdirs, self.max_descriptor_size)
 
     def current_srv(self, period_number: int) -> bytes:
         """The consensus' current SRV, or the disaster SRV for `period_number`."""
@@ -533,10 +601,12 @@ _RING_CACHE_LOCK = threading.Lock()
 
 
 def ring_for(consensus, ed25519_ids: Mapping[str, bytes | str], *,
-             testing_network: bool | None = None) -> HashRing:
+             testing_network: bool | None = None,
+             ed25519_ids_by_digest: Mapping[str, bytes | str] | None = None) -> HashRing:
     """`HashRing.from_consensus`, cached for the last few consensuses: a ring equal in
     timing, SRVs, parameters and HSDirs is reused with its sorted-index cache."""
-    fresh = HashRing.from_consensus(consensus, ed25519_ids, testing_network=testing_network)
+    fresh = HashRing.from_consensus(consensus, ed25519_ids, testing_network=testing_network,
+                                    ed25519_ids_by_digest=ed25519_ids_by_digest)
     key = fresh._key()
     with _RING_CACHE_LOCK:
         cached = _RING_CACHE.get(key)

@@ -93,15 +93,19 @@ class InstanceState:
         return Offer(False, False, reason)
 
     def offer(self, text: str, hsdir: str | None, now: float, decoder: Decoder,
-              periods: Sequence[int]) -> Offer:
-        """Check a fetched descriptor and use it if it is valid and new. Never raises."""
+              periods: Sequence[int], wall: float | None = None) -> Offer:
+        """Check a fetched descriptor and use it if it is valid and new. Never raises.
+
+        `now`: the balancer's monotonic clock (when it arrived, for staleness); `wall`:
+        the wall clock (certificate expiry), `now` when not given."""
+        wall = now if wall is None else wall
         size = len(text.encode("utf-8", "surrogateescape"))
         if size < 5:  # HSDirs answer "not found" with an empty HS_DESC_CONTENT
             return Offer(False, False, "empty (HSDir has no descriptor)")
         if size > MAX_DESCRIPTOR_BYTES:
             return self._reject(f"oversized descriptor ({size} bytes > {MAX_DESCRIPTOR_BYTES})", now)
         try:
-            decoded = decoder(text, self.address, periods, now)
+            decoded = decoder(text, self.address, periods, wall)
         except ValueError as exc:  # DescriptorError and friends: a bad descriptor
             return self._reject(f"{type(exc).__name__}: {exc}", now)
         except Exception as exc:  # a decoder bug must not take the balancer down
@@ -112,7 +116,7 @@ class InstanceState:
             return self._reject("descriptor lists no introduction points", now)
         if n > MAX_INTRO_POINTS:
             return self._reject(f"too many introduction points ({n} > {MAX_INTRO_POINTS})", now)
-        if decoded.signing_key_expiry <= now:
+        if decoded.signing_key_expiry <= wall:
             return self._reject("descriptor-signing-key certificate expired", now)
         digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
         intro_keys = frozenset(ip.auth_key for ip in decoded.intro_points)
@@ -151,9 +155,10 @@ class InstanceState:
             self.revisions = dict(keep)
         return Offer(True, changed, "new intro points" if changed else "new revision, same intro points")
 
-    def has_valid_descriptor(self, now: float) -> bool:
+    def has_valid_descriptor(self, now: float, wall: float | None = None) -> bool:
+        """`now` monotonic (staleness), `wall` the wall clock (certificate expiry)."""
         cur = self.current
-        return (cur is not None and cur.decoded.signing_key_expiry > now
+        return (cur is not None and cur.decoded.signing_key_expiry > (now if wall is None else wall)
                 and now - cur.received_at < STALE_AFTER)
 
     def probe_down(self, max_failures: int) -> bool:

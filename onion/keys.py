@@ -189,10 +189,16 @@ class IdentityKey:
     @classmethod
     def from_pem(cls, data: bytes, *, source: str = "PEM data") -> "IdentityKey":
         """Parse an unencrypted PKCS#8 PEM ed25519 private key."""
+        from cryptography.exceptions import UnsupportedAlgorithm
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
         try:
             key = serialization.load_pem_private_key(data, password=None)
+        except UnsupportedAlgorithm as exc:
+            # e.g. an EC key on a curve OpenSSL does not build (sect163k1, brainpool...):
+            # not a ValueError, so it escaped every caller before
+            raise KeyFileError(f"{source} holds a key of a kind this system cannot load ({exc}); "
+                               "an onion identity must be an ed25519 key") from None
         except TypeError:
             raise KeyFileError(f"{source} is an encrypted PEM key; decrypt it first "
                                "(openssl pkey -in FILE -out PLAIN.pem)") from None

@@ -2,22 +2,24 @@
 
 Pure bookkeeping, no tor and no crypto, so every decision is unit-tested with plain values:
 
-- `interleave`: round-robin across healthy instances (first intro point of each instance,
-  then the second of each, …), deterministic for the same inputs. Intro points are
-  identified by their auth key (not their relay: instances keep relays across periods but
-  get new auth keys, which OnionBalance 0.2.4 missed).
-- `assign_windows`: tor clients reject descriptors with more than 20 intro points, so when
-  there are more, HSDirs get distinct descriptors, each a window of 20 consecutive points
-  of the interleaved list (so each window is itself fair across instances).
+- `fair_windows`: the descriptor each HSDir gets. Tor clients reject descriptors with more
+  than 20 intro points, so with more there are distinct descriptors ("windows"), each
+  HSDir getting one in turn. Every window is fair on its own: healthy instances are taken
+  round-robin (1st intro point of each, then 2nd of each, ...) and no instance gets more
+  than its fair share of a window's slots, ceil(slots / instances). An instance that
+  offers more intro points than that (one advertising 20 among instances with 3) has them
+  spread over the windows instead of filling them. The round-robin continues from window
+  to window, so every intro point is published somewhere when there are HSDirs enough.
+  Intro points are identified by their auth key (not their relay: instances keep relays
+  across periods but get new auth keys, which OnionBalance 0.2.4 missed).
 - `UploadBook`: an upload counts only when tor reports HS_DESC UPLOADED for that HSDir;
   FAILED (or no answer within a timeout) is retried with exponential backoff. At most one
   upload per (frontend, HSDir) is in flight, because tor's UPLOADED event names the
   address and the HSDir but not the descriptor, so two concurrent uploads would be
-  indistinguishable.
+  indistinguishable. Times here are the balancer's monotonic clock.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Sequence, TypeVar
 
@@ -34,43 +36,65 @@ def auth_key_of(ip) -> bytes:
     return ip.auth_key
 
 
-def interleave(groups: Sequence[Sequence[T]], key: Callable[[T], Hashable] = auth_key_of) -> list[T]:
-    """Round-robin merge; duplicates (same key) are kept once, at their first position."""
-    out: list[T] = []
-    seen: set = set()
-    depth = max((len(g) for g in groups), default=0)
-    for i in range(depth):
-        for group in groups:
-            if i < len(group):
-                k = key(group[i])
-                if k not in seen:
-                    seen.add(k)
-                    out.append(group[i])
-    return out
+def wire_size(ip) -> int:
+    """Bytes an intro point's own fields take in a descriptor (its link specifiers and
+    keys; the certificates are the same size for every intro point). 0 if unknown."""
+    head = getattr(ip, "wire_head", None)
+    return len(head()) if callable(head) else 0
 
 
-def assign_windows(points: Sequence[T], hsdirs: Sequence[str],
-                   max_per_descriptor: int = MAX_INTRO_POINTS) -> dict[str, tuple[T, ...]]:
-    """hsdir -> intro points of the descriptor that HSDir gets.
+def fair_windows(groups: Sequence[Sequence[T]], hsdirs: Sequence[str],
+                 max_per_descriptor: int = MAX_INTRO_POINTS,
+                 key: Callable[[T], Hashable] = auth_key_of) -> dict[str, tuple[T, ...]]:
+    """hsdir -> intro points of the descriptor that HSDir gets (see the module docstring).
 
-    With ≤ max points every HSDir gets all of them. Otherwise k = ceil(n / max) windows (at
-    most one per HSDir): window j is `max` consecutive points starting at j*max, wrapping
-    around, so every point is published somewhere and each window is full. HSDirs get
-    windows in turn (i mod k), so each replica's first HSDirs - the ones clients try -
-    cover all windows. If even one window per HSDir cannot hold every point, the first
-    `len(hsdirs) * max` points of the fair order are used."""
+    `groups`: each healthy instance's intro points, instances in a fixed (address) order.
+    An auth key already seen in an earlier group is dropped from later ones. Windows are
+    made until every intro point is in one, at most one per HSDir; HSDir i gets window
+    i mod (number of windows), so the first HSDirs of each replica, the ones clients try
+    first, cover all windows. Deterministic: the same groups give the same windows, so an
+    unchanged set of intro points never looks changed."""
     hsdirs = list(dict.fromkeys(hsdirs))  # a relay responsible in both replicas: once
-    if not hsdirs or not points:
+    seen: set = set()
+    streams: list[list[T]] = []
+    for group in groups:
+        clean = []
+        for point in group:
+            k = key(point)
+            if k not in seen:
+                seen.add(k)
+                clean.append(point)
+        if clean:
+            streams.append(clean)
+    if not hsdirs or not streams:
         return {h: () for h in hsdirs}
-    n = len(points)
-    if n <= max_per_descriptor:
-        return {h: tuple(points) for h in hsdirs}
-    k = min(math.ceil(n / max_per_descriptor), len(hsdirs))
-    usable = list(points[: k * max_per_descriptor])
-    m = len(usable)
-    windows = [tuple(usable[(j * max_per_descriptor + i) % m] for i in range(max_per_descriptor))
-               for j in range(k)]
-    return {h: windows[i % k] for i, h in enumerate(hsdirs)}
+    n, slots = len(streams), max_per_descriptor
+    cap = -(-slots // n)                      # an instance's fair share of one descriptor
+    limits = [min(cap, len(s)) for s in streams]
+    pos = [0] * n                             # where each instance's cyclic stream continues
+    cursor = 0                                # the round-robin continues across windows
+    windows: list[tuple[T, ...]] = []
+    covered: set = set()
+    while len(windows) < len(hsdirs):
+        counts = [0] * n
+        window: list[T] = []
+        i, idle = cursor, 0
+        while len(window) < slots and idle < n:
+            if counts[i] < limits[i]:
+                stream = streams[i]
+                window.append(stream[pos[i] % len(stream)])
+                pos[i] += 1
+                counts[i] += 1
+                idle = 0
+            else:
+                idle += 1
+            i = (i + 1) % n
+        cursor = i
+        windows.append(tuple(window))
+        covered.update(key(p) for p in window)
+        if len(covered) == len(seen):
+            break
+    return {h: windows[i % len(windows)] for i, h in enumerate(hsdirs)}
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -87,6 +111,12 @@ class UploadRecord:
     failures: int = 0           # consecutive
     next_retry_at: float = 0.0
     revision: int | None = None
+    # auth keys actually in the uploaded descriptor, when fewer than `content` fitted
+    published: frozenset | None = None
+
+    @property
+    def intro_keys(self) -> frozenset:
+        return self.content if self.published is None else self.published
 
     def due_at(self, republish_interval: float) -> float | None:
         if self.state == "pending":
@@ -112,13 +142,17 @@ class UploadBook:
     # (frontend address, hsdir) -> (time period, sent at)
     inflight: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
-    def needs_upload(self, frontend: str, period: int, hsdir: str, content: frozenset, now: float) -> str | None:
-        """Why this upload should happen now, or None."""
+    def needs_upload(self, frontend: str, period: int, hsdir: str, content: frozenset, now: float,
+                     publishing: bool = True) -> str | None:
+        """Why this upload should happen now, or None. `publishing` False: a standby, which
+        records what it would upload; True: a standby record means nothing was uploaded."""
         if (frontend, hsdir) in self.inflight:
             return None
         rec = self.records.get((frontend, period, hsdir))
         if rec is None:
             return "never uploaded"
+        if publishing and rec.state == "standby":
+            return "publish switched on (standby uploaded nothing)"
         if rec.content != content:
             return "intro points changed"
         due = rec.due_at(self.republish_interval)
@@ -127,19 +161,23 @@ class UploadBook:
         return None
 
     def sent(self, frontend: str, period: int, hsdir: str, content: frozenset, now: float,
-             revision: int | None = None) -> None:
+             revision: int | None = None, published: frozenset | None = None) -> None:
+        """`content`: the intro points chosen for this HSDir (what `needs_upload` compares);
+        `published`: those in the descriptor, if some had to be left out to fit."""
         old = self.records.get((frontend, period, hsdir))
         failures = old.failures if old is not None and old.content == content else 0
         self.records[(frontend, period, hsdir)] = UploadRecord(
-            hsdir=hsdir, content=content, attempted_at=now, failures=failures, revision=revision)
+            hsdir=hsdir, content=content, attempted_at=now, failures=failures, revision=revision,
+            published=published if published != content else None)
         self.inflight[(frontend, hsdir)] = (period, now)
 
     def standby(self, frontend: str, period: int, hsdir: str, content: frozenset, now: float,
-                revision: int | None = None) -> None:
+                revision: int | None = None, published: frozenset | None = None) -> None:
         """publish: false - record what would have been uploaded, without uploading."""
         self.records[(frontend, period, hsdir)] = UploadRecord(
             hsdir=hsdir, content=content, attempted_at=now, state="standby",
-            result="not uploaded (publish: false)", confirmed_at=now, revision=revision)
+            result="not uploaded (publish: false)", confirmed_at=now, revision=revision,
+            published=published if published != content else None)
 
     def confirm(self, frontend: str, hsdir: str, now: float) -> UploadRecord | None:
         """HS_DESC UPLOADED for (frontend, hsdir)."""

@@ -98,7 +98,8 @@ def cmd_run(args) -> int:
     keys = load_keys(cfg)
     sink: list = []
     control = TorControl(cfg.control, lambda m: sink[0](m))
-    prober = Prober(cfg.socks_port, cfg.probe.port, cfg.probe.timeout, lambda m: sink[0](m))
+    prober = Prober(cfg.socks_port, cfg.probe.port, cfg.probe.timeout, lambda m: sink[0](m),
+                    instances=sum(len(fe.instances) for fe in cfg.frontends))
     balancer = Balancer(cfg, keys, control, TorOnionProtocol(), prober, load_overrides=overrides)
     sink.append(balancer.submit)
     for fe in balancer.frontends:

@@ -92,6 +92,15 @@ def format_status(data: dict[str, Any], now: float | None = None) -> str:
                  + (f" (+{tor['hsdirs_without_ed25519_id']} without a microdescriptor yet)"
                     if tor.get("hsdirs_without_ed25519_id") else "")
                  + (f"  error: {tor['last_error']}" if tor.get("last_error") else ""))
+    if tor.get("consensus_entries_unreadable"):
+        lines.append(f"consensus: {tor['consensus_entries_unreadable']} router entries unreadable, "
+                     "left out of the hash ring")
+    probes = data.get("probes") or {}
+    if probes.get("enabled") and not probes.get("working", True):
+        lines.append(f"PROBES NOT WORKING since {_age(probes.get('error_since'), now)}: {probes.get('error')} "
+                     "(instances keep their last known state; failover is off)")
+    elif probes.get("enabled") and probes.get("socks"):
+        lines.append(f"probes: through tor's SocksPort {probes['socks']}")
     for fe in data.get("frontends", []):
         lines.append("")
         lines.append(f"frontend {fe['name']}  {fe['address']}.onion")
@@ -105,6 +114,8 @@ def format_status(data: dict[str, Any], now: float | None = None) -> str:
             else:
                 d = "no descriptor"
             used = "in use" if inst.get("in_use") else "not used"
+            if inst.get("intro_points_left_out"):
+                used += f" ({inst['intro_points_left_out']} intro points left out: too large)"
             lines.append(f"    {inst['address']}.onion  {health}  {d}  {used}")
             if inst.get("last_error"):
                 lines.append(f"      last error: {inst['last_error']}")

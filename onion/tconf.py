@@ -179,24 +179,36 @@ def logical_lines(text: str, source: str) -> list[Line]:
     continues on the next (joined with one space, surrounding blanks trimmed); an even
     number is literal. Comments are whole lines starting with `#` (after blanks), and
     they are dropped *after* joining, as EOTK does. A `#` later in a line is data."""
-    joined: list[tuple[int, str]] = []
+    # Linear in the text: the trailing backslashes are counted, not matched (a regex
+    # `(\\+)$` retried a long backslash run from every position: quadratic), and a line
+    # that continues over many physical lines grows as a list of pieces (re-joining the
+    # string at each continuation copied it again and again).
+    joined: list[tuple[int, list[str]]] = []
     pending = False
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.rstrip("\r")
         if pending:
-            first, prev = joined.pop()
-            line = prev.rstrip() + " " + line.lstrip()
-            number = first
-        m = re.search(r"(\\+)$", line)
-        pending = bool(m) and len(m.group(1)) % 2 == 1
+            pieces = joined[-1][1]
+            while len(pieces) > 1 and not pieces[-1].rstrip():
+                pieces.pop()              # what prev.rstrip() removed: whitespace-only tails
+            pieces[-1] = pieces[-1].rstrip()
+            line = line.lstrip()
+            pieces += (" ", line)
+            tail = line
+        else:
+            joined.append((number, [line]))
+            tail = line
+        trailing = len(tail) - len(tail.rstrip("\\"))
+        pending = trailing % 2 == 1
         if pending:
-            line = line[:-1]
-        joined.append((number, line))
+            pieces = joined[-1][1]
+            pieces[-1] = pieces[-1][:-1]
     if pending:
         raise TconfError(f"{source}:{joined[-1][0]}: the last line ends in a backslash (a line "
                          "continuation with nothing to continue); remove it")
+    joined_lines = [(number, "".join(pieces)) for number, pieces in joined]
     out = []
-    for number, line in joined:
+    for number, line in joined_lines:
         if re.match(r"^\s*(#.*)?$", line):
             continue
         out.append(Line(number, tuple(line.split())))

@@ -181,3 +181,34 @@ def test_same_key_for_two_frontends(tmp_path, ids):
         """)
     with pytest.raises(ConfigError, match="frontend 'two'.*same key as frontend 'one'"):
         load_config(path)
+
+
+NUMBERS_FE = "frontends: [{name: a, key_file: k, instances: [x]}]\n"
+
+
+@pytest.mark.parametrize("text, field", [
+    ("probe: {interval: .nan}\n" + NUMBERS_FE, "probe.interval"),   # probed every tick
+    ("probe: {timeout: .nan}\n" + NUMBERS_FE, "probe.timeout"),     # turned probing off
+    ("probe: {interval: .inf}\n" + NUMBERS_FE, "probe.interval"),
+    ("probe: {timeout: -.inf}\n" + NUMBERS_FE, "probe.timeout"),
+    ("probe: {failures: .nan}\n" + NUMBERS_FE, "probe.failures"),
+    ("probe: {interval: 0}\n" + NUMBERS_FE, "probe.interval"),
+    ("probe: {port: .nan}\n" + NUMBERS_FE, "probe.port"),
+    ("socks_port: .nan\n" + NUMBERS_FE, "socks_port"),
+    ("control: {port: .inf}\n" + NUMBERS_FE, "control.port"),
+    ("frontends: [{name: a, key_file: k, max_intro_points: .nan, instances: [x]}]\n", "max_intro_points"),
+    ("frontends: [{name: a, key_file: k, max_intro_points: 1e400, instances: [x]}]\n", "max_intro_points"),
+])
+def test_every_number_is_finite_and_in_range(tmp_path, text, field):
+    """NaN passed every `<`/`>` check: `probe: {interval: .nan}` probed every tick and
+    `{timeout: .nan}` silently turned probing off."""
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as exc:
+        load_config(write(tmp_path, text), load_keys=False)
+    assert "use " in str(exc.value)  # says what to write instead
+
+
+def test_sane_probe_numbers_still_load():
+    from onion.config import _probe
+
+    p = _probe({"interval": 1.5, "timeout": 600, "failures": 100}, "probe")
+    assert (p.interval, p.timeout, p.failures) == (1.5, 600.0, 100)

@@ -65,7 +65,7 @@ class Env:
                              probe=ProbeSettings(enabled=False), path=str(tmp_path / "c.yaml"))
         self.control = FakeControl()
         self.bal = Balancer(cfg, {"site": self.frontend}, self.control, self.proto, FakeProber(),
-                            clock=lambda: self.now)
+                            clock=lambda: self.now, monotonic=lambda: self.now)
 
     def _ring_info(self):
         from onion.balancer import RingInfo
@@ -191,7 +191,7 @@ def test_more_than_20_intro_points_across_instances_give_valid_distinct_descript
     cfg = env.bal.cfg
     from dataclasses import replace
     cfg = replace(cfg, frontends=(FrontendConfig("site", "unused", tuple(InstanceConfig(i.address) for i in instances)),))
-    env.bal = Balancer(cfg, {"site": env.frontend}, env.control, env.proto, FakeProber(), clock=lambda: env.now)
+    env.bal = Balancer(cfg, {"site": env.frontend}, env.control, env.proto, FakeProber(), clock=lambda: env.now, monotonic=lambda: env.now)
     env.bal.tick()
     all_keys = set()
     for inst in instances:
@@ -256,3 +256,175 @@ def test_builds_in_the_same_second_get_increasing_revisions(env):
     period = env.proto.ring.descriptor_slots()[0].time_period_number
     revs = [env.proto.build(env.frontend, period, ips, env.now)[1] for _ in range(3)]
     assert revs[0] < revs[1] < revs[2]  # HSDirs refuse a revision that is not higher
+
+
+# ----------------------------------------------------------------------------- one instance
+# against the frontend: descriptors validly signed with the instance's own key, whose intro
+# points no tor makes (item 1) or which advertise far more than their share (item 2).
+
+def padded_intro_point(i: int, *, pad: int = 16, pad_type: int = 0x7F, pad_len: int = 255,
+                       extra: tuple = ()) -> desc.IntroPoint:
+    """A real intro point with `pad` link specifiers of an unknown type appended (tor's
+    trunnel parser keeps unknown types as opaque bytes; clients skip them)."""
+    base = intro_point(i)
+    specs = base.link_specifiers + tuple(extra) + tuple(
+        desc.LinkSpecifier(pad_type, bytes([i % 256]) * pad_len) for _ in range(pad))
+    return desc.IntroPoint(link_specifiers=specs, onion_key=base.onion_key, auth_key=base.auth_key,
+                           enc_key=base.enc_key)
+
+
+class Site:
+    """A frontend with several instances, each publishing a real descriptor signed with its
+    own key; the balancer's real crypto and hash ring, only tor faked."""
+
+    def __init__(self, tmp_path, n_instances: int):
+        self.env = Env(tmp_path, time.time())
+        self.keys = [IdentityKey.generate() for _ in range(n_instances)]
+        from dataclasses import replace
+        cfg = replace(self.env.bal.cfg, frontends=(FrontendConfig(
+            "site", "unused", tuple(InstanceConfig(k.address) for k in self.keys)),))
+        env = self.env
+        env.bal = Balancer(cfg, {"site": env.frontend}, env.control, env.proto, FakeProber(),
+                           clock=lambda: env.now, monotonic=lambda: env.now)
+        env.bal.tick()
+
+    def offer(self, key: IdentityKey, ips, revision=100) -> None:
+        self.env.instance = key
+        self.env.feed(self.env.instance_desc(ips, identity=key, revision=revision))
+
+    def posted(self, start=0) -> list[tuple[str, set[bytes], int]]:
+        env = self.env
+        out = []
+        for text, _address, hsdir in env.control.posts[start:]:
+            d = desc.decrypt_descriptor(text, env.frontend.address,
+                                        time_period_numbers=(env.period, env.period + 1, env.period - 1),
+                                        period_length=env.length, now=env.now)
+            out.append((hsdir, {ip.auth_key for ip in d.intro_points}, len(text)))
+        return out
+
+
+@pytest.mark.parametrize("variant", ["padded unknown-type specifiers (41 kB)", "one unknown type",
+                                     "five specifiers", "no legacy id"])
+def test_an_instance_offering_intro_points_tor_never_makes_cannot_take_the_site_offline(tmp_path, variant):
+    """A validly signed ~41 kB instance descriptor whose intro points carry padded link
+    specifiers of unknown type was accepted; every master descriptor built with them
+    exceeded 50 000 bytes and nothing was uploaded, every tick."""
+    site = Site(tmp_path, 3)
+    honest = {k.address: [intro_point(10 * n + j) for j in range(3)] for n, k in enumerate(site.keys[:2])}
+    hostile_key = site.keys[2]
+    if variant.startswith("padded"):
+        bad = [padded_intro_point(90 + j) for j in range(3)]
+    elif variant == "one unknown type":
+        bad = [padded_intro_point(90 + j, pad=1) for j in range(3)]
+    elif variant == "five specifiers":
+        bad = [padded_intro_point(90 + j, pad=0, extra=(desc.LinkSpecifier.ipv4("127.0.0.2", 1),
+                                                        desc.LinkSpecifier.ipv6("::1", 1)))
+               for j in range(3)]
+    else:
+        bad = [desc.IntroPoint(link_specifiers=tuple(s for s in ip.link_specifiers if s.type != desc.LS_LEGACY_ID),
+                               onion_key=ip.onion_key, auth_key=ip.auth_key, enc_key=ip.enc_key)
+               for ip in (intro_point(90 + j) for j in range(3))]
+    hostile_text = site.env.instance_desc(bad, identity=hostile_key, revision=100)
+    if variant.startswith("padded"):
+        assert 40_000 < len(hostile_text) < 50_000       # what an HSDir accepts and serves
+    site.offer(hostile_key, bad)
+    for key in site.keys[:2]:
+        site.offer(key, honest[key.address])
+    env = site.env
+    state = env.bal.instances[hostile_key.address]
+    assert state.current is None and state.rejected == 1
+    assert "tor instance makes" in state.last_error
+    posted = site.posted()
+    slots = env.proto.slots(env.frontend, env.now)
+    assert {h for h, _, _ in posted} == {h for s in slots for h in s.hsdirs}  # every HSDir got one
+    good = set().union(*({ip.auth_key for ip in v} for v in honest.values()))
+    assert all(keys == good and size < 50_000 for _, keys, size in posted)
+    st = env.bal.status()["frontends"][0]
+    shown = {i["address"]: i for i in st["instances"]}[hostile_key.address]
+    assert shown["rejected_descriptors"] == 1 and "link specifier" in shown["last_error"]
+
+
+def test_a_descriptor_still_too_large_drops_intro_points_instead_of_publishing_nothing(tmp_path):
+    """HSDirs refuse descriptors of HSV3MaxDescriptorSize bytes or more (a consensus param,
+    50 000 by default, hs_cache.c). With a lower limit, 20 intro points no longer fit: the
+    balancer leaves out intro points (the largest instance's first), builds again, and
+    names the instance(s) - it used to catch the error and upload nothing."""
+    site = Site(tmp_path, 7)
+    env = site.env
+    env.proto.ring.max_descriptor_size = 35_000
+    big = site.keys[3]
+    offered = {}
+    for n, key in enumerate(site.keys):
+        extra = (desc.LinkSpecifier.ipv6(f"2001:db8::{n}", 9001),) if key is big else ()
+        offered[key.address] = [padded_intro_point(10 * n + j, pad=0, extra=extra) for j in range(3)]
+        site.offer(key, offered[key.address])
+    posted = site.posted()
+    slots = env.proto.slots(env.frontend, env.now)
+    assert {h for h, _, _ in posted} == {h for s in slots for h in s.hsdirs}
+    assert all(size < 35_000 and 8 <= len(keys) < 20 for _, keys, size in posted)
+    note = env.bal.status()["frontends"][0]["note"]
+    assert "too large" in note and f"{big.address}.onion" in note
+    st = {i["address"]: i for i in env.bal.status()["frontends"][0]["instances"]}
+    assert st[big.address]["intro_points_left_out"] >= 1
+    # what was published is what the status says was published
+    published = {bytes.fromhex(p["auth_key"]) for p in env.bal.status()["frontends"][0]["published_intro_points"]}
+    for _ in range(2):                                     # confirm, let the H3-style queued ones go
+        for _t, addr, hsdir in list(env.control.posts):
+            env.bal.handle(DescEvent("UPLOADED", addr, hsdir))
+        env.bal.tick()
+    published = {bytes.fromhex(p["auth_key"]) for p in env.bal.status()["frontends"][0]["published_intro_points"]}
+    assert published == set().union(*(keys for _, keys, _ in site.posted()))
+
+
+def test_an_instance_advertising_20_intro_points_gets_no_more_than_its_fair_share(tmp_path):
+    """Among 6 instances with 3 intro points, one with 20 got 25-80% of each descriptor."""
+    site = Site(tmp_path, 7)
+    hog = site.keys[0]
+    hog_points = [intro_point(500 + j) for j in range(20)]
+    site.offer(hog, hog_points)
+    honest = set()
+    for n, key in enumerate(site.keys[1:], 1):
+        ips = [intro_point(10 * n + j) for j in range(3)]
+        honest |= {ip.auth_key for ip in ips}
+        site.offer(key, ips)
+    env = site.env
+    for _ in range(3):
+        for _t, addr, hsdir in list(env.control.posts):
+            env.bal.handle(DescEvent("UPLOADED", addr, hsdir))
+        env.bal.tick()
+    latest = {}
+    for hsdir, keys, _size in site.posted():
+        latest[hsdir] = keys
+    hog_keys = {ip.auth_key for ip in hog_points}
+    for keys in latest.values():
+        assert len(keys) == 20
+        assert len(keys & hog_keys) <= 3                     # ceil(20 / 7): 15 % of the slots
+        assert len(keys & honest) >= 17                      # the honest ones keep their places
+    assert honest <= set().union(*latest.values())
+
+
+def test_revision_counters_keep_rising_when_the_wall_clock_steps_back(env):
+    ips = [intro_point(1)]
+    period = env.proto.ring.descriptor_slots()[0].time_period_number
+    first = env.proto.build(env.frontend, period, ips, env.now)[1]
+    second = env.proto.build(env.frontend, period, ips, env.now - 3 * 3600)[1]
+    assert second > first  # HSDirs keep only a higher revision
+
+
+def test_the_lab_hostile_worker_makes_the_descriptor_the_balancer_refuses(env):
+    """lab/hostile.py (the soak's hostile worker) turns an instance's own descriptor into
+    the ~41 kB one with padded link specifiers: valid for an HSDir (signed by the
+    instance, < 50 000 bytes), the same intro points, and refused by the balancer."""
+    from lab.hostile import REVISION_FLOOR, hostile_descriptor, is_ours
+
+    ips = [intro_point(i) for i in range(3)]
+    text = hostile_descriptor(env.instance, env.period, env.length, ips, REVISION_FLOOR + 1, env.now)
+    assert 40_000 <= len(text) < 50_000
+    d = desc.decrypt_descriptor(text, env.instance.address, time_period_numbers=(env.period,),
+                                period_length=env.length, now=env.now)
+    assert is_ours(d) and [ip.auth_key for ip in d.intro_points] == [ip.auth_key for ip in ips]
+    assert d.revision_counter > 2**34  # above any OPE revision tor makes: HSDirs keep it
+    env.bal.tick()
+    env.feed(text)
+    state = env.bal.instances[env.instance.address]
+    assert state.rejected == 1 and "link specifier" in state.last_error

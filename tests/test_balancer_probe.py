@@ -83,9 +83,10 @@ def test_prober_reports_every_result_with_a_fresh_username_each_time():
     srv = FakeSocks(0)
     results: "queue.Queue" = queue.Queue()
     prober = Prober(srv.port, 8080, 5, results.put)
-    for _ in range(3):
-        prober.start("b" * 56)
-    got = [results.get(timeout=10) for _ in range(3)]
+    got = []
+    for _ in range(3):  # one at a time: a probe of an address still running is not started
+        assert prober.start("b" * 56)
+        got.append(results.get(timeout=10))
     assert all(r.ok and r.address == "b" * 56 and r.detail == "connected" for r in got)
     assert len(set(srv.users)) == 3  # IsolateSOCKSAuth: new circuits per probe
     assert {t[1] for t in srv.targets} == {8080}

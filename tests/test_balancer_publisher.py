@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onion.publisher import UploadBook, assign_windows, backoff, interleave
+from onion.publisher import UploadBook, backoff, fair_windows
 
 
 @dataclass(frozen=True)
@@ -19,58 +19,97 @@ def names(points) -> list[str]:
     return [p.auth_key.decode() for p in points]
 
 
-def test_interleave_round_robin_and_dedup():
+def counts(window) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in window:
+        out[p.auth_key[:1].decode()] = out.get(p.auth_key[:1].decode(), 0) + 1
+    return out
+
+
+def test_one_window_round_robin_and_dedup():
     a, b, c = ips("a", 3), ips("b", 1), ips("c", 2)
-    assert names(interleave([a, b, c])) == ["a0", "b0", "c0", "a1", "c1", "a2"]
+    out = fair_windows([a, b, c], ["H1"])
+    assert names(out["H1"]) == ["a0", "b0", "c0", "a1", "c1", "a2"]
     # the same auth key seen twice (e.g. an instance listed under two names) is kept once
-    assert names(interleave([a, a[:1]])) == ["a0", "a1", "a2"]
-    assert interleave([]) == []
+    assert names(fair_windows([a, a[:1]], ["H1"])["H1"]) == ["a0", "a1", "a2"]
+    assert fair_windows([], ["H1"]) == {"H1": ()}
+    assert fair_windows([a], []) == {}
 
 
-def test_interleave_is_deterministic():
-    groups = [ips("a", 5), ips("b", 5)]
-    assert interleave(groups) == interleave([list(g) for g in groups])
+def test_windows_are_deterministic():
+    groups = [ips("a", 15), ips("b", 5), ips("c", 9)]
+    hsdirs = [f"H{i}" for i in range(8)]
+    assert fair_windows(groups, hsdirs) == fair_windows([list(g) for g in groups], list(hsdirs))
 
 
 def test_all_hsdirs_same_descriptor_when_it_fits():
-    pts = interleave([ips("a", 10), ips("b", 10)])
-    out = assign_windows(pts, ["H1", "H2", "H3"])
-    assert all(v == tuple(pts) for v in out.values()) and len(out) == 3
+    out = fair_windows([ips("a", 10), ips("b", 10)], ["H1", "H2", "H3"])
+    assert len(set(out.values())) == 1 and len(out) == 3 and len(out["H1"]) == 20
+
+
+def test_one_instance_cannot_take_more_than_its_fair_share_of_a_descriptor():
+    """Six instances with 3 intro points and one advertising 20: a window holds 20, a fair
+    share of it is ceil(20 / 7) = 3. Before, the 20-intro instance filled 25-80% of each
+    descriptor (the round-robin ran out of honest points and its tail filled the rest)."""
+    honest = [ips(x, 3) for x in "abcdef"]
+    hog = ips("z", 20)
+    hsdirs = [f"H{i}" for i in range(8)]
+    for order in (honest + [hog], [hog] + honest):   # wherever its address sorts
+        out = fair_windows(order, hsdirs)
+        for window in set(out.values()):
+            assert len(window) == 20 and len(set(window)) == 20
+            assert counts(window).get("z", 0) <= 3                  # <= 15 % of the descriptor
+            # every honest instance keeps its place: all 3 of its points, or 2 when the
+            # round that does not fit (7 x 3 = 21 > 20) ends on it
+            assert all(counts(window).get(x, 0) >= 2 for x in "abcdef")
+            assert sum(counts(window).get(x, 0) for x in "abcdef") >= 17
+        # the hog's surplus is spread over the other descriptors, not dropped on the floor
+        union = set().union(*out.values())
+        assert set(sum(honest, [])) <= union and len(union & set(hog)) >= 16
 
 
 def test_more_than_20_gives_distinct_fair_descriptors():
     groups = [ips(x, 3) for x in "abcdefghijkl"]  # 12 instances x 3 = 36 intro points
-    pts = interleave(groups)
     hsdirs = [f"H{i}" for i in range(8)]
-    out = assign_windows(pts, hsdirs)
+    out = fair_windows(groups, hsdirs)
     assert all(len(v) == 20 for v in out.values())          # never more than tor accepts
     assert all(len(set(v)) == 20 for v in out.values())     # no duplicates inside one
     union = set().union(*out.values())
-    assert union == set(pts)                                # every intro point published
+    assert union == set(sum(groups, []))                    # every intro point published
     distinct = {v for v in out.values()}
     assert len(distinct) == 2
     # each window is fair: every instance has 1 or 2 of the 20 slots
     for window in distinct:
-        counts = {}
-        for p in window:
-            counts[p.auth_key[:1]] = counts.get(p.auth_key[:1], 0) + 1
-        assert set(counts.values()) <= {1, 2} and len(counts) == 12
+        assert set(counts(window).values()) <= {1, 2} and len(counts(window)) == 12
     # the first HSDirs of the list already cover both windows (clients try those)
     assert out["H0"] != out["H1"]
 
 
 def test_more_points_than_hsdirs_can_carry():
-    pts = interleave([ips(x, 20) for x in "abc"])  # 60 points, 2 HSDirs x 20 = 40 slots
-    out = assign_windows(pts, ["H1", "H2"])
+    out = fair_windows([ips(x, 20) for x in "abc"], ["H1", "H2"])  # 60 points, 2 x 20 slots
     assert [len(v) for v in out.values()] == [20, 20]
     assert set(out["H1"]).isdisjoint(out["H2"])
-    # the fair order is kept: the first 40 interleaved points are the ones published
-    assert set(out["H1"]) | set(out["H2"]) == set(pts[:40])
+    # each descriptor is fair: 7, 7 and 6 of 20 (ceil(20 / 3) = 7)
+    assert sorted(counts(out["H1"]).values()) == [6, 7, 7] == sorted(counts(out["H2"]).values())
+
+
+def test_more_instances_than_slots_rotate_through_the_windows():
+    groups = [ips(f"{i:02d}", 1) for i in range(30)]   # 30 instances, 1 intro point each
+    out = fair_windows(groups, [f"H{i}" for i in range(4)])
+    assert len(set(out.values())) == 2 and set().union(*out.values()) == set(sum(groups, []))
 
 
 def test_duplicate_hsdirs_collapse():
-    out = assign_windows(ips("a", 2), ["H1", "H1", "H2"])
+    out = fair_windows([ips("a", 2)], ["H1", "H1", "H2"])
     assert list(out) == ["H1", "H2"]
+
+
+def test_a_standby_record_is_no_upload_once_publishing():
+    book = UploadBook()
+    content = frozenset({b"a0"})
+    book.standby("fe", 7, "H1", content, 0)
+    assert book.needs_upload("fe", 7, "H1", content, 1, publishing=False) is None
+    assert book.needs_upload("fe", 7, "H1", content, 1, publishing=True).startswith("publish switched on")
 
 
 def test_upload_counts_only_on_uploaded():
@@ -137,8 +176,8 @@ def test_standby_records_without_inflight():
     book.standby("fe", 1, "H1", frozenset({b"a"}), 0)
     assert book.inflight == {}
     assert book.records[("fe", 1, "H1")].state == "standby"
-    assert book.needs_upload("fe", 1, "H1", frozenset({b"a"}), 1) is None
-    assert book.needs_upload("fe", 1, "H1", frozenset({b"b"}), 1) == "intro points changed"
+    assert book.needs_upload("fe", 1, "H1", frozenset({b"a"}), 1, publishing=False) is None
+    assert book.needs_upload("fe", 1, "H1", frozenset({b"b"}), 1, publishing=False) == "intro points changed"
 
 
 def test_next_due_and_forget_periods():

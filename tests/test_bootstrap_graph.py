@@ -204,7 +204,7 @@ def test_balancer_config_lists_every_worker_instance_address(program):
         assert [i["address"] for i in fe["instances"]] == expected
         assert fe["key_file"] == f"{BALANCER_KEY_DIR}/{fe['name']}.key"
     assert doc["publish"] is True
-    assert doc["control"] == {"port": 9051} and doc["socks_port"] == 9050
+    assert doc["control"] == {"socket": "/run/onionstack-tor-balancer/control"} and doc["socks_port"] == 9050
     # The stack output carries the same addresses, per worker and site.
     out = result.outputs["instanceAddresses"]
     for fe in doc["frontends"]:

@@ -420,6 +420,21 @@ def test_malformed_descriptors(identity, text, fragment):
         _decrypt(text, identity)
 
 
+@pytest.mark.parametrize("where", ["outer layer", "signature line", "start"])
+def test_non_ascii_input_is_a_format_error(identity, built, where):
+    """A non-ASCII character in a descriptor (str input, as HS_DESC_CONTENT delivers it)
+    raised UnicodeEncodeError from the signature check instead of a descriptor error."""
+    text = built.text
+    if where == "outer layer":
+        text = text.replace("revision-counter", "revision-c\u00f6unter", 1)
+    elif where == "signature line":
+        text = text.rstrip("\n") + "\u2603\n"
+    else:
+        text = "\u00e9" + text
+    with pytest.raises(DescriptorFormatError, match="not ASCII"):
+        _decrypt(text, identity)
+
+
 def test_random_corruption_never_crashes(identity, built):
     rng = random.Random(1234)
     text = built.text

@@ -304,9 +304,10 @@ def test_consensus_text_gives_the_same_ring_as_stem(kwargs):
 def test_consensus_text_errors_are_named():
     with pytest.raises(ConsensusError, match="no valid-after line"):
         HashRing.from_consensus("network-status-version 3\n", {})
-    with pytest.raises(ConsensusError, match="router line 'r lonely' is malformed"):
-        HashRing.from_consensus("valid-after 2016-04-14 14:00:00\nfresh-until 2016-04-14 15:00:00\n"
-                                "r ok AAAA x\ns HSDir\nr lonely\ns HSDir\n", {})
+    # a short r line costs its relay, not the ring (counted, shown in the status)
+    ring = HashRing.from_consensus("valid-after 2016-04-14 14:00:00\nfresh-until 2016-04-14 15:00:00\n"
+                                   "r ok AAAA x\ns HSDir\nr lonely\ns HSDir\n", {})
+    assert ring.skipped_malformed == 2 and ring.hsdirs == ()  # AAAA is 3 bytes, not 20
     with pytest.raises(ConsensusError, match="not 'YYYY-MM-DD HH:MM:SS'"):
         HashRing.from_consensus("valid-after yesterday\nfresh-until 2016-04-14 15:00:00\n", {})
 
@@ -365,3 +366,108 @@ def test_consensus_text_parser_reads_full_flavour_entries_like_stem():
     assert (from_text.n_replicas, from_text.spread_store) == (2, 3)
     # CRLF line ends read the same
     assert HashRing.from_consensus(text.replace("\n", "\r\n"), ids)._key() == from_text._key()
+
+
+# --- hostile consensus text (the balancer's only consensus parser) ---------------------------
+
+HOSTILE_CONSENSUS_SCRIPT = r"""
+import json, resource, sys
+# A hard ceiling on this process' address space: a parser that allocates per protocol
+# version of `HSDir=2-99999999999` hits MemoryError here instead of eating the machine.
+resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+from tests.test_onion_hashring import hostile_consensus_and_microdescs
+from onion.frontend import TorOnionProtocol
+
+text, md_all, names = hostile_consensus_and_microdescs()
+
+class Control:
+    def get_info(self, key):
+        if key == "md/all":
+            return md_all
+        if key == "dir/status-vote/current/consensus-microdesc":
+            return text
+        raise ValueError(key)
+
+    def get_conf(self, key):
+        return "0"
+
+proto = TorOnionProtocol()
+try:
+    info = proto.refresh(Control())
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+    sys.exit(0)
+print(json.dumps({"hsdirs": sorted(h.nickname for h in proto.ring.hsdirs),
+                  "malformed": info.skipped_malformed, "names": names,
+                  "max_size": proto.ring.max_descriptor_size}))
+"""
+
+
+def hostile_consensus_and_microdescs():
+    """A microdesc consensus of 12 HSDirs, each with its microdescriptor, where
+    relay3 claims `pr HSDir=2-99999999999` (tor: versions above 63 make the whole list
+    unparseable, i.e. no protocols: not a v3 HSDir), relay5 has a malformed `r` line,
+    relay7 a `pr` range upside down, and relay8 an identity that is not 20 bytes. A
+    consensus param tor cannot read is ignored, HSV3MaxDescriptorSize is read."""
+    lines = ["network-status-version 3 microdesc", "vote-status consensus", "consensus-method 32",
+             "valid-after 2016-04-14 03:00:00", "fresh-until 2016-04-14 04:00:00",
+             "valid-until 2016-04-14 06:00:00", "voting-delay 300 300",
+             "known-flags Fast HSDir Running Stable V2Dir Valid",
+             "params HSV3MaxDescriptorSize=40000 hsdir_spread_store=x9"]
+    mds = []
+    for i in range(12):
+        fp = hashlib.sha1(struct.pack(">I", 50 + i)).digest()
+        ident = base64.b64encode(fp).decode().rstrip("=")
+        ed = base64.b64encode(hashlib.sha256(b"ed" + fp).digest()).decode().rstrip("=")
+        md = (f"onion-key\n-----BEGIN RSA PUBLIC KEY-----\nAAAA{i}\n-----END RSA PUBLIC KEY-----\n"
+              f"ntor-onion-key x{i}=\nid ed25519 {ed}\n")
+        mds.append(md)
+        digest = base64.b64encode(hashlib.sha256(md.encode()).digest()).decode().rstrip("=")
+        if i == 5:
+            lines.append(f"r relay{i}")
+        elif i == 8:
+            lines.append(f"r relay{i} QUJD 2016-04-14 02:00:00 10.0.0.{i} 9001 0")
+        else:
+            lines.append(f"r relay{i} {ident} 2016-04-14 02:00:00 10.0.0.{i} 9001 0")
+        lines += [f"m {digest}", "s Fast HSDir Running Stable V2Dir Valid",
+                  "pr " + {3: "Link=1-5 HSDir=2-99999999999", 7: "HSDir=2-1"}.get(i, "Link=1-5 HSDir=1-2")]
+    lines.append("directory-footer")
+    names = [f"relay{i}" for i in range(12) if i not in (3, 5, 7, 8)]
+    return "\n".join(lines) + "\n", "".join(mds).rstrip("\n"), names
+
+
+def test_a_hostile_consensus_costs_its_bad_entries_not_the_ring_nor_the_memory():
+    """`pr HSDir=2-99999999999` made both consensus parsers allocate without bound (24 GB
+    before the kernel killed the process) and a short `r` line raised AttributeError, so
+    no ring was built. Run through the balancer's real path (TorOnionProtocol.refresh)
+    in a child process whose address space is capped, so a regression fails this test
+    instead of the machine."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    limit = 1024 * 1024 * 1024  # 1 GiB: the importing process itself needs ~170 MB
+    env = dict(os.environ, PYTHONPATH=str(repo), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", HOSTILE_CONSENSUS_SCRIPT.replace("AS_LIMIT", str(limit))],
+                          capture_output=True, text=True, timeout=120, cwd=repo, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "error" not in out, out["error"]
+    assert out["hsdirs"] == sorted(out["names"])          # the 8 good HSDirs, nothing else
+    assert out["malformed"] == 2                           # the short r line, the bad identity
+    assert out["max_size"] == 40000                        # HSV3MaxDescriptorSize from the consensus
+
+
+def test_protocol_lists_follow_tors_parser():
+    supports = hashring._supports_hsdir_v3
+    assert supports("pr HSDir=1-2 Link=1-5")
+    assert supports("pr HSDir=2")
+    assert supports("pr HSDir=1,2,5-63")
+    assert not supports("pr HSDir=1")
+    assert not supports("pr Link=1-5")
+    for bad in ("pr HSDir=2-64", "pr HSDir=1-2 Link=1-640", "pr HSDir=2-1", "pr HSDir=2,,3",
+                "pr HSDir=x", "pr =2", "pr HSDir=2 Li!nk=1", "pr HSDir=" + "1" * 30):
+        assert not supports(bad), bad   # unparseable: "no protocols" (protover.c)

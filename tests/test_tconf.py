@@ -250,6 +250,31 @@ def test_line_joining_and_comments():
         (1, ("set", "a", "one", "two", "three")), (6, ("set", "b", "ends\\\\")), (7, ("set", "c", "3"))]
 
 
+def test_line_joining_is_linear_in_trailing_backslashes():
+    """`re.search(r"(\\+)$", line)` on a long run of backslashes not at the end of the
+    line retried from every position: quadratic (20 000 took 1.4 s, 300 000 would take
+    minutes), and a line continued over many physical lines was copied at each one. Run
+    in a child process with a deadline so a regression fails, not hangs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("from onion import tconf\n"
+              "n = 300_000\n"
+              "lines = tconf.logical_lines('set x ' + '\\\\' * n + 'y\\n', 't')\n"
+              "assert lines[0].words[2] == '\\\\' * n + 'y'\n"
+              "odd = tconf.logical_lines('set x ' + '\\\\' * (2 * n + 1) + '\\nz\\n', 't')\n"
+              "assert odd[0].words[-1] == 'z' and len(odd) == 1\n"
+              # one logical line over 200 000 physical ones: re-joining copied it each time
+              "long = tconf.logical_lines('set x ' + 'ab \\\\\\n' * 200_000 + 'z\\n', 't')\n"
+              "assert len(long[0].words) == 200_003\n"
+              "print('ok')\n")
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=repo)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("text, message", [
     ("hardmap %NEW_V3_ONION% example.com\nfrobnicate x\n", r"t.tconf:2: unknown directive 'frobnicate'"),
     ("set xy \\\n  y\nhardmap %NEW_V3_ONION%\n", r"t.tconf:3: hardmap needs ONION DOMAIN"),

@@ -102,7 +102,8 @@ def test_balancer_torrc_verifies_and_binds_loopback_only(tmp_path):
     write_tree(root, files)
     torrc = files["etc/onionstack/tor/balancer.torrc"].content
     # ExtendedErrors: a failed liveness probe names the onion-service step that failed
-    assert "SocksPort 127.0.0.1:9050 ExtendedErrors\n" in torrc and "ControlPort 127.0.0.1:9051\n" in torrc
+    assert "SocksPort 127.0.0.1:9050 ExtendedErrors\n" in torrc and "ControlPort" not in torrc
+    assert "ControlSocket /run/onionstack-tor-balancer/control\n" in torrc
     assert "CookieAuthentication 1\n" in torrc and "HiddenService" not in torrc
     # consensus fetched as early as a directory cache does (srv-window investigation)
     assert "FetchDirInfoEarly 1\n" in torrc and "FetchDirInfoExtraEarly 1\n" in torrc
@@ -145,7 +146,7 @@ def test_balancer_config_loads_in_the_real_core(publish):
         key_path.chmod(0o600)
     cfg = load_config(spec.config_file)
     assert cfg.publish is publish
-    assert cfg.socks_port == 9050 and cfg.control.port == 9051
+    assert cfg.socks_port == 9050 and cfg.control.socket == "/run/onionstack-tor-balancer/control"
     assert cfg.state_dir == spec.state_dir
     assert [f.name for f in cfg.frontends] == ["news", "shop"]
     got = {f.name: [i.address for i in f.instances] for f in cfg.frontends}
