@@ -74,30 +74,6 @@ def mock_tls_key(name: str) -> str:
                              serialization.NoEncryption()).decode()
 
 
-def mock_self_signed_cert(inputs: dict) -> dict:
-    """What pulumi-tls's SelfSignedCert returns for `inputs`: a real certificate signed by
-    the given key, with the given names and validity."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
-
-    key = serialization.load_pem_private_key(reveal(inputs["privateKeyPem"]).encode(), password=None)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, inputs["subject"]["commonName"])])
-    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-    end = start + datetime.timedelta(hours=int(inputs["validityPeriodHours"]))
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(1).not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in inputs.get("dnsNames", [])]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    stamp = "%Y-%m-%dT%H:%M:%SZ"
-    return {"certPem": cert.public_bytes(serialization.Encoding.PEM).decode(),
-            "validityStartTime": start.strftime(stamp), "validityEndTime": end.strftime(stamp),
-            "readyForRenewal": False}
-
-
 # ---------------------------------------------------------------- recorded data
 @dataclass
 class MockedResource:
@@ -306,10 +282,8 @@ class StackMocks(pulumi_mocks.Mocks):
                 state["stdout"] = self._worker_step_stdout(args.name, inputs)
         elif t == "random:index/randomPassword:RandomPassword":
             state["result"] = mock_password(args.name)
-        elif t == "tls:index/privateKey:PrivateKey":
-            state["privateKeyPem"] = mock_tls_key(args.name)
-        elif t == "tls:index/selfSignedCert:SelfSignedCert":
-            state.update(mock_self_signed_cert(inputs))
+        elif t.startswith("tls:index/"):
+            state.update(mock_tls_state(t, args.name, reveal(inputs)))
         return id_, state
 
     @staticmethod
@@ -326,6 +300,110 @@ class StackMocks(pulumi_mocks.Mocks):
                 addr = mock_instance_address(step_name, m["daemon"], m["site"])
                 lines.append(f"{ADDRESS_LINE} {m['site']} {m['daemon']} {addr}")
         return "packages: installed\n" + "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- pulumi-tls, emulated
+# Real keys and certificates (cryptography), derived from the resource names and inputs
+# and signed deterministically (RFC 6979), so the same program gives the same PEMs on every
+# run (a second `up` is a no-op) and tests can verify chains, names and key matches.
+TLS_EPOCH = (2026, 1, 1)
+
+
+mock_tls_private_key = mock_tls_key  # the same key derivation
+
+
+def _tls_subject(subject: Optional[dict]):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    subject = subject or {}
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, subject["commonName"])] if subject.get("commonName") else []
+    if subject.get("organization"):
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject["organization"]))
+    return x509.Name(attrs)
+
+
+def _tls_extensions(builder, inputs: dict, public_key, issuer_key=None):
+    """basicConstraints, keyUsage, extendedKeyUsage and subject key id as pulumi-tls sets them."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    uses = set(inputs.get("allowedUses") or [])
+    builder = builder.add_extension(x509.BasicConstraints(ca=bool(inputs.get("isCaCertificate")), path_length=None),
+                                    critical=True)
+    builder = builder.add_extension(x509.KeyUsage(
+        digital_signature="digital_signature" in uses, content_commitment=False,
+        key_encipherment="key_encipherment" in uses, data_encipherment=False, key_agreement=False,
+        key_cert_sign="cert_signing" in uses, crl_sign="crl_signing" in uses, encipher_only=False,
+        decipher_only=False), critical=True)
+    eku = [oid for use, oid in (("server_auth", ExtendedKeyUsageOID.SERVER_AUTH),
+                                ("client_auth", ExtendedKeyUsageOID.CLIENT_AUTH)) if use in uses]
+    if eku:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    if issuer_key is not None:
+        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key),
+                                        critical=False)
+    return builder
+
+
+def _tls_sans(inputs: dict) -> list:
+    from cryptography import x509
+
+    return ([x509.DNSName(n) for n in inputs.get("dnsNames") or []]
+            + [x509.IPAddress(ipaddress.ip_address(a)) for a in inputs.get("ipAddresses") or []])
+
+
+def mock_tls_state(type_: str, name: str, inputs: dict) -> dict:
+    """The outputs pulumi-tls gives a PrivateKey, SelfSignedCert, CertRequest or
+    LocallySignedCert with `inputs` (camelCase, secrets already revealed)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    pem = serialization.Encoding.PEM
+    if type_ == "tls:index/privateKey:PrivateKey":
+        key_pem = mock_tls_private_key(name)
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+        return {"privateKeyPem": key_pem, "privateKeyPemPkcs8": key_pem, "algorithm": inputs.get("algorithm"),
+                "publicKeyPem": key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo
+                                                              ).decode()}
+    if type_ == "tls:index/certRequest:CertRequest":
+        key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), password=None)
+        builder = x509.CertificateSigningRequestBuilder().subject_name(_tls_subject(inputs.get("subject")))
+        if _tls_sans(inputs):
+            builder = builder.add_extension(x509.SubjectAlternativeName(_tls_sans(inputs)), critical=False)
+        csr = builder.sign(key, hashes.SHA256(), ecdsa_deterministic=True)
+        return {"certRequestPem": csr.public_bytes(pem).decode()}
+    start = datetime.datetime(*TLS_EPOCH, tzinfo=datetime.timezone.utc)
+    end = start + datetime.timedelta(hours=int(inputs["validityPeriodHours"]))
+    serial = int.from_bytes(hashlib.sha256(f"tls-serial|{name}".encode()).digest()[:16], "big") >> 1
+    if type_ == "tls:index/selfSignedCert:SelfSignedCert":
+        key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), password=None)
+        subject = issuer = _tls_subject(inputs.get("subject"))
+        public, signer, issuer_public = key.public_key(), key, None
+        sans = _tls_sans(inputs)
+    elif type_ == "tls:index/locallySignedCert:LocallySignedCert":
+        csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+        ca = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+        signer = serialization.load_pem_private_key(inputs["caPrivateKeyPem"].encode(), password=None)
+        subject, issuer, public, issuer_public = csr.subject, ca.subject, csr.public_key(), ca.public_key()
+        try:
+            sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            sans = []
+    else:
+        raise NotImplementedError(f"mockrun: pulumi-tls resource {type_} is not emulated")
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public)
+               .serial_number(serial).not_valid_before(start).not_valid_after(end))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = _tls_extensions(builder, inputs, public, issuer_public).sign(signer, hashes.SHA256(),
+                                                                      ecdsa_deterministic=True)
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    return {"certPem": cert.public_bytes(pem).decode(), "validityStartTime": start.strftime(stamp),
+            "validityEndTime": end.strftime(stamp), "readyForRenewal": False}
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):

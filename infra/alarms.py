@@ -83,21 +83,18 @@ def alarm_specs(
     instances_per_frontend: int,
     workers: Sequence[str],
     instances_per_worker: int,
+    publishes: bool = True,
 ) -> list[AlarmSpec]:
-    """The alarms on the balancer's metrics, one set per frontend and one per worker."""
+    """The alarms on the balancer's metrics, one set per frontend and one per worker.
+
+    A standby fleet (`balancer.publish: false`, blue/green) never uploads: it gets no
+    upload or HSDir alarms, which would fire for as long as it stands by."""
     ns = metrics.namespace(stack)
     prefix = f"onionstack-{stack}"
     specs: list[AlarmSpec] = []
     for f in frontends:
         dim = ((metrics.FRONTEND, metrics.frontend_dimension(f.onion_address)),)
-        specs += [
-            AlarmSpec(
-                f"{prefix}-{f.site}-unreachable",
-                f"{f.site} ({f.onion_address}) did not answer the balancer's end-to-end probe "
-                f"in 2 of the last {UNREACHABLE_MINUTES} minutes",
-                ns, metrics.SERVICE_REACHABLE.name, dim, "Maximum", 60, UNREACHABLE_MINUTES, 2,
-                1, "LessThanThreshold",
-            ),
+        uploads = [
             AlarmSpec(
                 f"{prefix}-{f.site}-no-confirmed-upload",
                 f"no HSDir has confirmed an upload of {f.site}'s descriptor for "
@@ -112,6 +109,16 @@ def alarm_specs(
                 ns, metrics.HSDIRS_SERVING.name, dim, "Minimum", 300, 3, 3,
                 HSDIRS_SERVING_MIN, "LessThanThreshold",
             ),
+        ]
+        specs += [
+            AlarmSpec(
+                f"{prefix}-{f.site}-unreachable",
+                f"{f.site} ({f.onion_address}) did not answer the balancer's end-to-end probe "
+                f"in 2 of the last {UNREACHABLE_MINUTES} minutes",
+                ns, metrics.SERVICE_REACHABLE.name, dim, "Maximum", 60, UNREACHABLE_MINUTES, 2,
+                1, "LessThanThreshold",
+            ),
+            *(uploads if publishes else []),
             AlarmSpec(
                 f"{prefix}-{f.site}-instances-down",
                 f"fewer than {min_instances_up(instances_per_frontend)} of {f.site}'s "
@@ -240,6 +247,7 @@ class AlarmsArgs:
     instances_per_worker: int  # tor daemons per worker x sites
     balancer_instance_id: pulumi.Input[str]
     emails: tuple[str, ...] = ()
+    publishes: bool = True  # balancer.publish; false: a standby fleet gets no upload alarms
 
 
 class Alarms(pulumi.ComponentResource):
@@ -280,7 +288,7 @@ class Alarms(pulumi.ComponentResource):
                 opts=child,
             )
         specs = alarm_specs(stack, args.frontends, args.instances_per_frontend, args.workers,
-                            args.instances_per_worker)
+                            args.instances_per_worker, publishes=args.publishes)
         self.alarms = [self._alarm(spec, child) for spec in specs]
         recover = pulumi.Output.from_input(args.balancer_instance_id).apply(
             lambda iid: recover_spec(stack, args.account, iid))

@@ -37,6 +37,7 @@ class SecurityArgs:
 
 class SecurityGroups(pulumi.ComponentResource):
     balancer: aws.ec2.SecurityGroup
+    deployer: aws.ec2.SecurityGroup  # on the balancer too; its rules come and go with CI runs
     workers: aws.ec2.SecurityGroup
     database: Optional[aws.ec2.SecurityGroup]
 
@@ -50,6 +51,13 @@ class SecurityGroups(pulumi.ComponentResource):
         self.database = (
             self._group("database", args.vpc_id, "PostgreSQL on encrypted EBS") if args.database else None
         )
+        # CI's door to the balancer (docs/operations.md, "How a deploy reaches the machines"):
+        # a second group on the balancer with no rule Pulumi manages (no inline rules, no rule
+        # resources, so an `up` neither adds nor removes one). The deploy job adds TCP 22 from
+        # its own /32 for the run and removes it again (ci/ssh_window.py).
+        self.deployer = self._group("deployer", args.vpc_id,
+                                    "CI deploy SSH window to the balancer (rules added per run)",
+                                    role="balancer")
 
         # --- ingress: exactly the rules of the design, nothing else
         for i, cidr in enumerate(args.admin_cidrs):
@@ -82,14 +90,15 @@ class SecurityGroups(pulumi.ComponentResource):
 
         self.register_outputs({})
 
-    def _group(self, role: str, vpc_id, description: str) -> aws.ec2.SecurityGroup:
+    def _group(self, name: str, vpc_id, description: str, role: Optional[str] = None) -> aws.ec2.SecurityGroup:
+        role = role or name
         return aws.ec2.SecurityGroup(
-            f"{self._name}-{role}",
+            f"{self._name}-{name}",
             # Pulumi auto-names the group from the logical name plus a suffix; AWS refuses
             # group names starting with "sg-", which is why the component is not called "sg".
             vpc_id=vpc_id,
             description=f"onionstack {description}",
-            tags=tags(role, f"{role}-sg"),
+            tags=tags(role, f"{name}-sg"),
             opts=self._child,
         )
 

@@ -137,10 +137,12 @@ class Lab:
         return f"{scheme}://{self.info['frontend']}{path}"
 
     def start_workers(self, count: int, *, tor_daemons: int = 2, intro_points: int = 3,
-                      tag: str = "w", first_listener: int = 0, dos=None) -> list[Worker]:
+                      tag: str = "w", first_listener: int = 0, dos=None,
+                      metrics: bool = False) -> list[Worker]:
         """`count` workers for the current frontend, each proxying to its own origin listener
         (first_listener, first_listener + 1, ...). They serve HTTPS too when the frontend
-        has a certificate (make_frontend_certificate); `dos`: the site's SiteDos."""
+        has a certificate (make_frontend_certificate); `dos`: the site's SiteDos; `metrics`:
+        each tor daemon gets a MetricsPort on 127.0.0.1 (Worker.metrics_ports)."""
         origin = self.info["origin"]
         if first_listener + count > len(origin["ports"]):
             raise ValueError(f"workers: {count} workers from listener {first_listener} need "
@@ -154,7 +156,8 @@ class Lab:
                 domain=origin["domain"], origin_port=origin["ports"][first_listener + i - 1],
                 ca_file=origin["ca"],
                 network_torrc=str(self.net.network_torrc), tor_daemons=tor_daemons,
-                intro_points=intro_points, dos=dos, **self._tls_args())
+                intro_points=intro_points, dos=dos, **self._tls_args(),
+                metrics_ports=tuple(self.ports.take() for _ in range(tor_daemons)) if metrics else ())
             workers.append(worker)
             self.progress(f"worker {worker.name}: {tor_daemons} tor instances "
                           f"{', '.join(a[:12] + '...' for a in worker.instance_addresses)} + nginx "

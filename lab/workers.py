@@ -28,6 +28,7 @@ class Worker:
     instance_addresses: list[str]  # one per tor daemon, without ".onion"
     tag: str = "w"
     commands: dict[str, list[str]] = field(default_factory=dict)  # process name -> argv
+    metrics_ports: list[int] = field(default_factory=list)  # tor MetricsPorts on 127.0.0.1, daemon order
 
     @property
     def name(self) -> str:
@@ -73,7 +74,7 @@ def onion_certificate(onion_host: str, days: int = 365) -> tuple[str, str]:
 
 def worker_spec(root: Path, *, frontend_address: str, domain: str, origin_port: int,
                 ca_file: str, network_torrc: str, tor_daemons: int, intro_points: int,
-                https: bool = False, dos=None):
+                https: bool = False, dos=None, metrics_ports: tuple[int, ...] = ()):
     """The WorkerSpec the AWS program builds (nodes.roles.worker_spec, the same builder),
     on the lab's machine: its paths, its user, its CA and the private network. `https`: the
     site also serves 443 (certificate staged by start_worker); `dos`: the site's
@@ -85,8 +86,11 @@ def worker_spec(root: Path, *, frontend_address: str, domain: str, origin_port: 
                     origin_address=f"127.0.0.1:{origin_port}", https=https, dos=dos or SiteDos())
     machine = Machine(layout=Layout(root=str(root)), tor_user=None, nginx_user=None,
                       tor_include=network_torrc, trusted_ca_file=ca_file)
-    return build((site,), resolver="127.0.0.1", tor_daemons=tor_daemons, intro_points=intro_points,
+    from dataclasses import replace
+
+    spec = build((site,), resolver="127.0.0.1", tor_daemons=tor_daemons, intro_points=intro_points,
                  machine=machine)
+    return replace(spec, metrics_ports=tuple(metrics_ports)) if metrics_ports else spec
 
 
 def write_rendered(root: Path, files) -> None:
@@ -137,7 +141,7 @@ def start_worker(procs: ProcessRegistry, state_dir: Path, index: int, tag: str =
     for torrc in torrcs:
         _check(["tor", "--verify-config", "-f", torrc], "tor --verify-config")
     worker = Worker(index=index, root=str(root), tor_daemons=spec.tor_daemons,
-                    instance_addresses=[], tag=tag)
+                    instance_addresses=[], tag=tag, metrics_ports=list(spec.metrics_ports))
     worker.commands[f"{worker.name}-nginx"] = nginx_cmd + ["-g", "daemon off;"]
     for daemon, torrc in zip(spec.daemon_names, torrcs):
         worker.commands[f"{worker.name}-{daemon}"] = ["tor", "-f", torrc]

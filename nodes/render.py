@@ -410,6 +410,10 @@ class WorkerSpec:
     nginx_tcp_base_port: int | None = None
     tor_binary: str = "/usr/bin/tor"
     nginx_binary: str = "/usr/sbin/nginx"
+    # tor's MetricsPort (Prometheus text: per-service PoW queue depth, suggested effort,
+    # rejected introductions) on 127.0.0.1, one port per daemon in daemon order, readable
+    # from 127.0.0.1 only; empty: no MetricsPort.
+    metrics_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         sites = tuple(self.sites)
@@ -446,6 +450,11 @@ class WorkerSpec:
             value = getattr(self, name)
             if value is not None and (not value.startswith("/") or not SAFE_PATH_RE.match(value)):
                 _fail(name, value, "use an absolute path of [A-Za-z0-9._/@+-] characters")
+        mports = tuple(self.metrics_ports)
+        if mports and (len(mports) != self.tor_daemons or len(set(mports)) != len(mports) or
+                       not all(isinstance(p, int) and 1024 <= p <= 65535 for p in mports)):
+            _fail("metrics_ports", mports, "give one distinct free port >= 1024 per tor daemon, or ()")
+        object.__setattr__(self, "metrics_ports", mports)
         port = self.nginx_tcp_base_port
         if port is not None and not (isinstance(port, int)
                                      and 1024 <= port <= 65535 - 2 * len(sites) * self.tor_daemons):
@@ -494,6 +503,10 @@ class WorkerSpec:
 
     def data_dir(self, daemon: str) -> str:
         return self.layout.path("lib_dir", "tor", daemon)
+
+    def metrics_port(self, daemon: str) -> int | None:
+        """The daemon's MetricsPort on 127.0.0.1, or None."""
+        return self.metrics_ports[self.daemon_names.index(daemon)] if self.metrics_ports else None
 
     def hs_dir(self, daemon: str, site: SiteSpec) -> str:
         return self.layout.path("lib_dir", "tor", daemon, "hs", site.name)
@@ -807,7 +820,7 @@ def render_balancer(spec: BalancerSpec) -> dict[str, RenderedFile]:
 # --------------------------------------------------------------------------- database
 
 # ssl-cert: the snakeoil certificate pg_createcluster configures for `ssl = on`.
-DATABASE_PACKAGES = ("postgresql", "ssl-cert", "xfsprogs")
+DATABASE_PACKAGES = ("postgresql", "ssl-cert", "xfsprogs", "openssl")  # openssl: the TLS checks in apply.sh
 VOLUME_ID_RE = re.compile(r"^vol-[0-9a-f]{8,17}$")
 DEVICE_NAME_RE = re.compile(r"^/dev/(sd|xvd)[f-p]$")
 XFS_LABEL_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # xfs labels: at most 12 bytes
@@ -847,11 +860,72 @@ def database_volumes(data: tuple[str, str], journal: tuple[str, str], log: tuple
 
 
 @dataclass(frozen=True)
+class DatabaseTls:
+    """PostgreSQL's certificate and the CA that issued it (public PEMs; the key is staged
+    by the remote step at `DatabaseSpec.key_file`, never rendered). Checked here: both
+    parse, the CA is a CA, the certificate is signed by it. DatabaseSpec checks that the
+    certificate names its listen_ip, or `sslmode=verify-full` clients would refuse it."""
+
+    cert_pem: str
+    ca_pem: str
+
+    def __post_init__(self) -> None:
+        from cryptography import x509
+
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert_pem.encode())
+            ca = x509.load_pem_x509_certificate(self.ca_pem.encode())
+        except (ValueError, AttributeError):
+            _fail("tls", "<PEM>", "give PostgreSQL's certificate and its CA's as PEM")
+        try:
+            is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            _fail("tls.ca_pem", ca.subject.rfc4514_string(), "the CA certificate must be a CA (basicConstraints CA:TRUE)")
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (InvalidSignature, ValueError, TypeError) as exc:
+            _fail("tls.cert_pem", cert.subject.rfc4514_string(), f"not issued by the CA ({type(exc).__name__})")
+
+    def names(self) -> tuple[set[str], set[str]]:
+        """(DNS names, IP addresses) in the certificate's subjectAltName."""
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(self.cert_pem.encode())
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return set(), set()
+        return set(san.get_values_for_type(x509.DNSName)), {str(i) for i in san.get_values_for_type(x509.IPAddress)}
+
+
+@dataclass(frozen=True)
+class DatabaseRole:
+    """A login role with its own database (owned by it, CONNECT for it alone) and its own
+    password, staged by the remote step at `password_file` (0600 postgres)."""
+
+    purpose: str
+    role: str
+    database: str
+    password_file: str
+
+
+def app_database_name(site: str) -> str:
+    """An app site's role and database name: `app_` + the site name, '-' as '_'."""
+    return "app_" + site.replace("-", "_")
+
+
+@dataclass(frozen=True)
 class DatabaseSpec:
     """PostgreSQL on the database machine. `listen_ip` is its private address;
     `client_cidrs` the worker subnets (hostssl + scram-sha-256, nothing else remote).
     The password is not rendered: the remote step stages it at `password_file` (0600,
-    postgres) and apply.sh hands it to psql through a file, never argv."""
+    postgres) and apply.sh hands it to psql through a file, never argv. `tls`: the
+    certificate (with the listen_ip in its subjectAltName) and the CA; the step stages the
+    key at `key_file` (0600 postgres)."""
 
     listen_ip: str
     client_cidrs: tuple[str, ...]
@@ -862,6 +936,9 @@ class DatabaseSpec:
     db_user: str = "onionstack"
     layout: Layout = field(default_factory=Layout)
     password_file_rel: str = "etc/onionstack/postgres/password"
+    tls: DatabaseTls | None = None
+    tls_dir_rel: str = "etc/onionstack/postgres"
+    apps: tuple[str, ...] = ()  # app sites: each gets its own role, database and password
 
     def __post_init__(self) -> None:
         try:
@@ -871,6 +948,11 @@ class DatabaseSpec:
             ok = False
         if not ok:
             _fail("listen_ip", self.listen_ip, "use the database's private IPv4 address")
+        if not isinstance(self.tls, DatabaseTls):
+            _fail("tls", self.tls, "give the database's certificate and CA (DatabaseTls; nodes/pki.py makes them)")
+        if self.listen_ip not in self.tls.names()[1]:
+            _fail("tls.cert_pem", sorted(self.tls.names()[1]),
+                  f"the certificate must name the listen_ip {self.listen_ip} (sslmode=verify-full checks it)")
         cidrs = tuple(self.client_cidrs)
         if not cidrs:
             _fail("client_cidrs", cidrs, "list the worker subnets' CIDRs")
@@ -893,6 +975,15 @@ class DatabaseSpec:
         for name in ("db_name", "db_user"):
             if not SAFE_NAME_RE.match(getattr(self, name)) or "-" in getattr(self, name):
                 _fail(name, getattr(self, name), "use ^[a-z_][a-z0-9_]{0,31}$")
+        apps = tuple(self.apps)
+        for app in apps:
+            if not isinstance(app, str) or not SITE_NAME_RE.match(app):
+                _fail("apps", app, "use app site names (^[a-z][a-z0-9-]{0,30}$)")
+        names = [self.db_name, self.db_user] + [app_database_name(a) for a in apps]
+        if len(set(app_database_name(a) for a in apps)) != len(apps) or \
+                {self.db_name, self.db_user} & {app_database_name(a) for a in apps}:
+            _fail("apps", apps, f"each app needs its own role and database name ({names})")
+        object.__setattr__(self, "apps", apps)
 
     def _mount(self, label: str) -> str:
         return next(v.mount_point for v in self.volumes if v.label == label)
@@ -917,6 +1008,28 @@ class DatabaseSpec:
     def password_file(self) -> str:
         return posixpath.join(self.layout.root, self.password_file_rel)
 
+    def app_password_file(self, app: str) -> str:
+        return posixpath.join(self.layout.root, posixpath.dirname(self.password_file_rel), "apps", f"{app}.password")
+
+    @property
+    def roles(self) -> tuple[DatabaseRole, ...]:
+        """The stack's own role (kept for what already uses it) and one per app site."""
+        return (DatabaseRole("the stack", self.db_user, self.db_name, self.password_file),) + tuple(
+            DatabaseRole(f"app site {a}", app_database_name(a), app_database_name(a), self.app_password_file(a))
+            for a in self.apps)
+
+    @property
+    def cert_file(self) -> str:
+        return posixpath.join(self.layout.root, self.tls_dir_rel, "server.crt")
+
+    @property
+    def key_file(self) -> str:
+        return posixpath.join(self.layout.root, self.tls_dir_rel, "server.key")
+
+    @property
+    def ca_file(self) -> str:
+        return posixpath.join(self.layout.root, self.tls_dir_rel, "ca.crt")
+
 
 def render_database(spec: DatabaseSpec) -> dict[str, RenderedFile]:
     """PostgreSQL's conf.d file and pg_hba.conf, plus the role's scripts (volumes, cluster,
@@ -928,14 +1041,25 @@ def render_database(spec: DatabaseSpec) -> dict[str, RenderedFile]:
         layout.key(posixpath.join(spec.conf_dir, "pg_hba.conf")):
             RenderedFile(render_template("database/pg_hba.conf.j2", spec=spec), 0o640, "postgres"),
     }
-    secret = {layout.key(spec.password_file): RenderedFile("", 0o600, "postgres")}
+    # PostgreSQL's certificate and the CA's are public; the key (like the password) is a
+    # secret the step stages: listed here so that apply.sh installs it, never rendered.
+    out[layout.key(spec.cert_file)] = RenderedFile(spec.tls.cert_pem, 0o644, "root")
+    out[layout.key(spec.ca_file)] = RenderedFile(spec.tls.ca_pem, 0o644, "root")
+    roles_sql = layout.key(layout.path("script_dir", "database-roles.sql"))
+    out[roles_sql] = RenderedFile(render_template("database/roles.sql.j2", spec=spec), 0o644, "root")
+    secret = {layout.key(r.password_file): RenderedFile("", 0o600, "postgres") for r in spec.roles}
+    secret[layout.key(spec.key_file)] = RenderedFile("", 0o600, "postgres")
     dirs = (Directory(posixpath.dirname(spec.password_file), 0o750, "root", "postgres"),)
+    if spec.apps:
+        dirs += (Directory(posixpath.dirname(spec.app_password_file(spec.apps[0])), 0o750, "root", "postgres"),)
     out.update(_script_files(layout, "database", "scripts/apply-database.sh.j2", {**out, **secret}, dirs,
-                             DATABASE_PACKAGES, (), False, spec=spec))
+                             DATABASE_PACKAGES, (), False, spec=spec, roles_sql=roles_sql))
     return out
 
 
 __all__ = [
-    "BalancerSpec", "DatabaseSpec", "SiteDos", "ValidationPath", "VolumeSpec", "worker_secret_files", "database_volumes", "render_database", "Directory", "Layout", "NginxTuning", "balancer_directories", "render_balancer", "RenderError", "RenderedFile", "SiteSpec", "TorTuning",
+    "BalancerSpec", "DatabaseRole", "DatabaseSpec", "DatabaseTls", "app_database_name", "SiteDos", "ValidationPath",
+    "VolumeSpec", "worker_secret_files", "database_volumes", "render_database", "Directory", "Layout", "NginxTuning",
+    "balancer_directories", "render_balancer", "RenderError", "RenderedFile", "SiteSpec", "TorTuning",
     "WorkerSpec", "content_hash", "render_template", "render_worker", "replace", "worker_directories",
 ]

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from infra.config import ConfigError, Site, StackConfig
-from nodes.render import (BalancerSpec, DatabaseSpec, Layout, NginxTuning, RenderError, SiteDos, SiteSpec,
-                          TorTuning, ValidationPath, WorkerSpec, database_volumes)
+from nodes.render import (BalancerSpec, DatabaseSpec, DatabaseTls, Layout, NginxTuning, RenderError, SiteDos,
+                          SiteSpec, TorTuning, ValidationPath, WorkerSpec, database_volumes)
 
 LAYOUT = Layout()  # a machine's layout: files land under /
 
@@ -118,10 +118,11 @@ class RoleSpecs:
         return BalancerSpec(sites=self.sites, instances={name: tuple(a) for name, a in instances.items()},
                             publish=self.publish, layout=self.layout)
 
-    def database(self, private_ip: str, client_cidrs: Sequence[str], volumes: Mapping[str, tuple[str, str]]
-                 ) -> DatabaseSpec:
+    def database(self, private_ip: str, client_cidrs: Sequence[str], volumes: Mapping[str, tuple[str, str]],
+                 tls: DatabaseTls) -> DatabaseSpec:
         """PostgreSQL on `private_ip` for `client_cidrs`; `volumes`: purpose (data, journal,
-        log) -> (EBS volume id, attachment device name)."""
+        log) -> (EBS volume id, attachment device name); `tls`: its certificate and the CA's
+        (nodes/pki.py)."""
         return DatabaseSpec(listen_ip=private_ip, client_cidrs=tuple(client_cidrs),
                             volumes=database_volumes(volumes["data"], volumes["journal"], volumes["log"]),
-                            pg_version=self.postgres_version, layout=self.layout)
+                            pg_version=self.postgres_version, layout=self.layout, tls=tls)

@@ -36,6 +36,7 @@ from infra.storage import database_volume_specs
 from nodes.balancer import BalancerNode, BalancerNodeArgs
 from nodes.database import DatabaseNode, DatabaseNodeArgs
 from nodes.instance import AmiCatalog, InstanceArgs
+from nodes.pki import DatabaseCertificates, DatabaseCertificatesArgs
 from nodes.roles import RoleSpecs
 from nodes.tls import OnionCertificates, OnionCertificatesArgs
 from nodes.steps import (BalancerCore, BalancerCoreArgs, BalancerPackage, BalancerPackageArgs, DatabaseSetup,
@@ -68,6 +69,7 @@ class OnionSite(pulumi.ComponentResource):
     worker_setups: list[WorkerSetup]
     worker_drains: list[WorkerDrain]
     database_setup: Optional[DatabaseSetup]
+    database_certificates: Optional[DatabaseCertificates]
     certificates: Optional[OnionCertificates]
     exports: dict[str, Any]
 
@@ -106,9 +108,10 @@ class OnionSite(pulumi.ComponentResource):
                               opts=top)
 
         def instance(role: str, instance_type: str, subnet, group, public_ip: bool = False,
-                     profile: Optional[pulumi.Input[str]] = None) -> InstanceArgs:
+                     profile: Optional[pulumi.Input[str]] = None, extra_groups=()) -> InstanceArgs:
             return InstanceArgs(role=role, instance_type=instance_type, ami_id=ami_for(instance_type),
-                                subnet_id=subnet.id, security_group_ids=[group.id], key_name=key_pair.key_name,
+                                subnet_id=subnet.id, security_group_ids=[group.id, *(g.id for g in extra_groups)],
+                                key_name=key_pair.key_name,
                                 public_ip=public_ip, root_kms_key_id=self.ebs_key.key.arn,
                                 iam_instance_profile=profile)
 
@@ -119,7 +122,8 @@ class OnionSite(pulumi.ComponentResource):
         self.balancer = BalancerNode("balancer", BalancerNodeArgs(
             instance=instance("balancer", config.instance_types.balancer, self.network.public_subnets[0],
                               self.security.balancer, public_ip=True,
-                              profile=self.metrics_publisher.profile.name)), opts=top)
+                              profile=self.metrics_publisher.profile.name,
+                              extra_groups=(self.security.deployer,))), opts=top)
         balancer_urn = legacy("onionstack:nodes:BalancerNode", "balancer")
         on_balancer = pulumi.ResourceOptions(parent=self.balancer)
         self.balancer_package = BalancerPackage(
@@ -163,7 +167,7 @@ class OnionSite(pulumi.ComponentResource):
         ]
 
         # ---- the database
-        self.database, self.database_setup = None, None
+        self.database, self.database_setup, self.database_certificates = None, None, None
         if config.database.enabled:
             # Generated once and kept in the state as a secret; reaches the machine only via stdin.
             password = random.RandomPassword("database-password", length=32, special=False, opts=top)
@@ -175,11 +179,15 @@ class OnionSite(pulumi.ComponentResource):
                                               config.database.log_gb),
                 jump=self.balancer.ssh, protect_data=config.protect_data, backup=config.backup.enabled,
                 volume_kms_key_id=self.ebs_key.key.arn), opts=top)
+            # A private CA issues PostgreSQL's certificate for its private IP: clients verify it.
+            self.database_certificates = DatabaseCertificates(
+                "database-certificates", DatabaseCertificatesArgs(self.database.private_ip, pulumi.get_stack()),
+                opts=pulumi.ResourceOptions(parent=self))
             self.database_setup = DatabaseSetup(
                 "database-postgres-step",
                 DatabaseSetupArgs(node=self.database, specs=specs, password=password.result,
                                   client_cidrs=tuple(s.cidr_block for s in self.network.private_subnets),
-                                  ssh_key=ssh_key),
+                                  ssh_key=ssh_key, certificates=self.database_certificates),
                 opts=pulumi.ResourceOptions(parent=self.database),
                 legacy_parent=legacy("onionstack:nodes:DatabaseNode", "database"))
 
@@ -198,7 +206,7 @@ class OnionSite(pulumi.ComponentResource):
             workers=tuple(w.node_name for w in self.workers),
             instances_per_worker=config.tor_daemons_per_worker * len(config.sites),
             balancer_instance_id=self.balancer.instance.id,
-            emails=config.alarm_emails), opts=pulumi.ResourceOptions(parent=self))
+            emails=config.alarm_emails, publishes=config.balancer.publish), opts=pulumi.ResourceOptions(parent=self))
 
         self.exports = self._exports(config, zones)
         self.register_outputs(self.exports)
@@ -214,10 +222,15 @@ class OnionSite(pulumi.ComponentResource):
             "balancerPrivateIp": self.balancer.private_ip,
             "workerPrivateIps": [w.private_ip for w in self.workers],
             "sshBalancer": pulumi.Output.concat("ssh ", jump),
+            # The group CI's deploy job opens SSH in for its own address, per run
+            # (ci/ssh_window.py, docs/operations.md).
+            "deployerSecurityGroupId": self.security.deployer.id,
             "sshWorkers": [pulumi.Output.concat("ssh -J ", jump, f" {user}@", w.private_ip) for w in self.workers],
         }
         if self.database is not None:
             out["databasePrivateIp"] = self.database.private_ip
+            # Public: what a client needs to verify the database (sslmode=verify-full).
+            out["databaseCaCertificate"] = self.database_certificates.ca_cert_pem
             out["sshDatabase"] = pulumi.Output.concat("ssh -J ", jump, f" {user}@", self.database.private_ip)
         if self.backup is not None:
             out["backupVaultName"] = self.backup.vault.name

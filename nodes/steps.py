@@ -32,10 +32,11 @@ from infra.config import Site
 from nodes.balancer import BalancerNode
 from nodes.database import DatabaseNode
 from nodes.instance import Node
+from nodes.pki import DatabaseCertificates
 from nodes.payload import BinaryFile, digest, onion_package_tarball, payload
 from nodes.remote import DRAIN_DIAL_LIMIT, STEP_TIMEOUTS, command, connection
-from nodes.render import BalancerSpec, RenderedFile, WorkerSpec, content_hash, render_balancer, render_database, \
-    render_worker, worker_secret_files
+from nodes.render import BalancerSpec, DatabaseTls, RenderedFile, WorkerSpec, content_hash, render_balancer, \
+    render_database, render_worker, worker_secret_files
 from nodes.roles import RoleSpecs
 from nodes.scripts import as_root, drain_script, package_script, parse_instance_addresses, runner_script, \
     worker_setup_script
@@ -279,17 +280,21 @@ class DatabaseSetupArgs:
     password: pulumi.Input[str]  # secret (a RandomPassword's result)
     client_cidrs: tuple[pulumi.Input[str], ...]  # the subnets PostgreSQL accepts the application from
     ssh_key: pulumi.Input[str]  # secret
+    certificates: DatabaseCertificates  # its TLS certificate (+ key, secret) and the CA's
 
 
-def database_files(spec, password: Optional[str]) -> dict[str, RenderedFile]:
+def database_files(spec, password: Optional[str], tls_key: Optional[str] = None) -> dict[str, RenderedFile]:
     """The secret half of the database payload: the password at the path apply.sh reads
-    (0600 postgres). The generated password is alphanumeric. `None` only under mocks
-    that do not emulate `random.RandomPassword`."""
-    if password is None:
-        return {}
-    if not password.isalnum():
-        raise ValueError("the database password must be alphanumeric (RandomPassword special=False)")
-    return {spec.layout.key(spec.password_file): RenderedFile(password, 0o600, "postgres")}
+    and PostgreSQL's TLS key (both 0600 postgres). The generated password is alphanumeric.
+    `None` only under mocks that do not emulate `random.RandomPassword`."""
+    out: dict[str, RenderedFile] = {}
+    if password is not None:
+        if not password.isalnum():
+            raise ValueError("the database password must be alphanumeric (RandomPassword special=False)")
+        out[spec.layout.key(spec.password_file)] = RenderedFile(password, 0o600, "postgres")
+    if tls_key is not None:
+        out[spec.layout.key(spec.key_file)] = RenderedFile(tls_key, 0o600, "postgres")
+    return out
 
 
 class DatabaseSetup(pulumi.ComponentResource):
@@ -305,11 +310,16 @@ class DatabaseSetup(pulumi.ComponentResource):
         script = runner_script(specs.layout.script_dir)
         volumes = pulumi.Output.all(**{p: vid for p, (vid, _) in node.volume_devices.items()})
         devices = {p: device for p, (_, device) in node.volume_devices.items()}
-        spec = pulumi.Output.all(node.private_ip, pulumi.Output.all(*args.client_cidrs), volumes).apply(
-            lambda a: specs.database(a[0], a[1], {p: (a[2][p], devices[p]) for p in devices}))
+        certs = args.certificates
+        tls_pems = pulumi.Output.all(certs.cert_pem, certs.ca_cert_pem)
+        spec = pulumi.Output.all(node.private_ip, pulumi.Output.all(*args.client_cidrs), volumes, tls_pems).apply(
+            lambda a: specs.database(a[0], a[1], {p: (a[2][p], devices[p]) for p in devices},
+                                     DatabaseTls(cert_pem=a[3][0], ca_pem=a[3][1])))
+        # The public files: the certificates among them, so a renewed one changes the
+        # config digest (the triggers) and the step installs it.
         public = spec.apply(render_database)
-        stdin = pulumi.Output.secret(pulumi.Output.all(spec, public, args.password).apply(
-            lambda a: payload({**a[1], **database_files(a[0], a[2])})))
+        stdin = pulumi.Output.secret(pulumi.Output.all(spec, public, args.password, certs.key_pem).apply(
+            lambda a: payload({**a[1], **database_files(a[0], a[2], a[3])})))
         self.config_digest = public.apply(content_hash)
         self.command = command(
             _resource_name(name),

@@ -28,6 +28,8 @@ class OptionRecordingMonitor(mockrun.RecordingMonitor):
         record.custom_timeouts = {k: getattr(request.customTimeouts, k) for k in ("create", "update", "delete")}
         record.aliases = tuple(_alias(a) for a in request.aliases)
         record.provider = request.provider  # "<provider urn>::<id>", "" for the default provider
+        # input name -> URNs it was computed from (the engine hands these to policy packs)
+        record.property_dependencies = {k: tuple(v.urns) for k, v in request.propertyDependencies.items()}
         return response
 
 

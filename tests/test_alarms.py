@@ -93,6 +93,15 @@ def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use():
     assert result.outputs["alarmTopicArn"] == topic.state["arn"]
 
 
+def test_a_standby_fleet_gets_no_upload_alarms():
+    # balancer.publish false (blue/green): it never uploads, so those alarms would never clear.
+    result = run(minimal_config(balancer={"publish": False}))
+    names = set(alarms_by_name(result))
+    assert names == {"onionstack-prod-news-unreachable", "onionstack-prod-news-instances-down",
+                     "onionstack-prod-news-rejected-descriptors", "onionstack-prod-worker-1-tor-down",
+                     "onionstack-prod-worker-2-tor-down", "onionstack-prod-balancer-recover"}
+
+
 def test_no_emails_no_subscriptions():
     result = run(minimal_config())
     assert not result.of_type("aws:sns/topicSubscription:TopicSubscription")

@@ -13,7 +13,7 @@ import pytest
 from pulumi_command import remote
 
 from lab.rehearse.executor import Connection, DialError, Provider, StepError
-from lab.rehearse.program import Generated, evaluate
+from lab.rehearse.program import evaluate
 
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKq0exampleexampleexampleexampleexample host"
@@ -67,7 +67,7 @@ def conn(host: str, proxy: str | None = None, **kw) -> remote.ConnectionArgs:
 def run(tmp_path: Path, program, transport: FakeTransport, **kw) -> Provider:
     provider = Provider(tmp_path / "executor.json", transport, log=kw.pop("log", lambda line: None),
                         max_step_seconds=kw.pop("max_step_seconds", 60))
-    evaluate({}, Generated(tmp_path / "generated.json"), provider, program=program)
+    evaluate({}, provider, program=program)
     provider.finish()
     return provider
 

@@ -1,5 +1,5 @@
 """Pieces of the rehearsal that need no root and no hosts: the lab network on another
-address, the rehearsal stack under mocks, generated host keys, the image switches the
+address, the rehearsal stack under mocks, the image switches the
 steps honour."""
 from __future__ import annotations
 
@@ -49,13 +49,13 @@ def test_default_network_stays_on_loopback(tmp_path):
 def plan(tmp_path_factory):
     from mockrun import demo_ssh_key_pair
     from onion.keys import IdentityKey
-    from lab.rehearse.program import Generated, evaluate, rehearsal_config
+    from lab.rehearse.program import evaluate, rehearsal_config
 
     public, private = demo_ssh_key_pair()
     cfg = rehearsal_config(workers=2, tor_daemons=2, origin="10.214.0.1:8443", domain="lab.example",
                            master_key=IdentityKey.generate().to_config_string(), ssh_public=public,
                            ssh_private=private)
-    return evaluate(cfg, Generated(tmp_path_factory.mktemp("gen") / "generated.json"))
+    return evaluate(cfg)
 
 
 def test_rehearsal_stack_declares_the_hosts_to_boot(plan):
@@ -81,19 +81,6 @@ def test_rehearsal_database_uses_the_images_postgres_version(plan):
     files = unpack(reveal(step.inputs["stdin"]))
     version = image_postgres_version()
     assert f"etc/postgresql/{version}/main/pg_hba.conf" in files
-
-
-def test_generated_host_keys_are_real_openssh_keys():
-    from cryptography.hazmat.primitives import serialization
-    from lab.rehearse.program import tls_private_key
-
-    for algorithm in ("ED25519", "RSA", "ECDSA"):
-        keys = tls_private_key(algorithm, 2048, "P256")
-        private = serialization.load_ssh_private_key(keys["privateKeyOpenssh"].encode(), None)
-        public = serialization.load_ssh_public_key(keys["publicKeyOpenssh"].encode())
-        raw = (serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        assert private.public_key().public_bytes(*raw) == public.public_bytes(*raw)
-        assert keys["publicKeyFingerprintSha256"].startswith("SHA256:")
 
 
 def test_install_switch_comes_before_any_apt(plan):

@@ -112,5 +112,6 @@ def test_the_stack_outputs_are_the_sites_exports():
     assert set(result.outputs) == {
         "vpcId", "availabilityZones", "balancerPublicIp", "balancerPrivateIp", "workerPrivateIps", "sshBalancer",
         "sshWorkers", "databasePrivateIp", "sshDatabase", "backupVaultName", "keptOnDestroy", "sites",
-        "instanceAddresses", "balancerPublishes", "introPoints", "alarmTopicArn", "onionLocation"}
+        "instanceAddresses", "balancerPublishes", "introPoints", "alarmTopicArn", "onionLocation",
+        "deployerSecurityGroupId", "databaseCaCertificate"}
     assert "exports" in OnionSite.__annotations__

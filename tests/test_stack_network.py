@@ -27,7 +27,8 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
         NAT: nats,
         "aws:ec2/eip:Eip": nats,
         "aws:ec2/keyPair:KeyPair": 1,
-        "aws:ec2/securityGroup:SecurityGroup": 3 if database else 2,
+        # balancer, workers, database; the deployer group (CI's SSH window)
+        "aws:ec2/securityGroup:SecurityGroup": (3 if database else 2) + 1,
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": admin + (3 if database else 1),
         "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4 if database else 2,
         INSTANCE: 1 + workers + (1 if database else 0),
@@ -54,7 +55,10 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
                   "aws:iam/rolePolicy:RolePolicy": 1, "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1})
     if database:
         c.update({"aws:ebs/volume:Volume": 3, "aws:ec2/volumeAttachment:VolumeAttachment": 3,
-                  "random:index/randomPassword:RandomPassword": 1})
+                  "random:index/randomPassword:RandomPassword": 1,
+                  # the database's private CA and certificate (nodes/pki.py)
+                  "tls:index/privateKey:PrivateKey": 2, "tls:index/selfSignedCert:SelfSignedCert": 1,
+                  "tls:index/certRequest:CertRequest": 1, "tls:index/locallySignedCert:LocallySignedCert": 1})
     if backup:
         c.update({
             "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1, "aws:backup/vault:Vault": 1,

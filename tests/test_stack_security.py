@@ -77,10 +77,28 @@ def test_no_database_means_no_database_group_or_rules():
 def test_each_instance_uses_its_role_group():
     result = run(minimal_config(workers=3))
     roles = group_roles(result)
+    (deployer,) = [g.id for g in result.of_type(SG) if g.name == "access-deployer"]
     for inst in result.of_type("aws:ec2/instance:Instance"):
         groups = inst.input("vpcSecurityGroupIds")
-        assert [roles[g] for g in groups] == [inst.input("tags")["role"]], inst.name
+        role = inst.input("tags")["role"]
+        # the balancer also carries the deployer group, CI's per-run SSH window
+        assert groups[1:] == ([deployer] if role == "balancer" else []), inst.name
+        assert roles[groups[0]] == role, inst.name
         assert not inst.input("securityGroups")
+
+
+def test_deployer_group_has_no_managed_rules_and_is_an_output():
+    """CI adds and removes its own /32 rule per run (ci/ssh_window.py): Pulumi manages no
+    rule in the group, so an `up` in the middle of a run neither removes nor adds one."""
+    result = run(minimal_config())
+    (deployer,) = [g for g in result.of_type(SG) if g.name == "access-deployer"]
+    assert not deployer.input("ingress") and not deployer.input("egress")
+    for rule in result.of_type(INGRESS) + result.of_type(EGRESS):
+        assert rule.input("securityGroupId") != deployer.id
+    assert deployer.input("tags")["role"] == "balancer"
+    assert deployer.input("tags")["Name"].endswith("-deployer-sg")
+    assert result.outputs["deployerSecurityGroupId"] == deployer.id
+    assert "deployerSecurityGroupId" not in result.secret_outputs
 
 
 def test_group_names_are_valid_for_aws():

@@ -63,9 +63,16 @@ def worker_files(result, n: int = 1) -> dict:
     return unpack(reveal(result.named(f"worker-{n}-tor-nginx").inputs["stdin"]))
 
 
+def onion_certificates(result, type_):
+    """The resources of `type_` the sites' certificates component holds (the database's CA
+    and certificate are pulumi-tls resources too)."""
+    (component,) = result.of_type("onionstack:nodes:OnionCertificates")
+    return [r for r in result.of_type(type_) if r.parent == component.urn]
+
+
 def test_self_signed_certificate_names_the_onion_and_renews_early(result):
-    (key,) = result.of_type("tls:index/privateKey:PrivateKey")
-    (cert,) = result.of_type("tls:index/selfSignedCert:SelfSignedCert")
+    (key,) = onion_certificates(result, "tls:index/privateKey:PrivateKey")
+    (cert,) = onion_certificates(result, "tls:index/selfSignedCert:SelfSignedCert")
     assert key.name == "news-onion-tls-key" and cert.name == "news-onion-tls-cert"
     assert (key.input("algorithm"), key.input("ecdsaCurve")) == ("ECDSA", "P256")
     assert cert.input("dnsNames") == [NEWS, "*." + NEWS]
@@ -103,7 +110,7 @@ def test_each_worker_gets_the_chains_and_keys_in_its_secret_stdin(result):
 
 def test_a_new_certificate_re_runs_the_worker_steps(result):
     """The chains' digest is a trigger: a renewed (replaced) certificate changes it."""
-    (cert,) = result.of_type("tls:index/selfSignedCert:SelfSignedCert")
+    (cert,) = onion_certificates(result, "tls:index/selfSignedCert:SelfSignedCert")
     chains = {"blog": CHAIN, "news": cert.state["certPem"]}
     expected = digest(*[f"{n}\n{chains[n]}" for n in sorted(chains)])
     for n in (1, 2):

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from nodes import render
-from nodes.render import (BalancerSpec, DatabaseSpec, Layout, RenderError, SiteSpec, WorkerSpec,
+from nodes.render import (BalancerSpec, DatabaseSpec, DatabaseTls, Layout, RenderError, SiteSpec, WorkerSpec,
                           database_volumes)
+from lab.database import PostgresCluster, make_pki, pg_bin
 from tests.conftest_tools import (SHELLCHECK, TOR, TestCA, free_port, onion_address_for, run,
                                   short_tmpdir, write_tree)
 
@@ -26,6 +27,7 @@ INSTANCES = {"news": (onion_address_for("i1"), onion_address_for("i2") + ".onion
              "shop": (onion_address_for("i3"),)}
 VOLUMES = database_volumes(("vol-0123456789abcdef0", "/dev/sdf"), ("vol-0123456789abcdef1", "/dev/sdg"),
                            ("vol-0123456789abcdef2", "/dev/sdh"))
+DB_TLS = make_pki("10.42.1.10").tls  # the CA and certificate nodes/pki.py would make for that IP
 
 
 def all_roles(root: str = "/") -> dict[str, dict]:
@@ -36,7 +38,7 @@ def all_roles(root: str = "/") -> dict[str, dict]:
         "standby": render.render_balancer(BalancerSpec(sites=SITES, instances=INSTANCES, publish=False,
                                                        layout=layout)),
         "database": render.render_database(DatabaseSpec("10.42.1.10", ("10.42.128.0/20",), VOLUMES,
-                                                        layout=layout)),
+                                                        layout=layout, tls=DB_TLS, apps=("guestbook",))),
     }
 
 
@@ -172,42 +174,26 @@ def test_balancer_validation():
 # ------------------------------------------------------------------ database
 
 def test_database_config_loads_in_real_postgres():
-    """A scratch cluster started with the rendered conf.d file and pg_hba.conf: postgres
-    accepts both, and pg_hba_file_rules shows the intended rules and no error."""
-    pg_bin = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
-    assert pg_bin is not None, "PostgreSQL server binaries are required (apt-get install postgresql)"
+    """A scratch cluster started with the rendered conf.d file (TLS with the rendered
+    certificate, CA and the staged key), pg_hba.conf and database-roles.sql: postgres
+    accepts all of them, pg_hba_file_rules shows the intended rules and no error, and the
+    roles and databases exist with their own passwords."""
     root = short_tmpdir("os-pg-")
-    os.chmod(root, 0o755)
-    spec = DatabaseSpec("127.0.0.1", ("10.42.128.0/20", "10.42.144.0/20"), VOLUMES, port=free_port(),
-                        layout=Layout(root=str(root)))
-    files = render.render_database(spec)
-    write_tree(root, files)
-    data = root / "data"
-    sock = root / "sock"
-    sock.mkdir()
-    ca = TestCA(root / "tls")
-    cert, key = ca.issue(["db.internal"])
-    key.chmod(0o600)
-    for p in (data.parent, sock, cert, key, *(root / k for k in files)):
-        shutil.chown(p, "postgres", "postgres")
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    init = run(as_pg + [str(pg_bin / "initdb"), "-D", str(data), "--auth-local=peer", "-U", "postgres"], timeout=120)
-    assert init.returncode == 0, init.stderr
-    conf_d = root / files_key(files, "conf.d/onionstack.conf")
-    hba = root / files_key(files, "pg_hba.conf")
-    with open(data / "postgresql.conf", "a") as f:
-        f.write(f"include '{conf_d}'\nhba_file = '{hba}'\nunix_socket_directories = '{sock}'\n"
-                f"ssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n")
-    shutil.chown(data / "postgresql.conf", "postgres", "postgres")
-    check = run(as_pg + [str(pg_bin / "postgres"), "-D", str(data), "-C", "password_encryption"])
+    cluster = PostgresCluster(root, free_port(), apps=("guestbook", "forum"),
+                              client_cidrs=("10.42.128.0/20", "10.42.144.0/20"))
+    cluster.prepare()
+    spec = cluster.spec
+    check = run(cluster._as_user([str(pg_bin() / "postgres"), "-D", str(cluster.data_dir), "-C",
+                                  "password_encryption"]))
     assert check.returncode == 0 and check.stdout.strip() == "scram-sha-256", check.stderr
-    start = run(as_pg + [str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "start"], timeout=60)
+    server = subprocess.Popen(cluster.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert start.returncode == 0, (root / "pg.log").read_text()
+        cluster.wait_ready()
+        cluster.create_roles()
+        cluster.create_roles()  # idempotent: a second apply changes nothing and fails nothing
 
         def sql(query: str) -> str:
-            r = run(as_pg + ["psql", "-X", "-A", "-t", "-h", str(sock), "-p", str(spec.port), "-d", "postgres",
-                             "-c", query])
+            r = cluster.psql("-A", "-t", "-c", query)
             assert r.returncode == 0, r.stderr
             return r.stdout.strip()
 
@@ -216,15 +202,28 @@ def test_database_config_loads_in_real_postgres():
                     " || ' ' || coalesce(address, '') || '/' || coalesce(netmask, '') || ' ' || auth_method"
                     " FROM pg_hba_file_rules WHERE type = 'hostssl' ORDER BY line_number")
         assert rules.splitlines() == [
-            "hostssl onionstack onionstack 10.42.128.0/255.255.240.0 scram-sha-256",
-            "hostssl onionstack onionstack 10.42.144.0/255.255.240.0 scram-sha-256"]
+            f"hostssl {db} {db} {net} scram-sha-256"
+            for db in ("onionstack", "app_guestbook", "app_forum")
+            for net in ("10.42.128.0/255.255.240.0", "10.42.144.0/255.255.240.0")]
         assert sql("SHOW listen_addresses") == "localhost,127.0.0.1"
         assert sql("SHOW ssl") == "on"
+        # the rendered certificate, CA and staged key, not the snakeoil pair
+        assert sql("SHOW ssl_cert_file") == spec.cert_file and sql("SHOW ssl_key_file") == spec.key_file
+        assert sql("SHOW ssl_ca_file") == spec.ca_file
+        key = Path(spec.key_file)
+        assert (key.stat().st_mode & 0o777, key.owner()) == (0o600, cluster.user)
+        # each app role owns its own database, no superuser or other powers
+        assert sql("SELECT datname || ' ' || pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE 'app_%' "
+                   "ORDER BY 1").splitlines() == ["app_forum app_forum", "app_guestbook app_guestbook"]
+        assert sql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'app_%' AND NOT rolsuper AND NOT rolcreatedb "
+                   "AND NOT rolcreaterole AND rolcanlogin") == "2"
         # a broken pg_hba.conf is reported by the same query apply.sh uses
+        hba = Path(spec.conf_dir) / "pg_hba.conf"
         hba.write_text(hba.read_text() + "hostssl all all 10.0.0.0/8 no-such-method\n")
         assert sql("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == "1"
     finally:
-        run(as_pg + [str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], timeout=60)
+        server.terminate()
+        server.wait(timeout=60)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -233,19 +232,33 @@ def files_key(files: dict, suffix: str) -> str:
 
 
 def test_database_script_never_formats_a_used_volume_and_keeps_password_off_argv():
-    files = render.render_database(DatabaseSpec("10.42.1.10", ("10.42.128.0/20",), VOLUMES))
+    files = render.render_database(DatabaseSpec("10.42.1.10", ("10.42.128.0/20",), VOLUMES, tls=DB_TLS,
+                                                apps=("guestbook",)))
     apply = files["usr/local/lib/onionstack/apply.sh"].content
     assert 'refusing to format it' in apply and apply.count("mkfs.xfs") == 1
     assert "prepare_volume pgdata vol-0123456789abcdef0 /dev/sdf /var/lib/postgresql 0700 postgres postgres" in apply
     assert "nofail" in apply
-    assert "\\set pw `cat /etc/onionstack/postgres/password`" in apply
-    assert "install_file etc/onionstack/postgres/password 600 postgres" in apply
+    roles = files["usr/local/lib/onionstack/database-roles.sql"].content
+    assert "\\set pw `cat /etc/onionstack/postgres/password`" in roles
+    assert "\\set pw `cat /etc/onionstack/postgres/apps/guestbook.password`" in roles
+    assert "psql -X -q -v ON_ERROR_STOP=1 -p 5432 -d postgres < /usr/local/lib/onionstack/database-roles.sql" in apply
+    for secret in ("etc/onionstack/postgres/password", "etc/onionstack/postgres/apps/guestbook.password",
+                   "etc/onionstack/postgres/server.key"):
+        assert f"install_file {secret} 600 postgres" in apply
+        assert secret not in files  # staged by the step, never rendered
     hba = files["etc/postgresql/16/main/pg_hba.conf"].content
     assert "0.0.0.0/0" not in hba and "trust" not in hba and " md5" not in hba
     with pytest.raises(RenderError, match=r"^client_cidrs: '0.0.0.0/0'"):
-        DatabaseSpec("10.42.1.10", ("0.0.0.0/0",), VOLUMES)
+        DatabaseSpec("10.42.1.10", ("0.0.0.0/0",), VOLUMES, tls=DB_TLS)
     with pytest.raises(RenderError, match=r"^listen_ip: '8.8.8.8'"):
-        DatabaseSpec("8.8.8.8", ("10.42.128.0/20",), VOLUMES)
+        DatabaseSpec("8.8.8.8", ("10.42.128.0/20",), VOLUMES, tls=DB_TLS)
+    with pytest.raises(RenderError, match=r"^tls: None"):
+        DatabaseSpec("10.42.1.10", ("10.42.128.0/20",), VOLUMES)
+    with pytest.raises(RenderError, match=r"must name the listen_ip 10.42.1.11"):
+        DatabaseSpec("10.42.1.11", ("10.42.128.0/20",), VOLUMES, tls=DB_TLS)
+    other = make_pki("10.42.1.10")
+    with pytest.raises(RenderError, match=r"^tls.cert_pem: .*not issued by the CA"):
+        DatabaseTls(cert_pem=DB_TLS.cert_pem, ca_pem=other.ca_pem)
 
 
 # ------------------------------------------------------------------ apply.sh, for real

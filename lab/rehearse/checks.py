@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

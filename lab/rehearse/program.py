@@ -4,9 +4,9 @@ remote step.
 - AWS resources get mockrun's answers (deterministic ids and private addresses from the
   program's own subnets), except that the balancer's public address is the rehearsal's
   public link (10.214.0.2).
-- `tls:index/privateKey:PrivateKey` (host keys) and random passwords are generated for real
-  once and kept in `<state>/generated.json` (0600), as Pulumi's state keeps them: the
-  second run sees the same keys.
+- pulumi-tls keys and certificates and random passwords: mockrun's emulation (real keys
+  and certificates, derived from the resource names: every run sees the same ones, as
+  Pulumi's state would keep them).
 - `command:remote:Command` / `CopyToRemote` registrations go to `executor.Provider` (which
   runs them over SSH) instead of the mock, when one is given; without one (the dry pass
   that learns the instances to boot) mockrun's emulation answers.
@@ -16,10 +16,7 @@ from __future__ import annotations
 import base64
 import contextvars
 import hashlib
-import json
-import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -61,59 +58,9 @@ def image_postgres_version() -> int:
     return max(versions)
 
 
-class Generated:
-    """Secrets a provider would generate once and keep in the state (host keys, passwords)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.data: dict[str, dict] = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str, make) -> dict:
-        with self._lock:
-            if name not in self.data:
-                self.data[name] = make()
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(self.data, f, indent=1)
-            return self.data[name]
-
-
-def tls_private_key(algorithm: str = "RSA", rsa_bits: int = 2048, ecdsa_curve: str = "P224") -> dict:
-    """pulumi-tls PrivateKey's outputs for a freshly generated key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
-    algorithm = algorithm.upper()
-    if algorithm == "ED25519":
-        key = ed25519.Ed25519PrivateKey.generate()
-    elif algorithm == "RSA":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=int(rsa_bits))
-    elif algorithm == "ECDSA":
-        key = ec.generate_private_key({"P256": ec.SECP256R1, "P384": ec.SECP384R1,
-                                       "P521": ec.SECP521R1}[ecdsa_curve]())
-    else:
-        raise ValueError(f"tls PrivateKey algorithm {algorithm!r}: not emulated")
-    ser = serialization
-    openssh_pub = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH)
-    blob = base64.b64decode(openssh_pub.split()[1])
-    pem_format = ser.PrivateFormat.PKCS8 if algorithm == "ED25519" else ser.PrivateFormat.TraditionalOpenSSL
-    return {
-        "algorithm": algorithm,
-        "privateKeyOpenssh": key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode(),
-        "privateKeyPem": key.private_bytes(ser.Encoding.PEM, pem_format, ser.NoEncryption()).decode(),
-        "privateKeyPemPkcs8": key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()).decode(),
-        "publicKeyOpenssh": openssh_pub.decode() + "\n",
-        "publicKeyPem": key.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode(),
-        "publicKeyFingerprintSha256": "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("="),
-        "publicKeyFingerprintMd5": ":".join(f"{b:02x}" for b in hashlib.md5(blob).digest()),  # noqa: S324 - tls's field
-    }
-
-
 class RehearsalMocks(mockrun.StackMocks):
-    def __init__(self, generated: Generated) -> None:
+    def __init__(self) -> None:
         super().__init__("eu-central-1")
-        self.generated = generated
 
     def new_resource(self, args):
         id_, state = super().new_resource(args)
@@ -122,15 +69,6 @@ class RehearsalMocks(mockrun.StackMocks):
             state["publicIp"] = PUBLIC_IP
         elif t == "aws:ec2/eip:Eip":
             state["publicIp"] = PUBLIC_IP
-        elif t == "tls:index/privateKey:PrivateKey":
-            i = args.inputs
-            keys = self.generated.get(f"tls:{args.name}", lambda: tls_private_key(
-                i.get("algorithm", "RSA"), int(i.get("rsaBits") or 2048), i.get("ecdsaCurve") or "P224"))
-            state.update(keys)
-        elif t == "random:index/randomPassword:RandomPassword":
-            length = int(args.inputs.get("length") or 32)
-            state["result"] = self.generated.get(f"password:{args.name}", lambda: {
-                "result": base64.b32encode(os.urandom(40)).decode().rstrip("=")[:length]})["result"]
         return id_, state
 
 
@@ -184,14 +122,14 @@ class Evaluation:
     instances: list[HostSpec] = field(default_factory=list)
 
 
-def evaluate(config: dict, generated: Generated, provider: Optional[Provider] = None,
-             stack: str = "rehearsal", program=None) -> Evaluation:
+def evaluate(config: dict, provider: Optional[Provider] = None, stack: str = "rehearsal",
+             program=None) -> Evaluation:
     """Run the program (default: the real `__main__.py`) once, with a fresh context and
     monitor; raises what the program raised."""
-    return contextvars.Context().run(_evaluate, config, generated, provider, stack, program or mockrun.run_main)
+    return contextvars.Context().run(_evaluate, config, provider, stack, program or mockrun.run_main)
 
 
-def _evaluate(config: dict, generated: Generated, provider: Optional[Provider], stack: str, program) -> Evaluation:
+def _evaluate(config: dict, provider: Optional[Provider], stack: str, program) -> Evaluation:
     import pulumi
     from pulumi.runtime import config as runtime_config
     from pulumi.runtime import settings as pulumi_settings
@@ -206,7 +144,7 @@ def _evaluate(config: dict, generated: Generated, provider: Optional[Provider], 
     pulumi_settings.SETTINGS.outputs.clear()
     encoded = mockrun.encode_config(config)
     secret_keys = [f"{mockrun.PROJECT}:{k}" for k in SECRET_KEYS if f"{mockrun.PROJECT}:{k}" in encoded]
-    mocks = RehearsalMocks(generated)
+    mocks = RehearsalMocks()
     monitor = ProviderMonitor(mocks, provider)
     runtime_config.set_all_config(dict(encoded), secret_keys)
     pulumi.runtime.set_mocks(mocks, project=mockrun.PROJECT, stack=stack, preview=False, monitor=monitor)

@@ -5,17 +5,18 @@ the checks (docs/rehearsal.md).
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from lab.rehearse import hosts as hosts_mod
-from lab.rehearse.executor import TYPES, Connection, Op, Provider, StepError
+from lab.rehearse.executor import TYPES, Connection, Op, Provider
 from lab.rehearse.hosts import INTERNET_IP, Fabric, HostSpec
-from lab.rehearse.program import VPC_CIDR, Evaluation, Generated, evaluate, rehearsal_config
+from lab.rehearse.program import VPC_CIDR, Evaluation, evaluate, rehearsal_config
 from lab.rehearse.ssh import OpenSSH
 
 Progress = Callable[[str], None]
@@ -181,7 +182,7 @@ class Rehearsal:
     # ------------------------------------------------------------------ deploys
     def plan(self, workers: int, overrides: Optional[dict] = None) -> Evaluation:
         """The program under mocks without running anything: which instances exist."""
-        return evaluate(self.config(workers, overrides), self.generated)
+        return evaluate(self.config(workers, overrides))
 
     def deploy(self, workers: int, *, plan: Optional[Evaluation] = None, overrides: Optional[dict] = None,
                max_step_seconds: Optional[float] = None) -> Deploy:
@@ -201,7 +202,7 @@ class Rehearsal:
                             max_step_seconds=max_step_seconds or self.max_step_seconds)
         t1 = time.monotonic()
         try:
-            self.last = evaluate(self.config(workers, overrides), self.generated, provider)
+            self.last = evaluate(self.config(workers, overrides), provider)
             for r in self.last.resources:
                 if r.type in TYPES:
                     conn = Connection.from_inputs(r.inputs["connection"])
@@ -299,7 +300,8 @@ class Rehearsal:
     def check_database(self) -> tuple[str, str]:
         """A worker logs in to PostgreSQL; the balancer is refused by pg_hba (not the network)."""
         db = self.fabric.hosts["database"].spec.private_ip
-        password = next(v["result"] for k, v in self.generated.data.items() if k.startswith("password:"))
+        password = next(r.state["result"] for r in self.last.resources
+                        if r.type == "random:index/randomPassword:RandomPassword")
         probe = ("IFS= read -r PGPASSWORD; export PGPASSWORD; "
                  f"psql -X -A -t -c 'select current_user' "
                  f"{shlex.quote(f'host={db} dbname=onionstack user=onionstack sslmode=require connect_timeout=10')}")
@@ -357,6 +359,24 @@ class Rehearsal:
         return undone
 
 
+
+class Generated:
+    """Secrets a provider would generate once and keep in the state (host keys, passwords)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.data: dict[str, dict] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, make) -> dict:
+        with self._lock:
+            if name not in self.data:
+                self.data[name] = make()
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(self.data, f, indent=1)
+            return self.data[name]
+
 def _no_default_cluster(root: Path) -> None:
     """The database image without the package's default cluster, as on AWS where
     install-packages.sh installs postgresql with create_main_cluster = false."""
@@ -372,4 +392,4 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) < 2000 else text[:2000] + " ..."
 
 
-__all__ = ["Deploy", "Rehearsal", "StepError", "hosts_mod"]
+__all__ = ["Deploy", "Rehearsal"]
