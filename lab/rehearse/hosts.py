@@ -60,6 +60,8 @@ AMI_CLOUD_CFG = {
 INTERNET_IP = "10.214.0.1"   # the deployer on both links; the lab network and origin listen here
 PUBLIC_NET = "10.214.0.0/24"
 DISK_BYTES = 320 * 2**20     # mkfs.xfs wants >= 300 MiB; sparse, so it costs nothing
+# systemd-nspawn makes the container's cgroups inside its own, in these hierarchies
+CGROUP_HIERARCHIES = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 
 
 @dataclass(frozen=True)
@@ -250,12 +252,35 @@ class Fabric:
             else:
                 target.write_text(content)
 
+    def _cgroups(self, host: Host) -> list[Path]:
+        """The host's own cgroup in the systemd and unified hierarchies. Without them every
+        container started from here shares this process's cgroup as its root, and their
+        systemds share e.g. /payload/system.slice/nginx-onionstack.service: a unit stopped on
+        one host kills its namesake on another, and a reboot finds cgroups still in use."""
+        made = []
+        for hierarchy in CGROUP_HIERARCHIES:
+            if not (hierarchy / "cgroup.procs").exists():
+                continue
+            path = hierarchy / host.machine
+            if not path.exists():
+                self._record("cgroup", host=host.spec.name, path=str(path))
+                path.mkdir()
+            made.append(path)
+        return made
+
     def start(self, host: Host) -> None:
         self._log(host).parent.mkdir(parents=True, exist_ok=True)
+        cgroups = self._cgroups(host)
+
+        def enter() -> None:
+            for cgroup in cgroups:
+                (cgroup / "cgroup.procs").write_text(f"{os.getpid()}\n")
+            if self.tie_to_parent:
+                _die_with_parent()
+
         with open(self._log(host), "ab") as log:
             proc = subprocess.Popen(host.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True,
-                                    preexec_fn=_die_with_parent if self.tie_to_parent else None)
+                                    start_new_session=True, preexec_fn=enter)
         host.pid, host.booted_at = proc.pid, time.time()
         self._popen = getattr(self, "_popen", {})
         self._popen[host.spec.name] = proc
@@ -430,6 +455,15 @@ def _undo(entry: dict) -> bool:
             _run(["iptables", "-w", "-D", *entry["rule"]])
             return True
         return False
+    if kind == "cgroup":
+        path = Path(entry["path"])
+        if not path.exists():
+            return False
+        # bottom-up: a cgroup goes only when it has no children and no processes
+        for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            sub.rmdir()
+        path.rmdir()
+        return True
     if kind == "dir":
         path = Path(entry["path"])
         if path.exists():
