@@ -57,6 +57,29 @@ def mock_instance_address(step_name: str, daemon: str, site: str) -> str:
     return onion_address(hashlib.sha256(f"{step_name}|{daemon}|{site}".encode()).digest())
 
 
+def mock_host_key(name: str) -> dict[str, str]:
+    """What pulumi-tls returns for an ED25519 `tls.PrivateKey` named `name`: the OpenSSH and
+    PEM forms of a key derived from the name (the same program, the same keys)."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"host-key|{name}".encode()).digest())
+    public = key.public_key()
+    openssh = public.public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+    blob = base64.b64decode(openssh.split()[1])
+    return {
+        "privateKeyOpenssh": key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH,
+                                               ser.NoEncryption()).decode(),
+        "privateKeyPem": key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()).decode(),
+        "privateKeyPemPkcs8": key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8,
+                                                ser.NoEncryption()).decode(),
+        "publicKeyOpenssh": openssh + "\n",
+        "publicKeyPem": public.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode(),
+        "publicKeyFingerprintSha256": "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("="),
+        "publicKeyFingerprintMd5": ":".join(f"{b:02x}" for b in hashlib.md5(blob).digest()),
+    }
+
+
 def mock_password(name: str) -> str:
     return hashlib.sha256(f"password|{name}".encode()).hexdigest()[:32]
 
@@ -282,6 +305,8 @@ class StackMocks(pulumi_mocks.Mocks):
                 state["stdout"] = self._worker_step_stdout(args.name, inputs)
         elif t == "random:index/randomPassword:RandomPassword":
             state["result"] = mock_password(args.name)
+        elif t == "tls:index/privateKey:PrivateKey" and inputs.get("algorithm") == "ED25519":
+            state.update(mock_host_key(args.name))  # a machine's SSH host key (nodes/hostkey.py)
         elif t.startswith("tls:index/"):
             state.update(mock_tls_state(t, args.name, reveal(inputs)))
         return id_, state
@@ -617,11 +642,31 @@ def render_summary(result: ProgramResult) -> str:
     lines = [f"Resources: {sum(counts.values())} cloud resources, {sum(components.values())} components"]
     for t, n in sorted(counts.items()):
         lines.append(f"  {n:4d}  {t}")
+    remote = sorted((r for r in result.resources if r.type in ("command:remote:Command", "command:remote:CopyToRemote")),
+                    key=lambda r: r.name)
+    if remote:
+        lines.append("Remote steps (SSH user@host, the host key it must present; via the jump host):")
+        for r in remote:
+            conn = r.input("connection") or {}
+            where = f"{conn.get('user')}@{conn.get('host')} [{_key_id(conn.get('hostKey'))}]"
+            proxy = conn.get("proxy")
+            if proxy:
+                where += f" via {proxy.get('user')}@{proxy.get('host')} [{_key_id(proxy.get('hostKey'))}]"
+            lines.append(f"  {r.name}: {where}")
     lines.append("Outputs:")
     for name in sorted(result.outputs):
         value = "[secret]" if name in result.secret_outputs else json.dumps(result.outputs[name], indent=None)
         lines.append(f"  {name}: {value}")
     return "\n".join(lines)
+
+
+def _key_id(public_key: Optional[str]) -> str:
+    """A host key as `ssh-keygen -l` shows it (type and SHA256 fingerprint); "NOT PINNED"."""
+    if not public_key:
+        return "host key NOT PINNED"
+    kind, blob = public_key.split()[:2]
+    digest = base64.b64encode(hashlib.sha256(base64.b64decode(blob)).digest()).decode().rstrip("=")
+    return f"{kind} SHA256:{digest}"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

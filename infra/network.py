@@ -49,6 +49,7 @@ class Network(pulumi.ComponentResource):
     """VPC with DNS hostnames, public subnets routed to an IGW, private ones to NAT."""
 
     vpc: aws.ec2.Vpc
+    internet_gateway: aws.ec2.InternetGateway  # what an Elastic IP in the VPC waits for
     public_subnets: list[aws.ec2.Subnet]
     private_subnets: list[aws.ec2.Subnet]
     nat_gateways: list[aws.ec2.NatGateway]
@@ -75,7 +76,7 @@ class Network(pulumi.ComponentResource):
             tags=tags("network", "default-sg-unused"),
             opts=child,
         )
-        igw = aws.ec2.InternetGateway(
+        igw = self.internet_gateway = aws.ec2.InternetGateway(
             f"{name}-igw", vpc_id=self.vpc.id, tags=tags("network", "igw"), opts=child
         )
         public_rt = aws.ec2.RouteTable(

@@ -70,10 +70,12 @@ def _has_microdesc(ctl, fingerprint: str) -> bool:
 
 def write_onion_config(path: Path, *, control_port: int, socks_port: int, state_dir: Path,
                        key_file: Path, instances: list[str], probe_interval: float = 10.0,
-                       probe_timeout: float = 15.0, probe_failures: int = 2) -> Path:
+                       probe_timeout: float = 15.0, probe_failures: int = 2,
+                       metrics: dict[str, str] | None = None) -> Path:
     """onionstack's balancer YAML (api.md). Probes are tighter than the AWS defaults: on
     127.0.0.1 a live instance answers within a few seconds, and a dead worker should be
-    dropped within the issue's 60 s failover target (2 failures x <= 15 s + interval)."""
+    dropped within the issue's 60 s failover target (2 failures x <= 15 s + interval).
+    `metrics`: instance address -> its tor's MetricsPort URL (load-aware intro selection)."""
     config = {
         "publish": True,
         "control": {"port": control_port},
@@ -82,7 +84,8 @@ def write_onion_config(path: Path, *, control_port: int, socks_port: int, state_
         "probe": {"port": 80, "interval": probe_interval, "timeout": probe_timeout,
                   "failures": probe_failures},
         "frontends": [{"name": "lab", "key_file": str(key_file),
-                       "instances": [{"address": f"{a}.onion"} for a in instances]}],
+                       "instances": [{"address": f"{a}.onion", **({"metrics": metrics[a]} if a in (metrics or {}) else {})}
+                                     for a in instances]}],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))

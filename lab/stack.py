@@ -229,10 +229,13 @@ class Lab:
         instances = instances if instances is not None else self.instance_addresses()
         bdir = self.state_dir / "balancer" / tag
         if kind == "onion":
+            # Workers started with metrics=True: the balancer reads their MetricsPorts.
+            metrics = {a: f"http://127.0.0.1:{port}/metrics" for w in self.workers
+                       for a, port in zip(w.instance_addresses, w.metrics_ports)}
             config = balancer_mod.write_onion_config(
                 bdir / "balancer.yaml", control_port=node.control_port,
                 socks_port=node.socks_port, state_dir=bdir / "state", key_file=key_file,
-                instances=instances)
+                instances=instances, metrics=metrics)
             argv = balancer_mod.onion_command(config, node.control_port)
         else:
             script = balancer_mod.ensure_onionbalance(self.ob_venv)

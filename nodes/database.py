@@ -54,4 +54,4 @@ class DatabaseNode(Node):
         self.ready = (self.instance, *self.volumes.attachments.values())
 
     def _ssh_target(self) -> SshTarget:
-        return SshTarget(host=self.private_ip, proxy=self._args.jump)
+        return SshTarget(host=self.private_ip, host_key=self.host_public_key, proxy=self._args.jump)

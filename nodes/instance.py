@@ -18,8 +18,10 @@ from typing import Optional, Sequence
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_tls as tls
 
 from infra.tags import tags
+from nodes.hostkey import user_data
 from nodes.remote import SSH_USER, SshTarget
 
 CANONICAL_OWNER = "099720109477"
@@ -92,8 +94,15 @@ class InstanceArgs:
     root_kms_key_id: Optional[pulumi.Input[str]] = None  # the stack's EBS key (infra/kms.py); None: aws/ebs
     iam_instance_profile: Optional[pulumi.Input[str]] = None  # name; None: no instance role
 
+    def identity(self) -> dict[str, pulumi.Input]:
+        """The inputs that replace the instance when they change (EC2 cannot update them in
+        place); the AMI is left out: it is in `ignore_changes`."""
+        return {"role": self.role, "subnetId": self.subnet_id, "keyName": self.key_name,
+                "publicIp": self.public_ip, "rootKmsKeyId": self.root_kms_key_id}
 
-def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aws.ec2.Instance:
+
+def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource,
+                   user_data: Optional[pulumi.Input[str]] = None) -> aws.ec2.Instance:
     return aws.ec2.Instance(
         f"{name}-instance",
         ami=args.ami_id,
@@ -103,6 +112,10 @@ def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aw
         key_name=args.key_name,
         associate_public_ip_address=args.public_ip,
         iam_instance_profile=args.iam_instance_profile,
+        # The host key (nodes/hostkey.py): a new key is a new machine, never an in-place
+        # update (cloud-init installs host keys once per instance).
+        user_data=user_data,
+        user_data_replace_on_change=True,
         metadata_options={
             "http_endpoint": "enabled",
             "http_tokens": "required",  # IMDSv2 only
@@ -130,28 +143,41 @@ def build_instance(name: str, args: InstanceArgs, parent: pulumi.Resource) -> aw
 class Node(pulumi.ComponentResource):
     """A machine role: one instance plus whatever its role adds (`_add_role_resources`).
 
-    Declared for the steps: `instance`, `private_ip`, `ssh` (how a step reaches it) and
-    `ready` (what a step on it waits for: the instance, and e.g. the database's volume
-    attachments)."""
+    Declared for the steps: `instance`, `private_ip`, `host_key` (the instance's SSH host
+    key, nodes/hostkey.py) and `host_public_key`, `ssh` (how a step reaches it, host key
+    pinned) and `ready` (what a step on it waits for: the instance, and e.g. the database's
+    volume attachments)."""
 
     instance: aws.ec2.Instance
     private_ip: pulumi.Output[str]
+    host_key: tls.PrivateKey
+    host_public_key: pulumi.Output[str]
     ssh: SshTarget
     ready: tuple[pulumi.Resource, ...]
 
     def __init__(self, type_: str, name: str, instance: InstanceArgs, opts: Optional[pulumi.ResourceOptions]):
         super().__init__(type_, name, None, opts)
         self.node_name = name
-        self.instance = build_instance(name, instance, parent=self)
+        # Replaced with the instance: a change of an input that replaces the instance
+        # replaces the key, and a new key is new user data, which replaces the instance.
+        self.host_key = tls.PrivateKey(
+            f"{name}-host-key", algorithm="ED25519",
+            opts=pulumi.ResourceOptions(parent=self, replacement_trigger=instance.identity()))
+        self.host_public_key = self.host_key.public_key_openssh.apply(lambda k: k.strip())
+        # A secret: it holds the private key (AWS keeps user data, readable with
+        # ec2:DescribeInstanceAttribute; docs/bootstrap.md "Host keys").
+        data = pulumi.Output.secret(pulumi.Output.all(self.host_key.private_key_openssh, self.host_public_key)
+                                    .apply(lambda keys: user_data(keys[0], keys[1])))
+        self.instance = build_instance(name, instance, parent=self, user_data=data)
         self.private_ip = self.instance.private_ip
         self.ready = (self.instance,)
         self._add_role_resources()
         self.ssh = self._ssh_target()
         self.register_outputs({"instanceId": self.instance.id, "privateIp": self.private_ip,
-                               "sshHost": self.ssh.host})
+                               "sshHost": self.ssh.host, "hostPublicKey": self.host_public_key})
 
     def _add_role_resources(self) -> None:
         """Subclass hook: resources the role needs before any step (e.g. data volumes)."""
 
     def _ssh_target(self) -> SshTarget:
-        return SshTarget(host=self.private_ip)
+        return SshTarget(host=self.private_ip, host_key=self.host_public_key)

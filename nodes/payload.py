@@ -20,8 +20,10 @@ from typing import Mapping
 from nodes.render import RenderedFile
 
 ONION_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "onion"
-# What of onion/ the balancer gets: the sources and what pins their dependencies.
-ONION_PACKAGE_FILES = ("requirements.txt",)
+# What of onion/ the balancer gets: the sources, their data (the config's JSON Schema) and
+# what pins their dependencies (the lock its venv is built from).
+ONION_PACKAGE_SUFFIXES = (".py", ".json")
+ONION_PACKAGE_FILES = ("requirements.txt", "requirements.lock")
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ def digest(*parts: str) -> str:
 
 
 def onion_package_tarball(package_dir: Path = ONION_PACKAGE_DIR) -> str:
-    """base64 of a reproducible tar.gz of the `onion` package (sources + requirements).
+    """base64 of a reproducible tar.gz of the `onion` package (sources, schema, requirements
+    and lock).
 
     Built from the tracked file kinds only, so __pycache__ or editor files on the deploying
     machine never change it (a change would re-run the balancer's install step).
@@ -102,7 +105,7 @@ def onion_package_tarball(package_dir: Path = ONION_PACKAGE_DIR) -> str:
     for path in sorted(package_dir.rglob("*")):
         if not path.is_file() or "__pycache__" in path.parts:
             continue
-        if path.suffix != ".py" and path.name not in ONION_PACKAGE_FILES:
+        if path.suffix not in ONION_PACKAGE_SUFFIXES and path.name not in ONION_PACKAGE_FILES:
             continue
         members[path.relative_to(package_dir.parent).as_posix()] = (path.read_bytes(), 0o644, "root")
     return _tar_gz_base64(members)

@@ -3,7 +3,7 @@
 - `SshTarget`: a machine as an SSH client sees it (address, user, the host key it must
   present, the jump host in front of it). Each node declares its own; the steps read it.
 - `connection(target, private_key)`: the `remote.ConnectionArgs` of a step, the private key
-  only ever as a Pulumi secret, and a bounded dial (`DIAL_ERROR_LIMIT`).
+  only ever as a Pulumi secret, the host key pinned, and a bounded dial (`DIAL_ERROR_LIMIT`).
 - `command(...)`: a `remote.Command` with onionstack's fixed policy: `update` = `create`
   (every script is idempotent), `add_previous_output_in_env=False`, `custom_timeouts`,
   logging off and stdout/stderr/stdin secret for secret-bearing steps, and no `delete`
@@ -20,16 +20,28 @@ from pulumi_command import remote
 
 SSH_USER = "ubuntu"  # Canonical's Ubuntu images
 
-# Booting EC2 instances refuse SSH for a minute or two: pulumi-command retries the dial.
-# It gives up after 10 dial errors by default; -1 retries forever (a blocked connection
-# then waits out the step's whole timeout).
-UNLIMITED_DIALS = -1
-PER_DIAL_TIMEOUT = 30  # seconds
 STEP_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m", delete="20m")
-DIAL_ERROR_LIMIT = UNLIMITED_DIALS
-# The drain step talks to a host that is already up (it ran its create there); a host that
-# has gone must fail the delete in bounded time with a clear error, not hang for 20 min.
-DRAIN_DIAL_LIMIT = 20
+
+# How long a step keeps dialling. pulumi-command (provider/pkg/provider/remote/connection.go,
+# dialWithRetry over pulumi's retry.Until) retries a failed dial after 0.1 s, each wait 1.5x
+# the one before, at most 5 s, and fails the step when dial number `dial_error_limit + 1`
+# fails; each dial waits up to `per_dial_timeout` for TCP to connect (-1, unlimited, would
+# leave a blocked connection to the step's 30-minute timeout). A booting EC2 instance
+# first drops packets (until its network is up, ~10-20 s: each such dial costs the per-dial
+# timeout), then refuses briefly until sshd listens: a few dials. 22 errors of at most 10 s
+# cover ~71 s of refusals or ~5 min of dropped packets (dial_give_up_after), so a booting
+# machine is reached and a blocked one (a deploy runner outside adminCidrs, a security
+# group in the way) fails in about 5 minutes, saying which host it could not dial.
+DIAL_ERROR_LIMIT = 22
+PER_DIAL_TIMEOUT = 10  # seconds
+RETRY_FIRST_DELAY, RETRY_BACKOFF, RETRY_MAX_DELAY = 0.1, 1.5, 5.0  # pulumi's retry.Until defaults
+
+
+def dial_give_up_after(limit: int = DIAL_ERROR_LIMIT, per_dial: float = PER_DIAL_TIMEOUT) -> tuple[float, float]:
+    """(s, s): when pulumi-command gives up on a host whose every dial is refused at once,
+    and on one whose packets are dropped (each dial then waits `per_dial`)."""
+    waits = sum(min(RETRY_FIRST_DELAY * RETRY_BACKOFF ** k, RETRY_MAX_DELAY) for k in range(limit))
+    return waits, waits + (limit + 1) * per_dial
 
 
 @dataclass(frozen=True)
@@ -43,8 +55,7 @@ class SshTarget:
     proxy: Optional["SshTarget"] = None
 
 
-def connection(target: SshTarget, private_key: pulumi.Input[str], *,
-               dial_error_limit: int = DIAL_ERROR_LIMIT) -> remote.ConnectionArgs:
+def connection(target: SshTarget, private_key: pulumi.Input[str]) -> remote.ConnectionArgs:
     """SSH settings of a step reaching `target` (through its proxy, same key).
 
     `private_key` must be a secret Output (config.ssh_private_key.output()): pulumi-command
@@ -56,11 +67,11 @@ def connection(target: SshTarget, private_key: pulumi.Input[str], *,
             raise ValueError("pulumi-command reaches a machine through at most one jump host")
         proxy = remote.ProxyConnectionArgs(
             host=target.proxy.host, user=target.proxy.user, private_key=private_key,
-            host_key=target.proxy.host_key, dial_error_limit=dial_error_limit,
+            host_key=target.proxy.host_key, dial_error_limit=DIAL_ERROR_LIMIT,
             per_dial_timeout=PER_DIAL_TIMEOUT)
     return remote.ConnectionArgs(
         host=target.host, user=target.user, private_key=private_key, host_key=target.host_key,
-        dial_error_limit=dial_error_limit, per_dial_timeout=PER_DIAL_TIMEOUT, proxy=proxy)
+        dial_error_limit=DIAL_ERROR_LIMIT, per_dial_timeout=PER_DIAL_TIMEOUT, proxy=proxy)
 
 
 def command(

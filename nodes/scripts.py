@@ -26,6 +26,8 @@ ADDRESS_LINE = "onionstack-instance"  # stdout lines: "onionstack-instance <site
 DRAIN_WAIT_SECONDS = 900
 DRAIN_POLL_SECONDS = 15
 
+# The balancer's lock inside the package (bash scripts/lock): what its venv is built from.
+ONION_LOCK = "onion/requirements.lock"
 # What the package step imports from the new package before it swaps it in.
 PACKAGE_IMPORT_CHECK = ("onion.balancer", "onion.servicecli", "onion.status", "onion.drain")
 # An image's own wheels (the rehearsal's hosts, which have no internet): when this directory
@@ -53,11 +55,14 @@ def worker_setup_script(spec: WorkerSpec, *, hostname_wait: int = HOSTNAME_WAIT_
                            staging_prefix=STAGING_PREFIX, staging_tmpdir=STAGING_TMPDIR)
 
 
-def package_script(package_path: str, *, venv: str = VENV, package_lib: str = PACKAGE_LIB) -> str:
-    """Install the copied `onion` package into the balancer's venv (see the template)."""
+def package_script(package_path: str, *, venv: str = VENV, venvs: Optional[str] = None, package_lib: str = PACKAGE_LIB,
+                   imports: Sequence[str] = PACKAGE_IMPORT_CHECK) -> str:
+    """Install the copied `onion` package and a venv built from exactly its lock
+    (onion/requirements.lock, hash-checked and verified on the machine; see the template).
+    `venv` is the path the units use (a symlink to `venvs`/<lock digest>)."""
     return render_template("steps/balancer-package.sh.j2", package_path=package_path, venv=venv,
-                           package_lib=package_lib, imports=PACKAGE_IMPORT_CHECK, unit=BALANCER_UNIT,
-                           wheelhouse=WHEELHOUSE)
+                           venvs=venvs or f"{venv}s", package_lib=package_lib, lock=ONION_LOCK,
+                           imports=tuple(imports), unit=BALANCER_UNIT, wheelhouse=WHEELHOUSE)
 
 
 def drain_script(addresses: Sequence[str], *, wait: int = DRAIN_WAIT_SECONDS, poll: int = DRAIN_POLL_SECONDS,

@@ -35,7 +35,8 @@ from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
 from infra.storage import database_volume_specs
 from nodes.balancer import BalancerNode, BalancerNodeArgs
 from nodes.database import DatabaseNode, DatabaseNodeArgs
-from nodes.instance import AmiCatalog, InstanceArgs
+from nodes.hostkey import known_hosts_line
+from nodes.instance import AmiCatalog, InstanceArgs, Node
 from nodes.pki import DatabaseCertificates, DatabaseCertificatesArgs
 from nodes.roles import RoleSpecs
 from nodes.tls import OnionCertificates, OnionCertificatesArgs
@@ -69,6 +70,7 @@ class OnionSite(pulumi.ComponentResource):
     worker_setups: list[WorkerSetup]
     worker_drains: list[WorkerDrain]
     database_setup: Optional[DatabaseSetup]
+    nodes: list[Node]  # every machine: the balancer, the workers, the database
     database_certificates: Optional[DatabaseCertificates]
     certificates: Optional[OnionCertificates]
     exports: dict[str, Any]
@@ -123,7 +125,8 @@ class OnionSite(pulumi.ComponentResource):
             instance=instance("balancer", config.instance_types.balancer, self.network.public_subnets[0],
                               self.security.balancer, public_ip=True,
                               profile=self.metrics_publisher.profile.name,
-                              extra_groups=(self.security.deployer,))), opts=top)
+                              extra_groups=(self.security.deployer,)),
+            eip_after=(self.network.internet_gateway,)), opts=top)
         balancer_urn = legacy("onionstack:nodes:BalancerNode", "balancer")
         on_balancer = pulumi.ResourceOptions(parent=self.balancer)
         self.balancer_package = BalancerPackage(
@@ -208,6 +211,7 @@ class OnionSite(pulumi.ComponentResource):
             balancer_instance_id=self.balancer.instance.id,
             emails=config.alarm_emails, publishes=config.balancer.publish), opts=pulumi.ResourceOptions(parent=self))
 
+        self.nodes = [self.balancer, *self.workers, *([self.database] if self.database is not None else [])]
         self.exports = self._exports(config, zones)
         self.register_outputs(self.exports)
 
@@ -226,6 +230,10 @@ class OnionSite(pulumi.ComponentResource):
             # (ci/ssh_window.py, docs/operations.md).
             "deployerSecurityGroupId": self.security.deployer.id,
             "sshWorkers": [pulumi.Output.concat("ssh -J ", jump, f" {user}@", w.private_ip) for w in self.workers],
+            # Every machine's pinned host key as known_hosts lines (its address, the key):
+            # `pulumi stack output sshKnownHosts > known_hosts` (docs/operations.md).
+            "sshKnownHosts": pulumi.Output.all(*[pulumi.Output.all(n.ssh.host, n.host_public_key) for n in self.nodes])
+            .apply(lambda pairs: "".join(known_hosts_line(h, k) + "\n" for h, k in pairs)),
         }
         if self.database is not None:
             out["databasePrivateIp"] = self.database.private_ip

@@ -34,7 +34,7 @@ from nodes.database import DatabaseNode
 from nodes.instance import Node
 from nodes.pki import DatabaseCertificates
 from nodes.payload import BinaryFile, digest, onion_package_tarball, payload
-from nodes.remote import DRAIN_DIAL_LIMIT, STEP_TIMEOUTS, command, connection
+from nodes.remote import STEP_TIMEOUTS, command, connection
 from nodes.render import BalancerSpec, DatabaseTls, RenderedFile, WorkerSpec, content_hash, render_balancer, \
     render_database, render_worker, worker_secret_files
 from nodes.roles import RoleSpecs
@@ -254,7 +254,7 @@ class WorkerDrain(pulumi.ComponentResource):
             lambda per_site: sorted({a for v in per_site.values() for a in v}) if per_site is not None else []))
         self.command = command(
             _resource_name(name),
-            connection=connection(args.balancer.ssh, args.ssh_key, dial_error_limit=DRAIN_DIAL_LIMIT),
+            connection=connection(args.balancer.ssh, args.ssh_key),
             create="true",
             # As root: the config (0640) and the status file (in a 0750 dir) belong to the
             # balancer core's user.

@@ -29,4 +29,4 @@ class WorkerNode(Node):
         super().__init__("onionstack:nodes:WorkerNode", name, args.instance, opts)
 
     def _ssh_target(self) -> SshTarget:
-        return SshTarget(host=self.private_ip, proxy=self._jump)
+        return SshTarget(host=self.private_ip, host_key=self.host_public_key, proxy=self._jump)

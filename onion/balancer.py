@@ -37,6 +37,7 @@ import logging
 import os
 import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -47,6 +48,7 @@ from onion.control import (CommandRejected, ControlError, DescContent, DescEvent
                            Disconnected, NewConsensus)
 from onion.errors import DescriptorTooLargeError
 from onion.instances import InstanceState
+from onion.load import LoadReading, queue_depth, read_metrics, weigh
 from onion.probe import ProbeResult, SocksEndpoint, parse_socks_listeners
 from onion.publisher import UploadBook, fair_windows
 from onion.status import iso, write_status
@@ -303,6 +305,8 @@ class Balancer:
                 self._refresh_ring(now)
             elif isinstance(message, ProbeResult):
                 self._on_probe(message, now)
+            elif isinstance(message, LoadReading):
+                self._on_load(message, now)
             elif isinstance(message, Disconnected):
                 self._disconnected(message.reason or "control connection closed")
             else:
@@ -329,7 +333,7 @@ class Balancer:
                 self.status_dirty = True
             # Each stage on its own: a bug in one (say, fetching) must not stop the others
             # (probing, publishing a due republish).
-            for stage in (self._fetch_due, self._probe_due, self._publish_all):
+            for stage in (self._fetch_due, self._probe_due, self._metrics_due, self._publish_all):
                 try:
                     stage(now)
                 except ControlError:
@@ -635,14 +639,56 @@ class Balancer:
         return alive, ""
 
     def select(self, fe: FrontendState, now: float) -> list[list[Any]]:
-        """The intro point groups of the usable instances, in address order."""
+        """The intro point groups of the usable instances, in address order, each trimmed to
+        what its load allows (onion.load: fewer slots for an overloaded instance)."""
         usable, note = self._usable(fe, now)
         if self.probe_path_error and self.cfg.probe.enabled:
             note = (f"liveness probes cannot run ({self.probe_path_error}): instances keep their "
                     "last known state, failover is off") + (f"; {note}" if note else "")
         fe.note = note
         fe.selected_from = {ip.auth_key: inst.address for inst in usable for ip in inst.current.decoded.intro_points}
-        return [list(inst.current.decoded.intro_points) for inst in usable]
+        groups = [list(inst.current.decoded.intro_points) for inst in usable]
+        return weigh(groups, [inst.load for inst in usable],
+                     [inst.current.decoded.pow_effort for inst in usable],
+                     [now - inst.current.received_at for inst in usable], self.cfg.load, now)
+
+    # -- load (MetricsPort readings) -------------------------------------------
+    def _metrics_due(self, now: float) -> None:
+        """Read the MetricsPort of every instance that has one configured, each every
+        load.metrics_interval s, one reading in flight per instance (a thread each)."""
+        policy = self.cfg.load
+        if not policy.enabled:
+            return
+        urls = {i.address: i.metrics for fc in self.cfg.frontends for i in fc.instances if i.metrics}
+        for address, url in urls.items():
+            inst = self.instances.get(address)
+            if inst is None or inst.load.metrics_in_flight or now < inst.load.next_metrics_at:
+                continue
+            inst.load.metrics_in_flight = True
+            inst.load.next_metrics_at = now + policy.metrics_interval
+            threading.Thread(target=self._read_load, args=(address, url), daemon=True,
+                             name=f"metrics-{address[:8]}").start()
+
+    def _read_load(self, address: str, url: str) -> None:
+        """Thread: one MetricsPort reading, posted back as a LoadReading (never raises)."""
+        try:
+            self.submit(LoadReading(address, queue_depth(read_metrics(url), address)))
+        except Exception as exc:  # noqa: BLE001 - any failure is a reading error, never a crash
+            self.submit(LoadReading(address, None, f"{type(exc).__name__}: {exc}"[:200]))
+
+    def _on_load(self, msg: LoadReading, now: float) -> None:
+        inst = self.instances.get(msg.address)
+        if inst is None:
+            return
+        inst.load.metrics_in_flight = False
+        if msg.error or msg.queue is None:
+            error = msg.error or "its MetricsPort lists no such service"
+            if error != inst.load.metrics_error:
+                log.warning("instance %s.onion: no load reading: %s", inst.address, error)
+            inst.load.metrics_error = error
+            return
+        inst.load.metrics_error = ""
+        inst.load.queue, inst.load.queue_at = msg.queue, now
 
     def _holding(self, fe: FrontendState, now: float) -> bool:
         """True while a new period's descriptor is still missing from a live instance
@@ -810,6 +856,10 @@ class Balancer:
                     "last_error": inst.last_error or None, "last_error_at": wall(inst.last_error_at),
                     "awaiting_new_period": inst.awaiting_period,
                     "intro_points_left_out": sum(1 for a in fe.left_out.values() if a == addr),
+                    "load": {"pow_effort": inst.current.decoded.pow_effort if inst.current else None,
+                             "pow_queue": inst.load.queue, "pow_queue_at": wall(inst.load.queue_at),
+                             "metrics_error": inst.load.metrics_error or None,
+                             "intro_points_allowed": inst.load.slots, "why": inst.load.reason or None},
                     "probe": {"consecutive_failures": p.consecutive_failures, "last_at": wall(p.last_at),
                               "last_ok_at": wall(p.last_ok_at), "last_result": p.last_result or None},
                 })

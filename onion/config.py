@@ -8,11 +8,14 @@ onionstack's format::
                                   # probes); without it the balancer asks tor where it listens
     state_dir: /var/lib/onion-balancer
     probe: {port: 80, interval: 20, timeout: 30, failures: 3}   # optional
+    load: {effort_threshold: 1, queue_threshold: 64, overloaded_share: 1, recover_seconds: 300,
+           metrics_interval: 30}                                # optional; false: off
     frontends:
       - name: news
         key_file: /var/lib/onion-balancer/keys/news.key
         instances:
           - address: <56 chars>.onion
+            metrics: http://10.42.8.5:9035/metrics   # optional: its tor's MetricsPort
 
 OnionBalance's format (accepted as is, so its users switch by changing one command)::
 
@@ -39,6 +42,7 @@ from typing import Any
 import yaml
 
 from onion.errors import OnionError
+from onion.load import LoadPolicy
 
 DEFAULT_STATE_DIR = "/var/lib/onion-balancer"
 DEFAULT_CONTROL_PORT = 9051
@@ -74,6 +78,7 @@ class ProbeSettings:
 class InstanceConfig:
     address: str  # 56 chars, no ".onion"
     name: str | None = None
+    metrics: str | None = None  # http://HOST:PORT/metrics of the instance's tor MetricsPort
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class BalancerConfig:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     source_format: str = "onionstack"  # or "onionbalance"
     path: str = ""
+    load: LoadPolicy = field(default_factory=LoadPolicy)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -181,7 +187,7 @@ def _instances(value: Any, where: str) -> tuple[InstanceConfig, ...]:
         if isinstance(item, str):  # tolerate a bare address
             item = {"address": item}
         item = _mapping(item, here)
-        _unknown_keys(item, {"address", "name"}, here)
+        _unknown_keys(item, {"address", "name", "metrics"}, here)
         if "address" not in item:
             raise ConfigError(f"{here}: missing key `address`; add `address: <56 chars>.onion`")
         address = normalize_address(item["address"], f"{here}.address")
@@ -190,8 +196,46 @@ def _instances(value: Any, where: str) -> tuple[InstanceConfig, ...]:
                         f"duplicates {where}[{seen[address]}].address", "list each instance once")
         seen[address] = i
         name = item.get("name")
-        result.append(InstanceConfig(address=address, name=None if name is None else str(name)))
+        metrics = None if item.get("metrics") is None else _metrics_url(item["metrics"], f"{here}.metrics")
+        result.append(InstanceConfig(address=address, name=None if name is None else str(name), metrics=metrics))
     return tuple(result)
+
+
+_METRICS_URL_RE = re.compile(r"^http://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})(/[A-Za-z0-9._~/-]*)?$")
+
+
+def _metrics_url(value: Any, where: str) -> str:
+    """An instance's tor MetricsPort: plain http (tor serves no TLS there), host and port."""
+    m = _METRICS_URL_RE.match(value) if isinstance(value, str) else None
+    if m is None or not 1 <= int(m.group(2)) <= 65535:
+        raise _fail(where, value, "must be the instance tor's MetricsPort URL",
+                    "write e.g. http://10.42.8.5:9035/metrics (tor's MetricsPort is plain HTTP)")
+    return value if m.group(3) else value + "/metrics"
+
+
+def _load(value: Any, where: str) -> LoadPolicy:
+    if value is None:
+        return LoadPolicy()
+    if value is False:
+        return LoadPolicy(enabled=False)
+    value = _mapping(value, where)
+    allowed = {"enabled", "effort_threshold", "queue_threshold", "overloaded_share", "recover_seconds",
+               "metrics_interval"}
+    _unknown_keys(value, allowed, where)
+    d = LoadPolicy()
+    return LoadPolicy(
+        enabled=_bool(value.get("enabled", True), f"{where}.enabled"),
+        effort_threshold=int(_positive(value.get("effort_threshold", d.effort_threshold),
+                                       f"{where}.effort_threshold", integer=True, maximum=2**32)),
+        queue_threshold=int(_positive(value.get("queue_threshold", d.queue_threshold),
+                                      f"{where}.queue_threshold", integer=True, maximum=2**31)),
+        overloaded_share=int(_positive(value.get("overloaded_share", d.overloaded_share),
+                                       f"{where}.overloaded_share", integer=True, maximum=MAX_INTRO_POINTS)),
+        recover_seconds=float(_positive(value.get("recover_seconds", d.recover_seconds),
+                                        f"{where}.recover_seconds", maximum=86400)),
+        metrics_interval=float(_positive(value.get("metrics_interval", d.metrics_interval),
+                                         f"{where}.metrics_interval", maximum=3600)),
+    )
 
 
 def _check_frontends_vs_instances(frontends: list[FrontendConfig], addresses: list[str],
@@ -289,6 +333,7 @@ def load_config(path: str, *, control_port: int | None = None, control_socket: s
         publish=cfg["publish"], control=control, socks_port=cfg["socks_port"],
         state_dir=state_dir or cfg["state_dir"], frontends=tuple(cfg["frontends"]),
         probe=cfg["probe"], source_format=cfg["format"], path=os.path.abspath(path),
+        load=cfg.get("load") or LoadPolicy(),
     )
     if load_keys:
         _check_keys(result)
@@ -353,7 +398,7 @@ def _resolve(path: str, base_dir: str) -> str:
 
 
 def _parse_onionstack(data: dict, base_dir: str) -> dict:
-    _unknown_keys(data, {"publish", "control", "socks_port", "state_dir", "frontends", "probe"}, "config")
+    _unknown_keys(data, {"publish", "control", "socks_port", "state_dir", "frontends", "probe", "load"}, "config")
     # Scalars first, so their errors are not hidden behind a frontend's.
     publish = _bool(data.get("publish", True), "publish")
     control = _control(data.get("control", {"port": DEFAULT_CONTROL_PORT}), "control")
@@ -364,6 +409,7 @@ def _parse_onionstack(data: dict, base_dir: str) -> dict:
     if not isinstance(state_dir, str) or not state_dir:
         raise _fail("state_dir", state_dir, "must be a directory path", f"use e.g. {DEFAULT_STATE_DIR}")
     probe = _probe(data.get("probe"), "probe")
+    load = _load(data.get("load"), "load")
     frontends_raw = data["frontends"]
     if not isinstance(frontends_raw, list) or not frontends_raw:
         raise _fail("frontends", frontends_raw, "must be a non-empty list",
@@ -396,7 +442,7 @@ def _parse_onionstack(data: dict, base_dir: str) -> dict:
                                         max_intro_points=max_ip))
     return {
         "format": "onionstack", "publish": publish, "control": control, "socks_port": socks_port,
-        "state_dir": _resolve(state_dir, base_dir), "probe": probe, "frontends": frontends,
+        "state_dir": _resolve(state_dir, base_dir), "probe": probe, "frontends": frontends, "load": load,
     }
 
 

@@ -18,6 +18,7 @@ from onion import descriptor as desc
 from onion import hashring, keys
 from onion.errors import ConsensusError, DescriptorFormatError
 from onion.instances import Decoded
+from onion.load import suggested_effort
 
 log = logging.getLogger("onion.frontend")
 
@@ -169,7 +170,8 @@ class TorOnionProtocol:
                                             "descriptor a tor instance makes, refused")
         return Decoded(intro_points=tuple(d.intro_points), revision=d.revision_counter,
                        period=d.time_period_number, blinded_key=d.blinded_key,
-                       signing_key_expiry=_timestamp(d.signing_key_expiry))
+                       signing_key_expiry=_timestamp(d.signing_key_expiry),
+                       pow_effort=suggested_effort(d.extra_lines))
 
     def fetch_hsdirs(self, address: str, now: float) -> list[str]:
         """HSDirs a client would fetch the instance's current descriptor from (tor's fetch

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from onion.load import InstanceLoad
+
 log = logging.getLogger("onion.instances")
 
 # tor's default HSV3MaxDescriptorSize: HSDirs refuse bigger descriptors, so an instance that
@@ -32,6 +34,7 @@ class Decoded:
     period: int | None           # time period whose blinded key signed it
     blinded_key: bytes
     signing_key_expiry: float    # unix time the descriptor-signing-key certificate expires
+    pow_effort: int | None = None  # the suggested PoW effort of its `pow-params`, if any (onion.load)
 
 
 # decoder(text, address, candidate_periods, now) -> Decoded; raises ValueError on bad input
@@ -85,6 +88,7 @@ class InstanceState:
     fetch_failed_for: float | None = None  # fetch (by request time) already counted as failed
     next_fetch_at: float = 0.0
     awaiting_period: int | None = None  # a new time period began: waiting for its descriptor
+    load: InstanceLoad = field(default_factory=InstanceLoad)  # onion.load: readings and the last decision
 
     def _reject(self, reason: str, now: float) -> Offer:
         self.rejected += 1

@@ -27,10 +27,21 @@ class OptionRecordingMonitor(mockrun.RecordingMonitor):
         record.delete_before_replace = bool(request.deleteBeforeReplace)
         record.custom_timeouts = {k: getattr(request.customTimeouts, k) for k in ("create", "update", "delete")}
         record.aliases = tuple(_alias(a) for a in request.aliases)
+        record.replacement_trigger = _trigger(request)
         record.provider = request.provider  # "<provider urn>::<id>", "" for the default provider
         # input name -> URNs it was computed from (the engine hands these to policy packs)
         record.property_dependencies = {k: tuple(v.urns) for k, v in request.propertyDependencies.items()}
         return response
+
+
+def _trigger(request):
+    """The `replacement_trigger` option as the engine receives it (None when unset)."""
+    if not request.HasField("replacement_trigger"):
+        return None
+    from google.protobuf import json_format
+    from pulumi.runtime import rpc
+
+    return rpc.deserialize_property(json_format.MessageToDict(request.replacement_trigger))
 
 
 def _alias(alias) -> dict:

@@ -7,6 +7,7 @@ import yaml
 
 import mockrun
 from nodes.payload import unpack
+from nodes.remote import DIAL_ERROR_LIMIT
 from nodes.render import content_hash, render_worker
 from nodes.roles import BALANCER_CONFIG, BALANCER_STATE_DIR, BALANCER_USER, RoleSpecs
 from nodes.scripts import ADDRESS_LINE, parse_instance_addresses
@@ -101,7 +102,7 @@ def test_steps_are_children_of_their_node_and_wait_for_its_instance(program):
 # ---------------------------------------------------------------- connections
 def test_workers_and_database_go_through_the_balancer(program):
     _, result = program
-    balancer = result.named("balancer-instance").state
+    balancer = result.named("balancer-eip").state  # its Elastic IP: every step dials that
     private = [result.named(f"{w.name}-tor-nginx") for w in workers_of(result)] + [result.named("database-postgres")]
     for step in private:
         conn = step.input("connection")
@@ -110,12 +111,12 @@ def test_workers_and_database_go_through_the_balancer(program):
         assert conn["host"] == instance.state["privateIp"], step.name
         assert conn["proxy"]["host"] == balancer["publicIp"], step.name
         assert conn["proxy"]["user"] == conn["user"] == "ubuntu"
-        assert conn["dialErrorLimit"] == -1 and conn["proxy"]["dialErrorLimit"] == -1
+        assert conn["dialErrorLimit"] == conn["proxy"]["dialErrorLimit"] == DIAL_ERROR_LIMIT
         assert conn["privateKey"] == conn["proxy"]["privateKey"]
     for name in ("balancer-package", "balancer-core", "balancer-onion-package"):
         conn = result.named(name).input("connection")
         assert conn["host"] == balancer["publicIp"] and "proxy" not in conn, name
-        assert conn["dialErrorLimit"] == -1
+        assert conn["dialErrorLimit"] == DIAL_ERROR_LIMIT
 
 
 def test_the_ssh_key_is_only_ever_a_secret(program):
@@ -287,11 +288,11 @@ def test_drain_step_graph_and_delete_command(program):
         deps = set(drain.dependencies)
         assert {result.named(f"{w.name}-instance").urn, result.named(f"{w.name}-tor-nginx").urn,
                 balancer.urn, core.urn} <= deps
-        # It runs on the balancer (no proxy), with a bounded dial limit: a vanished balancer
-        # fails the delete in minutes with a clear error instead of hanging.
+        # It runs on the balancer (no proxy), with the bounded dial of every step: a vanished
+        # balancer fails the delete in minutes with a clear error instead of hanging.
         conn = drain.input("connection")
-        assert conn["host"] == balancer.state["publicIp"] and "proxy" not in conn
-        assert conn["dialErrorLimit"] == 20
+        assert conn["host"] == result.named("balancer-eip").state["publicIp"] and "proxy" not in conn
+        assert conn["dialErrorLimit"] == DIAL_ERROR_LIMIT
         text = drain.input("delete")
         # as root: the balancer core's config and status belong to its own user
         assert text.startswith("sudo -n /bin/bash -c ")

@@ -234,17 +234,28 @@ def test_onion_package_tarball_is_complete_and_reproducible(tmp_path):
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(encoded)))) as tar:
         names = sorted(tar.getnames())
         tar.extractall(tmp_path / "pkg", filter="data")
-    expected = sorted(f"onion/{p.name}" for p in ONION_PACKAGE_DIR.glob("*.py")) + ["onion/requirements.txt"]
-    assert names == sorted(expected)
-    proc = subprocess.run([sys.executable, "-c", "import onion.balancer, onion.servicecli, onion.status; "
+    expected = ([f"onion/{p.name}" for p in ONION_PACKAGE_DIR.glob("*.py")]
+                + [f"onion/schema/{p.name}" for p in (ONION_PACKAGE_DIR / "schema").glob("*.json")]
+                + ["onion/requirements.txt", "onion/requirements.lock"])
+    assert names == sorted(expected) and "onion/schema/balancer.schema.json" in names
+    proc = subprocess.run([sys.executable, "-c", "import onion.balancer, onion.servicecli, onion.status, onion.drain; "
                            "import onion, sys; print(onion.__file__)"],
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith(str(tmp_path / "pkg"))
-    # The balancer installs onion/requirements.txt; it must not pull in pulumi or the stack.
+    # The balancer installs exactly onion/requirements.lock; it must not pull in pulumi or the stack.
     reqs = [line.split("#")[0].strip().lower() for line in (tmp_path / "pkg/onion/requirements.txt").read_text().splitlines()]
     assert [r for r in reqs if r] and not any(r.startswith(("pulumi", "boto", "jinja2")) for r in reqs)
+    lock = (tmp_path / "pkg/onion/requirements.lock").read_text()
+    assert lock == (ONION_PACKAGE_DIR / "requirements.lock").read_text() and "--hash=sha256:" in lock
+    assert not any(line.lower().startswith(("pulumi", "boto", "jinja2")) for line in lock.splitlines())
+    # `onion schema` on the balancer finds its file in the copied package.
+    schema = subprocess.run([sys.executable, "-m", "onion", "schema", "--path"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")}, capture_output=True, text=True,
+                            timeout=60)
+    assert schema.returncode == 0 and Path(schema.stdout.strip()).is_file(), schema.stderr
+    assert schema.stdout.strip().startswith(str(tmp_path / "pkg"))
 
 
 def test_package_copy_step():
@@ -258,6 +269,11 @@ def test_package_copy_step():
     base = result.named("balancer-package")
     assert "base64 -d < /home/ubuntu/onionstack-onion.tar.gz.b64" in base.input("create")
     assert copy.input("triggers")[1] in base.input("triggers")  # a new package re-runs the install
+    # ...which installs exactly the package's lock (tests/test_balancer_package_step.py runs it)
+    script = shlex.split(base.input("create"))[4]
+    assert '-r "$lock"' in script and 'lock="$lib.new/onion/requirements.lock"' in script
+    installs = [line for line in script.splitlines() if " install " in line and "pip" in line]
+    assert installs and all("--require-hashes --no-deps" in line for line in installs), installs
 
 
 def test_drain_polls_until_the_balancer_has_republished(tmp_path):

@@ -113,5 +113,5 @@ def test_the_stack_outputs_are_the_sites_exports():
         "vpcId", "availabilityZones", "balancerPublicIp", "balancerPrivateIp", "workerPrivateIps", "sshBalancer",
         "sshWorkers", "databasePrivateIp", "sshDatabase", "backupVaultName", "keptOnDestroy", "sites",
         "instanceAddresses", "balancerPublishes", "introPoints", "alarmTopicArn", "onionLocation",
-        "deployerSecurityGroupId", "databaseCaCertificate"}
+        "deployerSecurityGroupId", "databaseCaCertificate", "sshKnownHosts"}
     assert "exports" in OnionSite.__annotations__

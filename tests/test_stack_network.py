@@ -25,13 +25,15 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
         ROUTE_TABLE: 1 + zones,
         RTA: 2 * zones,
         NAT: nats,
-        "aws:ec2/eip:Eip": nats,
+        "aws:ec2/eip:Eip": nats + 1,  # the NAT gateways' and the balancer's (nodes/balancer.py)
         "aws:ec2/keyPair:KeyPair": 1,
         # balancer, workers, database; the deployer group (CI's SSH window)
         "aws:ec2/securityGroup:SecurityGroup": (3 if database else 2) + 1,
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": admin + (3 if database else 1),
         "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4 if database else 2,
         INSTANCE: 1 + workers + (1 if database else 0),
+        # Each instance's SSH host key (nodes/hostkey.py).
+        "tls:index/privateKey:PrivateKey": 1 + workers + (1 if database else 0),
         # Remote steps (nodes/steps.py): per worker tor-nginx + drain; balancer base +
         # core; the onion package copy; the database's postgres step and its password.
         "command:remote:Command": 2 * workers + 2 + (1 if database else 0),

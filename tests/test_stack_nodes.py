@@ -22,7 +22,10 @@ def test_every_instance_is_hardened(config):
         assert meta["httpPutResponseHopLimit"] == 1
         root = inst.input("rootBlockDevice")
         assert root["encrypted"] is True and root["volumeType"] == "gp3", inst.name
-        assert not inst.input("ebsBlockDevices") and not inst.input("userData")
+        assert not inst.input("ebsBlockDevices")
+        # The only user data is the host key's cloud-config, a secret (tests/test_host_keys.py).
+        assert mockrun.is_secret(inst.inputs["userData"]) and inst.input("userData").startswith("#cloud-config\n")
+        assert inst.input("userDataReplaceOnChange") is True
 
 
 def test_ami_is_looked_up_never_hard_coded():
@@ -115,7 +118,7 @@ def test_a_step_declared_elsewhere_nests_under_its_node_and_waits_until_it_is_re
     assert late.parent == result.named("b").urn
     assert result.named("w-hello").urn in late.dependencies
     assert result.named("b-instance").urn in late.dependencies
-    assert late.input("connection")["host"] == result.named("b-instance").state["publicIp"]
+    assert late.input("connection")["host"] == result.named("b-eip").state["publicIp"]
     assert "proxy" not in late.input("connection")
     for node_name in ("w", "d"):
         step = result.named(f"{node_name}-hello")
@@ -123,7 +126,7 @@ def test_a_step_declared_elsewhere_nests_under_its_node_and_waits_until_it_is_re
         assert result.named(f"{node_name}-instance").urn in step.dependencies
         conn = step.input("connection")
         assert conn["host"] == result.named(f"{node_name}-instance").state["privateIp"]
-        assert conn["proxy"]["host"] == result.named("b-instance").state["publicIp"]
+        assert conn["proxy"]["host"] == result.named("b-eip").state["publicIp"]
     db_step = result.named("d-hello")
     for purpose in ("data", "journal", "log"):
         assert result.named(f"d-volumes-{purpose}-attach").urn in db_step.dependencies

@@ -17,7 +17,11 @@ def test_outputs():
     instances = {i.name: i for i in result.of_type("aws:ec2/instance:Instance")}
     bal = instances["balancer-instance"]
     assert out["vpcId"] == result.of_type("aws:ec2/vpc:Vpc")[0].id
-    assert out["balancerPublicIp"] == bal.state["publicIp"] and out["balancerPublicIp"].startswith("203.0.113.")
+    # The balancer's address is its Elastic IP (it stays across stop/start), not the instance's own.
+    eip = result.named("balancer-eip")
+    assert eip.input("instance") == bal.id and eip.input("domain") == "vpc"
+    assert out["balancerPublicIp"] == eip.state["publicIp"] != bal.state["publicIp"]
+    assert out["balancerPublicIp"].startswith("203.0.113.")
     workers = [instances[f"worker-{i}-instance"].state["privateIp"] for i in (1, 2, 3)]
     assert out["workerPrivateIps"] == workers
     assert out["databasePrivateIp"] == instances["database-instance"].state["privateIp"]
@@ -112,6 +116,12 @@ def test_demo_command_prints_the_prod_tree(capsys):
     assert "     4  aws:ec2/instance:Instance" in text
     assert "PRIVATE KEY" not in text and "ED25519-V3:" not in text
     assert "[protected, retained on delete]" in text
+    # The balancer's Elastic IP, and a pinned host key on every step's connection and proxy.
+    assert "aws:ec2/eip:Eip  balancer-eip" in text
+    steps = text.split("Remote steps", 1)[1].split("\nOutputs:", 1)[0].splitlines()[1:]
+    assert len(steps) == 2 * 2 + 3 + 1 and "NOT PINNED" not in text
+    for line in steps:
+        assert line.count("[ssh-ed25519 SHA256:") == (2 if "via" in line else 1), line
 
 
 def test_demo_command_reports_bad_config(capsys):
