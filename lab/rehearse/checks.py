@@ -61,6 +61,14 @@ def wheelhouse(cache: Path = ROOT / ".lab") -> Path:
     return target
 
 
+def _run(report: Report, name: str, fn, *args, **kw):
+    """fn's result; an AssertionError, RuntimeError or TimeoutError is that check failing."""
+    try:
+        return fn(*args, **kw)
+    except (AssertionError, RuntimeError, TimeoutError) as exc:
+        report.check(name, False, str(exc))
+
+
 def steps_of(deploy: Deploy, kind: str) -> list[str]:
     return sorted(o.name for o in deploy.ops if o.kind == kind)
 
@@ -81,6 +89,9 @@ def rehearse(state_dir: Path, *, workers: int = 2, tor_daemons: int = 2, voting_
         if not keep:
             undone = r.down()
             progress(f"teardown: undid {len(undone)} things (containers, mounts, links, processes)")
+            for line in undone:
+                if line.startswith("FAILED"):
+                    progress(f"teardown: {line}")
     return report
 
 
@@ -101,10 +112,10 @@ def _all_checks(r: Rehearsal, report: Report, workers: int) -> None:
                  f"HTTP {page.status} from {r.frontend()} via the lab client, origin page with links "
                  f"rewritten to the onion name" if page.ok else page.error)
 
-    units = r.check_units()
+    units = _run(report, "every unit active and enabled", r.check_units)
     report.check("every unit active and enabled", True, f"{len(units)} units: " + ", ".join(units))
 
-    ok_user, refused = r.check_database()
+    ok_user, refused = _run(report, "database accepts a worker, refuses the balancer", r.check_database)
     report.check("database accepts a worker, refuses the balancer", True,
                  f"worker-1 logged in as {ok_user}; balancer: {refused}")
 
@@ -116,15 +127,16 @@ def _all_checks(r: Rehearsal, report: Report, workers: int) -> None:
                  f"changed: {[(o.kind, o.name) for o in again.changed()]}")
 
     t0 = time.monotonic()
+    rebooted = "hosts rebooted: the site comes back without any step"
     r.fabric.reboot(sorted(r.fabric.hosts))
-    booted = r.fabric.wait_booted()
+    booted = _run(report, rebooted, r.fabric.wait_booted)
     # A reader arriving now: the lab client forgets the descriptor it cached before the
     # reboot (every intro point in it died with the workers' tors; tor's client would not
     # fetch it again from the same HSDirs within 15 minutes).
     r.new_reader()
-    r.wait_frontend(timeout=300)
-    units = r.check_units()
-    report.check("hosts rebooted: the site comes back without any step", True,
+    _run(report, rebooted, r.wait_frontend, timeout=300)
+    units = _run(report, rebooted, r.check_units)
+    report.check(rebooted, True,
                  f"all {len(r.fabric.hosts)} hosts restarted (booted in {booted:.0f} s); frontend answered "
                  f"{time.monotonic() - t0:.0f} s after the reboot began; {len(units)} units active and enabled")
 
@@ -143,7 +155,8 @@ def _all_checks(r: Rehearsal, report: Report, workers: int) -> None:
     _, cut, _ = split_around(results, *off) if off else ([], [], [])
     failed = [p for p in results if not p.ok and p not in cut]
     cut_failed = [p for p in cut if not p.ok]
-    status = r.balancer_status()
+    status = _run(report, f"scale {workers} -> {workers - 1}: the drain runs before the worker goes, "
+                          "the site stays up", r.balancer_status)
     listed = {i["address"] for fe in status.get("frontends", []) for i in fe.get("instances", [])}
     report.check(f"scale {workers} -> {workers - 1}: the drain runs before the worker goes, the site stays up",
                  not scale.error and drained_at is not None and off is not None

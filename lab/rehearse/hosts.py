@@ -400,6 +400,13 @@ def _children(pid: int | None) -> list[int]:
     return [int(c) for c in text.split()]
 
 
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _ours(pid: int | None, machine: str) -> bool:
     """pid still runs our systemd-nspawn for `machine` (a recycled pid is never signalled)."""
     if pid is None:
@@ -413,17 +420,36 @@ def _ours(pid: int | None, machine: str) -> bool:
 
 
 def _stop(pid: int | None, machine: str, timeout: float) -> bool:
+    """SIGTERM to systemd-nspawn (the container powers off); after `timeout`, SIGKILL to
+    every process in the container's cgroups (nspawn killed alone would orphan the
+    container's init, which then keeps running with its mounts)."""
     if not _ours(pid, machine):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while _ours(pid, machine) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _ours(pid, machine):
-        os.killpg(pid, signal.SIGKILL)
-        while _ours(pid, machine):
-            time.sleep(0.1)
+    while _ours(pid, machine) or _cgroup_pids(machine):
+        for victim in _cgroup_pids(machine):
+            _signal(victim, signal.SIGKILL)
+        if _ours(pid, machine):
+            _signal(pid, signal.SIGKILL)
+        time.sleep(0.2)
     return True
+
+
+def _cgroup_pids(machine: str) -> list[int]:
+    """Every process in the container's own cgroups (all of it: nspawn, init, services)."""
+    pids: set[int] = set()
+    for hierarchy in CGROUP_HIERARCHIES:
+        root = hierarchy / machine
+        if (hierarchy / "cgroup.procs").exists() and root.is_dir():
+            for procs in root.rglob("cgroup.procs"):
+                try:
+                    pids.update(int(p) for p in procs.read_text().split())
+                except OSError:
+                    pass
+    return sorted(pids)
 
 
 def _undo(entry: dict) -> bool:
@@ -459,6 +485,18 @@ def _undo(entry: dict) -> bool:
         path = Path(entry["path"])
         if not path.exists():
             return False
+        # Anything still in it is the container's (this cgroup was made for it), e.g. a
+        # process of a boot that was cut short: it goes first.
+        deadline = time.monotonic() + 30
+        while True:
+            left = [int(p) for f in path.rglob("cgroup.procs") for p in f.read_text().split()]
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{path}: processes {left} do not exit")
+            for pid in left:
+                _signal(pid, signal.SIGKILL)
+            time.sleep(0.2)
         # bottom-up: a cgroup goes only when it has no children and no processes
         for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             sub.rmdir()

@@ -135,7 +135,11 @@ class Rehearsal:
         if deploy.error:
             return deploy
         t1 = time.monotonic()
-        self.wait_frontend()
+        try:
+            self.wait_frontend()
+        except TimeoutError as exc:
+            deploy.error = str(exc)
+            return deploy
         self.timings["first_reachability"] = time.monotonic() - t1
         self.timings["total"] = time.monotonic() - t0
         return deploy

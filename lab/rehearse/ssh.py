@@ -96,7 +96,10 @@ class OpenSSH:
             message = err.read().strip()
         if proc.returncode != 0:
             config.unlink(missing_ok=True)
-            raise DialError("; ".join(message.splitlines()[-3:]) if message else f"ssh exit {proc.returncode}")
+            lines = [line.strip() for line in message.splitlines() if line.strip()]
+            # OpenSSH's host-key warning is a banner of many lines: say what it means
+            verdict = [line for line in lines if line.startswith("Host key verification failed")]
+            raise DialError((verdict or lines or [f"ssh exit {proc.returncode}"])[-1])
         return OpenSSHSession(base, target, config)
 
 
