@@ -6,7 +6,7 @@ the stack outputs. Tests and the benchmark use it; `python -m mockrun` prints a
 preview-like resource tree of a stack (default: Pulumi.prod.yaml), injecting throwaway
 demo keys for the secrets a stack file cannot hold in plain text.
 
-Mock facts this relies on (DESIGN.md): invokes must be answered (an unanswered one is an
+Mock facts this relies on: invokes must be answered (an unanswered one is an
 error here, not a silent None); `preview=False` so `apply` callbacks run; inputs arrive
 camelCased with secrets wrapped in a marker dict.
 """

@@ -17,8 +17,20 @@ instances' descriptors on the HSDirs are replaced, from before the balancer star
 the whole soak, by validly signed ~41 kB ones whose intro points carry padded link
 specifiers of an unknown type (lab/hostile.py). `--soak-only` skips the failover runs.
 
+`--ops` instead measures what an operator sees, on a network of its own (voting interval
+10 s: a time period is 4 minutes): a real Prometheus scrapes the balancer, its tor and the
+workers' tors with the shipped alert rules (lab/monitor.py), and it times, from the fault,
+worker loss -> OnionWorkerTorDown firing; every worker lost -> OnionFrontendUnreachable
+firing; an HSDir restarted with an empty cache -> read-back noticing it
+(onion_balancer_hsdir_serving 0 in Prometheus) and the re-upload repairing it; the primary
+balancer killed -> a standby's takeover, its descriptors served, and the failed requests
+of a client probing every 3 s (before, during, after the standby's descriptors are served).
+Targets: detection under 2 minutes; takeover under 5 minutes with 0 failed requests once
+the standby's descriptors are served.
+
 Usage: .venv/bin/python bench/lab.py [--workers 2] [--soak 1500 [--hostile-worker] [--soak-only]]
        [--state-dir DIR]
+       .venv/bin/python bench/lab.py --ops
 """
 from __future__ import annotations
 
@@ -285,6 +297,99 @@ def ratio(ours: float | None, base: float | None) -> str:
     return f"{ours / base:.2f}"
 
 
+def ops_bench(state_dir: Path) -> dict:
+    """The operator's measures (see the module docstring); returns name -> value."""
+    from lab.monitor import start_prometheus, wait_for
+    from onion.status import read_status
+
+    out: dict = {}
+    lab = Lab.create(state_dir, tie_to_parent=True, voting_interval=10, progress=log)
+    try:
+        lab.start_network()
+        lab.start_origin(listeners=2)
+        key = lab.make_frontend_key(tag="ops")
+        workers = lab.start_workers(2, tor_daemons=2, intro_points=3, tag="ops", metrics=True)
+        instances = [a for w in workers for a in w.instance_addresses]
+        ports = [lab.ports.take(), lab.ports.take()]
+        common = {"frontend_probe": {"interval": 10, "timeout": 30}}
+        primary = lab.start_balancer("onion", tag="opsprimary", instances=instances, tor_metrics=True,
+                                     extra_config={**common, "metrics": {"listen": f"127.0.0.1:{ports[0]}"},
+                                                   "readback": {"interval": 20}})
+        url = f"http://{key.hostname}/"
+        wait_reachable(lab.net.client.socks_port, url, 240, "frontend")
+        prom = start_prometheus(lab, balancers=[ports[0]], balancer_tors=[primary["tor_metrics_port"]],
+                                worker_tors=[p for w in workers for p in w.metrics_ports])
+        job = f'instance="127.0.0.1:{ports[0]}"'
+        wait_for("reachable in Prometheus", lambda: prom.value(f"onion_service_reachable{{{job}}}") == 1, 180)
+
+        log("worker loss: killing one worker")
+        lab.kill_worker(workers[-1])
+        t0 = time.monotonic()
+        wait_for("OnionWorkerTorDown", lambda: prom.firing("OnionWorkerTorDown"), 300, 1)
+        out["detect_worker_loss_s"] = time.monotonic() - t0
+        lab.restart_worker(workers[-1])
+        wait_for("worker back", lambda: not prom.firing("OnionWorkerTorDown"), 300, 2)
+
+        log("every worker lost")
+        for w in workers:
+            lab.kill_worker(w)
+        t0 = time.monotonic()
+        wait_for("OnionFrontendUnreachable", lambda: [a for a in prom.firing("OnionFrontendUnreachable")
+                                                      if a["labels"].get("instance") == f"127.0.0.1:{ports[0]}"], 300, 1)
+        out["detect_frontend_unreachable_s"] = time.monotonic() - t0
+        for w in workers:
+            lab.restart_worker(w)
+        wait_reachable(lab.net.client.socks_port, url, 300, "frontend after the workers' restart")
+        wait_for("reachable again", lambda: prom.value(f"onion_service_reachable{{{job}}}") == 1, 180)
+
+        log("HSDir loss: restarting a responsible HSDir with an empty cache")
+        status = read_status(primary["state_dir"])
+        current = next(d for d in status["frontends"][0]["descriptors"] if d["role"] == "current")
+        victim = next(u["hsdir"] for u in current["hsdirs"] if (u.get("served") or {}).get("state") == "serving")
+        node = next(n for n in lab.net.relays if n.fingerprint.upper() == victim.upper())
+        serving = f'onion_balancer_hsdir_serving{{{job},role="current",hsdir="{victim}"}}'
+        lab.procs.stop(node.process_name)
+        t0 = time.monotonic()
+        lab.net.start_tor(lab.procs, node)
+        wait_for("read-back notices", lambda: prom.value(serving) == 0, 300, 1)
+        out["detect_hsdir_loss_s"] = time.monotonic() - t0
+        wait_for("repaired", lambda: prom.value(serving) == 1, 300, 1)
+        out["repair_hsdir_loss_s"] = time.monotonic() - t0
+
+        log("standby takeover: starting a standby, then killing the primary")
+        standby = lab.start_balancer("onion", tag="opsstandby", instances=instances, key_file=Path(
+            lab.info["frontend_key_file"]), extra_config={**common, "metrics": {"listen": f"127.0.0.1:{ports[1]}"},
+                                                          "readback": {"interval": 10},
+                                                          "standby": {"takeover_after": 60}})
+
+        def st():
+            return read_status(standby["state_dir"])["frontends"][0]
+
+        def cur(fe):
+            return next(d for d in fe["descriptors"] if d["role"] == "current")["hsdirs"]
+
+        wait_for("standby standing by", lambda: st()["standby"]["state"] == "standing by" and len(
+            [u for u in cur(st()) if (u.get("served") or {}).get("checked_at")]) >= 4, 240, 2)
+        loop = ProbeLoop(lab.net.client.socks_port, url, interval=3.0, prefix="ops-").start()
+        time.sleep(6)
+        lab.procs.stop(primary["process"])
+        killed = time.time()
+        wait_for("takeover", lambda: st()["standby"]["state"] == "active", 600, 2)
+        out["takeover_s"] = time.time() - killed
+        wait_for("standby served", lambda: [u for u in cur(st()) if u.get("state") == "uploaded"
+                                            and (u.get("served") or {}).get("state") == "serving"], 300, 2)
+        served = time.time() - killed
+        out["standby_served_s"] = served
+        time.sleep(30)
+        probes = loop.stop()
+        before, during, after = split_around(probes, killed, killed + served)
+        for name, sel in (("before", before), ("during", during), ("after_served", after)):
+            out[f"takeover_failed_{name}"] = f"{sum(not p.ok for p in sel)}/{len(sel)}"
+    finally:
+        lab.down()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, choices=range(2, 5))
@@ -292,9 +397,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostile-worker", action="store_true",
                         help="in the soak, one of onionstack's workers serves oversized descriptors")
     parser.add_argument("--soak-only", action="store_true", help="skip the failover runs")
+    parser.add_argument("--ops", action="store_true",
+                        help="instead: detection (fault -> alert) and standby takeover times (see above)")
     parser.add_argument("--state-dir", type=Path,
                         default=Path(__file__).resolve().parent.parent / ".lab" / "bench")
     args = parser.parse_args(argv)
+    if args.ops:
+        results = ops_bench(args.state_dir / "ops")
+        print()
+        for name, value in results.items():
+            print(f"{name:32} {value:.1f}" if isinstance(value, float) else f"{name:32} {value}")
+        print("targets: detection < 120 s, takeover < 300 s, 0 failed requests after the standby's "
+              "descriptors are served")
+        return 0
     tp = 24 * ONIONBALANCE_VOTING_INTERVAL
     if args.soak and args.soak < 3 * tp:
         log(f"note: --soak {args.soak:.0f} covers fewer than 3 time periods ({3 * tp} s)")

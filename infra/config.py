@@ -45,7 +45,7 @@ DEFAULT_BACKUP = {
     "copyToRegion": "",
 }
 DEFAULT_FLOW_LOGS = {"enabled": True, "traffic": "REJECT", "retentionDays": 90}
-DEFAULT_BALANCER = {"publish": True}
+DEFAULT_BALANCER = {"publish": True, "standby": False}
 
 # key -> (Pulumi.yaml type or None for objects, default or REQUIRED)
 REQUIRED = object()
@@ -278,6 +278,9 @@ class FlowLogsConfig:
 @dataclass(frozen=True)
 class BalancerConfig:
     publish: bool  # false: a standby fleet that never uploads descriptors (blue/green)
+    # true: a second balancer in another zone that uploads only when the primary's
+    # descriptors are missing or stale on the HSDirs (onion/standby.py)
+    standby: bool = False
 
 
 @dataclass(frozen=True)
@@ -350,6 +353,15 @@ def _bool(key: str, value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     raise _fail(key, value, "must be true or false")
+
+
+def _parse_balancer(value: Any, zones: int) -> BalancerConfig:
+    merged = _object("balancer", value, DEFAULT_BALANCER)
+    standby = _bool("balancer.standby", merged["standby"])
+    if standby and zones < 2:
+        raise _fail("balancer.standby", standby,
+                    "needs availabilityZones >= 2 (the standby balancer runs in another zone than the primary)")
+    return BalancerConfig(publish=_bool("balancer.publish", merged["publish"]), standby=standby)
 
 
 def _object(key: str, value: Any, allowed: Mapping[str, Any]) -> dict:
@@ -1014,9 +1026,7 @@ def parse_config(raw: Mapping[str, Any]) -> StackConfig:
         backup=_parse_backup(get("backup")),
         protect_data=_bool("protectData", get("protectData")),
         nat_gateways=nat,
-        balancer=BalancerConfig(
-            publish=_bool("balancer.publish", _object("balancer", get("balancer"), DEFAULT_BALANCER)["publish"])
-        ),
+        balancer=_parse_balancer(get("balancer"), _int("availabilityZones", get("availabilityZones"), *AZ_RANGE)),
         flow_logs=_parse_flow_logs(get("flowLogs")),
         alarm_emails=_parse_alarm_emails(get("alarmEmails")),
     )

@@ -5,7 +5,7 @@
 
 VOLUME is a volume id (`vol-…`), its `Name` tag (`onionstack-prod-database-data`), that
 name without the `<project>-<stack>-` prefix (`database-data`, narrowed with `--stack`),
-or its `role` tag when that is unique. The restore follows the runbook of the backup seed: create a
+or its `role` tag when that is unique. The restore, in the order EBS needs: create a
 volume from the snapshot in the instance's AZ (same type, size, IOPS/throughput,
 encryption and KMS key, the original's tags plus `restored-from`), stop the instance,
 detach the old volume (kept and tagged `replaced-by`), attach the new one at the same

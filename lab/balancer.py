@@ -23,15 +23,18 @@ ONIONBALANCE_VERSION = "0.2.4"
 ONIONBALANCE_VOTING_INTERVAL = 20
 
 
-def balancer_tor_lines(kind: str) -> list[str]:
-    """Extra torrc lines for the balancer's tor: onionstack's come from the same template
-    the AWS balancer's torrc includes (nodes/templates/balancer/consensus-timing.torrc.j2);
-    OnionBalance's baseline runs with tor's defaults, as its docs set it up."""
+def balancer_tor_lines(kind: str, metrics_port: int | None = None) -> list[str]:
+    """Extra torrc lines for the balancer's tor: onionstack's come from the same templates
+    the AWS balancer's torrc includes (nodes/templates/balancer/consensus-timing.torrc.j2,
+    and metrics.torrc.j2 for a MetricsPort on 127.0.0.1); OnionBalance's baseline runs with
+    tor's defaults, as its docs set it up."""
     if kind != "onion":
         return []
     from nodes.render import render_template
 
     text = render_template("balancer/consensus-timing.torrc.j2")
+    if metrics_port:
+        text += render_template("balancer/metrics.torrc.j2", port=metrics_port)
     return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -71,10 +74,11 @@ def _has_microdesc(ctl, fingerprint: str) -> bool:
 def write_onion_config(path: Path, *, control_port: int, socks_port: int, state_dir: Path,
                        key_file: Path, instances: list[str], probe_interval: float = 10.0,
                        probe_timeout: float = 15.0, probe_failures: int = 2,
-                       metrics: dict[str, str] | None = None) -> Path:
-    """onionstack's balancer YAML (api.md). Probes are tighter than the AWS defaults: on
-    127.0.0.1 a live instance answers within a few seconds, and a dead worker should be
-    dropped within the issue's 60 s failover target (2 failures x <= 15 s + interval).
+                       metrics: dict[str, str] | None = None, extra: dict | None = None,
+                       workers: dict[str, str] | None = None) -> Path:
+    """onionstack's balancer YAML (docs/balancer.md). Probes are tighter than the AWS
+    defaults: on 127.0.0.1 a live instance answers within a few seconds, and a dead worker
+    should be dropped within 60 s (2 failures x <= 15 s + interval).
     `metrics`: instance address -> its tor's MetricsPort URL (load-aware intro selection)."""
     config = {
         "publish": True,
@@ -84,9 +88,11 @@ def write_onion_config(path: Path, *, control_port: int, socks_port: int, state_
         "probe": {"port": 80, "interval": probe_interval, "timeout": probe_timeout,
                   "failures": probe_failures},
         "frontends": [{"name": "lab", "key_file": str(key_file),
-                       "instances": [{"address": f"{a}.onion", **({"metrics": metrics[a]} if a in (metrics or {}) else {})}
+                       "instances": [{"address": f"{a}.onion", **({"metrics": metrics[a]} if a in (metrics or {}) else {}),
+                                      **({"worker": workers[a]} if a in (workers or {}) else {})}
                                      for a in instances]}],
     }
+    config.update(extra or {})  # metrics, frontend_probe, readback, standby, ... (onion/config.py)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -30,7 +30,7 @@ log = logging.getLogger("lab.hostile")
 PAD_TYPE = 0x7F          # no link specifier type tor knows (0-3)
 PAD_LEN = 255            # the largest a link specifier holds
 REVISION_FLOOR = 2**40   # above any OPE revision counter tor makes (< 2^34)
-TARGET_SIZE = 41_000     # about the size of the issue's hostile descriptor
+TARGET_SIZE = 41_000     # ~41 kB: a hostile instance descriptor padded near the size limit (docs/balancer.md)
 
 
 def pad(ip, n: int):
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import stem.util.log  # noqa: F401 - sets the "stem" logger's level on import: set ours after
+
     logging.getLogger("stem").setLevel(logging.WARNING)
     HostilePublisher(args.control_port, args.hs_dirs).run(args.interval)
     return 0
@@ -189,9 +191,9 @@ def start_hostile_publisher(lab, worker, name: str = "hostile") -> str:
     lab processes (stopped with the lab). Returns the publisher's process name."""
     import os
 
-    node = lab.net.add_tor(lab.procs, lab.ports, f"tor{name}"[:19], [])
-    lab.net.start_tor(lab.procs, node)
     from lab.tornet import wait_bootstrapped
+
+    node = lab.net.add_tor(lab.procs, lab.ports, f"tor{name}"[:19], [])  # started by add_tor
 
     wait_bootstrapped(lab.net, lab.procs, node, 180)
     repo = Path(__file__).resolve().parent.parent

@@ -205,7 +205,8 @@ class Lab:
         return restart_worker(self.procs, worker)
 
     def start_balancer(self, kind: str = "onion", tag: str = "balancer", *,
-                       key_file: Path | None = None, instances: list[str] | None = None) -> dict:
+                       key_file: Path | None = None, instances: list[str] | None = None,
+                       extra_config: dict | None = None, tor_metrics: bool = False) -> dict:
         """The balancer's tor (gated as the notes say), then the balancer itself, for the
         frontend key (default: the last one made) and instances (default: every worker's).
         Returns its record (also in info["balancers"][tag]; info["balancer"] is the last)."""
@@ -217,8 +218,9 @@ class Lab:
                              f"the lab has {self.voting_interval} s")
         # tor nicknames: 1..19 characters [A-Za-z0-9].
         nickname = "tor" + "".join(c for c in tag if c.isascii() and c.isalnum())[:16]
-        node = self.net.add_tor(self.procs, self.ports, nickname, balancer_mod.balancer_tor_lines(kind),
-                                socks=True) \
+        tor_metrics_port = self.ports.take() if tor_metrics else None
+        node = self.net.add_tor(self.procs, self.ports, nickname,
+                                balancer_mod.balancer_tor_lines(kind, tor_metrics_port), socks=True) \
             if nickname not in {n.nickname for n in self.net.nodes} else self.net.node(nickname)
         if not self.procs.is_running(node.process_name):
             self.net.start_tor(self.procs, node)
@@ -235,7 +237,8 @@ class Lab:
             config = balancer_mod.write_onion_config(
                 bdir / "balancer.yaml", control_port=node.control_port,
                 socks_port=node.socks_port, state_dir=bdir / "state", key_file=key_file,
-                instances=instances, metrics=metrics)
+                instances=instances, metrics=metrics, extra=extra_config,
+                workers={a: w.name for w in self.workers for a in w.instance_addresses})
             argv = balancer_mod.onion_command(config, node.control_port)
         else:
             script = balancer_mod.ensure_onionbalance(self.ob_venv)
@@ -244,7 +247,8 @@ class Lab:
             argv = balancer_mod.onionbalance_command(script, config, node.control_port)
         self.procs.start(tag, argv, cwd=_repo_root())
         record = {"kind": kind, "process": tag, "tor": node.nickname, "config": str(config),
-                  "state_dir": str(bdir / "state"), "argv": argv, "started": time.time()}
+                  "state_dir": str(bdir / "state"), "argv": argv, "started": time.time(),
+                  "tor_metrics_port": tor_metrics_port}
         self.info["balancer"] = record
         self.info.setdefault("balancers", {})[tag] = record
         self.save()

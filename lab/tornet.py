@@ -1,5 +1,5 @@
 """A private Tor network on 127.0.0.1: 3 directory authorities, 5 relays (3 of them exits for
-127.0.0.0/8) and a client with a SocksPort, following notes/private-tor-network.md.
+127.0.0.0/8) and a client with a SocksPort: the smallest shape that bootstraps reliably here.
 
 `address` puts the relays (ORPort, DirPort, Address, OutboundBindAddress; exits then accept
 only that address) on another local address, e.g. a bridge that local systemd hosts reach

@@ -85,7 +85,7 @@ def worker_spec(root: Path, *, frontend_address: str, domain: str, origin_port: 
     site = SiteSpec(name=SITE_NAME, domain=domain, onion_address=frontend_address,
                     origin_address=f"127.0.0.1:{origin_port}", https=https, dos=dos or SiteDos())
     machine = Machine(layout=Layout(root=str(root)), tor_user=None, nginx_user=None,
-                      tor_include=network_torrc, trusted_ca_file=ca_file)
+                      tor_include=network_torrc, trusted_ca_file=ca_file, tor_metrics_base=None)
     from dataclasses import replace
 
     spec = build((site,), resolver="127.0.0.1", tor_daemons=tor_daemons, intro_points=intro_points,

@@ -6,9 +6,10 @@ construction; each `render_*` function returns `{relative_path: RenderedFile}` w
 path is relative to `Layout.root` (``"/"`` on a real machine, a scratch directory in the
 lab), so `os.path.join(root, path)` is where the file belongs.
 
-Secrets never pass through here: the balancer's master keys are written on the machine by
-`install-keys.sh` from its stdin (see `render_balancer`), and the database password is set
-by the remote step, not rendered.
+Secrets never pass through here: the balancer's master keys and the database password
+travel in the remote step's secret stdin payload (nodes/payload.py) and are installed by
+the role's `apply.sh`; this module only names where they go (`render_balancer` lists the
+key files with empty content).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import jinja2
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
-# Same rule as infra/config.py's site names (api.md): used in file, unit and nginx names.
+# Same rule as infra/config.py's site names: used in file, unit and nginx names.
 SITE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # A DNS name as nginx and tor will see it: lowercase labels, at least two of them.
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$")
@@ -690,6 +691,7 @@ def render_worker(spec: WorkerSpec) -> dict[str, RenderedFile]:
 # --------------------------------------------------------------------------- balancer
 
 BALANCER_UNIT = "onion-balancer.service"
+METRICS_SHIPPER_UNIT = "onion-metrics-shipper.service"
 BALANCER_PACKAGES = ("tor", "deb.torproject.org-keyring", "python3-venv")
 
 
@@ -719,6 +721,16 @@ class BalancerSpec:
     package_lib: str = "/opt/onionstack/lib"
     tor_include: str | None = None
     tor_binary: str = "/usr/bin/tor"
+    # the balancer tor's MetricsPort on 127.0.0.1 (tor's own counters; scraped locally)
+    tor_metrics_port: int | None = 9052
+    # the balancer core's /metrics on 127.0.0.1 (onion/metrics.py)
+    metrics_port: int = 9961
+    standby: bool = False  # a standby balancer (onion/standby.py): uploads only after a takeover
+    # instance address (56 chars) -> the worker node it runs on (`worker-1`): status and the
+    # metrics' `worker` label, which the per-worker alarms watch
+    workers: Mapping[str, str] = field(default_factory=dict)
+    # (namespace, region): a unit ships the core's metrics to CloudWatch; None: no shipper
+    cloudwatch: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         sites = tuple(self.sites)
@@ -748,6 +760,16 @@ class BalancerSpec:
                       "list at least one instance address (the workers' outputs) per site")
             normalized[name] = tuple(addresses)
         object.__setattr__(self, "instances", normalized)
+        if self.cloudwatch is not None and not (
+                isinstance(self.cloudwatch, tuple) and len(self.cloudwatch) == 2
+                and re.fullmatch(r"[A-Za-z0-9/_.#:-]{1,255}", str(self.cloudwatch[0]))
+                and re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", str(self.cloudwatch[1]))):
+            _fail("cloudwatch", self.cloudwatch, "use (namespace like Onionstack/prod, region like eu-central-1)")
+        if not isinstance(self.workers, Mapping) or not all(
+                isinstance(v, str) and SAFE_NAME_RE.match(v) for v in self.workers.values()):
+            _fail("workers", self.workers, "use {instance address: worker node name}")
+        object.__setattr__(self, "workers", {str(k).lower().removesuffix(".onion"): v
+                                             for k, v in self.workers.items()})
         if not isinstance(self.publish, bool):
             _fail("publish", self.publish, "use true or false")
         if not (isinstance(self.socks_port, int) and 1 <= self.socks_port <= 65535):
@@ -808,6 +830,11 @@ def render_balancer(spec: BalancerSpec) -> dict[str, RenderedFile]:
         render_template("systemd/onion-balancer.service.j2", user=spec.user, tor_user=spec.tor_user,
                         tor_instance=spec.tor_instance, venv=spec.venv, package_lib=spec.package_lib,
                         config=spec.config_file, state_dir=spec.state_dir))
+    if spec.cloudwatch is not None:
+        put(layout.path("systemd_dir", METRICS_SHIPPER_UNIT),
+            render_template("systemd/onion-metrics-shipper.service.j2", core_unit=BALANCER_UNIT, venv=spec.venv,
+                            package_lib=spec.package_lib, metrics_port=spec.metrics_port,
+                            namespace=spec.cloudwatch[0], region=spec.cloudwatch[1]))
     # apply.sh installs the secret key files from the stage as well (never rendered here).
     secret_keys = {layout.key(spec.key_file(site)): RenderedFile("", 0o600, spec.user) for site in spec.sites}
     out.update(_script_files(

@@ -40,6 +40,10 @@ class Machine:
     nginx_user: Optional[str] = "www-data"
     tor_include: Optional[str] = None  # a torrc every tor %includes (the lab's network)
     trusted_ca_file: str = NginxTuning.__dataclass_fields__["trusted_ca_file"].default
+    # Each worker tor's MetricsPort on 127.0.0.1: base, base+1, ... per daemon (tor's own
+    # tor_hs_* counters; docs/operations.md "Is my site up?"). None: no MetricsPort (the lab
+    # picks free ports itself, several workers share its machine).
+    tor_metrics_base: Optional[int] = 9101
 
 
 AWS = Machine()
@@ -71,7 +75,9 @@ def worker_spec(sites: Sequence[SiteSpec], *, resolver: str, tor_daemons: int, i
         tor=TorTuning(intro_points=intro_points),
         nginx=NginxTuning(trusted_ca_file=machine.trusted_ca_file),
         layout=machine.layout, tor_user=machine.tor_user, nginx_user=machine.nginx_user,
-        tor_include=machine.tor_include)
+        tor_include=machine.tor_include,
+        metrics_ports=tuple(machine.tor_metrics_base + i for i in range(tor_daemons))
+        if machine.tor_metrics_base else ())
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class RoleSpecs:
     publish: bool
     layout: Layout = field(default=LAYOUT)
     postgres_version: int = DatabaseSpec.__dataclass_fields__["pg_version"].default
+    # (CloudWatch namespace, region) the balancer's metrics shipper puts into; None: no shipper
+    cloudwatch: Optional[tuple[str, str]] = None
 
     @classmethod
     def of(cls, config: StackConfig) -> "RoleSpecs":
@@ -113,10 +121,14 @@ class RoleSpecs:
             raise ConfigError(f"onionstack config: the node templates refuse it: {exc}") from None
         return specs
 
-    def balancer(self, instances: Mapping[str, Sequence[str]]) -> BalancerSpec:
-        """The balancer with `instances` (site name -> the workers' instance addresses)."""
+    def balancer(self, instances: Mapping[str, Sequence[str]], workers: Optional[Mapping[str, str]] = None,
+                 standby: bool = False) -> BalancerSpec:
+        """The balancer with `instances` (site name -> the workers' instance addresses);
+        `workers`: instance address -> worker node name (the metrics' `worker` label);
+        `standby`: a standby balancer (uploads only after a takeover)."""
         return BalancerSpec(sites=self.sites, instances={name: tuple(a) for name, a in instances.items()},
-                            publish=self.publish, layout=self.layout)
+                            publish=self.publish, layout=self.layout, workers=dict(workers or {}),
+                            standby=standby, cloudwatch=self.cloudwatch)
 
     def database(self, private_ip: str, client_cidrs: Sequence[str], volumes: Mapping[str, tuple[str, str]],
                  tls: DatabaseTls) -> DatabaseSpec:

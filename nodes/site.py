@@ -19,6 +19,7 @@ Importable without running anything: another Pulumi program declares the same si
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -67,6 +68,8 @@ class OnionSite(pulumi.ComponentResource):
     alarms: Alarms
     balancer_package: BalancerPackage
     balancer_core: BalancerCore
+    standby_balancer: Optional[BalancerNode]   # balancer.standby: a second balancer in another zone
+    standby_core: Optional[BalancerCore]
     worker_setups: list[WorkerSetup]
     worker_drains: list[WorkerDrain]
     database_setup: Optional[DatabaseSetup]
@@ -80,6 +83,11 @@ class OnionSite(pulumi.ComponentResource):
         # Before any resource: a value the templates cannot render, or more zones than the
         # region has, stops here (ConfigError).
         specs = RoleSpecs.of(config)
+        region = pulumi.Config("aws").get("region")
+        if region:  # the balancer ships its metrics to the namespace its role may write
+            from infra.metrics import namespace
+
+            specs = dataclasses.replace(specs, cloudwatch=(namespace(pulumi.get_stack()), region))
         zones = available_zones(config.availability_zones)
         super().__init__("onionstack:site:OnionSite", name, None, opts)
         ssh_key = config.ssh_private_key.output()  # a secret; the only road the key takes
@@ -160,6 +168,25 @@ class OnionSite(pulumi.ComponentResource):
             BalancerCoreArgs(node=self.balancer, specs=specs, sites=config.sites, package=self.balancer_package,
                              workers=tuple(self.worker_setups), ssh_key=ssh_key),
             opts=on_balancer, legacy_parent=balancer_urn)
+        # ---- a standby balancer in another zone (balancer.standby): the same package, keys and
+        # instances; it uploads only when the primary's descriptors go missing or stale
+        self.standby_balancer, self.standby_core = None, None
+        if config.balancer.standby:
+            self.standby_balancer = BalancerNode("balancer-standby", BalancerNodeArgs(
+                instance=instance("balancer", config.instance_types.balancer,
+                                  self.network.public_subnets[1 % len(self.network.public_subnets)],
+                                  self.security.balancer, public_ip=True,
+                                  profile=self.metrics_publisher.profile.name,
+                                  extra_groups=(self.security.deployer,)),
+                eip_after=(self.network.internet_gateway,)), opts=top)
+            on_standby = pulumi.ResourceOptions(parent=self.standby_balancer)
+            standby_package = BalancerPackage(
+                "balancer-standby-package-step", BalancerPackageArgs(self.standby_balancer, ssh_key), opts=on_standby)
+            self.standby_core = BalancerCore(
+                "balancer-standby-core-step",
+                BalancerCoreArgs(node=self.standby_balancer, specs=specs, sites=config.sites, package=standby_package,
+                                 workers=tuple(self.worker_setups), ssh_key=ssh_key, standby=True),
+                opts=on_standby)
         self.worker_drains = [
             WorkerDrain(f"{w.node_name}-drain-step",
                         WorkerDrainArgs(worker=w, setup=s, balancer=self.balancer, core=self.balancer_core,
@@ -223,6 +250,10 @@ class OnionSite(pulumi.ComponentResource):
             "vpcId": self.network.vpc.id,
             "availabilityZones": list(zones),
             "balancerPublicIp": self.balancer.public_ip,
+            **({"standbyBalancerPublicIp": self.standby_balancer.public_ip,
+                "sshStandbyBalancer": pulumi.Output.concat("ssh ", self.balancer.ssh.user, "@",
+                                                           self.standby_balancer.public_ip)}
+               if self.standby_balancer is not None else {}),
             "balancerPrivateIp": self.balancer.private_ip,
             "workerPrivateIps": [w.private_ip for w in self.workers],
             "sshBalancer": pulumi.Output.concat("ssh ", jump),

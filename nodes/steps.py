@@ -91,6 +91,7 @@ class WorkerSetup(pulumi.ComponentResource):
                  legacy_parent: Optional[pulumi.Input[str]] = None):
         super().__init__("onionstack:nodes:WorkerSetup", name, None, opts)
         spec, node = args.spec, args.node
+        self.node_name = node.node_name  # the balancer labels this worker's instances with it
         files = render_worker(spec)
         script = worker_setup_script(spec)
         triggers = [node.instance.id, content_hash(files), digest(script)]
@@ -178,6 +179,7 @@ class BalancerCoreArgs:
     package: BalancerPackage
     workers: tuple[WorkerSetup, ...]
     ssh_key: pulumi.Input[str]  # secret
+    standby: bool = False  # a standby balancer: uploads only after a takeover (onion/standby.py)
 
 
 class BalancerCore(pulumi.ComponentResource):
@@ -201,9 +203,18 @@ class BalancerCore(pulumi.ComponentResource):
                 return None  # addresses not known (mocks without command emulation)
             return {n: [a for w in per_worker for a in w[n]] for n in names}
 
-        self.instances = pulumi.Output.all(*[w.instance_addresses for w in args.workers]).apply(
-            lambda ws: merge(list(ws)))
-        spec = self.instances.apply(lambda inst: specs.balancer(inst) if inst is not None else None)
+        worker_names = [getattr(w, "node_name", f"worker-{i + 1}") for i, w in enumerate(args.workers)]
+
+        def workers_of(per_worker: list) -> dict[str, str]:
+            """instance address -> the worker it runs on (metrics' worker label, status)."""
+            return {a.lower().removesuffix(".onion"): worker_names[i]
+                    for i, w in enumerate(per_worker) if w is not None for n in names for a in w[n]}
+
+        per_worker = pulumi.Output.all(*[w.instance_addresses for w in args.workers])
+        self.instances = per_worker.apply(lambda ws: merge(list(ws)))
+        spec = pulumi.Output.all(self.instances, per_worker).apply(
+            lambda a: specs.balancer(a[0], workers=workers_of(list(a[1])), standby=args.standby)
+            if a[0] is not None else None)
         public = spec.apply(lambda sp: render_balancer(sp) if sp is not None else None)
         # Secret payload: the public files + the master key files, one tar on stdin.
         stdin = pulumi.Output.secret(spec.apply(

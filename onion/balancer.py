@@ -51,6 +51,9 @@ from onion.instances import InstanceState
 from onion.load import LoadReading, queue_depth, read_metrics, weigh
 from onion.probe import ProbeResult, SocksEndpoint, parse_socks_listeners
 from onion.publisher import UploadBook, fair_windows
+from onion import readback as rb
+from onion import standby as sb
+from onion.e2e import FrontendProbeResult
 from onion.status import iso, write_status
 
 log = logging.getLogger("onion.balancer")
@@ -63,6 +66,8 @@ FETCH_INTERVAL = 300.0        # backstop refetch of every instance (shorter on f
 PROBE_RETRY = 4.0             # after a failed probe, probe again this soon
 RECONNECT_MAX = 10.0          # a local tor restarting: retry at least this often
 STATUS_MIN_INTERVAL = 1.0
+STATUS_HEARTBEAT = 10.0       # rewrite the status (and the metrics snapshot) at least this often:
+                              # `onion status --check` calls an old file a dead balancer
 STATUS_ERROR_LOG_INTERVAL = 600.0  # a status file that cannot be written: say so this often
 FETCH_REFUSED_MAX = 300.0     # a refused HSFETCH backs that instance off, up to this
 
@@ -131,6 +136,11 @@ class FrontendState:
     left_out: dict[bytes, str] = field(default_factory=dict)  # auth key -> instance
     size_note: str = ""       # says so (and names the instances) while it lasts
     size_error: str = ""
+    # the end-to-end probe of the frontend (onion/e2e.py) and the standby state (onion/standby.py)
+    reach: dict = field(default_factory=dict)
+    e2e_next_at: float = 0.0
+    e2e_in_flight: bool = False
+    standby: sb.StandbyState = field(default_factory=sb.StandbyState)
 
 
 class Balancer:
@@ -139,7 +149,8 @@ class Balancer:
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  write_status_files: bool = True,
-                 load_overrides: dict[str, Any] | None = None):
+                 load_overrides: dict[str, Any] | None = None,
+                 metrics: Any = None, frontend_prober: Any = None):
         self.cfg = cfg
         # command-line overrides (control endpoint, state dir) that a reload must keep
         self.load_overrides = dict(load_overrides or {})
@@ -149,6 +160,10 @@ class Balancer:
         self.clock = clock          # wall clock: certificates, revision counters, status times
         self.mono = monotonic       # every schedule
         self.write_status_files = write_status_files
+        self.metrics = metrics          # onion.metrics.MetricsServer, or None
+        self.frontend_prober = frontend_prober  # onion.e2e.FrontendProber, or None
+        self.readback = rb.Readback(cfg.readback.interval)
+        self.readback_logged: dict[tuple[str, str], str] = {}  # (frontend, hsdir) -> last state logged
         self.queue: "queue.Queue[object]" = queue.Queue()
         self.book = UploadBook()
         self.instances: dict[str, InstanceState] = {}
@@ -174,6 +189,7 @@ class Balancer:
         self.probe_path_error = ""      # every probe fails the same local way: this
         self.probe_path_error_since: float | None = None
         self.all_down_logged: set[str] = set()  # frontends whose every instance fails probes
+        self.first_needed: dict[tuple[str, int], float] = {}  # (frontend, period) -> monotonic
         self._apply_config(cfg, keys)
 
     # -- configuration --------------------------------------------------------
@@ -190,11 +206,18 @@ class Balancer:
                                max_intro_points=fc.max_intro_points)
             if fe.address in old:
                 fe.slots, fe.last_publish_at = old[fe.address].slots, old[fe.address].last_publish_at
+                fe.reach, fe.e2e_next_at, fe.standby = old[fe.address].reach, old[fe.address].e2e_next_at, \
+                    old[fe.address].standby
             frontends.append(fe)
             for inst in fc.instances:
                 wanted[inst.address] = inst.name
         instances = {a: self.instances.get(a) or InstanceState(address=a, name=n) for a, n in wanted.items()}
+        workers = {i.address: i.worker for fc in cfg.frontends for i in fc.instances}
+        for a, inst in instances.items():
+            inst.name, inst.worker = wanted[a], workers.get(a)
         self.cfg = cfg
+        if hasattr(self, "readback"):
+            self.readback.interval = cfg.readback.interval
         self.instances = instances
         self.frontends = frontends
         self.by_address = {fe.address: fe for fe in frontends}
@@ -232,6 +255,9 @@ class Balancer:
             self._set_prober_socks()
             if self.socks is None and self.connected and cfg.probe.enabled:
                 self._find_socks()
+        if cfg.metrics != old_cfg.metrics:
+            log.warning("metrics.listen changed: restart the balancer to apply it (the old "
+                        "listener stays)")
         if cfg.control != old_cfg.control:
             self._disconnected("control endpoint changed by reload")
             return
@@ -271,7 +297,11 @@ class Balancer:
             self.control.close()
             if self.prober is not None:
                 self.prober.close()
+            if self.frontend_prober is not None:
+                self.frontend_prober.close()
             self._write_status(force=True, stopping=True)
+            if self.metrics is not None:
+                self.metrics.close()
         return 0
 
     def step(self, timeout: float = 0.0) -> None:
@@ -305,6 +335,8 @@ class Balancer:
                 self._refresh_ring(now)
             elif isinstance(message, ProbeResult):
                 self._on_probe(message, now)
+            elif isinstance(message, FrontendProbeResult):
+                self._on_frontend_probe(message, now)
             elif isinstance(message, LoadReading):
                 self._on_load(message, now)
             elif isinstance(message, Disconnected):
@@ -319,6 +351,11 @@ class Balancer:
 
     def tick(self) -> None:
         now = self.mono()
+        if self.metrics is not None:
+            try:
+                self.metrics.ensure_running()
+            except Exception:  # noqa: BLE001 - metrics never stop publishing
+                log.exception("metrics: cannot start the HTTP server")
         try:
             if not self.connected:
                 if now >= self.next_connect_at:
@@ -333,7 +370,8 @@ class Balancer:
                 self.status_dirty = True
             # Each stage on its own: a bug in one (say, fetching) must not stop the others
             # (probing, publishing a due republish).
-            for stage in (self._fetch_due, self._probe_due, self._metrics_due, self._publish_all):
+            for stage in (self._fetch_due, self._probe_due, self._metrics_due, self._standby_due,
+                          self._publish_all, self._readback_due, self._frontend_probe_due):
                 try:
                     stage(now)
                 except ControlError:
@@ -516,6 +554,10 @@ class Balancer:
         return [p, p + 1, p - 1]
 
     def _on_content(self, msg: DescContent, now: float) -> None:
+        fe = self.by_address.get(msg.address)
+        if fe is not None:
+            self._on_readback(fe, msg, now)
+            return
         inst = self.instances.get(msg.address)
         if inst is None:
             return  # not ours (or our own frontend's descriptor)
@@ -538,10 +580,17 @@ class Balancer:
         action = msg.action.upper()
         fe = self.by_address.get(msg.address)
         if fe is not None and msg.hsdir:
+            if (action == "FAILED" and self.readback.pending(fe.address, msg.hsdir)
+                    and (fe.address, msg.hsdir) not in self.book.inflight and msg.reason != "UPLOAD_REJECTED"):
+                self._readback_failed(fe, msg.hsdir, msg.reason or "UNKNOWN", now)
+                return
             if action == "UPLOADED":
                 rec = self.book.confirm(fe.address, msg.hsdir, now)
                 if rec is not None:
                     log.info("frontend %s: descriptor for period stored on %s", fe.name, msg.hsdir)
+                    if self.ring is not None and self.ring.current_period in {
+                            p for (a, p, h) in self.book.records if a == fe.address and h == msg.hsdir}:
+                        self.readback.confirmed_upload(fe.address, msg.hsdir, self.ring.current_period, now)
             elif action == "FAILED":
                 rec = self.book.fail(fe.address, msg.hsdir, msg.reason or "UNKNOWN", now)
                 if rec is not None:
@@ -601,6 +650,7 @@ class Balancer:
             log.warning("liveness probes work again (%s.onion: %s)", inst.address, msg.detail)
             self.probe_path_error, self.probe_path_error_since = "", None
         changed = inst.probe_result(msg.ok, msg.detail, now, settings.failures)
+        inst.probe.last_ok, inst.probe.last_seconds = msg.ok, round(msg.seconds, 3)
         inst.probe.next_at = now + (settings.interval if msg.ok else min(settings.interval, PROBE_RETRY))
         if not msg.ok and inst.probe.consecutive_failures == 1:
             # Failures come in groups (a worker runs several instances): probe the others
@@ -728,7 +778,7 @@ class Balancer:
             for hsdir, window in windows.items():
                 content = frozenset(ip.auth_key for ip in window)
                 reason = self.book.needs_upload(fe.address, slot.period, hsdir, content, now,
-                                                publishing=self.cfg.publish)
+                                                publishing=self._publishing(fe))
                 if reason is None:
                     continue
                 key = (slot.period, content)
@@ -739,7 +789,7 @@ class Balancer:
                     continue  # cannot be built (said in the note and log); other slots go on
                 text, revision, in_descriptor = built[key]
                 count = len(in_descriptor)
-                if not self.cfg.publish:
+                if not self._publishing(fe):
                     self.book.standby(fe.address, slot.period, hsdir, content, now, revision, in_descriptor)
                     continue
                 self.book.sent(fe.address, slot.period, hsdir, content, now, revision, in_descriptor)
@@ -772,8 +822,8 @@ class Balancer:
                left_out: dict[bytes, str]) -> tuple[str, int, frozenset] | None:
         """Build one descriptor; if it comes out larger than tor accepts, leave out intro
         points and build again rather than publish nothing. Each round drops the largest
-        intro point of the instance that takes the most bytes in the descriptor, so the
-        instance whose intro points are oversized pays, and the log and status name it.
+        intro point of the instance with the largest intro point (then the most bytes in
+        the descriptor), so the instance whose intro points are oversized pays, and the log and status name it.
         (tor, making its own descriptor too large, logs "We just made an HS descriptor
         that's too big" and publishes nothing: hs_descriptor.c hs_desc_encode_descriptor;
         its own intro points are never that large, an instance's may be.)"""
@@ -790,10 +840,16 @@ class Balancer:
                     fe.note = f"cannot build a descriptor for period {period}: {exc}"
                     log.error("frontend %s: %s", fe.name, fe.note)
                     return None
-                by_instance: dict[str, int] = {}
+                # Rank instances by their single largest intro point first, then by their
+                # bytes in total: fair windows give some instances one slot fewer than
+                # others, so by total bytes alone an honest instance with 3 ordinary
+                # points could outweigh the one with 2 oversized points and pay for it.
+                by_instance: dict[str, tuple[int, int]] = {}
                 for ip in points:
                     src = fe.selected_from.get(ip.auth_key, "?")
-                    by_instance[src] = by_instance.get(src, 0) + publisher.wire_size(ip)
+                    largest, total = by_instance.get(src, (0, 0))
+                    size = publisher.wire_size(ip)
+                    by_instance[src] = (max(largest, size), total + size)
                 worst = max(by_instance, key=lambda a: (by_instance[a], a))
                 victim = max((ip for ip in points if fe.selected_from.get(ip.auth_key, "?") == worst),
                              key=publisher.wire_size)
@@ -822,6 +878,159 @@ class Balancer:
         digest = hashlib.sha256(b"".join(sorted(keys))).hexdigest()[:8]
         return f"instance period {','.join(map(str, sorted(periods))) or '?'}, set {digest}"
 
+    # -- publishing, standby --------------------------------------------------
+    def _publishing(self, fe: FrontendState) -> bool:
+        """Whether this balancer uploads fe's descriptors now: `publish: true`, and for a
+        standby only while it has taken over."""
+        if not self.cfg.publish:
+            return False
+        return not self.cfg.standby.enabled or fe.standby.state == sb.ACTIVE
+
+    def _current_slot(self, fe: FrontendState) -> Slot | None:
+        if self.ring is None:
+            return None
+        return next((s for s in fe.slots if s.period == self.ring.current_period), None)
+
+    def _standby_due(self, now: float) -> None:
+        """A standby: judge what the HSDirs serve; take over or stand by again."""
+        if not self.cfg.standby.enabled or not self.cfg.publish:
+            return
+        wall = self.clock()
+        for fe in self.frontends:
+            slot = self._current_slot(fe)
+            if slot is None:
+                continue
+            usable, _ = self._usable(fe, now)
+            keys = frozenset(ip.auth_key for inst in usable for ip in inst.current.decoded.intro_points)
+            records = [self.readback.records.get((fe.address, h)) for h in slot.hsdirs]
+            records = [r for r in records if r is not None and r.period == slot.period]
+            fresh, checked, why = sb.judge(records, keys, wall, self.cfg.standby.stale_after)
+            primary_back = False
+            if fe.standby.state == sb.ACTIVE:
+                # A revision above our own confirmed upload to that HSDir, read back after we
+                # took over: someone else with the key uploads again, the primary.
+                for r in records:
+                    if r.state != "newer" or r.checked_at is None or (fe.standby.since or 0) > r.checked_at:
+                        continue
+                    up = self.book.records.get((fe.address, slot.period, r.hsdir))
+                    primary_back = primary_back or (up is not None and up.state == "uploaded")
+            if sb.step(fe.standby, fe.name, fresh, checked, why, primary_back, now,
+                       self.cfg.standby.takeover_after):
+                self.status_dirty = True
+
+    # -- read-back --------------------------------------------------------------
+    def _readback_due(self, now: float) -> None:
+        if not self.cfg.readback.enabled and not self.cfg.standby.enabled:
+            return
+        if not self.connected:
+            return
+        for fe in self.frontends:
+            slot = self._current_slot(fe)
+            if slot is None:
+                continue
+            self.readback.forget(fe.address, set(slot.hsdirs))
+            budget = rb.MAX_IN_FLIGHT - self.readback.in_flight(fe.address)
+            for hsdir in slot.hsdirs:
+                if budget <= 0:
+                    break
+                if (fe.address, hsdir) in self.book.inflight:
+                    continue  # tor's events would not tell the fetch from the upload
+                if not self.readback.due(fe.address, hsdir, slot.period, now):
+                    continue
+                up = self.book.records.get((fe.address, slot.period, hsdir))
+                if self._publishing(fe) and (up is None or up.state != "uploaded"):
+                    continue  # nothing of ours there yet: the upload comes first
+                try:
+                    self.control.fetch_descriptor(fe.address, [hsdir])
+                except CommandRejected as exc:
+                    self.readback.result(fe.address, hsdir, "failed", now, detail=f"HSFETCH refused: {exc}")
+                    continue
+                self.readback.requested(fe.address, hsdir, slot.period, now)
+                budget -= 1
+
+    def _on_readback(self, fe: FrontendState, msg: DescContent, now: float) -> None:
+        if not msg.hsdir or not self.readback.pending(fe.address, msg.hsdir):
+            return
+        rec = self.readback.records[(fe.address, msg.hsdir)]
+        if not msg.text.strip():
+            self._readback_failed(fe, msg.hsdir, "NOT_FOUND", now)
+            return
+        try:
+            decoded = self.protocol.decode(msg.text, fe.address, [rec.period], self.clock())
+        except ValueError as exc:
+            self._readback_done(fe, msg.hsdir, rec.period, "unreadable", now, detail=str(exc)[:200])
+            return
+        up = self.book.records.get((fe.address, rec.period, msg.hsdir))
+        state = rb.compare(decoded, up) if self._publishing(fe) or (up is not None and up.state == "uploaded") \
+            else "newer"
+        built = None
+        built_at = getattr(self.protocol, "built_at", None)
+        if built_at is not None:
+            try:
+                built = built_at(fe.identity, rec.period, decoded.revision, self.clock())
+            except Exception:  # noqa: BLE001 - a helper for the standby; never fatal
+                built = None
+        if not self._publishing(fe) and state == "newer":
+            state = "serving" if self.cfg.standby.enabled else "other"
+        self._readback_done(fe, msg.hsdir, rec.period, state, now, revision=decoded.revision,
+                            intro_keys=frozenset(ip.auth_key for ip in decoded.intro_points), built_at=built)
+
+    def _readback_failed(self, fe: FrontendState, hsdir: str, reason: str, now: float) -> None:
+        rec = self.readback.records.get((fe.address, hsdir))
+        period = rec.period if rec is not None else -1
+        state = "missing" if reason == "NOT_FOUND" else "failed"
+        self._readback_done(fe, hsdir, period, state, now, detail=reason)
+
+    def _readback_done(self, fe: FrontendState, hsdir: str, period: int, state: str, now: float,
+                       **kw) -> None:
+        served = self.readback.result(fe.address, hsdir, state, now, **kw)
+        self.status_dirty = True
+        key = (fe.address, hsdir)
+        if self.readback_logged.get(key) != state:
+            level = logging.INFO if state in ("serving", "newer", "other") else logging.WARNING
+            log.log(level, "frontend %s: read-back from %s: %s%s", fe.name, hsdir, state,
+                    f" (rev {served.revision})" if served.revision is not None else
+                    f" ({served.detail})" if served.detail else "")
+            self.readback_logged[key] = state
+        if state in rb.REUPLOAD_STATES and self._publishing(fe):
+            if self.book.invalidate(fe.address, period, hsdir, state, now):
+                log.warning("frontend %s: %s does not serve our descriptor (%s): uploading again", fe.name,
+                            hsdir, state)
+
+    # -- end-to-end probe ---------------------------------------------------------
+    def _frontend_probe_due(self, now: float) -> None:
+        settings = self.cfg.frontend_probe
+        if self.frontend_prober is None or not settings.enabled or self.socks is None or self.ring is None:
+            return
+        for fe in self.frontends:
+            if fe.e2e_in_flight or now < fe.e2e_next_at:
+                continue
+            if self.frontend_prober.start(self.socks, fe.address, settings.port, settings.path, settings.timeout):
+                fe.e2e_in_flight = True
+                fe.e2e_next_at = now + settings.interval
+
+    def _on_frontend_probe(self, msg: FrontendProbeResult, now: float) -> None:
+        fe = self.by_address.get(msg.address)
+        if fe is None:
+            return
+        fe.e2e_in_flight = False
+        if msg.local:
+            fe.reach = dict(fe.reach, error=f"not probed: {msg.detail}")
+            return
+        was = fe.reach.get("ok")
+        fe.reach = {"ok": msg.ok, "at": now, "latency_seconds": round(msg.seconds, 3) if msg.ok else None,
+                    "error": None if msg.ok else msg.detail, "status_code": msg.status_code,
+                    "socks_error": msg.socks_error, "port": self.cfg.frontend_probe.port,
+                    "path": self.cfg.frontend_probe.path,
+                    "last_ok_at": now if msg.ok else fe.reach.get("last_ok_at"),
+                    "failures": 0 if msg.ok else fe.reach.get("failures", 0) + 1}
+        if not msg.ok:
+            # probe again soon: one failure may be a bad circuit
+            fe.e2e_next_at = min(fe.e2e_next_at, now + min(self.cfg.frontend_probe.interval, 15.0))
+        if was is not msg.ok:
+            (log.info if msg.ok else log.error)("frontend %s: end-to-end probe %s: %s (%.1f s)", fe.name,
+                                                "succeeds" if msg.ok else "FAILS", msg.detail, msg.seconds)
+
     # -- status ---------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         now = self.mono()
@@ -832,6 +1041,10 @@ class Balancer:
 
         out_frontends = []
         for fe in self.frontends:
+            def served_of(period: int, hsdir: str, fe=fe) -> dict | None:
+                rec = self.readback.records.get((fe.address, hsdir))
+                return rb.as_status(rec, wall) if rec is not None and rec.period == period else None
+
             instances = []
             for addr in fe.instances:
                 inst = self.instances.get(addr)
@@ -850,7 +1063,8 @@ class Balancer:
                     }
                 p = inst.probe
                 instances.append({
-                    "address": addr, "name": inst.name, "healthy": p.healthy,
+                    "address": addr, "name": inst.name, "worker": inst.worker, "healthy": p.healthy,
+                    "rejected_by_reason": dict(inst.rejected_by_reason),
                     "in_use": any(fe.selected_from.get(ip.auth_key) == addr for ip in fe.selected),
                     "descriptor": desc, "rejected_descriptors": inst.rejected,
                     "last_error": inst.last_error or None, "last_error_at": wall(inst.last_error_at),
@@ -861,18 +1075,22 @@ class Balancer:
                              "metrics_error": inst.load.metrics_error or None,
                              "intro_points_allowed": inst.load.slots, "why": inst.load.reason or None},
                     "probe": {"consecutive_failures": p.consecutive_failures, "last_at": wall(p.last_at),
-                              "last_ok_at": wall(p.last_ok_at), "last_result": p.last_result or None},
+                              "last_ok_at": wall(p.last_ok_at), "last_result": p.last_result or None,
+                              "last_ok": p.last_ok, "last_seconds": p.last_seconds},
                 })
             descriptors = []
             published: dict[bytes, str] = {}
             for slot in fe.slots:
                 ups = []
+                window_of: dict[frozenset, int] = {}  # distinct descriptors, in HSDir order
                 for hsdir in slot.hsdirs:
                     rec = self.book.records.get((fe.address, slot.period, hsdir))
                     if rec is None:
-                        ups.append({"hsdir": hsdir, "state": "not yet"})
+                        ups.append({"hsdir": hsdir, "state": "not yet", "served": served_of(slot.period, hsdir)})
                         continue
+                    window = window_of.setdefault(rec.content, len(window_of))
                     ups.append({"hsdir": hsdir, "state": rec.state, "result": rec.result or None,
+                                "window": window, "served": served_of(slot.period, hsdir),
                                 "attempted_at": wall(rec.attempted_at), "confirmed_at": wall(rec.confirmed_at),
                                 "failures": rec.failures, "revision": rec.revision,
                                 "next_retry_at": wall(rec.next_retry_at) if rec.state == "failed" else None,
@@ -880,13 +1098,21 @@ class Balancer:
                     if rec.state in ("uploaded", "standby"):
                         for k in rec.intro_keys:
                             published.setdefault(k, fe.selected_from.get(k, "?"))
-                descriptors.append({"time_period": slot.period, "role": slot.role, "hsdirs": ups})
+                descriptors.append({"time_period": slot.period, "role": slot.role, "hsdirs": ups,
+                                    "first_needed_at": wall(self._first_needed(fe.address, slot.period, now))})
             next_at = self.book.next_due(fe.address, [s.period for s in fe.slots],
                                          {s.period: s.hsdirs for s in fe.slots})
             if self._holding(fe, now):
                 next_at = self.period_hold_until
             out_frontends.append({
                 "name": fe.name, "address": fe.address, "instances": instances,
+                "publishing": self._publishing(fe),
+                "reachability": dict(fe.reach, at=wall(fe.reach.get("at")), last_ok_at=wall(fe.reach.get("last_ok_at")))
+                if fe.reach else None,
+                "standby": ({"state": fe.standby.state, "since": wall(fe.standby.since),
+                             "reason": fe.standby.reason or None, "takeovers": fe.standby.takeovers,
+                             "takeover_after": self.cfg.standby.takeover_after}
+                            if self.cfg.standby.enabled else None),
                 "published_intro_points": [{"auth_key": k.hex(), "instance": v} for k, v in published.items()],
                 "descriptors": descriptors, "next_publish_at": wall(next_at),
                 "last_publish_at": wall(fe.last_publish_at),
@@ -895,6 +1121,8 @@ class Balancer:
         ring = self.ring
         return {
             "version": 1, "pid": os.getpid(), "written_at": wall_now, "publish": self.cfg.publish,
+            "status_interval": STATUS_HEARTBEAT,
+            "metrics": self.metrics.describe() if self.metrics is not None else None,
             "config": self.cfg.path,
             "tor": {"connected": self.connected, "control": self.cfg.control.describe(),
                     "time_period": ring.current_period if ring else None,
@@ -904,7 +1132,7 @@ class Balancer:
                     "hsdirs_without_ed25519_id": ring.hsdirs_without_ed25519 if ring else None,
                     "consensus_entries_unreadable": ring.skipped_malformed if ring else None,
                     "last_error": self.last_error or None},
-            "probes": {"enabled": self.cfg.probe.enabled,
+            "probes": {"enabled": self.cfg.probe.enabled, "interval": self.cfg.probe.interval,
                        "socks": self.socks.describe() if self.socks else None,
                        "working": not self.probe_path_error,
                        "error": self.probe_path_error or None,
@@ -912,11 +1140,21 @@ class Balancer:
             "frontends": out_frontends,
         }
 
+    def _first_needed(self, frontend: str, period: int, now: float) -> float:
+        """When this balancer first had a descriptor of `period` to publish (monotonic)."""
+        key = (frontend, period)
+        if key not in self.first_needed:
+            if len(self.first_needed) > 64:
+                self.first_needed = {k: v for k, v in self.first_needed.items() if k[1] >= period - 2}
+            self.first_needed[key] = now
+        return self.first_needed[key]
+
     def _write_status(self, force: bool = False, stopping: bool = False) -> None:
-        if not self.write_status_files:
+        if not self.write_status_files and self.metrics is None:
             return
         now = self.mono()
-        if not force and (not self.status_dirty or now - self.last_status_at < STATUS_MIN_INTERVAL):
+        if not force and now - self.last_status_at < STATUS_HEARTBEAT and (
+                not self.status_dirty or now - self.last_status_at < STATUS_MIN_INTERVAL):
             return
         try:
             data = self.status()
@@ -927,6 +1165,12 @@ class Balancer:
         if stopping:
             data["tor"]["connected"] = False
             data["tor"]["last_error"] = "balancer stopped"
+        if self.metrics is not None:
+            self.metrics.update(data)
+        if not self.write_status_files:
+            self.status_dirty = False
+            self.last_status_at = now
+            return
         try:
             write_status(self.cfg.state_dir, data)
         except OSError as exc:

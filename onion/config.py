@@ -79,6 +79,43 @@ class InstanceConfig:
     address: str  # 56 chars, no ".onion"
     name: str | None = None
     metrics: str | None = None  # http://HOST:PORT/metrics of the instance's tor MetricsPort
+    worker: str | None = None  # the machine it runs on (metrics' `worker` label, status)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus text at http://<listen>/metrics, on loopback only."""
+    host: str = "127.0.0.1"
+    port: int = 9961
+
+
+@dataclass(frozen=True)
+class FrontendProbeSettings:
+    """The end-to-end probe: an HTTP request to each frontend through the balancer's own
+    tor, on fresh circuits, every `interval` seconds."""
+    port: int = 80
+    path: str = "/"
+    interval: float = 60.0
+    timeout: float = 60.0
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ReadbackSettings:
+    """Read-back of the frontend's descriptors from each responsible HSDir."""
+    interval: float = 300.0   # after a confirmed upload, and then this often
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class StandbySettings:
+    """A standby balancer: everything but uploads, until the primary's descriptors are
+    missing or stale on the HSDirs for `takeover_after` seconds."""
+    enabled: bool = False
+    takeover_after: float = 300.0
+    # a served descriptor whose revision counter says it was built longer ago than this is
+    # stale (the primary republishes hourly; HSDirs drop descriptors after 3 h)
+    stale_after: float = 2 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +136,10 @@ class BalancerConfig:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     source_format: str = "onionstack"  # or "onionbalance"
     path: str = ""
+    metrics: MetricsSettings | None = None   # None: no /metrics
+    frontend_probe: FrontendProbeSettings = field(default_factory=FrontendProbeSettings)
+    readback: ReadbackSettings = field(default_factory=ReadbackSettings)
+    standby: StandbySettings = field(default_factory=StandbySettings)
     load: LoadPolicy = field(default_factory=LoadPolicy)
 
 
@@ -187,7 +228,7 @@ def _instances(value: Any, where: str) -> tuple[InstanceConfig, ...]:
         if isinstance(item, str):  # tolerate a bare address
             item = {"address": item}
         item = _mapping(item, here)
-        _unknown_keys(item, {"address", "name", "metrics"}, here)
+        _unknown_keys(item, {"address", "name", "worker", "metrics"}, here)
         if "address" not in item:
             raise ConfigError(f"{here}: missing key `address`; add `address: <56 chars>.onion`")
         address = normalize_address(item["address"], f"{here}.address")
@@ -196,8 +237,13 @@ def _instances(value: Any, where: str) -> tuple[InstanceConfig, ...]:
                         f"duplicates {where}[{seen[address]}].address", "list each instance once")
         seen[address] = i
         name = item.get("name")
+        worker = item.get("worker")
+        if worker is not None and (not isinstance(worker, str) or not NAME_RE.match(worker)):
+            raise _fail(f"{here}.worker", worker, "is not a valid worker name",
+                        "use the worker's node name, e.g. worker-1 (letters, digits, '.', '_', '-')")
         metrics = None if item.get("metrics") is None else _metrics_url(item["metrics"], f"{here}.metrics")
-        result.append(InstanceConfig(address=address, name=None if name is None else str(name), metrics=metrics))
+        result.append(InstanceConfig(address=address, name=None if name is None else str(name), metrics=metrics,
+                                     worker=worker))
     return tuple(result)
 
 
@@ -333,6 +379,10 @@ def load_config(path: str, *, control_port: int | None = None, control_socket: s
         publish=cfg["publish"], control=control, socks_port=cfg["socks_port"],
         state_dir=state_dir or cfg["state_dir"], frontends=tuple(cfg["frontends"]),
         probe=cfg["probe"], source_format=cfg["format"], path=os.path.abspath(path),
+        metrics=cfg.get("metrics"),
+        frontend_probe=cfg.get("frontend_probe", FrontendProbeSettings()),
+        readback=cfg.get("readback", ReadbackSettings()),
+        standby=cfg.get("standby", StandbySettings()),
         load=cfg.get("load") or LoadPolicy(),
     )
     if load_keys:
@@ -393,12 +443,77 @@ def _probe(value: Any, where: str) -> ProbeSettings:
     )
 
 
+def _metrics(value: Any, where: str) -> MetricsSettings | None:
+    if value is None or value is False:
+        return None
+    value = _mapping(value, where)
+    _unknown_keys(value, {"listen"}, where)
+    from onion.metrics import parse_listen  # prometheus_client is imported only when serving
+
+    try:
+        host, port = parse_listen(value.get("listen", "127.0.0.1:9961"))
+    except ValueError:
+        raise _fail(f"{where}.listen", value.get("listen"), "must be a loopback address and port",
+                    "write `listen: 127.0.0.1:9961` (metrics are served on loopback only)") from None
+    return MetricsSettings(host=host, port=port)
+
+
+def _frontend_probe(value: Any, where: str) -> FrontendProbeSettings:
+    if value is None:
+        return FrontendProbeSettings()
+    if value is False:
+        return FrontendProbeSettings(enabled=False)
+    value = _mapping(value, where)
+    _unknown_keys(value, {"port", "path", "interval", "timeout", "enabled"}, where)
+    d = FrontendProbeSettings()
+    path = value.get("path", d.path)
+    if not isinstance(path, str) or not path.startswith("/") or any(c.isspace() or ord(c) < 32 for c in path) \
+            or len(path) > 1024:
+        raise _fail(f"{where}.path", path, "must be an absolute URL path without spaces",
+                    "use e.g. / or /healthz")
+    return FrontendProbeSettings(
+        port=_port(value.get("port", d.port), f"{where}.port"), path=path,
+        interval=float(_positive(value.get("interval", d.interval), f"{where}.interval", maximum=3600)),
+        timeout=float(_positive(value.get("timeout", d.timeout), f"{where}.timeout", maximum=600)),
+        enabled=_bool(value.get("enabled", True), f"{where}.enabled"))
+
+
+def _readback(value: Any, where: str) -> ReadbackSettings:
+    if value is None:
+        return ReadbackSettings()
+    if value is False:
+        return ReadbackSettings(enabled=False)
+    value = _mapping(value, where)
+    _unknown_keys(value, {"interval", "enabled"}, where)
+    return ReadbackSettings(
+        interval=float(_positive(value.get("interval", ReadbackSettings.interval), f"{where}.interval",
+                                 maximum=3 * 3600)),
+        enabled=_bool(value.get("enabled", True), f"{where}.enabled"))
+
+
+def _standby(value: Any, where: str) -> StandbySettings:
+    if value is None or value is False:
+        return StandbySettings()
+    if value is True:
+        return StandbySettings(enabled=True)
+    value = _mapping(value, where)
+    _unknown_keys(value, {"enabled", "takeover_after", "stale_after"}, where)
+    d = StandbySettings()
+    return StandbySettings(
+        enabled=_bool(value.get("enabled", True), f"{where}.enabled"),
+        takeover_after=float(_positive(value.get("takeover_after", d.takeover_after), f"{where}.takeover_after",
+                                       maximum=6 * 3600)),
+        stale_after=float(_positive(value.get("stale_after", d.stale_after), f"{where}.stale_after",
+                                    maximum=3 * 3600)))
+
+
 def _resolve(path: str, base_dir: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
 
 
 def _parse_onionstack(data: dict, base_dir: str) -> dict:
-    _unknown_keys(data, {"publish", "control", "socks_port", "state_dir", "frontends", "probe", "load"}, "config")
+    _unknown_keys(data, {"publish", "control", "socks_port", "state_dir", "frontends", "probe", "metrics",
+                         "frontend_probe", "readback", "standby", "load"}, "config")
     # Scalars first, so their errors are not hidden behind a frontend's.
     publish = _bool(data.get("publish", True), "publish")
     control = _control(data.get("control", {"port": DEFAULT_CONTROL_PORT}), "control")
@@ -409,6 +524,10 @@ def _parse_onionstack(data: dict, base_dir: str) -> dict:
     if not isinstance(state_dir, str) or not state_dir:
         raise _fail("state_dir", state_dir, "must be a directory path", f"use e.g. {DEFAULT_STATE_DIR}")
     probe = _probe(data.get("probe"), "probe")
+    extras = {"metrics": _metrics(data.get("metrics"), "metrics"),
+              "frontend_probe": _frontend_probe(data.get("frontend_probe"), "frontend_probe"),
+              "readback": _readback(data.get("readback"), "readback"),
+              "standby": _standby(data.get("standby"), "standby")}
     load = _load(data.get("load"), "load")
     frontends_raw = data["frontends"]
     if not isinstance(frontends_raw, list) or not frontends_raw:
@@ -443,6 +562,7 @@ def _parse_onionstack(data: dict, base_dir: str) -> dict:
     return {
         "format": "onionstack", "publish": publish, "control": control, "socks_port": socks_port,
         "state_dir": _resolve(state_dir, base_dir), "probe": probe, "frontends": frontends, "load": load,
+        **extras,
     }
 
 

@@ -15,13 +15,19 @@ import hashlib
 import os
 import struct
 
+import sys
+
 import nacl.bindings as sodium
-import numpy as _np
 import nacl.exceptions
 from nacl._sodium import ffi as _ffi, lib as _sodium_lib
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from onion.errors import KeyFormatError
+
+try:  # optional (see onion/descriptor.py): OPE sums in C; the standard library otherwise
+    import numpy as _np
+except ImportError:  # pragma: no cover - exercised by the optional-deps tests in a child
+    _np = None
 
 # Order of the ed25519 base point.
 L = 2**252 + 27742317777372353535851937790883648493
@@ -296,7 +302,18 @@ def _sum_u16le(data: bytes) -> int:
     # uint32 accumulator (~2x faster than int64): callers sum < 1024 words, < 2^26
     if len(data) > 2 * _OPE_SAMPLE:
         raise ValueError(f"_sum_u16le sums at most {_OPE_SAMPLE} words, got {len(data) // 2}")
+    if _np is None:
+        return sum(_u16le(data[:len(data) // 2 * 2]))
     return int(_np.frombuffer(data, dtype="<u2", count=len(data) // 2).sum(dtype=_np.uint32))
+
+
+def _u16le(data: bytes) -> array.array:
+    """The little-endian 16-bit words of `data` (the standard library's path)."""
+    words = array.array("H")
+    words.frombytes(data)
+    if sys.byteorder == "big":
+        words.byteswap()
+    return words
 
 
 class OrderPreservingCipher:
@@ -306,7 +323,7 @@ class OrderPreservingCipher:
     revealing the service's clock. Cumulative sums are cached every 1024 values as
     they are first needed, so after the first call for a key every encryption costs at
     most one 2 KiB keystream chunk; the first call late in a 2-day SRV window costs
-    ~0.2-0.4 ms (one AES-CTR pass and one numpy sum over its words).
+    ~0.2-0.4 ms with numpy (one AES-CTR pass and one sum over its words), a few ms without.
     """
 
     __slots__ = ("_key", "_sums")
@@ -335,14 +352,21 @@ class OrderPreservingCipher:
             start = len(sums) - 1
             ks = self._keystream(start * _OPE_SAMPLE, (chunk - start) * _OPE_SAMPLE)
             n = chunk - start
-            words = _np.frombuffer(ks, dtype="<u2").reshape(n, _OPE_SAMPLE)
             # E((start + j + 1) * 1024) = E(start * 1024) + sum of samples 0..j + 1024 (j + 1)
-            # uint32 lanes sum ~2x faster than int64 ones; a sample sums to < 2^26
-            cumulative = words.sum(axis=1, dtype=_np.uint32).astype(_np.int64)
-            cumulative += _OPE_SAMPLE
-            _np.cumsum(cumulative, out=cumulative)
-            cumulative += sums[-1]
-            sums.frombytes(cumulative.astype("=q", copy=False).tobytes())
+            if _np is None:
+                words = _u16le(ks)
+                total = sums[-1]
+                for j in range(n):
+                    total += sum(words[j * _OPE_SAMPLE:(j + 1) * _OPE_SAMPLE]) + _OPE_SAMPLE
+                    sums.append(total)
+            else:
+                words = _np.frombuffer(ks, dtype="<u2").reshape(n, _OPE_SAMPLE)
+                # uint32 lanes sum ~2x faster than int64 ones; a sample sums to < 2^26
+                cumulative = words.sum(axis=1, dtype=_np.uint32).astype(_np.int64)
+                cumulative += _OPE_SAMPLE
+                _np.cumsum(cumulative, out=cumulative)
+                cumulative += sums[-1]
+                sums.frombytes(cumulative.astype("=q", copy=False).tobytes())
         value = sums[chunk]
         if rest:
             value += _sum_u16le(self._keystream(chunk * _OPE_SAMPLE, rest)) + rest

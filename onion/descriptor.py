@@ -34,9 +34,23 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-import numpy as _np
-import pybase64
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+# numpy and pybase64 are optional: the balancer's install needs neither. With them a
+# descriptor build is faster (bench/optional_deps.py prints by how much); without them the
+# standard library builds byte-for-byte the same descriptors (tests/test_onion_optional_deps.py).
+try:
+    import numpy as _np
+except ImportError:  # pragma: no cover - exercised by the optional-deps tests in a child
+    _np = None
+try:
+    import pybase64
+    _b64encode = pybase64.b64encode
+except ImportError:  # pragma: no cover - idem
+    pybase64 = None
+
+    def _b64encode(data) -> bytes:
+        return binascii.b2a_base64(data, newline=False)
 
 from onion import crypto
 from onion.errors import (
@@ -301,9 +315,6 @@ class DecryptedDescriptor:
 
 # --- encoding helpers -----------------------------------------------------------------------
 
-_b64encode = pybase64.b64encode
-
-
 def _b64_lines(data: bytes) -> bytes:
     """tor's base64_encode(..., BASE64_ENCODE_MULTILINE): 64 columns, every line ends in NL."""
     out = bytearray(_b64_lines_size(len(data)))
@@ -318,7 +329,7 @@ def _b64_lines_size(n: int) -> int:
     return chars + -(-chars // 64)
 
 
-_V64 = _np.dtype("V64")  # one 64-character line as one opaque numpy item
+_V64 = _np.dtype("V64") if _np is not None else None  # one 64-character line as one numpy item
 
 
 def _b64_lines_into(out: bytearray, offset: int, data: bytes) -> None:
@@ -333,9 +344,14 @@ def _b64_lines_into(out: bytearray, offset: int, data: bytes) -> None:
     """
     encoded = _b64encode(data)
     full, rest = divmod(len(encoded), 64)
-    _np.ndarray((full,), _V64, out, offset, (65,))[...] = _np.frombuffer(encoded, _V64, full)
     end = offset + full * 65
-    _np.frombuffer(out, _np.uint8)[offset + 64:end:65] = 10
+    if _np is not None:
+        _np.ndarray((full,), _V64, out, offset, (65,))[...] = _np.frombuffer(encoded, _V64, full)
+        _np.frombuffer(out, _np.uint8)[offset + 64:end:65] = 10
+    elif full:  # the standard library: the same bytes, a join of 64-character slices
+        lines = b"\n".join([encoded[i:i + 64] for i in range(0, full * 64, 64)])
+        out[offset:end - 1] = lines
+        out[end - 1] = 10
     if rest:
         out[end:end + rest] = encoded[full * 64:]
         out[end + rest] = 10
@@ -589,16 +605,20 @@ _FAKE_CLIENT_FIELDS = struct.Struct("11s1x22s2x22s2x" * FAKE_AUTH_CLIENTS)
 _FAKE_CLIENT_LINES = b"auth-client %s %s %s\n" * FAKE_AUTH_CLIENTS
 # AND mask zeroing the gap bytes (one numpy operation; five stepped slice assignments on a
 # bytearray cost ~3x as much).
-_FAKE_CLIENT_MASK = _np.frombuffer(
-    (b"\xff" * 8 + b"\0" + b"\xff" * 16 + b"\0\0" + b"\xff" * 16 + b"\0\0") * FAKE_AUTH_CLIENTS,
-    _np.uint8)
+_FAKE_CLIENT_MASK_BYTES = (b"\xff" * 8 + b"\0" + b"\xff" * 16 + b"\0\0" + b"\xff" * 16 + b"\0\0") * FAKE_AUTH_CLIENTS
+_FAKE_CLIENT_MASK = _np.frombuffer(_FAKE_CLIENT_MASK_BYTES, _np.uint8) if _np is not None else None
+_FAKE_CLIENT_MASK_INT = int.from_bytes(_FAKE_CLIENT_MASK_BYTES, "big")
 
 
 def _fake_auth_clients(random: bytes | None = None) -> bytes:
     """The 16 fake auth-client lines from `FAKE_AUTH_CLIENT_BYTES` random bytes."""
     if random is None:
         random = os.urandom(FAKE_AUTH_CLIENT_BYTES)
-    raw = _np.frombuffer(random, _np.uint8, FAKE_AUTH_CLIENT_BYTES) & _FAKE_CLIENT_MASK
+    if _np is not None:
+        raw = _np.frombuffer(random, _np.uint8, FAKE_AUTH_CLIENT_BYTES) & _FAKE_CLIENT_MASK
+    else:  # the same AND, on one big integer
+        raw = (int.from_bytes(random[:FAKE_AUTH_CLIENT_BYTES], "big") & _FAKE_CLIENT_MASK_INT
+               ).to_bytes(FAKE_AUTH_CLIENT_BYTES, "big")
     return _FAKE_CLIENT_LINES % _FAKE_CLIENT_FIELDS.unpack(_b64encode(raw))
 
 
@@ -610,7 +630,7 @@ _CERT_LINES = b"#" * 64 + b"\n" + b"#" * 64 + b"\n" + b"#" * 59 + b"=\n"
 _INTRO_TAIL = b"".join((_CERT_LINES, b"-----END ED25519 CERT-----\nenc-key ntor ", b"#" * 43,
                         b"=\nenc-key-cert\n-----BEGIN ED25519 CERT-----\n", _CERT_LINES,
                         b"-----END ED25519 CERT-----\n"))
-_INTRO_TAIL_ROW = _np.frombuffer(_INTRO_TAIL, _np.uint8)
+_INTRO_TAIL_ROW = _np.frombuffer(_INTRO_TAIL, _np.uint8) if _np is not None else None
 _ENC_KEY_AT = _INTRO_TAIL.index(b"ntor ") + 5                  # 43 base64 characters
 _ENC_CERT_AT = _INTRO_TAIL.index(_CERT_LINES, len(_CERT_LINES))  # the second certificate
 
@@ -700,7 +720,34 @@ class MasterDescriptorBuilder:
             auth_head, ip.auth_key, after_auth, ip.enc_key_ed25519, after_enc)]
             + [part for ip in intro_points for part in (ip.enc_key, b"\0")])
         self._signing.sign_into(buf, 2 * n, 76, 216)
-        encoded = _np.frombuffer(_b64encode(buf), _np.uint8)
+        if _np is None:
+            tails = self._tails_stdlib(_b64encode(buf), n)
+        else:
+            tails = self._tails_numpy(_b64encode(buf), n)
+        self._cert_cache.update(zip([(ip.auth_key, ip.enc_key, ip.enc_key_ed25519)
+                                     for ip in intro_points], tails))
+        return tails
+
+    @staticmethod
+    def _tails_stdlib(b64: bytes, n: int) -> list[bytes]:
+        """`_tails_numpy` with the standard library: each intro point's template row,
+        filled in by slice assignments (the same bytes)."""
+        tails = []
+        keys_at = 2 * n * 288
+        for i in range(n):
+            row = bytearray(_INTRO_TAIL)
+            for k, at in ((0, 0), (1, _ENC_CERT_AT)):
+                cert = b64[(2 * i + k) * 288:(2 * i + k) * 288 + 187]
+                row[at:at + 64] = cert[0:64]
+                row[at + 65:at + 129] = cert[64:128]
+                row[at + 130:at + 189] = cert[128:187]
+            row[_ENC_KEY_AT:_ENC_KEY_AT + 43] = b64[keys_at + 44 * i:keys_at + 44 * i + 43]
+            tails.append(bytes(row))
+        return tails
+
+    @staticmethod
+    def _tails_numpy(b64: bytes, n: int) -> list[bytes]:
+        encoded = _np.frombuffer(b64, _np.uint8)
         certs = encoded[:2 * n * 288].reshape(n, 2, 288)  # 187 characters of each are the cert's
         rows = _np.empty((n, len(_INTRO_TAIL)), _np.uint8)
         rows[:] = _INTRO_TAIL_ROW
@@ -711,10 +758,7 @@ class MasterDescriptorBuilder:
         lines[:, :, 130:189] = certs[:, :, 128:187]
         rows[:, _ENC_KEY_AT:_ENC_KEY_AT + 43] = encoded[2 * n * 288:].reshape(n, 44)[:, :43]
         blob, size = rows.tobytes(), len(_INTRO_TAIL)
-        tails = [blob[i:i + size] for i in range(0, n * size, size)]
-        self._cert_cache.update(zip([(ip.auth_key, ip.enc_key, ip.enc_key_ed25519)
-                                     for ip in intro_points], tails))
-        return tails
+        return [blob[i:i + size] for i in range(0, n * size, size)]
 
     def _inner_plaintext(self, intro_points: tuple[IntroPoint, ...]) -> bytes:
         """The inner layer (hs_descriptor.c get_inner_encrypted_layer_plaintext): the

@@ -154,6 +154,27 @@ class TorOnionProtocol:
             self._last_revision = {k: v for k, v in self._last_revision.items() if k[1] >= period - 1}
         return built.text, built.revision_counter
 
+    def built_at(self, identity, period: int, revision: int, now: float) -> float | None:
+        """The wall time (to the second) a descriptor of `period` with this revision counter
+        was built, read back from tor's OPE counter with the blinded key (any holder of the
+        master key can), or None when it is not one of ours or the period is not published
+        now. Binary search over the strictly increasing counter: ~18 OPE evaluations."""
+        try:
+            slot = self._slot(period)
+        except ConsensusError:
+            return None
+        blinded = identity.blind(period, slot.period_length)
+        lo, hi = int(slot.revision_base), int(now) + 3600
+        if desc.revision_counter(blinded, slot.revision_base, lo) > revision:
+            return None
+        while lo < hi:  # the last second whose counter is <= revision
+            mid = (lo + hi + 1) // 2
+            if desc.revision_counter(blinded, slot.revision_base, mid) <= revision:
+                lo = mid
+            else:
+                hi = mid - 1
+        return float(lo)
+
     # -- instances --------------------------------------------------------------
     def decode(self, text: str, address: str, periods: Sequence[int], now: float) -> Decoded:
         ring = self._need_ring()

@@ -34,9 +34,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
 
-import pybase64
-
 from onion.errors import ConsensusError
+
+try:  # optional (see onion/descriptor.py): C base64 with the same validation
+    from pybase64 import b64decode as _b64decode
+except ImportError:  # pragma: no cover - exercised by the optional-deps tests in a child
+    from base64 import b64decode as _b64decode
 
 __all__ = [
     "NetworkTiming", "DescriptorSlot", "HSDir", "HashRing", "ring_for",
@@ -204,7 +207,7 @@ def hsdir_index(ed25519_id: bytes, srv: bytes, period_number: int, period_length
 def _decode_ed25519_id(fingerprint: str, value: bytes | str) -> bytes:
     if type(value) is str and len(value) == 43:  # unpadded, as microdescriptors have it
         try:
-            return pybase64.b64decode(value + "=", validate=True)  # always 32 bytes
+            return _b64decode(value + "=", validate=True)  # always 32 bytes
         except (binascii.Error, ValueError):
             pass  # the general path below names the error
     if isinstance(value, (bytes, bytearray)):
@@ -214,7 +217,7 @@ def _decode_ed25519_id(fingerprint: str, value: bytes | str) -> bytes:
         try:
             # pybase64: the same validation as base64.b64decode(validate=True) in C, ~5x
             # cheaper (4800 identities per consensus)
-            raw = pybase64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+            raw = _b64decode(text + "=" * (-len(text) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise ConsensusError(f"ed25519 identity of relay {fingerprint} is not base64: "
                                  f"{text!r}") from None

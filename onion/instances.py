@@ -41,6 +41,25 @@ class Decoded:
 Decoder = Callable[[str, str, Sequence[int], float], Decoded]
 
 
+def reject_category(exc: Exception) -> str:
+    """The metrics' bounded `reason` for a decoder error (onion.metric_names.REJECT_REASONS)."""
+    from onion import errors
+
+    for kind, category in ((errors.DescriptorTooLargeError, "oversized"),
+                           (errors.TooManyIntroPointsError, "too_many_intro_points"),
+                           (errors.CertificateExpiredError, "expired"),
+                           (errors.BlindedKeyMismatchError, "wrong_key"),
+                           (errors.DescriptorSignatureError, "bad_signature"),
+                           (errors.CertificateError, "bad_signature"),
+                           (errors.DescriptorDecryptionError, "wrong_key"),
+                           (errors.RevisionCounterError, "replayed")):
+        if isinstance(exc, kind):
+            return category
+    if "introduction point" in str(exc):
+        return "bad_intro_point"  # onion.frontend refuses intro points tor never makes
+    return "malformed"
+
+
 @dataclass
 class InstanceDescriptor:
     decoded: Decoded
@@ -67,6 +86,8 @@ class ProbeState:
     last_at: float | None = None
     last_ok_at: float | None = None
     last_result: str = ""
+    last_ok: bool | None = None          # the last probe's outcome (metrics)
+    last_seconds: float | None = None    # and how long it took
     in_flight_since: float | None = None
     next_at: float = 0.0
 
@@ -81,6 +102,8 @@ class InstanceState:
     last_error: str = ""
     last_error_at: float | None = None
     rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)  # onion.metric_names.REJECT_REASONS
+    worker: str | None = None  # the machine it runs on, from the config (metrics, status)
     probe: ProbeState = field(default_factory=ProbeState)
     # fetching
     fetch_requested_at: float | None = None
@@ -90,8 +113,9 @@ class InstanceState:
     awaiting_period: int | None = None  # a new time period began: waiting for its descriptor
     load: InstanceLoad = field(default_factory=InstanceLoad)  # onion.load: readings and the last decision
 
-    def _reject(self, reason: str, now: float) -> Offer:
+    def _reject(self, reason: str, now: float, category: str = "malformed") -> Offer:
         self.rejected += 1
+        self.rejected_by_reason[category] = self.rejected_by_reason.get(category, 0) + 1
         self.last_error, self.last_error_at = reason, now
         log.warning("instance %s.onion: descriptor refused: %s", self.address, reason)
         return Offer(False, False, reason)
@@ -107,28 +131,29 @@ class InstanceState:
         if size < 5:  # HSDirs answer "not found" with an empty HS_DESC_CONTENT
             return Offer(False, False, "empty (HSDir has no descriptor)")
         if size > MAX_DESCRIPTOR_BYTES:
-            return self._reject(f"oversized descriptor ({size} bytes > {MAX_DESCRIPTOR_BYTES})", now)
+            return self._reject(f"oversized descriptor ({size} bytes > {MAX_DESCRIPTOR_BYTES})", now, "oversized")
         try:
             decoded = decoder(text, self.address, periods, wall)
         except ValueError as exc:  # DescriptorError and friends: a bad descriptor
-            return self._reject(f"{type(exc).__name__}: {exc}", now)
+            return self._reject(f"{type(exc).__name__}: {exc}", now, reject_category(exc))
         except Exception as exc:  # a decoder bug must not take the balancer down
             log.exception("decoder crashed on a descriptor of %s.onion", self.address)
-            return self._reject(f"undecodable ({type(exc).__name__}: {exc})", now)
+            return self._reject(f"undecodable ({type(exc).__name__}: {exc})", now, "undecodable")
         n = len(decoded.intro_points)
         if n == 0:
-            return self._reject("descriptor lists no introduction points", now)
+            return self._reject("descriptor lists no introduction points", now, "no_intro_points")
         if n > MAX_INTRO_POINTS:
-            return self._reject(f"too many introduction points ({n} > {MAX_INTRO_POINTS})", now)
+            return self._reject(f"too many introduction points ({n} > {MAX_INTRO_POINTS})", now,
+                                "too_many_intro_points")
         if decoded.signing_key_expiry <= wall:
-            return self._reject("descriptor-signing-key certificate expired", now)
+            return self._reject("descriptor-signing-key certificate expired", now, "expired")
         digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
         intro_keys = frozenset(ip.auth_key for ip in decoded.intro_points)
         seen = self.revisions.get(decoded.blinded_key)
         if seen is not None:
             rev, seen_keys = seen
             if decoded.revision < rev:
-                return self._reject(f"replayed older revision {decoded.revision} (have {rev})", now)
+                return self._reject(f"replayed older revision {decoded.revision} (have {rev})", now, "replayed")
             if decoded.revision == rev:
                 # The same descriptor from another HSDir. tor encrypts each upload afresh
                 # (new salts), so the bytes differ; the signed content is the same.

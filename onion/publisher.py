@@ -201,6 +201,15 @@ class UploadBook:
             rec.next_retry_at = now + backoff(rec.failures, self.backoff_base, self.backoff_max)
         return rec
 
+    def invalidate(self, frontend: str, period: int, hsdir: str, reason: str, now: float) -> bool:
+        """Read-back found the HSDir not serving our upload: upload again at once (unless one
+        is in flight). True when a re-upload is now due."""
+        rec = self.records.get((frontend, period, hsdir))
+        if rec is None or rec.state in ("pending", "standby") or (frontend, hsdir) in self.inflight:
+            return False
+        rec.state, rec.result, rec.next_retry_at = "failed", f"READ-BACK {reason}", now
+        return True
+
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Fail uploads tor never answered; returns the (frontend, hsdir) pairs."""
         stale = [k for k, (_, sent) in self.inflight.items() if now - sent >= self.upload_timeout]

@@ -40,10 +40,43 @@ onion run -c balancer.yaml --control-socket /run/tor/control --log-level debug""
                     "points), the published intro points, the uploads per HSDir and the next publish.",
         examples="""\
 onion status -c /etc/onionstack/balancer.yaml              # state_dir from the config
-onion status --state-dir /var/lib/onion-balancer --json    # the raw status JSON""")
+onion status --state-dir /var/lib/onion-balancer --json    # the raw status JSON
+onion status -c /etc/onionstack/balancer.yaml --check      # one line + exit 0/1/2/3 (Nagios)
+onion status -c /etc/onionstack/balancer.yaml --watch      # refresh in place every 2 s""")
     _state_args(status)
-    status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status.add_argument("--json", action="store_true",
+                        help="print the raw status JSON (what the daemon wrote), e.g. for jq")
+    status.add_argument("--check", action="store_true",
+                        help="monitoring-plugin mode: a one-line summary first (instances up, HSDirs "
+                             "serving, reachability), then each problem; exit 0 OK, 1 WARNING, 2 CRITICAL, "
+                             "3 UNKNOWN. A status file older than 3 probe intervals is CRITICAL "
+                             "(balancer not running?). Example: onion status -c balancer.yaml --check")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                        help="redraw in place every SECONDS (default 2) until Ctrl-C; with --check the "
+                             "summary and problems head the screen. Example: onion status -c balancer.yaml --watch 5")
     status.set_defaults(func=cmd_status)
+
+    ship = command_parser(
+        sub, "ship-metrics", help="ship the balancer's metrics to CloudWatch (AWS)",
+        description="Read the balancer core's /metrics every interval and put the metrics the stack's "
+                    "alarms watch into CloudWatch (namespace Onionstack/<stack>), with the instance role's "
+                    "credentials (IMDSv2). When the core does not answer nothing is shipped, and the alarms "
+                    "(missing data = breaching) go off. Runs as its own systemd unit on the balancer.",
+        examples="""\
+onion ship-metrics --metrics-url http://127.0.0.1:9961/metrics --namespace Onionstack/prod --region eu-central-1
+onion ship-metrics --metrics-url http://127.0.0.1:9961/metrics --namespace Onionstack/prod --region eu-central-1 --once""")
+    ship.add_argument("--metrics-url", required=True, metavar="URL",
+                      help="the core's metrics (its config's metrics.listen + /metrics), "
+                           "e.g. http://127.0.0.1:9961/metrics")
+    ship.add_argument("--namespace", required=True, metavar="NS",
+                      help="CloudWatch namespace the instance role may write, e.g. Onionstack/prod")
+    ship.add_argument("--region", required=True, metavar="REGION", help="AWS region, e.g. eu-central-1")
+    ship.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                      help="seconds between shipments (default 60, what the alarms' periods expect), "
+                           "e.g. --interval 60")
+    ship.add_argument("--once", action="store_true",
+                      help="ship once and exit (0 when shipped), e.g. to test the role: ... --once")
+    ship.set_defaults(func=cmd_ship_metrics)
 
     maps = command_parser(
         sub, "maps", help="print frontend -> instances (like EOTK's ob-maps)",
@@ -100,7 +133,15 @@ def cmd_run(args) -> int:
     control = TorControl(cfg.control, lambda m: sink[0](m))
     prober = Prober(cfg.socks_port, cfg.probe.port, cfg.probe.timeout, lambda m: sink[0](m),
                     instances=sum(len(fe.instances) for fe in cfg.frontends))
-    balancer = Balancer(cfg, keys, control, TorOnionProtocol(), prober, load_overrides=overrides)
+    metrics = None
+    if cfg.metrics is not None:
+        from onion.metrics import MetricsServer
+
+        metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port)
+    from onion.e2e import FrontendProber
+
+    balancer = Balancer(cfg, keys, control, TorOnionProtocol(), prober, load_overrides=overrides,
+                        metrics=metrics, frontend_prober=FrontendProber(lambda m: sink[0](m)))
     sink.append(balancer.submit)
     for fe in balancer.frontends:
         logging.getLogger("onion.balancer").info("frontend %s: %s.onion <- %d instances", fe.name,
@@ -109,14 +150,62 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from onion.status import format_status, read_status
+    import time
 
-    data = read_status(_state_dir(args))
-    if args.json:
-        json.dump(data, sys.stdout, indent=1, sort_keys=True)
-        print()
-    else:
-        print(format_status(data))
+    from onion.status import UNKNOWN, check, format_status, read_status
+
+    state_dir = _state_dir(args)
+
+    def render() -> tuple[int, str]:
+        try:
+            data = read_status(state_dir)
+        except (OSError, ValueError) as exc:
+            if args.check:
+                code, lines = check(None, error=str(exc))
+                return code, "\n".join(lines)
+            raise
+        if args.json:
+            return 0, json.dumps(data, indent=1, sort_keys=True)
+        if args.check:
+            code, lines = check(data)
+            return code, "\n".join(lines)
+        return 0, format_status(data)
+
+    if args.watch is None:
+        code, text = render()
+        print(text)
+        return code
+    if not args.watch > 0:
+        raise ValueError(f"--watch {args.watch}: give a positive number of seconds")
+    tty = sys.stdout.isatty()
+    code = UNKNOWN
+    try:
+        while True:
+            try:
+                code, text = render()
+            except (OSError, ValueError) as exc:
+                code, text = UNKNOWN, f"onion status: {exc}"
+            stamp = time.strftime("%H:%M:%S")
+            # home + clear below: redraw in place without scrolling; a pipe gets separators
+            sys.stdout.write(("\x1b[H\x1b[J" if tty else "\n") + f"{stamp}  (every {args.watch:g} s, Ctrl-C to stop)\n"
+                             + text + "\n")
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return code
+
+
+def cmd_ship_metrics(args) -> int:
+    from onion.cloudwatch import Shipper
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.interval > 0:
+        raise ValueError(f"--interval {args.interval}: give a positive number of seconds")
+    shipper = Shipper(args.metrics_url, args.namespace, args.region)
+    if args.once:
+        print(f"shipped {shipper.ship_once()} metrics to {args.namespace}")
+        return 0
+    shipper.run_forever(args.interval)
     return 0
 
 

@@ -65,17 +65,27 @@ def read_status(state_dir: str) -> dict[str, Any]:
     return data
 
 
+def human_seconds(secs: float) -> str:
+    """A duration as people say it: "1.2 s", "40 s", "3 min", "2 h 5 min", "3 days"."""
+    secs = abs(secs)
+    if secs < 10:
+        return f"{secs:.1f} s"
+    if secs < 90:
+        return f"{secs:.0f} s"
+    if secs < 90 * 60:
+        return f"{secs / 60:.0f} min"
+    if secs < 48 * 3600:
+        hours, minutes = divmod(int(secs // 60), 60)
+        return f"{hours} h" + (f" {minutes} min" if minutes and hours < 10 else "")
+    return f"{secs / 86400:.0f} days"
+
+
 def _age(ts: float | None, now: float) -> str:
+    """A wall time relative to now: "12 s ago", "in 30 min", "-" when unknown."""
     if ts is None:
         return "-"
-    secs = int(now - ts)
-    if secs < 0:
-        return f"in {-secs}s"
-    if secs < 120:
-        return f"{secs}s ago"
-    if secs < 7200:
-        return f"{secs // 60}m ago"
-    return f"{secs // 3600}h ago"
+    delta = now - ts
+    return f"in {human_seconds(delta)}" if delta < -0.05 else f"{human_seconds(delta)} ago"
 
 
 def format_status(data: dict[str, Any], now: float | None = None) -> str:
@@ -116,24 +126,140 @@ def format_status(data: dict[str, Any], now: float | None = None) -> str:
             used = "in use" if inst.get("in_use") else "not used"
             if inst.get("intro_points_left_out"):
                 used += f" ({inst['intro_points_left_out']} intro points left out: too large)"
-            lines.append(f"    {inst['address']}.onion  {health}  {d}  {used}")
+            label = " ".join(x for x in (inst.get("name"), f"({inst['worker']})" if inst.get("worker") else "") if x)
+            lines.append(f"    {label + '  ' if label else ''}{inst['address']}.onion  {health}  {d}  {used}")
             if inst.get("last_error"):
                 lines.append(f"      last error: {inst['last_error']}")
             probe = inst.get("probe") or {}
             if probe.get("last_result"):
                 lines.append(f"      probe: {probe['last_result']} ({_age(probe.get('last_at'), now)}, "
                              f"{probe.get('consecutive_failures', 0)} consecutive failures)")
+        reach = fe.get("reachability") or {}
+        if reach.get("ok") is not None:
+            lines.append(f"  end-to-end probe: {'reachable' if reach['ok'] else 'UNREACHABLE'} "
+                         f"({_age(reach.get('at'), now)}"
+                         + (f", {reach['latency_seconds']:.1f} s" if reach.get("latency_seconds") is not None else "")
+                         + (f": {reach['error']}" if reach.get("error") else "") + ")"
+                         + (f"; last reachable {_age(reach.get('last_ok_at'), now)}" if not reach["ok"] else ""))
+        standby = fe.get("standby") or {}
+        if standby:
+            lines.append(f"  standby: {standby.get('state', '-')}"
+                         + (f" ({standby['reason']})" if standby.get("reason") else ""))
         lines.append(f"  published intro points: {len(fe.get('published_intro_points', []))}")
         for ip in fe.get("published_intro_points", []):
             lines.append(f"    {ip['auth_key']}  from {ip['instance']}.onion")
         for desc in fe.get("descriptors", []):
             lines.append(f"  time period {desc['time_period']} ({desc.get('role', '')}): uploads")
             for up in desc.get("hsdirs", []):
+                served = up.get("served") or {}
+                seen = (f"  served: {served.get('state')} (rev {served.get('revision') or '-'}, checked "
+                        f"{_age(served.get('checked_at'), now)})") if served.get("checked_at") else "  served: not read back yet"
                 lines.append(f"    {up['hsdir']}  {up.get('state', '-'):9s} {up.get('result') or '-'}  "
                              f"{_age(up.get('confirmed_at') or up.get('attempted_at'), now)}  "
-                             f"{up.get('intro_points', 0)} intro points")
+                             f"{up.get('intro_points', 0)} intro points  rev {up.get('revision') or '-'}{seen}")
         nxt = fe.get("next_publish_at")
         lines.append(f"  next planned publish: {iso(nxt) + ' (' + _age(nxt, now) + ')' if nxt else '-'}")
         if fe.get("note"):
             lines.append(f"  note: {fe['note']}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- --check
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+STALE_PROBE_INTERVALS = 3
+
+
+def check(data: dict[str, Any] | None, now: float | None = None,
+          error: str = "") -> tuple[int, list[str]]:
+    """Nagios/monitoring-plugins verdict on a status file: (exit code, lines). The first
+    line is the one-line summary (`news: OK 6/6 instances up, 8/8 HSDirs serve rev …,
+    reachable 1.2 s ago`); the others name every problem."""
+    now = time.time() if now is None else now
+    if data is None:
+        return UNKNOWN, [f"UNKNOWN: {error or 'no status'}"]
+    problems: list[tuple[int, str]] = []
+    written = data.get("written_at")
+    probes = data.get("probes") or {}
+    interval = max(float(probes.get("interval") or 20.0), float(data.get("status_interval") or 10.0))
+    if not isinstance(written, (int, float)) or now - written > STALE_PROBE_INTERVALS * interval:
+        problems.append((CRITICAL, f"status file written {_age(written, now) if written else 'never'}, "
+                                   f"more than {STALE_PROBE_INTERVALS} probe intervals ago: balancer not running?"))
+    tor = data.get("tor") or {}
+    if not tor.get("connected"):
+        problems.append((CRITICAL, f"balancer not connected to its tor ({tor.get('last_error') or 'disconnected'})"))
+    if probes.get("enabled") and probes.get("working") is False:
+        problems.append((WARNING, f"liveness probes not working: {probes.get('error')}"))
+    # Problems of the whole balancer (dead, no tor) head every frontend's summary.
+    overall = max([OK] + [c for c, _ in problems])
+    first = sorted(problems, key=lambda p: -p[0])[0][1] + "; " if problems else ""
+    summaries = []
+    for fe in data.get("frontends") or []:
+        state, summary, fe_problems = _check_frontend(fe, data, now)
+        problems += fe_problems
+        summaries.append(f"{fe.get('name')}: {STATE_NAMES[max(state, overall)]} {first}{summary}")
+    code = max([OK] + [c for c, _ in problems])
+    head = "; ".join(summaries) or f"{STATE_NAMES[code]}: {first}no frontends"
+    return code, [head] + [f"{STATE_NAMES[c]}: {text}" for c, text in sorted(problems, key=lambda p: -p[0])]
+
+
+def _check_frontend(fe: dict, data: dict, now: float) -> tuple[int, str, list[tuple[int, str]]]:
+    name = fe.get("name")
+    problems: list[tuple[int, str]] = []
+    instances = fe.get("instances") or []
+    up = [i for i in instances if i.get("descriptor") and i.get("healthy") is not False]
+    down = [i for i in instances if i not in up]
+    total = len(instances)
+    if total and len(up) * 2 < total:
+        problems.append((CRITICAL, f"{name}: only {len(up)} of {total} instances up"))
+    elif down:
+        problems.append((WARNING, f"{name}: instance(s) down: " + ", ".join(_instance_label(i) for i in down)))
+    parts = [f"{len(up)}/{total} instances up"]
+    publishing = fe.get("publishing", data.get("publish"))
+    for desc in fe.get("descriptors") or []:
+        role = desc.get("role") or str(desc.get("time_period"))
+        ups = desc.get("hsdirs") or []
+        served = [u for u in ups if (u.get("served") or {}).get("checked_at") is not None]
+        serving = [u for u in served if u["served"].get("state") == "serving"]
+        confirmed = [u for u in ups if u.get("state") == "uploaded"]
+        if role == "current" or role == desc.get("role") == "current":
+            revs = sorted({u.get("revision") for u in (serving or confirmed) if u.get("revision")})
+            rev = f" rev {revs[-1]}" if revs else ""
+            if served:
+                parts.append(f"{len(serving)}/{len(ups)} HSDirs serve{rev}")
+            else:
+                parts.append(f"{len(confirmed)}/{len(ups)} HSDirs confirmed{rev}")
+        if publishing:
+            if ups and not confirmed:
+                since = desc.get("first_needed_at")
+                level = CRITICAL if since is not None and now - since > 600 else WARNING
+                problems.append((level, f"{name}: no HSDir confirmed the {role} descriptor"
+                                 + (f" (needed since {_age(since, now)})" if since is not None else "")))
+            not_serving = [u for u in served if u["served"].get("state") != "serving"]
+            if not_serving:
+                problems.append((WARNING, f"{name}: {len(not_serving)} HSDir(s) do not serve the {role} "
+                                 "descriptor: " + ", ".join(f"{u['hsdir'][:8]} ({u['served'].get('state')})"
+                                                            for u in not_serving)))
+    reach = fe.get("reachability") or {}
+    if reach.get("ok") is True:
+        parts.append(f"reachable {_age(reach.get('at'), now)}")
+    elif reach.get("ok") is False:
+        parts.append(f"UNREACHABLE {_age(reach.get('at'), now)}")
+        problems.append((CRITICAL, f"{name}: end-to-end probe failed: {reach.get('error') or '?'}"
+                         + (f" (last reachable {_age(reach.get('last_ok_at'), now)})" if reach.get("last_ok_at")
+                            else " (never reachable since start)")))
+    standby = fe.get("standby") or {}
+    if standby.get("state"):
+        parts.append(f"standby {standby['state']}")
+    if fe.get("note"):
+        problems.append((WARNING, f"{name}: {fe['note']}"))
+    state = max([OK] + [c for c, _ in problems])
+    return state, ", ".join(parts), problems
+
+
+def _instance_label(inst: dict) -> str:
+    name = inst.get("name")
+    where = f"@{inst['worker']}" if inst.get("worker") else ""
+    short = f"{inst.get('address', '')[:12]}…"
+    return f"{name}{where} ({short})" if name else f"{short}{where}"

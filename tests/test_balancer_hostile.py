@@ -376,6 +376,30 @@ def test_a_descriptor_still_too_large_drops_intro_points_instead_of_publishing_n
     assert published == set().union(*(keys for _, keys, _ in site.posted()))
 
 
+def test_the_instance_with_the_largest_intro_points_pays_even_with_fewer_slots(tmp_path):
+    """The instance with the largest intro points loses them first, also when it holds
+    fewer slots than the others: ranked by bytes in total, 2 slightly larger intro points
+    weigh less than 3 ordinary ones, and an honest instance paid instead (this made the
+    test above fail whenever fair windows gave the large instance one slot fewer)."""
+    site = Site(tmp_path, 7)
+    env = site.env
+    env.proto.ring.max_descriptor_size = 35_000
+    big = site.keys[3]
+    for n, key in enumerate(site.keys):
+        if key is big:
+            ips = [padded_intro_point(10 * n + j, pad=0, extra=(desc.LinkSpecifier.ipv6(f"2001:db8::{n}", 9001),))
+                   for j in range(2)]
+        else:
+            ips = [padded_intro_point(10 * n + j, pad=0) for j in range(3)]
+        site.offer(key, ips)
+    posted = site.posted()
+    assert posted and all(size < 35_000 for _, _, size in posted)
+    st = {i["address"]: i for i in env.bal.status()["frontends"][0]["instances"]}
+    assert st[big.address]["intro_points_left_out"] == 2
+    note = env.bal.status()["frontends"][0]["note"]
+    assert note.split(": left out ")[1].startswith(f"2 intro point(s) of {big.address}.onion")
+
+
 def test_an_instance_advertising_20_intro_points_gets_no_more_than_its_fair_share(tmp_path):
     """Among 6 instances with 3 intro points, one with 20 got 25-80% of each descriptor."""
     site = Site(tmp_path, 7)

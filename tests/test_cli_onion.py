@@ -20,7 +20,7 @@ from onion.keys import IdentityKey
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "eotk"
-COMMANDS = ["run", "status", "maps", "schema", "keygen", "address", "import", "import-tconf", "drained"]
+COMMANDS = ["run", "status", "ship-metrics", "maps", "schema", "keygen", "address", "import", "import-tconf", "drained"]
 
 
 def onion_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:

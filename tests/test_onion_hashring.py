@@ -190,8 +190,13 @@ def test_empty_ring_is_a_clear_error():
 
 # --- from a stem consensus ------------------------------------------------------------------------
 
-def make_consensus(n: int, *, valid_after="2016-04-14 03:00:00", interval=3600, params="",
-                   srv=True, extra_flags=lambda i: "HSDir", protocols=lambda i: "HSDir=1-2"):
+def make_consensus(n: int, **kwargs):
+    text, ids = make_consensus_text(n, **kwargs)
+    return NetworkStatusDocumentV3(text.encode(), validate=False), ids
+
+
+def make_consensus_text(n: int, *, valid_after="2016-04-14 03:00:00", interval=3600, params="",
+                        srv=True, extra_flags=lambda i: "HSDir", protocols=lambda i: "HSDir=1-2"):
     va = dt.datetime.strptime(valid_after, "%Y-%m-%d %H:%M:%S")
     fmt = "%Y-%m-%d %H:%M:%S"
     lines = ["network-status-version 3 microdesc", "vote-status consensus", "consensus-method 32",
@@ -213,8 +218,7 @@ def make_consensus(n: int, *, valid_after="2016-04-14 03:00:00", interval=3600, 
                   f"pr {protocols(i)}"]
         ids[fp.hex().upper()] = base64.b64encode(hashlib.sha256(b"ed" + fp).digest()).decode().rstrip("=")
     lines.append("directory-footer")
-    doc = NetworkStatusDocumentV3(("\n".join(lines) + "\n").encode(), validate=False)
-    return doc, ids
+    return "\n".join(lines) + "\n", ids
 
 
 def test_ring_from_stem_consensus_filters_and_reads_params():
