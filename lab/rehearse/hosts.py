@@ -164,10 +164,13 @@ class Fabric:
         _ip("link", "set", f"{self.tag}v{idx}", "master", self.bridge)
         _ip("-n", host.netns, "addr", "add", f"{spec.private_ip}/{self.vpc.prefixlen}", "dev", "eth0")
         if spec.public_ip:
-            self._veth_into(host, f"{self.tag}p{idx}", "eth1")
+            # One veth per public host: the deployer's address on it, a route to the host's.
+            outside = f"{self.tag}p{idx}"
+            self._veth_into(host, outside, "eth1")
             prefix = ipaddress.ip_network(PUBLIC_NET).prefixlen
             _ip("-n", host.netns, "addr", "add", f"{spec.public_ip}/{prefix}", "dev", "eth1")
-            _ip("addr", "add", f"{INTERNET_IP}/{prefix}", "dev", f"{self.tag}p{idx}")
+            _ip("addr", "add", f"{INTERNET_IP}/32", "dev", outside)
+            _ip("route", "add", f"{spec.public_ip}/32", "dev", outside, "src", INTERNET_IP)
         else:
             # The private machines reach the "internet" (Tor network, origin) like through
             # a NAT gateway: one on-link route, no default route.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextvars
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,17 +60,30 @@ def image_postgres_version() -> int:
 
 
 class RehearsalMocks(mockrun.StackMocks):
+    """mockrun's answers, with public addresses on the rehearsal's public link: the balancer
+    10.214.0.2, any other instance with a public IP (a standby balancer) the next ones; an
+    Elastic IP is its instance's address."""
+
     def __init__(self) -> None:
         super().__init__("eu-central-1")
+        self._public: dict[str, str] = {}  # instance id -> public address
 
     def new_resource(self, args):
         id_, state = super().new_resource(args)
         t = args.typ
         if t == "aws:ec2/instance:Instance" and args.inputs.get("associatePublicIpAddress"):
-            state["publicIp"] = PUBLIC_IP
+            state["publicIp"] = self._public.setdefault(id_, public_ip(args.name))
         elif t == "aws:ec2/eip:Eip":
-            state["publicIp"] = PUBLIC_IP
+            instance = mockrun.reveal(args.inputs.get("instance"))
+            state["publicIp"] = self._public.get(instance) or public_ip(args.name.removesuffix("-eip") + "-instance")
         return id_, state
+
+
+def public_ip(instance_name: str) -> str:
+    """The balancer's public address 10.214.0.2; other public instances from .3 up, by name."""
+    if instance_name == "balancer-instance":
+        return PUBLIC_IP
+    return str(ipaddress.ip_address(PUBLIC_IP) + 1 + int(hashlib.sha256(instance_name.encode()).hexdigest(), 16) % 200)
 
 
 class ProviderMonitor(mockrun.RecordingMonitor):
