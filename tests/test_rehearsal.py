@@ -6,6 +6,7 @@ an interrupted and a killed rehearsal clean up too (Ctrl-C by itself, a crash wi
 Run as root, or as a user with passwordless sudo (the commands then run under sudo -n)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -73,6 +74,9 @@ def left_behind(before: dict[str, set[str]], state: Path) -> dict[str, set[str]]
     after = machine_state()
     new = {k: after[k] - before[k] for k in after}
     new["nspawn"] = {p for p in new["nspawn"] if str(state).encode() in _read(Path("/proc", p, "cmdline"))}
+    # the SSH control sockets' directory in /tmp, named after the rehearsal's tag
+    tag = "rh" + hashlib.sha256(str((state / "rehearse").resolve()).encode()).hexdigest()[:4]
+    new["tmp"] = {str(p) for p in Path("/tmp").glob(f"{tag}-ssh-*")}
     return {k: v for k, v in new.items() if v}
 
 

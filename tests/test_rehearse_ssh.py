@@ -59,14 +59,24 @@ def sshd(tmp_path_factory):
     proc.wait(10)
 
 
+@pytest.fixture
+def transport(tmp_path):
+    """An OpenSSH transport; afterwards its control-socket directory is gone."""
+    ssh = OpenSSH(tmp_path)
+    assert ssh.sock_dir.is_dir()
+    with ssh:
+        yield ssh
+    assert not ssh.sock_dir.exists()
+
+
 def _conn(port, key, host_key, proxy=None):
     return Connection(host="127.0.0.1", port=port, user=os.environ.get("USER") or "root", private_key=key,
                       host_key=host_key, per_dial_timeout=10, proxy=proxy)
 
 
-def test_pinned_host_key_runs_with_stdin_and_exit_status(sshd, tmp_path):
+def test_pinned_host_key_runs_with_stdin_and_exit_status(sshd, transport, tmp_path):
     port, host_pub, _, key, _ = sshd
-    session = OpenSSH(tmp_path).dial(_conn(port, key, host_pub))
+    session = transport.dial(_conn(port, key, host_pub))
     try:
         assert session.run("cat; echo err >&2; exit 3", "from stdin\n", {}, 30) == (3, "from stdin\n", "err\n")
         session.copy(b"text asset", str(tmp_path / "made" / "by" / "copy.txt"), 30)
@@ -76,23 +86,23 @@ def test_pinned_host_key_runs_with_stdin_and_exit_status(sshd, tmp_path):
     assert copied.read_bytes() == b"text asset" and oct(copied.stat().st_mode & 0o777) == "0o644"
 
 
-def test_another_host_key_is_refused_before_any_login(sshd, tmp_path):
+def test_another_host_key_is_refused_before_any_login(sshd, transport):
     port, _, other_pub, key, log = sshd
     before = log.read_text().count("Accepted publickey")
     with pytest.raises(DialError, match="Host key verification failed"):
-        OpenSSH(tmp_path).dial(_conn(port, key, other_pub))
+        transport.dial(_conn(port, key, other_pub))
     # through a jump host the same: the target's key is checked too
     with pytest.raises(DialError):
-        OpenSSH(tmp_path).dial(_conn(port, key, other_pub, proxy=_conn(port, key, sshd[1])))
+        transport.dial(_conn(port, key, other_pub, proxy=_conn(port, key, sshd[1])))
     time.sleep(0.5)
     # the jump login (its key was right) is the only one accepted; the target never got in
     assert log.read_text().count("Accepted publickey") == before + 1
 
 
-def test_jump_host_and_no_host_key(sshd, tmp_path):
+def test_jump_host_and_no_host_key(sshd, transport):
     port, host_pub, _, key, _ = sshd
     for conn in (_conn(port, key, host_pub, proxy=_conn(port, key, host_pub)), _conn(port, key, None)):
-        session = OpenSSH(tmp_path).dial(conn)
+        session = transport.dial(conn)
         try:
             assert session.run("echo hello", None, {}, 30) == (0, "hello\n", "")
         finally:
@@ -102,4 +112,5 @@ def test_jump_host_and_no_host_key(sshd, tmp_path):
 def test_only_the_rehearsals_hosts_are_dialled(sshd, tmp_path):
     port, host_pub, _, key, _ = sshd
     with pytest.raises(StepError, match="not one of the rehearsal's hosts"):
-        OpenSSH(tmp_path, allowed_hosts={"10.213.0.5"}).dial(_conn(port, key, host_pub))
+        with OpenSSH(tmp_path, allowed_hosts={"10.213.0.5"}) as ssh:
+            ssh.dial(_conn(port, key, host_pub))

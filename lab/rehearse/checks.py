@@ -5,6 +5,7 @@ pytest and bench/rehearsal.py.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,10 @@ from typing import Callable
 from lab.rehearse.run import ROOT, Deploy, Rehearsal
 
 Progress = Callable[[str], None]
+
+
+# systemd's default PATH: what the hosts' services and SSH sessions find commands on
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class CheckFailed(AssertionError):
@@ -40,7 +45,11 @@ def wheelhouse(cache: Path = ROOT / ".lab") -> Path:
     per lock (onion/requirements.txt and the build tools an sdist needs, without a lock)."""
     lock = ROOT / "onion" / "requirements.lock"
     source = lock if lock.exists() else ROOT / "onion" / "requirements.txt"
-    python = subprocess.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+    # the python3 a host's steps run: the first on systemd's default PATH (not this shell's)
+    host_python = shutil.which("python3", path=HOST_PATH)
+    if host_python is None:
+        raise RuntimeError(f"no python3 on {HOST_PATH}: the hosts' image has none; run `bash scripts/setup`")
+    python = subprocess.run([host_python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                             capture_output=True, text=True, check=True).stdout.strip()
     digest = hashlib.sha256(source.read_bytes() + python.encode()).hexdigest()[:12]
     target = cache / f"wheelhouse-{digest}"
@@ -49,7 +58,7 @@ def wheelhouse(cache: Path = ROOT / ".lab") -> Path:
     tmp = target.with_name(target.name + ".tmp")
     subprocess.run(["rm", "-rf", str(tmp)], check=True)
     # pip of the hosts' own python picks the files that python installs
-    subprocess.run(["python3", "-m", "venv", str(tmp / "venv")], check=True)
+    subprocess.run([host_python, "-m", "venv", str(tmp / "venv")], check=True)
     pip = [str(tmp / "venv" / "bin" / "pip"), "download", "--quiet", "--disable-pip-version-check",
            "-d", str(tmp / "wheels")]
     if lock.exists():

@@ -129,6 +129,10 @@ class Fabric:
                 fabric.hosts[name] = Host(spec=HostSpec(**{**spec, "disks": tuple(spec["disks"])}), **h)
         return fabric
 
+    def adopt_dir(self, path: Path) -> None:
+        """A directory made for the rehearsal elsewhere: teardown removes it too."""
+        self._record("dir", path=str(path))
+
     # ------------------------------------------------------------------ the network
     def up_network(self) -> None:
         """The VPC bridge and the deployer's place on it (no new connections into it)."""

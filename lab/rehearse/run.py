@@ -77,7 +77,9 @@ class Rehearsal:
                               voting_interval=voting_interval, progress=progress)
         self.fabric = Fabric(self.state_dir, VPC_CIDR, progress=progress, tie_to_parent=tie_to_parent)
         self.generated = Generated(self.state_dir / "generated.json")
-        self.ssh = OpenSSH(self.state_dir / "ssh")
+        self.ssh = OpenSSH(self.state_dir / "ssh", sock_prefix=f"{self.fabric.tag}-ssh-")
+        # its control sockets' directory (in /tmp: socket paths are short) goes with the rest
+        self.fabric.adopt_dir(self.ssh.sock_dir)
         self.connections: dict[str, Connection] = {}  # host address -> the program's connection
         self.last: Optional[Evaluation] = None
         self.timings: dict[str, float] = {}

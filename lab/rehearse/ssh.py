@@ -18,6 +18,7 @@ import hashlib
 import os
 import secrets
 import shlex
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,15 +31,28 @@ HOST_KEY_ALGORITHMS = {"ssh-rsa": "rsa-sha2-512,rsa-sha2-256"}
 
 
 class OpenSSH:
-    def __init__(self, work_dir: Path, allowed_hosts: Optional[set[str]] = None) -> None:
+    def __init__(self, work_dir: Path, allowed_hosts: Optional[set[str]] = None, *,
+                 sock_prefix: str = "rh-ssh-") -> None:
         """`allowed_hosts`: the only addresses it may dial (the rehearsal's hosts): a wrong
-        address in a step must never send traffic off this machine."""
+        address in a step must never send traffic off this machine. `sock_prefix`: the name
+        of the control sockets' directory in /tmp begins with it."""
         self.dir = Path(work_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         self.allowed_hosts = allowed_hosts
-        # unix socket paths are short (sun_path): control sockets in a short private dir
-        self.sock_dir = Path(tempfile.mkdtemp(prefix="rh-ssh-", dir="/tmp"))
+        # unix socket paths are short (sun_path): control sockets in a short private dir,
+        # removed by close()
+        self.sock_dir = Path(tempfile.mkdtemp(prefix=sock_prefix, dir="/tmp"))
+
+    def close(self) -> None:
+        """Remove the control-socket directory (every session is closed by then)."""
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+    def __enter__(self) -> "OpenSSH":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _write(self, name: str, content: str) -> Path:
         """A 0600 file, replaced whole (a concurrent ssh never reads half of it)."""
