@@ -130,3 +130,27 @@ def test_mounts_under_sees_the_hosts_bind_mounts():
     from lab.rehearse.hosts import mounts_under
 
     assert "/proc" in mounts_under(Path("/proc")) and mounts_under(Path("/nonexistent-dir")) == []
+
+
+def test_a_network_still_up_is_named_and_nothing_is_made(tmp_path, monkeypatch):
+    """The addresses are fixed: a second rehearsal beside a stale one (killed, not yet
+    `rehearse down`) stops before it makes anything, naming the other's bridge."""
+    from lab.rehearse import hosts
+
+    made = []
+
+    def fake_ip(*args):
+        if args[:2] == ("route", "show"):
+            return "10.213.0.0/16 dev rhb5acbr scope link src 10.214.0.1\n"
+        if args[:3] == ("-o", "addr", "show"):
+            return ""
+        made.append(args)
+        return ""
+
+    monkeypatch.setattr(hosts, "_ip", fake_ip)
+    monkeypatch.setattr(hosts.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(hosts.shutil, "which", lambda name: "/usr/bin/" + name)
+    fabric = hosts.Fabric(tmp_path, "10.213.0.0/16")
+    with pytest.raises(RuntimeError, match=r"device rhb5acbr.*rehearse down"):
+        fabric.up_network()
+    assert made == [] and fabric.ledger == []

@@ -141,6 +141,15 @@ class Fabric:
         if os.geteuid() != 0:
             raise RuntimeError("the rehearsal needs root (network namespaces, mounts, systemd-nspawn)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The addresses are fixed (the program's VPC, the deployer's 10.214.0.1): one
+        # rehearsal per machine. Another's network still up is named, not half-overwritten.
+        route = _ip("route", "show", str(self.vpc)).split()
+        address = _ip("-o", "addr", "show", "to", INTERNET_IP).split()   # "N: DEV inet ..."
+        if route or address:
+            dev = route[route.index("dev") + 1] if "dev" in route else address[1]
+            raise RuntimeError(f"{self.vpc} or {INTERNET_IP} is already in use on this machine (device "
+                               f"{dev}; another rehearsal's?): remove it with "
+                               f"`python -m lab --state-dir DIR rehearse down` (DIR: that rehearsal's)")
         self._record("link", name=self.bridge)
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("link", "set", self.bridge, "up")
