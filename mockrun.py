@@ -199,6 +199,7 @@ class StackMocks(pulumi_mocks.Mocks):
         self.zones = [f"{region}{chr(ord('a') + i)}" for i in range(zone_count)]
         self.invokes: list[tuple[str, dict]] = []
         self._subnets: dict[str, tuple[ipaddress.IPv4Network, str]] = {}
+        self._subnet_vpcs: dict[str, str] = {}
         # Ids and addresses derive from resource names, not registration order (which
         # varies between runs), so the same program prints the same tree and outputs.
         self._taken: set[str] = set()
@@ -234,6 +235,14 @@ class StackMocks(pulumi_mocks.Mocks):
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"id": "000000000000", "accountId": "000000000000", "userId": "AROAMOCKDEPLOYROLE:ci",
                     "arn": "arn:aws:sts::000000000000:assumed-role/deploy/ci"}
+        if args.token == "aws:ec2/getSubnet:getSubnet":
+            # What AWS answers for a subnet the program (or the program embedding the site) made.
+            sid = args.args.get("id")
+            if sid not in self._subnets:
+                raise ValueError(f"no matching EC2 Subnet found (mock: {sid!r} was never created)")
+            net, zone = self._subnets[sid]
+            return {"id": sid, "vpcId": self._subnet_vpcs[sid], "cidrBlock": str(net), "availabilityZone": zone,
+                    "arn": f"arn:aws:ec2:{self.region}:000000000000:subnet/{sid}", "mapPublicIpOnLaunch": False}
         if args.token == "aws:index/getRegion:getRegion":
             return {"id": self.region, "name": self.region, "region": self.region}
         # An unanswered invoke would silently yield None: make it loud instead.
@@ -279,6 +288,7 @@ class StackMocks(pulumi_mocks.Mocks):
         state["arn"] = f"arn:aws:mock:{self.region}:000000000000:{prefix}/{id_}"
         if t == "aws:ec2/subnet:Subnet":
             self._subnets[id_] = (ipaddress.ip_network(inputs["cidrBlock"]), inputs.get("availabilityZone"))
+            self._subnet_vpcs[id_] = reveal(inputs.get("vpcId"))
         elif t == "aws:ec2/instance:Instance":
             net, zone = self._subnets[reveal(inputs["subnetId"])]
             state["privateIp"] = self._address(net, args.name)
@@ -478,11 +488,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
 
 # ---------------------------------------------------------------- running
-def encode_config(config: Mapping[str, Any]) -> dict[str, str]:
+def encode_config(config: Mapping[str, Any], project: str = PROJECT) -> dict[str, str]:
     """Pulumi config as the engine passes it: namespaced keys, every value a string."""
     out = {}
     for key, value in config.items():
-        full = key if ":" in key else f"{PROJECT}:{key}"
+        full = key if ":" in key else f"{project}:{key}"
         out[full] = value if isinstance(value, str) else json.dumps(value)
     return out
 
@@ -494,6 +504,7 @@ def run_program(
     preview: bool = False,
     secret_keys: Optional[Iterable[str]] = None,
     program: Optional[Callable[[], Any]] = None,
+    project: str = PROJECT,
 ) -> ProgramResult:
     """Evaluate the real `__main__.py` (or `program`) once with `config`.
 
@@ -504,12 +515,12 @@ def run_program(
     """
     from infra.config import SECRET_KEYS
 
-    encoded = encode_config(config)
+    encoded = encode_config(config, project)
     if secret_keys is None:
         secret_keys = [f"{PROJECT}:{k}" for k in SECRET_KEYS if f"{PROJECT}:{k}" in encoded]
     if program is None:
         program = run_main
-    return contextvars.Context().run(_run, encoded, list(secret_keys), stack, preview, program)
+    return contextvars.Context().run(_run, encoded, list(secret_keys), stack, preview, program, project)
 
 
 def run_main() -> None:
@@ -517,14 +528,14 @@ def run_main() -> None:
 
 
 def _run(config: dict[str, str], secret_keys: list[str], stack: str, preview: bool,
-         program: Callable[[], Any]) -> ProgramResult:
+         program: Callable[[], Any], project: str = PROJECT) -> ProgramResult:
     from pulumi.runtime import config as runtime_config
 
     region = config.get("aws:region", DEFAULT_REGION)
     mocks = StackMocks(region)
     monitor = RecordingMonitor(mocks)
     runtime_config.set_all_config(dict(config), secret_keys)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor)
     started = time.perf_counter()
     try:
         _sync_await(run_pulumi_func(program))
@@ -594,11 +605,7 @@ def with_demo_secrets(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[s
     if f"{ns}masterKeys" not in cfg:
         cfg[f"{ns}masterKeys"] = {s["name"]: demo_master_key(s["name"]) for s in sites if isinstance(s, dict) and "name" in s}
         injected.append("masterKeys (demo site keys derived from the site names)")
-    if f"{ns}sshPrivateKey" not in cfg:
-        public, private = demo_ssh_key_pair()
-        cfg[f"{ns}sshPrivateKey"] = private
-        cfg[f"{ns}sshPublicKey"] = public
-        injected.append("sshPublicKey + sshPrivateKey (a fresh throwaway ed25519 pair)")
+    # No SSH key: the program makes the admin key itself (tls.PrivateKey, mocked here).
     return cfg, injected
 
 

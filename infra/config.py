@@ -58,9 +58,14 @@ SCHEMA: dict[str, tuple[Optional[str], Any]] = {
     "instanceTypes": (None, DEFAULT_INSTANCE_TYPES),
     "availabilityZones": ("integer", 2),
     "vpcCidr": ("string", "10.42.0.0/16"),
-    "adminCidrs": ("array", REQUIRED),
-    "sshPublicKey": ("string", REQUIRED),
-    "sshPrivateKey": ("string", REQUIRED),
+    # No declared type: besides a list (`--path 'adminCidrs[0]'`), a comma-separated string,
+    # which is what `pulumi new`'s prompt stores (a plain string, which the CLI would refuse
+    # for a key typed array).
+    "adminCidrs": (None, REQUIRED),
+    # Both or neither: without them the stack makes its own admin key (pulumi-tls, ED25519).
+    # "" is what the CLI passes for an unset key (Pulumi.yaml's default): the same as unset.
+    "sshPublicKey": ("string", ""),
+    "sshPrivateKey": ("string", ""),
     "database": (None, DEFAULT_DATABASE),
     "backup": (None, DEFAULT_BACKUP),
     "protectData": ("boolean", True),
@@ -293,8 +298,9 @@ class StackConfig:
     availability_zones: int
     vpc_cidr: str
     admin_cidrs: tuple[str, ...]
-    ssh_public_key: str
-    ssh_private_key: Secret = field(repr=False)
+    # The admin SSH key pair from the config, or None (both): the stack generates one.
+    ssh_public_key: Optional[str] = None
+    ssh_private_key: Optional[Secret] = field(default=None, repr=False)
     database: DatabaseConfig = field(default_factory=lambda: DatabaseConfig(True, 20, 4, 4))
     backup: BackupConfig = field(default_factory=lambda: BackupConfig(True, ()))
     protect_data: bool = True
@@ -733,7 +739,7 @@ def _parse_vpc_cidr(value: Any) -> str:
 def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
     accepted = (
         "must be a non-empty list of the CIDRs allowed to SSH to the balancer, "
-        "e.g. [\"198.51.100.7/32\"]; together at most a /16 of IPv4 and a /48 of IPv6"
+        "e.g. [\"198.51.100.7/32\"] (or the same comma-separated); together at most a /16 of IPv4 and a /48 of IPv6"
     )
     if value is None:
         raise _missing(
@@ -741,6 +747,8 @@ def _parse_admin_cidrs(value: Any) -> tuple[str, ...]:
             "list the CIDRs allowed to SSH to the balancer, e.g. "
             "`pulumi config set --path 'adminCidrs[0]' 198.51.100.7/32`",
         )
+    if isinstance(value, str):  # "198.51.100.7/32, 2001:db8::/64" (pulumi new's prompt)
+        value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list) or not value:
         raise _fail("adminCidrs", value, accepted)
     out = []
@@ -788,11 +796,21 @@ def _pow2(n: int) -> str:
     return f"2^{exact}" if n == 1 << exact else str(n)
 
 
-def _parse_ssh_keys(public: Any, private: Any) -> tuple[str, Secret]:
+def _absent(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _parse_ssh_keys(public: Any, private: Any) -> tuple[Optional[str], Optional[Secret]]:
+    """The admin key pair: both keys, or neither (None, None: the stack makes its own)."""
     from cryptography.hazmat.primitives import serialization
 
-    if public is None:
-        raise _missing("sshPublicKey", "set it with `pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\"`")
+    if _absent(public) and _absent(private):
+        return None, None
+    if _absent(public):
+        raise _missing("sshPublicKey", "sshPrivateKey is set, and the two go together: set its public half "
+                       "with `pulumi config set sshPublicKey \"$(ssh-keygen -y -f KEYFILE)\"`, or remove "
+                       "sshPrivateKey (`pulumi config rm sshPrivateKey`) and the stack makes its own key "
+                       "(stack output adminSshPrivateKey)")
     accepted = "must be an OpenSSH public key line such as 'ssh-ed25519 AAAA... comment'"
     if not isinstance(public, str):
         raise _fail("sshPublicKey", public, accepted)
@@ -801,8 +819,10 @@ def _parse_ssh_keys(public: Any, private: Any) -> tuple[str, Secret]:
     except (ValueError, TypeError):
         raise _fail("sshPublicKey", public, accepted) from None
     fix = "set it with `pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519`"
-    if private is None:
-        raise _missing("sshPrivateKey", f"the private half of sshPublicKey, for the bootstrap steps; {fix}")
+    if _absent(private):
+        raise _missing("sshPrivateKey", f"sshPublicKey is set, and the two go together: the bootstrap steps "
+                       f"need its private half; {fix}, or remove sshPublicKey (`pulumi config rm "
+                       f"sshPublicKey`) and the stack makes its own key (stack output adminSshPrivateKey)")
     if not isinstance(private, str):
         raise _fail("sshPrivateKey", private, f"must be an OpenSSH private key; {fix}", secret=True)
     try:

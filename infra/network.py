@@ -156,3 +156,80 @@ def available_zones(count: int) -> tuple[str, ...]:
             f"available zones ({', '.join(names) or 'none'}); lower it to {len(names)} or less"
         )
     return tuple(names[:count])
+
+
+# ---------------------------------------------------------------- a VPC the site is given
+@dataclass(frozen=True)
+class ExistingNetwork:
+    """A VPC and subnets the site uses instead of making its own (another program's VPC, or
+    one made by hand): the site then creates no VPC, subnet, gateway or route, and leaves the
+    VPC's default security group as it is.
+
+    public_subnet_ids: at least one, routed to an internet gateway; the balancer goes in the
+        first (with a public IP), a standby balancer (balancer.standby) in the second.
+    private_subnet_ids: at least one, with outbound internet access (a NAT gateway); the
+        workers go round-robin over them, the database in the first. Their CIDRs are the
+        database's client networks.
+    Every subnet must be in `vpc_id` (checked when the ids are known)."""
+
+    vpc_id: pulumi.Input[str]
+    public_subnet_ids: Sequence[pulumi.Input[str]]
+    private_subnet_ids: Sequence[pulumi.Input[str]]
+
+
+@dataclass(frozen=True)
+class SubnetRef:
+    """What the site reads of a subnet (an aws.ec2.Subnet has the same three)."""
+
+    id: pulumi.Output[str]
+    cidr_block: pulumi.Output[str]
+    availability_zone: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class SiteNetwork:
+    """Where the site's machines go: the VPC, its subnets, and the zone of each private subnet
+    (`zones[i]` for `private_subnets[i]`; plain names when the site made the VPC)."""
+
+    vpc_id: pulumi.Output[str]
+    public_subnets: tuple[SubnetRef, ...]
+    private_subnets: tuple[SubnetRef, ...]
+    zones: tuple[pulumi.Input[str], ...]
+    eip_after: tuple[pulumi.Resource, ...]  # what an Elastic IP waits for: the gateway the site made
+
+    @classmethod
+    def made(cls, network: Network) -> "SiteNetwork":
+        def ref(s: aws.ec2.Subnet) -> SubnetRef:
+            return SubnetRef(s.id, s.cidr_block, s.availability_zone)
+
+        return cls(network.vpc.id, tuple(map(ref, network.public_subnets)), tuple(map(ref, network.private_subnets)),
+                   tuple(network.zones), (network.internet_gateway,))
+
+    @classmethod
+    def existing(cls, given: ExistingNetwork, opts: Optional[pulumi.InvokeOptions] = None) -> "SiteNetwork":
+        """Looks every subnet up (aws.ec2.get_subnet) for its CIDR and zone; a subnet of another
+        VPC fails the program, naming it."""
+        from infra.config import ConfigError
+
+        for field_name in ("public_subnet_ids", "private_subnet_ids"):
+            ids = getattr(given, field_name)
+            if isinstance(ids, (str, bytes)) or not list(ids):
+                raise ConfigError(f"ExistingNetwork.{field_name} must be a non-empty list of subnet ids")
+        vpc_id = pulumi.Output.from_input(given.vpc_id)
+
+        def ref(kind: str, subnet_id: pulumi.Input[str]) -> SubnetRef:
+            found = aws.ec2.get_subnet_output(id=subnet_id, opts=opts)
+
+            def same_vpc(args: list) -> str:
+                sid, in_vpc, want = args
+                if in_vpc != want:
+                    raise ConfigError(f"ExistingNetwork: {kind} subnet {sid} is in VPC {in_vpc}, not in vpc_id {want}; "
+                                      f"give subnets of that VPC")
+                return sid
+
+            checked = pulumi.Output.all(found.id, found.vpc_id, vpc_id).apply(same_vpc)
+            return SubnetRef(checked, found.cidr_block, found.availability_zone)
+
+        public = tuple(ref("public", s) for s in given.public_subnet_ids)
+        private = tuple(ref("private", s) for s in given.private_subnet_ids)
+        return cls(vpc_id, public, private, tuple(s.availability_zone for s in private), ())

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_tls as tls
 
 from infra.tags import tags
+
+if TYPE_CHECKING:
+    from infra.config import Secret
 
 SSH, POSTGRES = 22, 5432
 ANYWHERE = "0.0.0.0/0"
@@ -129,8 +133,9 @@ class SecurityGroups(pulumi.ComponentResource):
         )
 
 
-def admin_key_pair(name: str, public_key: str, opts: Optional[pulumi.ResourceOptions] = None) -> aws.ec2.KeyPair:
-    """The one EC2 key pair every instance trusts (the ops key, onionstack:sshPublicKey)."""
+def admin_key_pair(name: str, public_key: pulumi.Input[str],
+                   opts: Optional[pulumi.ResourceOptions] = None) -> aws.ec2.KeyPair:
+    """The one EC2 key pair every instance trusts (the admin key's public half)."""
     return aws.ec2.KeyPair(
         name,
         key_name_prefix=f"onionstack-{pulumi.get_stack()}-",
@@ -138,3 +143,25 @@ def admin_key_pair(name: str, public_key: str, opts: Optional[pulumi.ResourceOpt
         tags=tags("ssh", "admin-key"),
         opts=opts,
     )
+
+
+@dataclass(frozen=True)
+class AdminKey:
+    """The admin SSH key pair every instance trusts and every remote step logs in with."""
+
+    public_key: pulumi.Input[str]  # OpenSSH public key line
+    private_key: pulumi.Output[str]  # OpenSSH private key, a secret
+    generated: Optional[tls.PrivateKey]  # the key the stack made, or None (from the config)
+
+
+def admin_ssh_key(name: str, public_key: Optional[str], private_key: Optional["Secret"],
+                  opts: Optional[pulumi.ResourceOptions] = None) -> AdminKey:
+    """The configured pair (sshPublicKey + sshPrivateKey), or, with neither, one the stack
+    makes: a pulumi-tls ED25519 key, generated once and kept in the state (its private half
+    a secret there), so `pulumi up` needs no key chores; the operator reads it from the
+    secret stack output adminSshPrivateKey."""
+    if public_key is not None and private_key is not None:
+        return AdminKey(public_key, private_key.output(), None)
+    key = tls.PrivateKey(name, algorithm="ED25519", opts=opts)
+    public = key.public_key_openssh.apply(lambda text: text.strip())  # pulumi-tls ends it with a newline
+    return AdminKey(public, pulumi.Output.secret(key.private_key_openssh), key)

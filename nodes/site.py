@@ -1,7 +1,7 @@
 """One onion site, the whole of it: `OnionSite(name, OnionSiteArgs(config))`.
 
     OnionSite
-      Network (VPC, subnets, gateways)   SecurityGroups   KeyPair (the admin key)
+      Network (VPC, subnets, gateways)   SecurityGroups   KeyPair + PrivateKey (the admin key)
       BalancerNode  <- BalancerPackage, BalancerCore
       WorkerNode x N  <- WorkerSetup, WorkerDrain
       DatabaseNode  <- DatabaseSetup          RandomPassword (the database's)
@@ -15,7 +15,10 @@ worker's drain holds its removal until the balancer publishes without it
 docs/stack.md); `__main__.py` exports them as they are.
 
 Importable without running anything: another Pulumi program declares the same site with
-`OnionSite("site", OnionSiteArgs(load_config()))`.
+`OnionSite("site", OnionSiteArgs.from_stack_config())` (the `onionstack:*` keys of its stack)
+or `OnionSiteArgs.of(sites=..., master_keys=..., admin_cidrs=...)` (the same settings as
+arguments), in a VPC of its own making with `network=ExistingNetwork(vpc_id, public_subnet_ids,
+private_subnet_ids)` (docs/stack.md "Embedding the site in your own program").
 """
 from __future__ import annotations
 
@@ -28,11 +31,11 @@ import pulumi_random as random
 
 from infra.alarms import Alarms, AlarmsArgs, FrontendRef, MetricsPublisher
 from infra.backup import Backup, BackupArgs
-from infra.config import StackConfig
+from infra.config import SCHEMA, ConfigError, StackConfig, check_copy_region, load_config, parse_config
 from infra.flowlogs import FlowLogs, FlowLogsArgs
 from infra.kms import EbsKey, EbsKeyArgs, lookup_account
-from infra.network import Network, NetworkArgs, available_zones
-from infra.security import SecurityArgs, SecurityGroups, admin_key_pair
+from infra.network import ExistingNetwork, Network, NetworkArgs, SiteNetwork, available_zones
+from infra.security import AdminKey, SecurityArgs, SecurityGroups, admin_key_pair, admin_ssh_key
 from infra.storage import database_volume_specs
 from nodes.balancer import BalancerNode, BalancerNodeArgs
 from nodes.database import DatabaseNode, DatabaseNodeArgs
@@ -49,6 +52,35 @@ from nodes.worker import WorkerNode, WorkerNodeArgs, spread
 @dataclass(frozen=True)
 class OnionSiteArgs:
     config: StackConfig  # parsed and validated (infra.config.load_config / parse_config)
+    # A VPC to build in instead of making one (vpcCidr, availabilityZones and natGateways are
+    # then not used); None: the site makes its own (infra/network.py).
+    network: Optional[ExistingNetwork] = None
+
+    @classmethod
+    def from_stack_config(cls, network: Optional[ExistingNetwork] = None) -> "OnionSiteArgs":
+        """The `onionstack:*` keys of the running stack's config (what `pulumi config set
+        onionstack:...` sets; the same checks as this repository's own program)."""
+        return cls(load_config(), network)
+
+    @classmethod
+    def of(cls, *, network: Optional[ExistingNetwork] = None, **settings: Any) -> "OnionSiteArgs":
+        """The same settings as arguments, named like the config keys in snake_case:
+        `sites=[{"name": "news", "domain": "example.com"}], master_keys={"news":
+        "ED25519-V3:..."}, admin_cidrs=["198.51.100.7/32"]`, and optionally `workers=3`,
+        `database={"enabled": False}`, ... Same validation and defaults as the stack config.
+        Read secrets (master_keys, tls_keys, ssh_private_key) from secret config; the site
+        keeps them secret in every resource that uses them."""
+        by_snake = {_snake(k): k for k in SCHEMA}
+        unknown = sorted(set(settings) - set(by_snake))
+        if unknown:
+            raise ConfigError(f"OnionSiteArgs.of: unknown setting {unknown[0]}; accepted: {', '.join(sorted(by_snake))}")
+        config = parse_config({by_snake[k]: v for k, v in settings.items() if v is not None})
+        check_copy_region(config.backup, pulumi.Config("aws").get("region"))
+        return cls(config, network)
+
+
+def _snake(key: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
 
 
 class OnionSite(pulumi.ComponentResource):
@@ -56,7 +88,8 @@ class OnionSite(pulumi.ComponentResource):
     `backup`, and the steps `balancer_package`, `balancer_core`, `worker_setups`,
     `worker_drains`, `database_setup`) and `exports`, the stack outputs."""
 
-    network: Network
+    network: Optional[Network]  # the VPC the site made; None when it was given one (OnionSiteArgs.network)
+    placement: SiteNetwork  # where the machines go, in either case
     security: SecurityGroups
     ebs_key: EbsKey
     flow_logs: Optional[FlowLogs]
@@ -76,6 +109,7 @@ class OnionSite(pulumi.ComponentResource):
     nodes: list[Node]  # every machine: the balancer, the workers, the database
     database_certificates: Optional[DatabaseCertificates]
     certificates: Optional[OnionCertificates]
+    admin_key: AdminKey
     exports: dict[str, Any]
 
     def __init__(self, name: str, args: OnionSiteArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -88,9 +122,16 @@ class OnionSite(pulumi.ComponentResource):
             from infra.metrics import namespace
 
             specs = dataclasses.replace(specs, cloudwatch=(namespace(pulumi.get_stack()), region))
-        zones = available_zones(config.availability_zones)
+        given = args.network
+        if given is not None and config.balancer.standby and len(list(given.public_subnet_ids)) < 2:
+            raise ConfigError("onionstack:balancer.standby needs a second public subnet for the standby balancer: "
+                              "add one to ExistingNetwork.public_subnet_ids, or set balancer.standby false")
+        zones = available_zones(config.availability_zones) if given is None else None
         super().__init__("onionstack:site:OnionSite", name, None, opts)
-        ssh_key = config.ssh_private_key.output()  # a secret; the only road the key takes
+        # The admin key: the config's, or one the stack makes (a secret in the state).
+        self.admin_key = admin_ssh_key("admin-ssh-key", config.ssh_public_key, config.ssh_private_key,
+                                       opts=pulumi.ResourceOptions(parent=self))
+        ssh_key = self.admin_key.private_key  # a secret; the only road the key takes
         # Until nodes/ had step components, these lived at the stack's top level and the
         # steps' commands directly under their node: aliases keep a stack deployed then.
         top = pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)])
@@ -99,18 +140,25 @@ class OnionSite(pulumi.ComponentResource):
             return pulumi.create_urn(node_name, node_type)
 
         ami_for = AmiCatalog()
-        self.network = Network("net", NetworkArgs(config.vpc_cidr, zones, nat_per_az=config.nat_gateways == "perAz"),
-                               opts=top)
+        self.network = None
+        if given is None:
+            self.network = Network("net", NetworkArgs(config.vpc_cidr, zones, nat_per_az=config.nat_gateways == "perAz"),
+                                   opts=top)
+            self.placement = SiteNetwork.made(self.network)
+        else:
+            self.placement = SiteNetwork.existing(given, opts=pulumi.InvokeOptions(parent=self))
+        net = self.placement
+        zones = net.zones
         self.security = SecurityGroups(
-            "access", SecurityArgs(self.network.vpc.id, config.admin_cidrs, database=config.database.enabled),
+            "access", SecurityArgs(net.vpc_id, config.admin_cidrs, database=config.database.enabled),
             opts=top)
-        key_pair = admin_key_pair("admin-key", config.ssh_public_key, opts=top)
+        key_pair = admin_key_pair("admin-key", self.admin_key.public_key, opts=top)
         account = lookup_account()
         copy_regions = (config.backup.copy_to_region,) if config.backup.enabled and config.backup.copy_to_region \
             else ()
         self.flow_logs = None
         if config.flow_logs.enabled:
-            self.flow_logs = FlowLogs("flow-logs", FlowLogsArgs(self.network.vpc.id, account, config.flow_logs.traffic,
+            self.flow_logs = FlowLogs("flow-logs", FlowLogsArgs(net.vpc_id, account, config.flow_logs.traffic,
                                                                 config.flow_logs.retention_days), opts=top)
         # One customer-managed key for every EBS volume (data and root), so the recovery points
         # of the data volumes are under a key with an explicit policy, not aws/ebs (infra/kms.py).
@@ -130,11 +178,11 @@ class OnionSite(pulumi.ComponentResource):
 
         # ---- the balancer: jump host for every other machine
         self.balancer = BalancerNode("balancer", BalancerNodeArgs(
-            instance=instance("balancer", config.instance_types.balancer, self.network.public_subnets[0],
+            instance=instance("balancer", config.instance_types.balancer, net.public_subnets[0],
                               self.security.balancer, public_ip=True,
                               profile=self.metrics_publisher.profile.name,
                               extra_groups=(self.security.deployer,)),
-            eip_after=(self.network.internet_gateway,)), opts=top)
+            eip_after=net.eip_after), opts=top)
         balancer_urn = legacy("onionstack:nodes:BalancerNode", "balancer")
         on_balancer = pulumi.ResourceOptions(parent=self.balancer)
         self.balancer_package = BalancerPackage(
@@ -153,7 +201,7 @@ class OnionSite(pulumi.ComponentResource):
         for i, z in enumerate(spread(config.workers, zones)):
             name_i = f"worker-{i + 1}"
             worker = WorkerNode(name_i, WorkerNodeArgs(
-                instance=instance("worker", config.instance_types.worker, self.network.private_subnets[z],
+                instance=instance("worker", config.instance_types.worker, net.private_subnets[z],
                                   self.security.workers),
                 jump=self.balancer.ssh), opts=top)
             self.workers.append(worker)
@@ -174,11 +222,11 @@ class OnionSite(pulumi.ComponentResource):
         if config.balancer.standby:
             self.standby_balancer = BalancerNode("balancer-standby", BalancerNodeArgs(
                 instance=instance("balancer", config.instance_types.balancer,
-                                  self.network.public_subnets[1 % len(self.network.public_subnets)],
+                                  net.public_subnets[1 % len(net.public_subnets)],
                                   self.security.balancer, public_ip=True,
                                   profile=self.metrics_publisher.profile.name,
                                   extra_groups=(self.security.deployer,)),
-                eip_after=(self.network.internet_gateway,)), opts=top)
+                eip_after=net.eip_after), opts=top)
             on_standby = pulumi.ResourceOptions(parent=self.standby_balancer)
             standby_package = BalancerPackage(
                 "balancer-standby-package-step", BalancerPackageArgs(self.standby_balancer, ssh_key), opts=on_standby)
@@ -202,7 +250,7 @@ class OnionSite(pulumi.ComponentResource):
             # Generated once and kept in the state as a secret; reaches the machine only via stdin.
             password = random.RandomPassword("database-password", length=32, special=False, opts=top)
             self.database = DatabaseNode("database", DatabaseNodeArgs(
-                instance=instance("database", config.instance_types.database, self.network.private_subnets[0],
+                instance=instance("database", config.instance_types.database, net.private_subnets[0],
                                   self.security.database),
                 availability_zone=zones[0],
                 volumes=database_volume_specs(config.database.data_gb, config.database.journal_gb,
@@ -216,7 +264,7 @@ class OnionSite(pulumi.ComponentResource):
             self.database_setup = DatabaseSetup(
                 "database-postgres-step",
                 DatabaseSetupArgs(node=self.database, specs=specs, password=password.result,
-                                  client_cidrs=tuple(s.cidr_block for s in self.network.private_subnets),
+                                  client_cidrs=tuple(s.cidr_block for s in net.private_subnets),
                                   ssh_key=ssh_key, certificates=self.database_certificates),
                 opts=pulumi.ResourceOptions(parent=self.database),
                 legacy_parent=legacy("onionstack:nodes:DatabaseNode", "database"))
@@ -247,8 +295,10 @@ class OnionSite(pulumi.ComponentResource):
         user = self.balancer.ssh.user
         jump = pulumi.Output.concat(user, "@", self.balancer.public_ip)
         out: dict[str, Any] = {
-            "vpcId": self.network.vpc.id,
-            "availabilityZones": list(zones),
+            "vpcId": self.placement.vpc_id,
+            # The zones the site's private subnets are in (once each).
+            "availabilityZones": list(zones) if self.network is not None
+            else pulumi.Output.all(*zones).apply(lambda names: list(dict.fromkeys(names))),
             "balancerPublicIp": self.balancer.public_ip,
             **({"standbyBalancerPublicIp": self.standby_balancer.public_ip,
                 "sshStandbyBalancer": pulumi.Output.concat("ssh ", self.balancer.ssh.user, "@",
@@ -257,6 +307,10 @@ class OnionSite(pulumi.ComponentResource):
             "balancerPrivateIp": self.balancer.private_ip,
             "workerPrivateIps": [w.private_ip for w in self.workers],
             "sshBalancer": pulumi.Output.concat("ssh ", jump),
+            # The admin key's private half, a secret output (made by the stack unless the
+            # config gives one): `pulumi stack output --show-secrets adminSshPrivateKey`.
+            "adminSshPrivateKey": self.admin_key.private_key,
+            "adminSshPublicKey": self.admin_key.public_key,
             # The group CI's deploy job opens SSH in for its own address, per run
             # (ci/ssh_window.py, docs/operations.md).
             "deployerSecurityGroupId": self.security.deployer.id,

@@ -807,7 +807,7 @@ def count_workers(path: Path) -> int:
 def render_yaml(result: Result, source: str, stack: str | None) -> str:
     head = [f"# onionstack stack config for Pulumi.{stack or '<stack>'}.yaml, imported from EOTK {source}",
             "# by `python -m onion import-tconf`. The master keys are NOT here: run the commands",
-            "# printed on stderr. Still to set: adminCidrs, sshPublicKey, sshPrivateKey (secret).",
+            "# printed on stderr. Still to set: adminCidrs (the stack makes its own SSH key).",
             "# Sites and their onion addresses:"]
     for s in result.sites:
         head.append(f"#   {s.name}: {s.mapping.domain} -> {s.key.hostname}{' (new key)' if s.new else ''}")
@@ -819,23 +819,52 @@ def render_yaml(result: Result, source: str, stack: str | None) -> str:
 STACK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")   # Pulumi's stack name characters
 
 
+def _key_variable(site: str) -> str:
+    """The shell variable that holds one site's master key in the printed script (site
+    names are `[a-z][a-z0-9-]*`, so `-` -> `_` keeps them apart and valid)."""
+    return "master_key_" + site.replace("-", "_")
+
+
 def render_commands(result: Result, source: str, stack: str | None) -> str:
     """The same config as `pulumi config set` lines (one per key, each replacing that key's
-    whole value; a JSON value is what the stack's config parser reads for lists), then the
-    pipelines that store the master keys. Nothing secret is on any line."""
+    whole value; a JSON value is what the stack's config parser reads for lists), and the
+    lines that store the secrets, as a `sh` script. Nothing secret is on any line.
+
+    Every secret is read BEFORE anything is set, and `set -eu` stops the script at the first
+    failure: a key that cannot be read (a wrong path, a damaged key file) leaves the stack as
+    it was. A plain `onion import DIR | pulumi config set --secret ...` pipeline would not:
+    the shell runs both sides, and a failed import hands `pulumi config set` an empty stdin,
+    which it stores as the key (pipefail would only report it afterwards). A master key is
+    held in a shell variable (not exported) and written to the pipe by `printf`, a shell
+    builtin, so it is on no command line; the TLS keys go from their files by redirection."""
     stack_opt = f" --stack {shlex.quote(stack)}" if stack else ""
     head = [f"# onionstack stack config imported from EOTK {source} by `onion import-tconf`.",
-            f"# Review, then run these lines (e.g. `sh FILE`): each `pulumi config set` replaces that",
-            f"# key's whole value in stack {stack or '(the selected stack)'}; the master keys travel through pipes.",
-            "# Still to set: adminCidrs, sshPublicKey, sshPrivateKey (secret).",
+            f"# Review, then run it with `sh FILE`: each `pulumi config set` replaces that key's whole",
+            f"# value in stack {stack or '(the selected stack)'}. Every secret is read first: if one cannot",
+            "# be read, the script stops before it changes anything.",
+            "# Still to set: adminCidrs (the stack makes its own SSH key).",
             "# Sites and their onion addresses:"]
     for s in result.sites:
         head.append(f"#   {s.name}: {s.mapping.domain} -> {s.key.hostname}{' (new key)' if s.new else ''}")
+    reads = ["set -eu"]
+    for s in result.sites:
+        reads.append(f"{_key_variable(s.name)}=$(python -m onion import {shlex.quote(str(s.key_path))})")
+    for s in result.sites:
+        if s.tls_key_path is not None:
+            path = shlex.quote(str(s.tls_key_path))
+            reads.append(f"test -r {path} || {{ echo {shlex.quote(f'cannot read {s.tls_key_path}')} >&2; exit 1; }}")
     lines = []
     for key, value in result.config["config"].items():
         text = value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
         lines.append(f"pulumi config set{stack_opt} {shlex.quote(key)} {shlex.quote(str(text))}")
-    return "\n".join(head + lines + result.commands) + "\n"
+    for s in result.sites:
+        lines.append(f"printf '%s\\n' \"${_key_variable(s.name)}\" | pulumi config set{stack_opt} "
+                     f"--secret --path {shlex.quote('masterKeys.' + s.name)}")
+    for s in result.sites:
+        if s.tls_key_path is not None:   # the provided certificate's key, through stdin as well
+            lines.append(f"pulumi config set{stack_opt} --secret --path {shlex.quote('tlsKeys.' + s.name)} "
+                         f"< {shlex.quote(str(s.tls_key_path))}")
+    return "\n".join(head + reads + lines) + "\n"
 
 
 def stack_file_target(args) -> Path | None:

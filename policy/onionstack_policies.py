@@ -64,7 +64,9 @@ def admin_cidrs(config: dict) -> list[str] | None:
     value = config.get("adminCidrs")
     if value is None:
         value = _stack_config("adminCidrs")
-    return list(value) if isinstance(value, (list, tuple)) else None
+    if isinstance(value, str):  # comma-separated, as `pulumi new`'s prompt stores it
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    return list(value) if isinstance(value, (list, tuple)) and value else None
 
 
 def protect_data(config: dict) -> bool:

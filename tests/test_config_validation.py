@@ -90,7 +90,7 @@ def test_admin_cidrs_refuse_the_world(world):
     assert msg.startswith(f'onionstack:adminCidrs[1] = "{world}": opens SSH to the whole internet')
 
 
-@pytest.mark.parametrize("value,fragment", [([], "non-empty list"), ("198.51.100.7/32", "non-empty list"),
+@pytest.mark.parametrize("value,fragment", [([], "non-empty list"), (" , ", "non-empty list"),
                                             (["198.51.100.7/24"], "host bits"), (["bogus"], "198.51.100.7/32")])
 def test_admin_cidrs_shape(value, fragment):
     msg = error_of(adminCidrs=value)
@@ -249,8 +249,30 @@ def test_ssh_public_key():
         "onionstack:sshPublicKey = \"ssh-rsa nonsense\": must be an OpenSSH public key line")
     cfg = minimal_config()
     del cfg["sshPublicKey"]
-    with pytest.raises(ConfigError, match="^onionstack:sshPublicKey is missing: set it with `pulumi config set sshPublicKey"):
+    with pytest.raises(ConfigError, match=r"^onionstack:sshPublicKey is missing: sshPrivateKey is set, and the two "
+                                          r"go together: set its public half with `pulumi config set sshPublicKey .*"
+                                          r"or remove sshPrivateKey"):
         parse_config(cfg)
+
+
+@pytest.mark.parametrize("unset", [None, ""])   # "" is what the CLI passes for an unset key
+def test_ssh_keys_both_or_neither(unset):
+    """Neither key: the stack makes its own admin key (no ssh values in the config)."""
+    cfg = minimal_config()
+    for key in ("sshPublicKey", "sshPrivateKey"):
+        if unset is None:
+            del cfg[key]
+        else:
+            cfg[key] = unset
+    parsed = parse_config(cfg)
+    assert parsed.ssh_public_key is None and parsed.ssh_private_key is None
+    public, private = minimal_config()["sshPublicKey"], minimal_config()["sshPrivateKey"]
+    with pytest.raises(ConfigError, match=r"^onionstack:sshPrivateKey is missing: sshPublicKey is set, and the two "
+                                          r"go together.*or remove sshPublicKey"):
+        parse_config({**cfg, "sshPublicKey": public})
+    with pytest.raises(ConfigError, match=r"^onionstack:sshPublicKey is missing: sshPrivateKey is set") as err:
+        parse_config({**cfg, "sshPrivateKey": private})
+    assert "PRIVATE KEY" not in str(err.value)
 
 
 def test_ssh_private_key_missing_mismatched_garbage():

@@ -55,7 +55,8 @@ def needles(config: dict) -> dict[str, set[bytes]]:
         for raw in (expanded, expanded[:32], expanded[32:], key.to_tor_secret_key()):
             pats |= _encodings(raw)
         out[f"masterKeys.{site}"] = pats
-    pem = get("sshPrivateKey")
+    # The admin key: the config's, or the one the stack made (pulumi-tls, mocked).
+    pem = get("sshPrivateKey") or mockrun.mock_host_key("admin-ssh-key")["privateKeyOpenssh"]
     body = [line for line in pem.strip().splitlines() if not line.startswith("-----")]
     ssh = {pem.encode(), "".join(body).encode()} | {line.encode() for line in body if len(line) >= 20}
     ssh |= {base64.b64decode("".join(body))}  # the binary openssh-key-v1 blob
@@ -181,7 +182,7 @@ def scan(texts: Iterator[tuple[str, bytes]], patterns: dict[str, set[bytes]]) ->
 
 
 CONFIGS = {"prod": prod_config, "three-sites": three_site_config, "minimal": lambda: minimal_config(workers=1),
-           "https": https_config}
+           "https": https_config, "generated-admin-key": lambda: minimal_config(sshPublicKey="", sshPrivateKey="")}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -218,8 +219,9 @@ def test_secret_config_reaches_resources_only_as_secrets():
     password = result.named("database-password")
     assert "result" in password.additional_secret_outputs  # pulumi-random keeps it secret in state
     assert mockrun.is_secret(result.named("database-postgres").inputs["stdin"])
-    # The only secret output: the instance addresses, operator-only (docs/sites.md).
-    assert result.secret_outputs == {"instanceAddresses"}
+    # The only secret outputs: the instance addresses, operator-only (docs/sites.md), and
+    # the admin SSH key's private half.
+    assert result.secret_outputs == {"instanceAddresses", "adminSshPrivateKey"}
 
 
 @pytest.mark.parametrize("leak", ["hex", "tor-file-in-tar", "ssh-line"])

@@ -113,5 +113,6 @@ def test_the_stack_outputs_are_the_sites_exports():
         "vpcId", "availabilityZones", "balancerPublicIp", "balancerPrivateIp", "workerPrivateIps", "sshBalancer",
         "sshWorkers", "databasePrivateIp", "sshDatabase", "backupVaultName", "keptOnDestroy", "sites",
         "instanceAddresses", "balancerPublishes", "introPoints", "alarmTopicArn", "onionLocation",
-        "deployerSecurityGroupId", "databaseCaCertificate", "sshKnownHosts"}
+        "deployerSecurityGroupId", "databaseCaCertificate", "sshKnownHosts", "adminSshPrivateKey",
+        "adminSshPublicKey"}
     assert "exports" in OnionSite.__annotations__

@@ -38,10 +38,13 @@ def test_outputs():
                                      "https": "off", "originAddress": None}}
 
 
-def test_only_instance_addresses_are_secret_and_no_output_leaks_a_secret():
+def test_only_instance_addresses_and_the_admin_key_are_secret_and_no_output_leaks_a_secret():
     result = run(prod_config())
-    assert result.secret_outputs == {"instanceAddresses"}  # operator-only (docs/sites.md)
-    dumped = json.dumps(result.outputs)
+    # instanceAddresses: operator-only (docs/sites.md); the admin key's private half.
+    assert result.secret_outputs == {"instanceAddresses", "adminSshPrivateKey"}
+    assert result.outputs["adminSshPrivateKey"] == ssh_pair()[1]
+    assert result.outputs["adminSshPublicKey"] == ssh_pair()[0]
+    dumped = json.dumps({k: v for k, v in result.outputs.items() if k not in result.secret_outputs})
     secrets = [ssh_pair()[1]] + [demo_master_key(n) for n in ("news", "shop")]
     for secret in secrets:
         body = secret.split(":", 1)[-1].strip().splitlines()[1] if "PRIVATE" in secret else secret.split(":", 1)[1]
@@ -110,7 +113,9 @@ def test_fresh_state_per_run():
 def test_demo_command_prints_the_prod_tree(capsys):
     assert mockrun.main(["--workers", "2"]) == 0
     text = capsys.readouterr().out
-    assert "injected throwaway masterKeys" in text and "injected throwaway sshPublicKey + sshPrivateKey" in text
+    assert "injected throwaway masterKeys" in text and "sshPublicKey" not in text
+    # The stack file has no SSH key: the program makes the admin key (a secret output).
+    assert "tls:index/privateKey:PrivateKey  admin-ssh-key" in text
     assert "├─ onionstack:nodes:WorkerNode  worker-2" in text or "└─ onionstack:nodes:WorkerNode  worker-2" in text
     assert "worker-3" not in text
     assert "     4  aws:ec2/instance:Instance" in text

@@ -150,7 +150,7 @@ def test_instance_addresses_appear_only_as_secrets(result):
 
     addresses = {mock_instance_address(f"worker-{n}-tor-nginx", d, s) for n in (1, 2) for d in ("tor1", "tor2")
                  for s in ("news", "shop", "blog")}
-    assert result.secret_outputs == {"instanceAddresses"}
+    assert result.secret_outputs == {"instanceAddresses", "adminSshPrivateKey"}
     listed = {a.removesuffix(".onion") for w in result.outputs["instanceAddresses"].values() for v in w.values()
               for a in v}
     assert listed == addresses
