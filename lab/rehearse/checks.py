@@ -149,6 +149,10 @@ def _all_checks(r: Rehearsal, report: Report, workers: int) -> None:
                  f"all {len(r.fabric.hosts)} hosts restarted (booted in {booted:.0f} s); frontend answered "
                  f"{time.monotonic() - t0:.0f} s after the reboot began; {len(units)} units active and enabled")
 
+    try:
+        client_log = r.client_info_log("client-scalein.log")
+    except Exception as exc:  # noqa: BLE001 - a diagnostic only: the check runs without it
+        client_log = f"none ({exc})"
     probes = ProbeLoop(r.lab.net.client.socks_port, url, interval=3.0, prefix="scalein").start()
     try:
         scale = r.deploy(workers - 1)
@@ -178,7 +182,8 @@ def _all_checks(r: Rehearsal, report: Report, workers: int) -> None:
                                  if drains and off else
                                  f"ops {[(o.kind, o.name) for o in scale.changed()]}, removed {scale.removed}")
                  + "".join(f"; failed request at {time.strftime('%H:%M:%S', time.localtime(p.at))} "
-                           f"after {p.seconds:.1f} s ({p.error})" for p in failed + cut_failed))
+                           f"after {p.seconds:.1f} s ({p.error})" for p in failed + cut_failed)
+                 + (f"; the lab client's log of it: {client_log}" if failed else ""))
 
     saved = r.swap_host_keys("balancer")
     since = time.time()

@@ -247,6 +247,18 @@ class Rehearsal:
         finally:
             session.close()
 
+    def client_info_log(self, name: str) -> Path:
+        """From now on the lab client also logs its onion-service client and circuit work at
+        info level to `<state>/logs/<name>` (what a failed request went through)."""
+        from lab.tornet import controller
+
+        path = self.state_dir / "logs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with controller(self.lab.net.client) as ctl:
+            logs = [line for line in ctl.get_conf("Log", multiple=True) if line]
+            ctl.set_conf("Log", logs + [f"[rend,circ,edge]info file {path}"])
+        return path
+
     def new_reader(self) -> None:
         """SIGNAL NEWNYM to the lab client: it drops its onion-service state (cached
         descriptors, intro point failures), as a reader who was not here before."""
