@@ -317,6 +317,10 @@ class StackMocks(pulumi_mocks.Mocks):
             state["result"] = mock_password(args.name)
         elif t == "tls:index/privateKey:PrivateKey" and inputs.get("algorithm") == "ED25519":
             state.update(mock_host_key(args.name))  # a machine's SSH host key (nodes/hostkey.py)
+        elif t == "aws:ecr/repository:Repository":
+            state["name"] = inputs.get("name") or f"{args.name}-{id_[-7:]}"
+            state["registryId"] = "000000000000"
+            state["repositoryUrl"] = f"000000000000.dkr.ecr.{self.region}.amazonaws.com/{state['name']}"
         elif t.startswith("tls:index/"):
             state.update(mock_tls_state(t, args.name, reveal(inputs)))
         return id_, state

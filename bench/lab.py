@@ -299,8 +299,8 @@ def ratio(ours: float | None, base: float | None) -> str:
 
 def ops_bench(state_dir: Path) -> dict:
     """The operator's measures (see the module docstring); returns name -> value."""
-    from lab.monitor import start_prometheus, wait_for
-    from onion.status import read_status
+    from lab.monitor import start_prometheus, wait_for, wait_status
+    from onion.status import clients_descriptor, read_status
 
     out: dict = {}
     lab = Lab.create(state_dir, tie_to_parent=True, voting_interval=10, progress=log)
@@ -344,10 +344,10 @@ def ops_bench(state_dir: Path) -> dict:
 
         log("HSDir loss: restarting a responsible HSDir with an empty cache")
         status = read_status(primary["state_dir"])
-        current = next(d for d in status["frontends"][0]["descriptors"] if d["role"] == "current")
+        current = clients_descriptor(status["frontends"][0], status)  # the period read back
         victim = next(u["hsdir"] for u in current["hsdirs"] if (u.get("served") or {}).get("state") == "serving")
         node = next(n for n in lab.net.relays if n.fingerprint.upper() == victim.upper())
-        serving = f'onion_balancer_hsdir_serving{{{job},role="current",hsdir="{victim}"}}'
+        serving = f'max(onion_balancer_hsdir_serving{{{job},hsdir="{victim}"}})'  # whichever role it has now
         lab.procs.stop(node.process_name)
         t0 = time.monotonic()
         lab.net.start_tor(lab.procs, node)
@@ -361,12 +361,13 @@ def ops_bench(state_dir: Path) -> dict:
             lab.info["frontend_key_file"]), extra_config={**common, "metrics": {"listen": f"127.0.0.1:{ports[1]}"},
                                                           "readback": {"interval": 10},
                                                           "standby": {"takeover_after": 60}})
+        wait_status(lab, standby)
 
         def st():
             return read_status(standby["state_dir"])["frontends"][0]
 
-        def cur(fe):
-            return next(d for d in fe["descriptors"] if d["role"] == "current")["hsdirs"]
+        def cur(fe):  # the descriptor of the period clients fetch (and read-back reads) now
+            return clients_descriptor(fe, read_status(standby["state_dir"]))["hsdirs"]
 
         wait_for("standby standing by", lambda: st()["standby"]["state"] == "standing by" and len(
             [u for u in cur(st()) if (u.get("served") or {}).get("checked_at")]) >= 4, 240, 2)

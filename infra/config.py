@@ -191,10 +191,11 @@ class SiteDos:
 
 @dataclass(frozen=True)
 class Site:
-    """One onion address mapping one clearnet domain and its subdomains (EOTK hardmap)."""
+    """One onion address mapping one clearnet domain and its subdomains (EOTK hardmap), or,
+    with `app`, one onion-native application run on the workers (`domain` None)."""
 
     name: str
-    domain: str
+    domain: Optional[str]
     master_key: Secret = field(repr=False)
     onion_address: str = ""  # 56 chars + ".onion"; public, derived from the key
     origin_address: Optional[str] = None  # host:port to connect to instead of `domain`
@@ -207,6 +208,11 @@ class Site:
     validation_paths: tuple[ValidationPath, ...] = ()
     foreign_onions: tuple[tuple[str, str], ...] = ()  # (domain, "<56>.onion") of other onion sites
     dos: SiteDos = field(default_factory=SiteDos)
+    app: Optional["AppConfig"] = None  # kind app: the application the workers run (no domain, no origin)
+
+    @property
+    def is_app(self) -> bool:
+        return self.app is not None
 
     @property
     def serves_https(self) -> bool:
@@ -457,7 +463,7 @@ def _parse_sites(raw_sites: Any, raw_keys: Any, raw_tls_keys: Any = None) -> tup
     seen: set[str] = set()
     allowed = {"name": None, "domain": None, "originAddress": None, "blockHosts": [], "blockPaths": [],
                "https": "off", "httpRedirect": None, "certificateChain": None, "validationPaths": [],
-               "foreignOnions": {}, "dos": DEFAULT_DOS}
+               "foreignOnions": {}, "dos": DEFAULT_DOS, "kind": "proxy", "app": None}
     for i, entry in enumerate(raw_sites):
         key = f"sites[{i}]"
         entry = _object(key, entry, allowed)
@@ -470,10 +476,14 @@ def _parse_sites(raw_sites: Any, raw_keys: Any, raw_tls_keys: Any = None) -> tup
         if name in seen:
             raise _fail(f"{key}.name", name, "is used by an earlier site; site names must be unique")
         seen.add(name)
+        app = _parse_app_site(key, entry)
         domain = entry["domain"]
-        if not isinstance(domain, str) or not DNS_NAME_RE.match(domain):
+        if app is not None:
+            domain = None  # an app site has no clearnet side
+        elif not isinstance(domain, str) or not DNS_NAME_RE.match(domain):
             raise _fail(f"{key}.domain", domain, "must be a DNS name such as example.com")
-        domain = domain.rstrip(".").lower()
+        else:
+            domain = domain.rstrip(".").lower()
         origin = entry["originAddress"]
         if origin is not None:
             origin = _parse_host_port(f"{key}.originAddress", origin)
@@ -516,6 +526,7 @@ def _parse_sites(raw_sites: Any, raw_keys: Any, raw_tls_keys: Any = None) -> tup
                 validation_paths=_parse_validation_paths(f"{key}.validationPaths", entry["validationPaths"]),
                 foreign_onions=_parse_foreign_onions(f"{key}.foreignOnions", entry["foreignOnions"], domain),
                 dos=_parse_dos(f"{key}.dos", entry["dos"]),
+                app=app,
             )
         )
     extra = sorted(set(raw_keys) - seen)
@@ -536,6 +547,104 @@ def _parse_sites(raw_sites: Any, raw_keys: Any, raw_tls_keys: Any = None) -> tup
         )
     _check_foreign_onions_across_sites(sites)
     return tuple(sites)
+
+
+# ---------------------------------------------------------------- app sites (kind: app)
+@dataclass(frozen=True)
+class AppConfig:
+    """An onion-native application (docs/apps.md): a digest-pinned container image every
+    worker runs (podman), listening on `port` inside the container, answering `health_path`
+    with 2xx when ready; `env` from config (public; DATABASE_URL is added by the stack, a
+    secret); `migrate`, an optional one-shot command (argv) run with the same environment
+    once per image change before any worker switches. `ecr`: the stack creates the image's
+    repository (KMS-encrypted, scan on push, immutable tags) and `image` is only the digest."""
+
+    image: str  # "<registry>/<repo>@sha256:<64 hex>" or, with ecr, "sha256:<64 hex>"
+    port: int = 8080
+    health_path: str = "/healthz"
+    env: tuple[tuple[str, str], ...] = ()
+    migrate: tuple[str, ...] = ()
+    ecr: bool = False
+
+    @property
+    def digest(self) -> str:
+        return self.image.rsplit("@", 1)[-1]
+
+
+APP_KINDS = ("proxy", "app")
+DEFAULT_APP = {"image": None, "port": 8080, "healthPath": "/healthz", "env": {}, "migrate": [], "ecr": False}
+IMAGE_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# registry host[:port]/path[:tag]@sha256:digest (the tag, if any, is informational: podman pulls the digest)
+IMAGE_REF_RE = re.compile(r"^(?P<registry>[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?)/"
+                          r"[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?@sha256:[0-9a-f]{64}$")
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+APP_RESERVED_ENV = ("DATABASE_URL", "PORT", "PGSSLROOTCERT")
+HEALTH_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
+APP_PORT_RANGE = (1, 65535)
+# Keys only a proxy site has: an app site has no clearnet origin to map.
+PROXY_ONLY_KEYS = ("domain", "originAddress", "blockHosts", "blockPaths", "foreignOnions")
+
+
+def _check_apps_have_a_database(sites: tuple[Site, ...], database: Any) -> None:
+    if isinstance(database, Mapping) and database.get("enabled") in (False, "false"):
+        apps = [i for i, s in enumerate(sites) if s.is_app]
+        if apps:
+            raise _fail("database.enabled", False, f"sites[{apps[0]}] ({sites[apps[0]].name}) is an app site: its "
+                        "data lives in the stack's PostgreSQL; enable the database or remove the app site")
+
+
+def _parse_app_site(key: str, entry: Mapping[str, Any]) -> Optional[AppConfig]:
+    """`sites[i].kind` and `sites[i].app`: None for a proxy site, else the app's settings."""
+    kind = entry["kind"]
+    if kind not in APP_KINDS:
+        raise _fail(f"{key}.kind", kind, "must be \"proxy\" (a rewriting proxy to a clearnet origin, the default) "
+                    "or \"app\" (an application the workers run; sites[].app says which)")
+    if kind == "proxy":
+        if entry["app"] is not None:
+            raise _fail(f"{key}.app", "{...}", "is for sites with kind: app; set "
+                        f"`pulumi config set --path '{key}.kind' app` or remove it")
+        return None
+    for extra in PROXY_ONLY_KEYS:
+        if entry.get(extra) not in (None, [], {}):
+            raise _fail(f"{key}.{extra}", entry[extra], "an app site (kind: app) has no clearnet origin; remove it")
+    if entry["app"] is None:
+        raise _missing(f"{key}.app", "an app site needs its image, e.g. `pulumi config set --path "
+                       f"'{key}.app.image' registry.example/guestbook@sha256:<digest>`")
+    app = _object(f"{key}.app", entry["app"], DEFAULT_APP)
+    ecr = _bool(f"{key}.app.ecr", app["ecr"])
+    image = app["image"]
+    if ecr:
+        if not isinstance(image, str) or not IMAGE_DIGEST_RE.match(image):
+            raise _fail(f"{key}.app.image", image, "with app.ecr the stack's repository holds the image: give its "
+                        "digest only, sha256:<64 hex> (`podman push --digestfile`)")
+    elif not isinstance(image, str) or not IMAGE_REF_RE.match(image):
+        raise _fail(f"{key}.app.image", image, "must be pinned by digest: <registry>/<repository>@sha256:<64 hex>, "
+                    "e.g. ghcr.io/example/guestbook@sha256:... (a tag alone can change under you)")
+    port = _int(f"{key}.app.port", app["port"], *APP_PORT_RANGE)
+    health = app["healthPath"]
+    if not isinstance(health, str) or not HEALTH_PATH_RE.match(health):
+        raise _fail(f"{key}.app.healthPath", health, "must be a URL path such as /healthz")
+    env = app["env"]
+    if not isinstance(env, Mapping):
+        raise _fail(f"{key}.app.env", env, "must be an object of NAME: value strings")
+    pairs = []
+    for name in sorted(env):
+        value = env[name]
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise _fail(f"{key}.app.env.{name}", value, "names must match ^[A-Z_][A-Z0-9_]*$")
+        if name in APP_RESERVED_ENV:
+            raise _fail(f"{key}.app.env.{name}", value, f"is set by the stack ({', '.join(APP_RESERVED_ENV)}); remove it")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or "\n" in str(value):
+            raise _fail(f"{key}.app.env.{name}", value, "must be a one-line string or number (secrets do not "
+                        "belong here: plain config is not encrypted)")
+        pairs.append((name, str(value)))
+    migrate = app["migrate"]
+    if isinstance(migrate, str):
+        migrate = [migrate]
+    if not isinstance(migrate, list) or not all(isinstance(a, str) and a and "\n" not in a for a in migrate):
+        raise _fail(f"{key}.app.migrate", migrate, "must be a command as a list of arguments, e.g. "
+                    "[\"python\", \"-m\", \"guestbook\", \"migrate\"], or [] for none")
+    return AppConfig(image=image, port=port, health_path=health, env=tuple(pairs), migrate=tuple(migrate), ecr=ecr)
 
 
 # ---------------------------------------------------------------- HTTPS, foreign onions, DoS
@@ -1029,6 +1138,7 @@ def parse_config(raw: Mapping[str, Any]) -> StackConfig:
         return value
 
     sites = _parse_sites(get("sites"), get("masterKeys"), get("tlsKeys"))
+    _check_apps_have_a_database(sites, get("database"))
     ssh_public, ssh_private = _parse_ssh_keys(get("sshPublicKey"), get("sshPrivateKey"))
     nat = _parse_nat(get("natGateways"))
     return StackConfig(

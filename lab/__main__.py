@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--https", action="store_true",
                     help="the site serves HTTPS too (a self-signed certificate for the frontend, as "
                          "`https: selfSigned` makes); the curl line then carries --cacert")
+    up.add_argument("--app", action="store_true",
+                    help="run the sample app site (a guestbook, apps/guestbook) on the workers against a "
+                         "PostgreSQL on 127.0.0.1 instead of the proxy site; prints curl lines that write "
+                         "a line through the onion address and read it back")
     up.add_argument("--voting-interval", type=_count(10, 300, "--voting-interval"), default=20,
                     help="seconds (10..300, default 20); a time period is 24 of them")
     reh = sub.add_parser("rehearse", help="rehearse a deploy on local systemd hosts (root)", parents=[state])
@@ -91,7 +95,10 @@ def cmd_up(args) -> int:
     # SIGTERM tears down like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        lab.up(workers=args.workers, balancer=args.balancer, tor_daemons=args.tor_daemons, https=args.https)
+        if args.app and (args.https or args.balancer != "onion"):
+            raise ValueError("--app runs with onionstack's balancer core over plain HTTP (tor encrypts)")
+        lab.up(workers=args.workers, balancer=args.balancer, tor_daemons=args.tor_daemons, https=args.https,
+               app=args.app)
     except BaseException as exc:
         stopped = lab.down()
         interrupted = any(isinstance(e, KeyboardInterrupt) for e in (exc, exc.__cause__, exc.__context__))
@@ -101,7 +108,12 @@ def cmd_up(args) -> int:
         return 130 if interrupted else 1
     print()
     print(f"frontend: {lab.info['frontend']}")
-    print(f"try:      {lab.curl_line()}")
+    if args.app:
+        write, read = lab.app_curl_lines()
+        print(f"write:    {write}")
+        print(f"read:     {read}")
+    else:
+        print(f"try:      {lab.curl_line()}")
     print(f"status:   python -m lab status{_state_flag(args)}")
     print(f"stop:     python -m lab down{_state_flag(args)}")
     return 0

@@ -119,8 +119,10 @@ def _make_traversable(path: Path) -> None:
 @dataclass
 class PostgresCluster:
     """One cluster under `root`: `fs/` holds the rendered files at their machine paths
-    (layout root), `data/` the cluster, `run/` its unix socket. `start()` returns the argv
-    to run it in the foreground (the caller starts it: a lab process or a Popen)."""
+    (layout root), `data/` the cluster, `wal/` its WAL (initdb --waldir: on the database
+    instance the WAL is on the journal volume, the data on the data volume), `run/` its
+    unix socket. `argv()` is the command that runs it in the foreground (the caller starts
+    it: a lab process or a Popen)."""
 
     root: Path
     port: int
@@ -144,6 +146,10 @@ class PostgresCluster:
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.root / "wal"
 
     @property
     def socket_dir(self) -> Path:
@@ -178,11 +184,12 @@ class PostgresCluster:
             os.chmod(dest, f[1])
             if f[2] == "postgres":
                 self._own(dest)
-        for d in (self.data_dir, self.socket_dir):
+        for d in (self.data_dir, self.wal_dir, self.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
             self._own(d)
-        init = subprocess.run(self._as_user([str(pg_bin() / "initdb"), "-D", str(self.data_dir), "--auth-local=peer",
+        init = subprocess.run(self._as_user([str(pg_bin() / "initdb"), "-D", str(self.data_dir),
+                                             f"--waldir={self.wal_dir}", "--auth-local=peer",
                                              "--auth-host=scram-sha-256", "-U", self.user, "-E", "UTF8"]),
                               capture_output=True, text=True, timeout=180)
         if init.returncode != 0:
@@ -193,7 +200,13 @@ class PostgresCluster:
             f.write(f"include '{conf_d}'\nhba_file = '{hba}'\nunix_socket_directories = '{self.socket_dir}'\n")
 
     def argv(self) -> list[str]:
-        return self._as_user([str(pg_bin() / "postgres"), "-D", str(self.data_dir)])
+        """The server in the foreground. As root through setpriv, which execs postgres itself
+        (runuser would stay in between and SIGKILL it 2 s after forwarding a SIGTERM), so a
+        signal reaches the postmaster: SIGINT is PostgreSQL's fast shutdown."""
+        server = [str(pg_bin() / "postgres"), "-D", str(self.data_dir)]
+        if os.geteuid() != 0:
+            return server
+        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *server]
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

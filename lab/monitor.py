@@ -99,3 +99,26 @@ def wait_for(what: str, check, timeout: float, interval: float = 2.0):
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"{what}: not within {timeout:.0f} s")
         time.sleep(interval)
+
+
+def wait_status(lab, record: dict, timeout: float = 60.0) -> dict:
+    """The status file of a balancer core just started (`lab.start_balancer` returns once
+    the process is spawned; the daemon writes status.json on its first loop, a moment
+    later). Raises with the end of its log if the process exits first."""
+    from onion.status import read_status
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read_status(record["state_dir"])
+        except (FileNotFoundError, ValueError):
+            pass
+        if not lab.procs.is_running(record["process"]):
+            log = lab.procs.log_path(record["process"])
+            tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+            raise RuntimeError(f"balancer {record['process']} exited before writing its status; "
+                               f"end of {log}:\n" + "\n".join(tail))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"balancer {record['process']}: no status file in {record['state_dir']} "
+                               f"within {timeout:.0f} s; see {lab.procs.log_path(record['process'])}")
+        time.sleep(0.5)

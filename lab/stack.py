@@ -292,14 +292,56 @@ class Lab:
 
     def wait_frontend(self, timeout: float = 180.0) -> float:
         """Block until the frontend answers through the client; returns seconds waited."""
-        resp, took = wait_reachable(self.net.client.socks_port, self.frontend_url(),
+        path = "/entries" if self.info.get("app") else "/"
+        resp, took = wait_reachable(self.net.client.socks_port, self.frontend_url(path),
                                     timeout=timeout, what="frontend", cacert=self.info.get("frontend_cert"),
                                     progress=self.progress)
         return took
 
-    def up(self, workers: int = 2, balancer: str = "onion", tor_daemons: int = 2, https: bool = False) -> None:
+    def start_app_site(self, count: int = 2, *, tor_daemons: int = 2, intro_points: int = 3) -> list:
+        """The sample app site (lab/apps.py): PostgreSQL on 127.0.0.1 from the database
+        templates, build 1 of the guestbook migrated, `count` workers each running it
+        behind nginx (app-site.conf) and tor instances, and a fresh frontend key for it.
+        The balancer is started by the caller (start_balancer)."""
+        from lab import apps
+
+        db_port = self.ports.take()
+        self.app_database = apps.start_database(self.procs, self.state_dir, db_port)
+        self.progress(f"database: PostgreSQL on 127.0.0.1:{db_port}, TLS from the lab CA "
+                      f"{self.app_database.ca_file}, role and database app_{apps.APP}")
+        module = apps.build(self.state_dir, "1")
+        apps.migrate(self.app_database, module, "1")
+        self.make_frontend_key(tag=apps.APP)
+        self.app_workers = []
+        for i in range(1, count + 1):
+            worker = apps.start_app_worker(
+                self.procs, self.state_dir, i, frontend_address=self.info["frontend"].removesuffix(".onion"),
+                ports=(self.ports.take(), self.ports.take()), network_torrc=str(self.net.network_torrc), tor_daemons=tor_daemons,
+                intro_points=intro_points)
+            apps.start_app(self.procs, worker, self.app_database, module, "1")
+            self.app_workers.append(worker)
+            self.progress(f"worker {worker.name}: {tor_daemons} tor instances + nginx -> guestbook build 1 on "
+                          f"127.0.0.1:{worker.host_port}")
+        self.info["app"] = {"name": apps.APP, "database_port": db_port, "ca": self.app_database.ca_file,
+                            "workers": [w.to_json() for w in self.app_workers]}
+        self.save()
+        return self.app_workers
+
+    def up(self, workers: int = 2, balancer: str = "onion", tor_daemons: int = 2, https: bool = False,
+           app: bool = False) -> None:
         t0 = time.monotonic()
         self.start_network()
+        if app:
+            self.start_app_site(workers, tor_daemons=tor_daemons)
+            self.progress(f"frontend (app site): {self.info['frontend']}")
+            self.start_balancer(balancer, instances=[a for w in self.app_workers for a in w.instance_addresses])
+            self.progress("waiting for the app site to answer through the client ...")
+            took = self.wait_frontend()
+            self.info["up_seconds"] = round(time.monotonic() - t0, 1)
+            self.save()
+            self.progress(f"app site reachable {took:.0f} s after the balancer started "
+                          f"({self.info['up_seconds']:.0f} s in total)")
+            return
         self.start_origin(listeners=workers)
         self.make_frontend_key()
         self.progress(f"frontend: {self.info['frontend']}")
@@ -383,6 +425,12 @@ class Lab:
                 if line.startswith("VmRSS:"):
                     rss_kib += int(line.split()[1])
         return rss_kib / 1024, ticks / os.sysconf("SC_CLK_TCK")
+
+    def app_curl_lines(self) -> list[str]:
+        """Write one line through the onion address, then read every line back."""
+        proxy = f"curl --socks5-hostname 127.0.0.1:{self.info['socks_port']}"
+        return [f"{proxy} --data-urlencode 'text=hello from the lab' {self.frontend_url('/entries')}",
+                f"{proxy} {self.frontend_url('/entries')}"]
 
     def curl_line(self) -> str:
         cacert = f"--cacert {self.info['frontend_cert']} " if self.info.get("frontend_cert") else ""

@@ -12,6 +12,7 @@ import base64
 import gzip
 import hashlib
 import io
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,20 @@ ONION_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "onion"
 # what pins their dependencies (the lock its venv is built from).
 ONION_PACKAGE_SUFFIXES = (".py", ".json")
 ONION_PACKAGE_FILES = ("requirements.txt", "requirements.lock")
+# The `onion` distribution as the balancer builds and installs it into its locked venv
+# (pyproject.toml beside onion/ in the copy, from nodes/templates/balancer/pyproject.toml.j2):
+# the checkout's pyproject.toml less the dependencies, which the lock governs there.
+# tests/test_balancer_package_step.py keeps these in step with that file.
+ONION_DISTRIBUTION: dict = {
+    "name": "onionstack-onion",
+    "description": "Load-balanced v3 onion services: onionstack's balancer core (an OnionBalance v3 replacement) "
+                   "and its operator CLI",
+    "requires_python": ">=3.11",
+    "scripts": {"onion": "onion.__main__:main"},
+    "packages": ("onion", "onion.schema"),
+    "package_data": {"onion.schema": ("*.json",)},
+}
+_VERSION_RE = re.compile(r'^__version__ = "([^"]+)"$', re.M)
 
 
 @dataclass(frozen=True)
@@ -94,14 +109,24 @@ def digest(*parts: str) -> str:
     return h.hexdigest()
 
 
+def onion_pyproject(package_dir: Path = ONION_PACKAGE_DIR) -> str:
+    """The pyproject.toml the balancer builds the package from (its version: the package's own)."""
+    from nodes.render import render_template
+
+    found = _VERSION_RE.search((package_dir / "__init__.py").read_text())
+    if not found:
+        raise ValueError(f"{package_dir / '__init__.py'} has no __version__ = \"...\" line")
+    return render_template("balancer/pyproject.toml.j2", version=found.group(1), dist=ONION_DISTRIBUTION)
+
+
 def onion_package_tarball(package_dir: Path = ONION_PACKAGE_DIR) -> str:
     """base64 of a reproducible tar.gz of the `onion` package (sources, schema, requirements
-    and lock).
+    and lock) and the pyproject.toml it is built from on the balancer.
 
     Built from the tracked file kinds only, so __pycache__ or editor files on the deploying
     machine never change it (a change would re-run the balancer's install step).
     """
-    members = {}
+    members = {"pyproject.toml": (onion_pyproject(package_dir).encode(), 0o644, "root")}
     for path in sorted(package_dir.rglob("*")):
         if not path.is_file() or "__pycache__" in path.parts:
             continue

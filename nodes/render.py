@@ -194,7 +194,7 @@ class SiteSpec:
     """
 
     name: str
-    domain: str
+    domain: str | None  # None: an app site (`app` set)
     onion_address: str
     origin_address: str | None = None
     block_hosts: tuple[str, ...] = ()
@@ -204,11 +204,15 @@ class SiteSpec:
     validation_paths: tuple[ValidationPath, ...] = ()
     foreign_onions: tuple[tuple[str, str], ...] = ()
     dos: SiteDos = field(default_factory=SiteDos)
+    app: "AppSiteSpec | None" = None  # an app site: nginx proxies to the app on the worker (no rewriting)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SITE_NAME_RE.match(self.name):
             _fail("site.name", self.name, "use ^[a-z][a-z0-9-]{0,30}$, e.g. 'news'")
         where = f"sites[{self.name}]"
+        if self.app is not None:
+            _check_app_site(self)
+            return
         domain = self.domain.lower().rstrip(".") if isinstance(self.domain, str) else self.domain
         if not isinstance(domain, str) or not DOMAIN_RE.match(domain) or domain.endswith(".onion"):
             _fail(f"{where}.domain", self.domain, "use a clearnet DNS name such as 'example.com'")
@@ -303,6 +307,62 @@ class ForeignOnion:
 def _overlaps(a: str, b: str) -> bool:
     """True when DNS names a and b are equal or one is under the other."""
     return a == b or a.endswith("." + b) or b.endswith("." + a)
+
+
+# An app site's second loopback port (a new release starts there beside the running one):
+# its first port + this (18080 and 19080 for the first app site).
+APP_NEXT_PORT_OFFSET = 1000
+
+
+@dataclass(frozen=True)
+class AppSiteSpec:
+    """What a worker's nginx needs of an app site: the loopback port the app's container is
+    published on (`host_port`), the second port a new release starts on beside the running
+    one during a switch (`next_port`, default host_port + APP_NEXT_PORT_OFFSET), and its
+    health path (docs/apps.md). nginx sends to whichever of the two answers."""
+
+    host_port: int
+    health_path: str = "/healthz"
+    next_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.host_port, int) and 1024 <= self.host_port <= 65535):
+            _fail("app.host_port", self.host_port, "use 1024..65535")
+        if self.next_port is None:
+            object.__setattr__(self, "next_port", self.host_port + APP_NEXT_PORT_OFFSET)
+        if not (isinstance(self.next_port, int) and 1024 <= self.next_port <= 65535) or \
+                self.next_port == self.host_port:
+            _fail("app.next_port", self.next_port, "use 1024..65535, not host_port")
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return (self.host_port, self.next_port)
+        if not isinstance(self.health_path, str) or not re.match(r"^/[A-Za-z0-9._~/-]{0,200}$", self.health_path):
+            _fail("app.health_path", self.health_path, "use a URL path such as /healthz")
+
+
+def _check_app_site(site: "SiteSpec") -> None:
+    where = f"sites[{site.name}]"
+    if not isinstance(site.app, AppSiteSpec):
+        _fail(f"{where}.app", site.app, "use an AppSiteSpec")
+    for name in ("domain", "origin_address"):
+        if getattr(site, name) is not None:
+            _fail(f"{where}.{name}", getattr(site, name), "an app site has no clearnet side: leave it None")
+    for name in ("block_hosts", "foreign_onions", "validation_paths"):
+        if getattr(site, name):
+            _fail(f"{where}.{name}", getattr(site, name), "an app site has no clearnet side: leave it empty")
+    if site.https:
+        _fail(f"{where}.https", site.https, "app sites serve plain HTTP over the onion service (tor encrypts)")
+    for path in site.block_paths:
+        _check_block_path(f"{where}.block_paths", path)
+    address = site.onion_address.lower() if isinstance(site.onion_address, str) else ""
+    address = address[:-len(".onion")] if address.endswith(".onion") else address
+    if not ONION_RE.match(address):
+        _fail(f"{where}.onion_address", site.onion_address,
+              "use the 56-character v3 master address (with or without '.onion')")
+    _check_onion_checksum(f"{where}.onion_address", address)
+    object.__setattr__(site, "onion_address", address)
+    object.__setattr__(site, "block_paths", tuple(site.block_paths))
 
 
 def _check_onion_checksum(field_name: str, address: str) -> None:
@@ -421,13 +481,14 @@ class WorkerSpec:
         if not sites:
             _fail("sites", sites, "give at least one site")
         names = [s.name for s in sites]
-        for kind, values in (("name", names), ("domain", [s.domain for s in sites]),
+        proxies = [s for s in sites if s.app is None]  # app sites have no domain to map
+        for kind, values in (("name", names), ("domain", [s.domain for s in proxies]),
                              ("onion_address", [s.onion_address for s in sites])):
             dupes = sorted({v for v in values if values.count(v) > 1})
             if dupes:
                 _fail(f"sites[].{kind}", dupes, f"each site needs its own {kind}")
-        for a in sites:
-            for b in sites:
+        for a in proxies:
+            for b in proxies:
                 if a is not b and a.domain.endswith("." + b.domain):
                     _fail(f"sites[{a.name}].domain", a.domain,
                           f"it is a subdomain of sites[{b.name}] ({b.domain}), which already maps it")
@@ -439,6 +500,9 @@ class WorkerSpec:
                 if a is not b and b.onion_address in (o for _, o in a.foreign_onions):
                     _fail(f"sites[{a.name}].foreign_onions", b.onion_host,
                           f"that is sites[{b.name}]'s address, which every site already maps")
+        ports = [p for s in sites if s.app is not None for p in s.app.ports]
+        if len(set(ports)) != len(ports):
+            _fail("sites[].app.host_port", ports, "each app site needs its own loopback port")
         object.__setattr__(self, "sites", sites)
         _check_resolver(self.resolver)
         if not (isinstance(self.tor_daemons, int) and 1 <= self.tor_daemons <= 8):
@@ -467,6 +531,15 @@ class WorkerSpec:
             if len(longest) - len("unix:") > MAX_UNIX_SOCKET_PATH:
                 _fail("layout.run_dir", self.layout.run_dir,
                       f"socket path {longest[5:]!r} exceeds 107 bytes; use a shorter run_dir")
+
+    @property
+    def proxy_sites(self) -> tuple[SiteSpec, ...]:
+        """The rewriting proxies to clearnet origins (the onion <-> clearnet maps cover these)."""
+        return tuple(s for s in self.sites if s.app is None)
+
+    @property
+    def app_sites(self) -> tuple[SiteSpec, ...]:
+        return tuple(s for s in self.sites if s.app is not None)
 
     @property
     def daemon_names(self) -> tuple[str, ...]:
@@ -660,10 +733,10 @@ def render_worker(spec: WorkerSpec) -> dict[str, RenderedFile]:
     put(layout.path("etc_dir", "nginx", "nginx.conf"),
         render_template("worker/nginx.conf.j2", spec=spec, layout=layout))
     put(layout.path("etc_dir", "nginx", "onionmap.conf"),
-        render_template("worker/onionmap.conf.j2", sites=spec.sites))
+        render_template("worker/onionmap.conf.j2", sites=spec.proxy_sites))
     for site in spec.sites:
         put(layout.path("etc_dir", "nginx", "sites", f"{site.name}.conf"),
-            render_template("worker/site.conf.j2", spec=spec, site=site))
+            render_template("worker/app-site.conf.j2" if site.app else "worker/site.conf.j2", spec=spec, site=site))
     tor_user = spec.tor_user or "root"
     nginx_conf = layout.path("etc_dir", "nginx", "nginx.conf")
     put(layout.path("systemd_dir", TOR_UNIT_TEMPLATE),
@@ -1085,7 +1158,7 @@ def render_database(spec: DatabaseSpec) -> dict[str, RenderedFile]:
 
 
 __all__ = [
-    "BalancerSpec", "DatabaseRole", "DatabaseSpec", "DatabaseTls", "app_database_name", "SiteDos", "ValidationPath",
+    "APP_NEXT_PORT_OFFSET", "AppSiteSpec", "BalancerSpec", "DatabaseRole", "DatabaseSpec", "DatabaseTls", "app_database_name", "SiteDos", "ValidationPath",
     "VolumeSpec", "worker_secret_files", "database_volumes", "render_database", "Directory", "Layout", "NginxTuning",
     "balancer_directories", "render_balancer", "RenderError", "RenderedFile", "SiteSpec", "TorTuning",
     "WorkerSpec", "content_hash", "render_template", "render_worker", "replace", "worker_directories",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from infra.config import ConfigError, Site, StackConfig
-from nodes.render import (BalancerSpec, DatabaseSpec, DatabaseTls, Layout, NginxTuning, RenderError, SiteDos,
+from nodes.render import (AppSiteSpec, BalancerSpec, DatabaseSpec, DatabaseTls, Layout, NginxTuning, RenderError, SiteDos,
                           SiteSpec, TorTuning, ValidationPath, WorkerSpec, database_volumes)
 
 LAYOUT = Layout()  # a machine's layout: files land under /
@@ -49,9 +49,25 @@ class Machine:
 AWS = Machine()
 
 
-def site_spec(site: Site) -> SiteSpec:
-    """The renderer's view of a config site (public facts only; no key)."""
+APP_HOST_PORT_BASE = 18080  # the i-th app site (config order) is published on 127.0.0.1:BASE+i
+
+
+def app_host_ports(sites) -> dict[str, int]:
+    """Each app site's loopback port on the workers (its container publishes there)."""
+    return {s.name: APP_HOST_PORT_BASE + i for i, s in enumerate(x for x in sites if x.is_app)}
+
+
+def site_spec(site: Site, host_port: Optional[int] = None) -> SiteSpec:
+    """The renderer's view of a config site (public facts only; no key). App sites need
+    their `host_port` (app_host_ports)."""
     d = site.dos
+    if site.is_app:
+        return SiteSpec(name=site.name, domain=None, onion_address=site.onion_address, block_paths=site.block_paths,
+                        app=AppSiteSpec(host_port=host_port, health_path=site.app.health_path),
+                        dos=SiteDos(pow=d.pow, pow_queue_rate=d.pow_queue_rate, pow_queue_burst=d.pow_queue_burst,
+                                    intro_defense=d.intro_defense, intro_rate=d.intro_rate,
+                                    intro_burst=d.intro_burst, max_streams=d.max_streams,
+                                    max_streams_close_circuit=d.max_streams_close_circuit))
     return SiteSpec(name=site.name, domain=site.domain, onion_address=site.onion_address,
                     origin_address=site.origin_address, block_hosts=site.block_hosts,
                     block_paths=site.block_paths, https=site.serves_https, http_redirect=site.http_redirect,
@@ -103,7 +119,7 @@ class RoleSpecs:
         sites = []
         for i, site in enumerate(config.sites):
             try:
-                sites.append(site_spec(site))
+                sites.append(site_spec(site, app_host_ports(config.sites).get(site.name)))
             except RenderError as exc:
                 raise ConfigError(f"onionstack:sites[{i}] ({site.name}): the node templates refuse it: {exc}") from None
         try:
@@ -131,10 +147,11 @@ class RoleSpecs:
                             standby=standby, cloudwatch=self.cloudwatch)
 
     def database(self, private_ip: str, client_cidrs: Sequence[str], volumes: Mapping[str, tuple[str, str]],
-                 tls: DatabaseTls) -> DatabaseSpec:
+                 tls: DatabaseTls, apps: Sequence[str] = ()) -> DatabaseSpec:
         """PostgreSQL on `private_ip` for `client_cidrs`; `volumes`: purpose (data, journal,
         log) -> (EBS volume id, attachment device name); `tls`: its certificate and the CA's
         (nodes/pki.py)."""
         return DatabaseSpec(listen_ip=private_ip, client_cidrs=tuple(client_cidrs),
                             volumes=database_volumes(volumes["data"], volumes["journal"], volumes["log"]),
-                            pg_version=self.postgres_version, layout=self.layout, tls=tls)
+                            pg_version=self.postgres_version, layout=self.layout, tls=tls,
+                            apps=tuple(apps))

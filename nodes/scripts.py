@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from typing import Optional, Sequence
 
+from nodes.payload import ONION_DISTRIBUTION
 from nodes.render import BALANCER_UNIT, WorkerSpec, render_template
 from nodes.roles import BALANCER_CONFIG, BALANCER_STATE_DIR, LAYOUT, PACKAGE_LIB, VENV, VENV_PYTHON
 from onion.keys import parse_address
@@ -28,6 +29,8 @@ DRAIN_POLL_SECONDS = 15
 
 # The balancer's lock inside the package (bash scripts/lock): what its venv is built from.
 ONION_LOCK = "onion/requirements.lock"
+# Where the balancer's `onion` command is linked (to the venv's console script): on root's PATH.
+ONION_COMMAND_LINK = "/usr/local/bin/onion"
 # What the package step imports from the new package before it swaps it in.
 PACKAGE_IMPORT_CHECK = ("onion.balancer", "onion.servicecli", "onion.status", "onion.drain")
 # An image's own wheels (the rehearsal's hosts, which have no internet): when this directory
@@ -56,13 +59,15 @@ def worker_setup_script(spec: WorkerSpec, *, hostname_wait: int = HOSTNAME_WAIT_
 
 
 def package_script(package_path: str, *, venv: str = VENV, venvs: Optional[str] = None, package_lib: str = PACKAGE_LIB,
-                   imports: Sequence[str] = PACKAGE_IMPORT_CHECK) -> str:
+                   imports: Sequence[str] = PACKAGE_IMPORT_CHECK, command_link: str = ONION_COMMAND_LINK) -> str:
     """Install the copied `onion` package and a venv built from exactly its lock
-    (onion/requirements.lock, hash-checked and verified on the machine; see the template).
-    `venv` is the path the units use (a symlink to `venvs`/<lock digest>)."""
+    (onion/requirements.lock, hash-checked and verified on the machine; see the template),
+    then the package into that venv from its pyproject.toml (the `onion` command, linked as
+    `command_link`). `venv` is the path the units use (a symlink to `venvs`/<lock digest>)."""
     return render_template("steps/balancer-package.sh.j2", package_path=package_path, venv=venv,
                            venvs=venvs or f"{venv}s", package_lib=package_lib, lock=ONION_LOCK,
-                           imports=tuple(imports), unit=BALANCER_UNIT, wheelhouse=WHEELHOUSE)
+                           imports=tuple(imports), unit=BALANCER_UNIT, command_link=command_link,
+                           dist_name=ONION_DISTRIBUTION["name"], wheelhouse=WHEELHOUSE)
 
 
 def drain_script(addresses: Sequence[str], *, wait: int = DRAIN_WAIT_SECONDS, poll: int = DRAIN_POLL_SECONDS,

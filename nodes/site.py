@@ -42,6 +42,8 @@ from nodes.database import DatabaseNode, DatabaseNodeArgs
 from nodes.hostkey import known_hosts_line
 from nodes.instance import AmiCatalog, InstanceArgs, Node
 from nodes.pki import DatabaseCertificates, DatabaseCertificatesArgs
+from nodes.appsteps import AppRollout, AppRolloutArgs
+from infra.ecr import AppRepositories, AppRepositoriesArgs
 from nodes.roles import RoleSpecs
 from nodes.tls import OnionCertificates, OnionCertificatesArgs
 from nodes.steps import (BalancerCore, BalancerCoreArgs, BalancerPackage, BalancerPackageArgs, DatabaseSetup,
@@ -108,6 +110,8 @@ class OnionSite(pulumi.ComponentResource):
     database_setup: Optional[DatabaseSetup]
     nodes: list[Node]  # every machine: the balancer, the workers, the database
     database_certificates: Optional[DatabaseCertificates]
+    app_repositories: Optional[AppRepositories]
+    app_rollout: Optional[AppRollout]
     certificates: Optional[OnionCertificates]
     admin_key: AdminKey
     exports: dict[str, Any]
@@ -196,13 +200,23 @@ class OnionSite(pulumi.ComponentResource):
             self.certificates = OnionCertificates("onion-certificates", OnionCertificatesArgs(config.sites), opts=top)
             tls_args = {"tls": self.certificates.files(), "tls_digest": self.certificates.chains_digest()}
 
+        # ---- app sites: the stack's image repositories (sites[].app.ecr) and the workers'
+        # role that may pull from them (docs/apps.md)
+        app_sites = [s for s in config.sites if s.is_app]
+        self.app_repositories = None
+        worker_profile = None
+        if any(s.app.ecr for s in app_sites):
+            self.app_repositories = AppRepositories(
+                "app-repositories", AppRepositoriesArgs([s.name for s in app_sites if s.app.ecr]), opts=top)
+            worker_profile = self.app_repositories.profile.name
+
         # ---- workers: tor + nginx first (their steps report the instance addresses)
         self.workers, self.worker_setups = [], []
         for i, z in enumerate(spread(config.workers, zones)):
             name_i = f"worker-{i + 1}"
             worker = WorkerNode(name_i, WorkerNodeArgs(
                 instance=instance("worker", config.instance_types.worker, net.private_subnets[z],
-                                  self.security.workers),
+                                  self.security.workers, profile=worker_profile),
                 jump=self.balancer.ssh), opts=top)
             self.workers.append(worker)
             self.worker_setups.append(WorkerSetup(
@@ -249,6 +263,9 @@ class OnionSite(pulumi.ComponentResource):
         if config.database.enabled:
             # Generated once and kept in the state as a secret; reaches the machine only via stdin.
             password = random.RandomPassword("database-password", length=32, special=False, opts=top)
+            # Each app site its own role, database and password (secret; stdin only).
+            app_passwords = {s.name: random.RandomPassword(f"app-{s.name}-database-password", length=32,
+                                                           special=False, opts=top).result for s in app_sites}
             self.database = DatabaseNode("database", DatabaseNodeArgs(
                 instance=instance("database", config.instance_types.database, net.private_subnets[0],
                                   self.security.database),
@@ -265,9 +282,22 @@ class OnionSite(pulumi.ComponentResource):
                 "database-postgres-step",
                 DatabaseSetupArgs(node=self.database, specs=specs, password=password.result,
                                   client_cidrs=tuple(s.cidr_block for s in net.private_subnets),
-                                  ssh_key=ssh_key, certificates=self.database_certificates),
+                                  ssh_key=ssh_key, certificates=self.database_certificates,
+                                  app_passwords=app_passwords),
                 opts=pulumi.ResourceOptions(parent=self.database),
                 legacy_parent=legacy("onionstack:nodes:DatabaseNode", "database"))
+
+        # ---- app sites: migrations, then the workers switch one at a time (nodes/appsteps.py)
+        self.app_rollout = None
+        if app_sites:
+            self.app_rollout = AppRollout("apps", AppRolloutArgs(
+                sites=config.sites, workers=tuple(self.workers), setups=tuple(self.worker_setups),
+                balancer=self.balancer, core=self.balancer_core, database=self.database_setup,
+                database_ip=self.database.private_ip, ca_pem=self.database_certificates.ca_cert_pem,
+                passwords=app_passwords,
+                ecr_urls={n: r.repository_url for n, r in self.app_repositories.repositories.items()}
+                if self.app_repositories else {},
+                ssh_key=ssh_key), opts=pulumi.ResourceOptions(parent=self))
 
         self.backup = None
         if config.backup.enabled:
@@ -340,6 +370,14 @@ class OnionSite(pulumi.ComponentResource):
                     kept["backupCopy"] = {"region": config.backup.copy_to_region, "vault": self.backup.copy_vault.name,
                                           "kmsKey": self.backup.copy_key.arn}
         out["keptOnDestroy"] = kept
+        apps = {}
+        for site in config.sites:
+            if site.is_app:
+                repo = self.app_repositories.repositories.get(site.name) if self.app_repositories else None
+                apps[site.name] = {"onionUrl": site.onion_url, "image": site.app.image,
+                                   **({"repository": repo.repository_url} if repo is not None else {})}
+        if apps:
+            out["appSites"] = apps
         out["sites"] = {s.name: {"domain": s.domain, "onionAddress": s.onion_address, "onionUrl": s.onion_url,
                                  "https": s.https, "originAddress": s.origin_address} for s in config.sites}
         # What the clearnet site sends so that Tor Browser offers the onion (docs/sites.md

@@ -292,9 +292,11 @@ class DatabaseSetupArgs:
     client_cidrs: tuple[pulumi.Input[str], ...]  # the subnets PostgreSQL accepts the application from
     ssh_key: pulumi.Input[str]  # secret
     certificates: DatabaseCertificates  # its TLS certificate (+ key, secret) and the CA's
+    app_passwords: Optional[dict] = None  # app site name -> secret password (RandomPassword result)
 
 
-def database_files(spec, password: Optional[str], tls_key: Optional[str] = None) -> dict[str, RenderedFile]:
+def database_files(spec, password: Optional[str], tls_key: Optional[str] = None,
+                   app_passwords: Optional[dict] = None) -> dict[str, RenderedFile]:
     """The secret half of the database payload: the password at the path apply.sh reads
     and PostgreSQL's TLS key (both 0600 postgres). The generated password is alphanumeric.
     `None` only under mocks that do not emulate `random.RandomPassword`."""
@@ -305,6 +307,12 @@ def database_files(spec, password: Optional[str], tls_key: Optional[str] = None)
         out[spec.layout.key(spec.password_file)] = RenderedFile(password, 0o600, "postgres")
     if tls_key is not None:
         out[spec.layout.key(spec.key_file)] = RenderedFile(tls_key, 0o600, "postgres")
+    for app, app_password in (app_passwords or {}).items():
+        if app_password is None:
+            continue
+        if not app_password.isalnum():
+            raise ValueError(f"app site {app}'s database password must be alphanumeric (RandomPassword special=False)")
+        out[spec.layout.key(spec.app_password_file(app))] = RenderedFile(app_password, 0o600, "postgres")
     return out
 
 
@@ -323,14 +331,16 @@ class DatabaseSetup(pulumi.ComponentResource):
         devices = {p: device for p, (_, device) in node.volume_devices.items()}
         certs = args.certificates
         tls_pems = pulumi.Output.all(certs.cert_pem, certs.ca_cert_pem)
+        apps = tuple(sorted(args.app_passwords or {}))
         spec = pulumi.Output.all(node.private_ip, pulumi.Output.all(*args.client_cidrs), volumes, tls_pems).apply(
             lambda a: specs.database(a[0], a[1], {p: (a[2][p], devices[p]) for p in devices},
-                                     DatabaseTls(cert_pem=a[3][0], ca_pem=a[3][1])))
+                                     DatabaseTls(cert_pem=a[3][0], ca_pem=a[3][1]), apps))
+        app_passwords = pulumi.Output.all(**(args.app_passwords or {}))
         # The public files: the certificates among them, so a renewed one changes the
         # config digest (the triggers) and the step installs it.
         public = spec.apply(render_database)
-        stdin = pulumi.Output.secret(pulumi.Output.all(spec, public, args.password, certs.key_pem).apply(
-            lambda a: payload({**a[1], **database_files(a[0], a[2], a[3])})))
+        stdin = pulumi.Output.secret(pulumi.Output.all(spec, public, args.password, certs.key_pem, app_passwords).apply(
+            lambda a: payload({**a[1], **database_files(a[0], a[2], a[3], a[4])})))
         self.config_digest = public.apply(content_hash)
         self.command = command(
             _resource_name(name),

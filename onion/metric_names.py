@@ -158,8 +158,10 @@ HSDIR_SERVING = Metric(
 HSDIRS_SERVING = Metric(
     "onion_balancer_hsdirs_serving", "gauge", (NAME, ADDRESS, ROLE),
     "responsible HSDirs of the time period whose last read-back returned the revision the "
-    "balancer uploaded",
-    CloudWatch(_FRONTEND_CW, "Count", fold="min", only=((ROLE, "current"),)))
+    "balancer uploaded (only the period clients fetch now is read back: role current, or "
+    "next between a period's start and the next shared random value)",
+    # No role filter: the role of the period read back alternates twice a day.
+    CloudWatch(_FRONTEND_CW, "Count", fold="min"))
 SECONDS_SINCE_CONFIRMED_UPLOAD = Metric(
     "onion_balancer_seconds_since_confirmed_upload", "gauge", (NAME, ADDRESS, ROLE),
     "seconds since an HSDir last confirmed an upload of the frontend's descriptor for the "

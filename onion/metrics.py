@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from onion import metric_names as mn
+from onion.status import clients_descriptor
 
 log = logging.getLogger("onion.metrics")
 
@@ -109,6 +110,7 @@ def samples(data: dict, now: float) -> Iterable[tuple[str, dict, float]]:
             if reach.get("latency_seconds") is not None:
                 yield mn.SERVICE_LATENCY.name, endpoint, float(reach["latency_seconds"])
 
+        fetched = clients_descriptor(fe, data)
         for desc in fe.get("descriptors") or []:
             role = desc.get("role") or ""
             per_role = {**front, mn.ROLE: role}
@@ -131,15 +133,16 @@ def samples(data: dict, now: float) -> Iterable[tuple[str, dict, float]]:
                     ok = served.get("state") == "serving"
                     serving += ok
                     yield mn.HSDIR_SERVING.name, labels, 1.0 if ok else 0.0
-                    if served.get("intro_points") and role == "current":
+                    if served.get("intro_points") and desc is fetched:
                         served_points.update(served["intro_points"])
             for index, count in sorted(windows.items()):
                 yield mn.DESCRIPTOR_INTRO_POINTS.name, {**per_role, mn.DESCRIPTOR: str(index)}, float(count)
-            yield mn.HSDIRS_SERVING.name, per_role, float(serving)
+            if read_back:  # only the current period is read back (tor fetches what clients use)
+                yield mn.HSDIRS_SERVING.name, per_role, float(serving)
             since = last_confirmed if last_confirmed is not None else desc.get("first_needed_at")
             if since is not None and fe.get("publishing", data.get("publish")):
                 yield mn.SECONDS_SINCE_CONFIRMED_UPLOAD.name, per_role, max(0.0, now - float(since))
-            if role == "current" and read_back:
+            if desc is fetched and read_back:  # Onionprobe's view: the descriptor clients fetch now
                 yield mn.DESCRIPTOR_REACHABLE.name, front, 1.0 if served_points or serving else 0.0
                 yield mn.INTRODUCTION_POINTS.name, front, float(len(served_points))
     for worker, count in sorted(workers.items()):

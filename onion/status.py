@@ -65,6 +65,17 @@ def read_status(state_dir: str) -> dict[str, Any]:
     return data
 
 
+def clients_descriptor(fe: dict[str, Any], data: dict[str, Any]) -> dict[str, Any] | None:
+    """The frontend's descriptor of the time period clients use now (`tor.time_period`, from
+    the consensus): the one readers fetch and read-back checks. Between a time period's
+    start and the next shared random value tor's service side calls it the second ("next")
+    descriptor, the rest of the time the first ("current"). None when there is none."""
+    descs = [d for d in fe.get("descriptors") or [] if isinstance(d, dict)]
+    period = (data.get("tor") or {}).get("time_period")
+    return next((d for d in descs if period is not None and d.get("time_period") == period),
+                next((d for d in descs if d.get("role") == "current"), None))
+
+
 def human_seconds(secs: float) -> str:
     """A duration as people say it: "1.2 s", "40 s", "3 min", "2 h 5 min", "3 days"."""
     secs = abs(secs)
@@ -78,6 +89,10 @@ def human_seconds(secs: float) -> str:
         hours, minutes = divmod(int(secs // 60), 60)
         return f"{hours} h" + (f" {minutes} min" if minutes and hours < 10 else "")
     return f"{secs / 86400:.0f} days"
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
 
 
 def _age(ts: float | None, now: float) -> str:
@@ -130,6 +145,13 @@ def format_status(data: dict[str, Any], now: float | None = None) -> str:
             lines.append(f"    {label + '  ' if label else ''}{inst['address']}.onion  {health}  {d}  {used}")
             if inst.get("last_error"):
                 lines.append(f"      last error: {inst['last_error']}")
+            load = inst.get("load") or {}
+            if load.get("why") or load.get("metrics_error"):
+                # load-aware intro selection (onion.load): why it has fewer intro points now
+                lines.append(f"      load: {load.get('why') or 'normal'}  (suggested PoW effort "
+                             f"{_dash(load.get('pow_effort'))}, PoW queue {_dash(load.get('pow_queue'))}"
+                             + (f"; MetricsPort: {load['metrics_error']}" if load.get("metrics_error") else "")
+                             + ")")
             probe = inst.get("probe") or {}
             if probe.get("last_result"):
                 lines.append(f"      probe: {probe['last_result']} ({_age(probe.get('last_at'), now)}, "
@@ -148,8 +170,10 @@ def format_status(data: dict[str, Any], now: float | None = None) -> str:
         lines.append(f"  published intro points: {len(fe.get('published_intro_points', []))}")
         for ip in fe.get("published_intro_points", []):
             lines.append(f"    {ip['auth_key']}  from {ip['instance']}.onion")
+        fetched = clients_descriptor(fe, data)
         for desc in fe.get("descriptors", []):
-            lines.append(f"  time period {desc['time_period']} ({desc.get('role', '')}): uploads")
+            lines.append(f"  time period {desc['time_period']} ({desc.get('role', '')}"
+                         + (", the one clients fetch now" if desc is fetched else "") + "): uploads")
             for up in desc.get("hsdirs", []):
                 served = up.get("served") or {}
                 seen = (f"  served: {served.get('state')} (rev {served.get('revision') or '-'}, checked "
@@ -217,13 +241,14 @@ def _check_frontend(fe: dict, data: dict, now: float) -> tuple[int, str, list[tu
         problems.append((WARNING, f"{name}: instance(s) down: " + ", ".join(_instance_label(i) for i in down)))
     parts = [f"{len(up)}/{total} instances up"]
     publishing = fe.get("publishing", data.get("publish"))
+    fetched = clients_descriptor(fe, data)
     for desc in fe.get("descriptors") or []:
         role = desc.get("role") or str(desc.get("time_period"))
         ups = desc.get("hsdirs") or []
         served = [u for u in ups if (u.get("served") or {}).get("checked_at") is not None]
         serving = [u for u in served if u["served"].get("state") == "serving"]
         confirmed = [u for u in ups if u.get("state") == "uploaded"]
-        if role == "current" or role == desc.get("role") == "current":
+        if desc is fetched:  # the summary speaks of the descriptor readers fetch now
             revs = sorted({u.get("revision") for u in (serving or confirmed) if u.get("revision")})
             rev = f" rev {revs[-1]}" if revs else ""
             if served:

@@ -29,8 +29,8 @@ def lab(request, tmp_path_factory):
 
 
 def _print_balancer_logs(the_lab, lines: int = 40) -> None:
-    """pytest prunes old tmp dirs: show the balancer's last words in the failing run."""
-    for name in ("balancer",):
+    """pytest prunes old tmp dirs: show every balancer's last words in the failing run."""
+    for name in sorted({"balancer", *(the_lab.info.get("balancers") or {})}):
         log = the_lab.procs.log_path(name)
         if log.exists():
             tail = log.read_text(errors="replace").splitlines()[-lines:]

@@ -126,6 +126,23 @@ def test_an_instance_suggesting_effort_gets_fewer_intro_points_until_it_has_reco
     assert instance_status(bal, A)["load"]["why"] is None
 
 
+def test_onion_status_text_says_why_an_instance_has_fewer_intro_points(tmp_path):
+    from onion.status import format_status
+
+    bal, control, clock = make(tmp_path)
+    bal.tick()
+    bal.handle(desc(A, 1, ["a1", "a2", "a3"], effort=0))
+    bal.handle(desc(B, 1, ["b1", "b2", "b3"], effort=35))
+    clock.t += 60
+    bal.tick()
+    text = format_status(bal.status(), now=clock())
+    a_line, b_line = (next(i for i, line in enumerate(text.splitlines()) if f"{x}.onion" in line) for x in (A, B))
+    lines = text.splitlines()
+    assert lines[b_line + 1].strip() == ("load: overloaded (suggested PoW effort 35 >= 10): 1 of 3 intro points  "
+                                         "(suggested PoW effort 35, PoW queue -)")
+    assert not lines[a_line + 1].strip().startswith("load:")  # a calm instance adds no line
+
+
 class MetricsServer:
     """tor's MetricsPort, as far as the balancer reads it: /metrics on 127.0.0.1."""
 

@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -40,6 +41,31 @@ def _wheel(index: Path, name: str, version: str, requires: tuple[str, ...] = ())
     return out
 
 
+def _repack(dist_name: str, index: Path) -> tuple[str, Path]:
+    """A wheel of `dist_name` as installed in this venv (its RECORD's files, __pycache__ and
+    the installer's marks left out): the lock's setuptools (>= 70.1, bdist_wheel built in),
+    which the balancer builds the package with, where ensurepip bundles an older one."""
+    from importlib.metadata import distribution
+
+    dist = distribution(dist_name)
+    version = dist.version
+    info = f"{dist_name}-{version}.dist-info"
+    out = index / f"{dist_name}-{version}-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(dist.files, key=str):
+            name = str(f)
+            if "__pycache__" in name or name.startswith("..") or name in (
+                    f"{info}/RECORD", f"{info}/INSTALLER", f"{info}/REQUESTED", f"{info}/direct_url.json"):
+                continue
+            data = Path(f.locate()).read_bytes()
+            z.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+        z.writestr(f"{info}/RECORD", "\n".join(record + [f"{info}/RECORD,,"]) + "\n")
+    return version, out
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -60,11 +86,12 @@ class Machine:
         self.index.mkdir()
         bundled = Path(ensurepip.__file__).parent / "_bundled"
         self.entries = {}
-        for wheel in bundled.glob("*.whl"):
+        for wheel in bundled.glob("pip-*.whl"):
             name, version = wheel.name.split("-")[:2]
-            if name in ("pip", "setuptools"):
-                shutil.copy(wheel, self.index)
-                self.entries[name] = (version, _sha(self.index / wheel.name))
+            shutil.copy(wheel, self.index)
+            self.entries[name] = (version, _sha(self.index / wheel.name))
+        version, wheel = _repack("setuptools", self.index)
+        self.entries["setuptools"] = (version, _sha(wheel))
         assert set(self.entries) == {"pip", "setuptools"}
         self.entries["alpha"] = ("1.0", _sha(_wheel(self.index, "alpha", "1.0", ("beta",))))
         self.entries["beta"] = ("2.0", _sha(_wheel(self.index, "beta", "2.0")))
@@ -81,6 +108,8 @@ class Machine:
                         PIP_FIND_LINKS=str(self.index), PIP_NO_CACHE_DIR="1")
         self.venv = tmp_path / "opt" / "venv"
         self.lib = tmp_path / "opt" / "lib"
+        self.command = tmp_path / "usr-local-bin" / "onion"  # where /usr/local/bin/onion would be
+        self.command.parent.mkdir()
 
     def deploy(self, lock_text: str) -> subprocess.CompletedProcess:
         """The step as it runs on the balancer: the package (with `lock_text` as its lock)
@@ -91,7 +120,8 @@ class Machine:
         (package.parent / ONION_LOCK).write_text(lock_text)
         copied = self.root / "onionstack-onion.tar.gz.b64"
         copied.write_text(onion_package_tarball(package))
-        script = package_script(str(copied), venv=str(self.venv), package_lib=str(self.lib), imports=("onion",))
+        script = package_script(str(copied), venv=str(self.venv), package_lib=str(self.lib), imports=("onion",),
+                                command_link=str(self.command))
         return subprocess.run(["bash", "-c", script], env=self.env, capture_output=True, text=True, timeout=600,
                               cwd=self.root)
 
@@ -100,7 +130,9 @@ class Machine:
                               text=True, timeout=60, cwd=self.root)  # not the repo: its onion/ would win
 
     def installed(self) -> set[str]:
-        out = subprocess.run([str(self.venv / "bin" / "python"), "-m", "pip", "freeze", "--all"], env=self.env,
+        # (`pip list`: freeze names a package installed from a file "name @ file://...")
+        out = subprocess.run([str(self.venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze",
+                              "--disable-pip-version-check"], env=self.env,
                              capture_output=True, text=True, check=True).stdout
         return {line.lower() for line in out.split()}
 
@@ -119,10 +151,28 @@ def test_the_venv_is_built_from_exactly_the_lock_and_checked_again_on_every_run(
     target = Path(os.readlink(machine.venv))
     assert target.parent == machine.venv.with_name("venvs")
     assert target.name == hashlib.sha256(lock.encode()).hexdigest()[:16]
-    assert machine.installed() == {f"{n}=={v}" for n, (v, _) in machine.entries.items()}
-    # the package from the same copy is live and found by the venv's python
-    check = machine.python("import alpha, beta, onion; print(onion.__file__)")
-    assert check.returncode == 0 and check.stdout.strip() == str(machine.lib / "onion" / "__init__.py")
+    # exactly the locked set, and the package itself, installed by pip from its pyproject.toml
+    import onion
+
+    assert machine.installed() == ({f"{n}=={v}" for n, (v, _) in machine.entries.items()}
+                                   | {f"onionstack-onion=={onion.__version__}"})
+    check = machine.python("import alpha, beta, onion, sysconfig; "
+                           "print(onion.__file__.startswith(sysconfig.get_paths()['purelib']))")
+    assert check.returncode == 0 and check.stdout.strip() == "True", check.stderr
+    # the `onion` command, in the venv and linked where root's PATH finds it
+    assert os.readlink(machine.command) == str(machine.venv / "bin" / "onion")
+    # (its dependencies here are this venv's: the scratch lock holds stand-ins, not stem & co.;
+    # `onion` itself still comes from the scratch venv, which the first line checks)
+    shared = {**machine.env, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    where = subprocess.run([str(machine.venv / "bin" / "python"), "-c", "import onion; print(onion.__file__)"],
+                           env=shared, capture_output=True, text=True, timeout=60, cwd=machine.root)
+    assert Path(where.stdout.strip()).resolve().is_relative_to(machine.venv.resolve()), where
+    version = subprocess.run([str(machine.command), "--version"], env=shared, capture_output=True, text=True,
+                             timeout=60, cwd=machine.root)
+    assert version.returncode == 0 and version.stdout.strip() == f"onion {onion.__version__}", version.stderr
+    # the package tree went live as copied: no build leftovers in it
+    assert not list(machine.lib.glob("*.egg-info")) and not (machine.lib / "build").exists()
+    assert (machine.lib / "onion" / "__init__.py").is_file() and (machine.lib / "pyproject.toml").is_file()
     # Same lock again: the venv is kept (not rebuilt) and checked again.
     inode = target.stat().st_ino
     proc = machine.deploy(lock)
@@ -170,3 +220,22 @@ def test_a_lock_missing_a_dependency_fails_pip_check_and_switches_nothing(machin
     assert proc.returncode == 1
     assert "venv" in proc.stderr and "is incomplete" in proc.stderr and "alpha 1.0 requires beta" in proc.stderr
     assert os.readlink(machine.venv) == live
+
+
+def test_the_balancers_pyproject_is_the_checkouts_less_the_dependencies():
+    """What the balancer builds the package from (nodes/templates/balancer/pyproject.toml.j2)
+    and `pip install .` in a checkout make the same distribution: name, version, command,
+    packages, data, Python and build backend; only the dependencies are the lock's there."""
+    import tomllib
+
+    import onion
+    from nodes.payload import onion_pyproject
+
+    ours = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    theirs = tomllib.loads(onion_pyproject())
+    assert theirs["build-system"] == ours["build-system"]
+    for key in ("name", "description", "requires-python", "scripts"):
+        assert theirs["project"][key] == ours["project"][key], key
+    assert theirs["project"]["version"] == onion.__version__ and theirs["project"]["dependencies"] == []
+    assert theirs["tool"]["setuptools"]["packages"] == ours["tool"]["setuptools"]["packages"]
+    assert theirs["tool"]["setuptools"]["package-data"] == ours["tool"]["setuptools"]["package-data"]

@@ -236,7 +236,7 @@ def test_onion_package_tarball_is_complete_and_reproducible(tmp_path):
         tar.extractall(tmp_path / "pkg", filter="data")
     expected = ([f"onion/{p.name}" for p in ONION_PACKAGE_DIR.glob("*.py")]
                 + [f"onion/schema/{p.name}" for p in (ONION_PACKAGE_DIR / "schema").glob("*.json")]
-                + ["onion/requirements.txt", "onion/requirements.lock"])
+                + ["onion/requirements.txt", "onion/requirements.lock", "pyproject.toml"])
     assert names == sorted(expected) and "onion/schema/balancer.schema.json" in names
     proc = subprocess.run([sys.executable, "-c", "import onion.balancer, onion.servicecli, onion.status, onion.drain; "
                            "import onion, sys; print(onion.__file__)"],
@@ -273,7 +273,10 @@ def test_package_copy_step():
     script = shlex.split(base.input("create"))[4]
     assert '-r "$lock"' in script and 'lock="$lib.new/onion/requirements.lock"' in script
     installs = [line for line in script.splitlines() if " install " in line and "pip" in line]
-    assert installs and all("--require-hashes --no-deps" in line for line in installs), installs
+    # ...and the package itself from the wheel built on the machine: no index, no dependencies
+    assert len(installs) == 3 and all("--no-deps" in line and ("--require-hashes" in line or "--no-index" in line)
+                                      for line in installs), installs
+    assert sum("--no-index" in line for line in installs) == 1 and '"$wheels"/*.whl' in script
 
 
 def test_drain_polls_until_the_balancer_has_republished(tmp_path):

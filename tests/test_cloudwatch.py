@@ -67,13 +67,24 @@ onion_balancer_worker_instances_up{{worker="worker-1"}} 2
     first, totals = datums(text, {}, 100.0)
     by = {(d["MetricName"], tuple((x["Name"], x["Value"]) for x in d["Dimensions"])): d for d in first}
     front = (("frontend", f"{FRONT}.onion"),)
-    assert by[("onion_balancer_hsdirs_serving", front)]["Value"] == 6        # the current period only
+    assert by[("onion_balancer_hsdirs_serving", front)]["Value"] == 2        # the fewest
     assert by[("onion_balancer_seconds_since_confirmed_upload", front)]["Value"] == 900  # the worst period
     assert by[("onion_balancer_rejected_descriptors_total", front)]["Value"] == 0  # increase unknown yet
     assert by[("onion_balancer_worker_instances_up", (("worker", "worker-1"),))]["Unit"] == "Count"
     later, _ = datums(text.replace('reason="malformed"}} 1'.replace("}}", "}"), 'reason="malformed"} 6'),
                       totals, 160.0)
     assert [d["Value"] for d in later if d["MetricName"] == "onion_balancer_rejected_descriptors_total"] == [5]
+
+
+def test_hsdirs_serving_is_shipped_whichever_role_the_period_read_back_has():
+    """Read-back covers the period clients fetch now; between a time period's start and the
+    next shared random value that is the "next" one (half of every day). A role filter
+    shipped nothing then, and the hsdirs-not-serving alarm (missing data = breaching) fired."""
+    text = f"""# TYPE onion_balancer_hsdirs_serving gauge
+onion_balancer_hsdirs_serving{{name="news",address="{FRONT}.onion",role="next"}} 8
+"""
+    shipped, _ = datums(text, {}, 100.0)
+    assert [(d["MetricName"], d["Value"]) for d in shipped] == [("onion_balancer_hsdirs_serving", 8.0)]
 
 
 class Capture(http.server.BaseHTTPRequestHandler):

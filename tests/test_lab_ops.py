@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab.client import ProbeLoop, split_around, wait_reachable
-from lab.monitor import start_prometheus, wait_for
+from lab.monitor import start_prometheus, wait_for, wait_status
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parent.parent
@@ -40,8 +40,10 @@ def read_status(state_dir: str) -> dict:
 
 
 def current(status: dict) -> dict:
-    fe = status["frontends"][0]
-    return next(d for d in fe["descriptors"] if d["role"] == "current")
+    """The descriptor of the time period clients use now (what read-back fetches)."""
+    from onion.status import clients_descriptor
+
+    return clients_descriptor(status["frontends"][0], status)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +89,11 @@ def test_healthy_site_is_reachable_in_prometheus(lab, ops):
     assert prom.value('count(count by (instance) ({job="tor-worker", __name__=~"tor_.+"}))') == 4
     assert prom.value('up{job="tor-balancer"}') == 1  # the balancer tor's MetricsPort answers
     # read-back: the current descriptor is served by HSDirs, as uploaded
+    # (the period clients fetch now: role "current" or, between a period's start and the
+    # next shared random value, "next")
     _, took = wait_for("read-back shows HSDirs serving", lambda: prom.value(
-        f'onion_balancer_hsdirs_serving{{{ops["balancer_job"]},role="current"}}'), 120)
+        f'onion_service_descriptor_reachable{{{ops["balancer_job"]}}}') == 1 and prom.value(
+        f'max(onion_balancer_hsdirs_serving{{{ops["balancer_job"]}}})'), 120)
     proc = check(ops["primary"]["state_dir"])
     assert proc.returncode == 0, proc.stdout
     assert proc.stdout.startswith("lab: OK 4/4 instances up, "), proc.stdout
@@ -132,14 +137,22 @@ def test_all_workers_killed_fire_frontend_unreachable_and_check_exits_2(lab, ops
         lab.kill_worker(w)
     killed_at = time.monotonic()
     try:
-        _, check_took = wait_for("status --check exits 2", lambda: check(state_dir).returncode == 2, 180, 2)
-        proc = check(state_dir)
-        assert "UNREACHABLE" in proc.stdout.splitlines()[0], proc.stdout
+        # Exit 2 comes first from the liveness probes (0 of 4 instances up, within seconds);
+        # the summary says UNREACHABLE once an end-to-end probe of the frontend has failed
+        # (one started before the kill may take its whole timeout).
+        _, down_took = wait_for("status --check exits 2", lambda: check(state_dir).returncode == 2, 180, 2)
+        proc, check_took = wait_for("status --check exits 2 with UNREACHABLE in its summary", lambda: (
+            lambda p: p if p.returncode == 2 and "UNREACHABLE" in p.stdout.splitlines()[0] else None)(
+            check(state_dir)), 180, 2)
+        check_took = time.monotonic() - killed_at
+        measure("workers_killed_check_exit2_instances_down_s", round(down_took, 1))
+        measure("workers_killed_check_unreachable_s", round(check_took, 1))
+        assert check_took <= 180, proc.stdout
+        assert "CRITICAL" in proc.stdout.splitlines()[0] and "end-to-end probe failed" in proc.stdout, proc.stdout
         firing, _ = wait_for("OnionFrontendUnreachable firing", lambda: [
             a for a in prom.firing("OnionFrontendUnreachable")
             if a["labels"].get("instance") == f"127.0.0.1:{ops['metrics_port']}"], 180, 2)
         alert_took = time.monotonic() - killed_at
-        measure("workers_killed_check_exit2_s", round(check_took, 1))
         measure("workers_killed_alert_firing_s", round(alert_took, 1))
         assert alert_took <= 180
         assert firing[0]["labels"]["severity"] == "critical"
@@ -163,6 +176,7 @@ def test_standby_takes_over_when_the_primary_dies(lab, ops):
     lab.info["balancer"] = saved
     lab.save()
     sdir = standby["state_dir"]
+    wait_status(lab, standby)  # its first status file, a moment after the process starts
 
     def standing_by():
         fe = read_status(sdir)["frontends"][0]

@@ -72,6 +72,8 @@ def test_metrics_follow_the_balancer_state_over_http(served):
     assert value(m, "onion_balancer_hsdir_upload_confirmed", role="current", hsdir="H4") == 0
     assert value(m, "onion_balancer_descriptor_intro_points", role="current", descriptor="0") == 6
     assert value(m, "onion_balancer_publishing", address=onion) == 1
+    # nothing read back yet: no HSDir count (0 would read as "none serves")
+    assert not [k for k in m if k[0] == "onion_balancer_hsdirs_serving"]
     assert value(m, "onion_balancer_seconds_since_confirmed_upload", role="current") == pytest.approx(2, abs=1.01)
     # ages grow at scrape time, without a new snapshot
     clock.t += 100
@@ -165,3 +167,24 @@ def test_metrics_listen_parsed(tmp_path):
     loaded = load_config(str(cfg), load_keys=False)
     assert (loaded.metrics.host, loaded.metrics.port) == ("::1", 9100)
     assert loaded.frontends[0].instances[0].worker == "worker-2"
+
+
+def _between_period_start_and_srv() -> dict:
+    """A snapshot as the balancer writes it between a time period's start and the next shared
+    random value: clients (and read-back) use the period tor's service side calls "next"."""
+    def ups(served):
+        return [{"hsdir": f"H{i}", "state": "uploaded", "confirmed_at": 5.0, "revision": 7,
+                 "served": ({"state": "serving", "revision": 7, "checked_at": 9.0,
+                             "intro_points": [f"k{i}", "k9"]} if served else None)} for i in range(3)]
+    return {"publish": True, "tor": {"hsdirs": 8, "time_period": 101}, "frontends": [{
+        "name": "news", "address": FRONT, "publishing": True, "instances": [],
+        "descriptors": [{"role": "current", "time_period": 100, "first_needed_at": 0.0, "hsdirs": ups(False)},
+                        {"role": "next", "time_period": 101, "first_needed_at": 0.0, "hsdirs": ups(True)}]}]}
+
+
+def test_onionprobe_metrics_follow_the_period_clients_fetch_not_the_role_name():
+    got = {(n, tuple(sorted(ls.items()))): v for n, ls, v in samples(_between_period_start_and_srv(), 100.0)}
+    front = (("address", f"{FRONT}.onion"), ("name", "news"))
+    assert got[(mn.DESCRIPTOR_REACHABLE.name, front)] == 1
+    assert got[(mn.INTRODUCTION_POINTS.name, front)] == 4  # k0, k1, k2, k9
+    assert got[(mn.HSDIRS_SERVING.name, front + (("role", "next"),))] == 3

@@ -26,6 +26,7 @@ from onion.keys import IdentityKey
 from mockrun import mock_tls_key
 from tests.stackmocks import minimal_config, mock_password, prod_config, run
 from tests.test_bootstrap_graph import three_site_config
+from tests.test_stack_apps import mixed_config
 from tests.test_stack_sites import https_config
 
 B64_BLOB = re.compile(r"[A-Za-z0-9+/=\s]{200,}")
@@ -79,6 +80,10 @@ def needles(config: dict) -> dict[str, set[bytes]]:
         # (in the Pulumi state only: it must appear nowhere, secret or not).
         out["databaseTlsKey"] = _pem_key_forms(mock_tls_key("database-tls-key"))
         out["databaseCaKey"] = _pem_key_forms(mock_tls_key("database-ca-key"))
+    for site in get("sites"):
+        if site.get("kind") == "app":  # each app site's database password
+            app_pw = mock_password(f"app-{site['name']}-database-password")
+            out[f"appPassword.{site['name']}"] = {app_pw.encode(), base64.b64encode(app_pw.encode())}
     return out
 
 
@@ -182,7 +187,8 @@ def scan(texts: Iterator[tuple[str, bytes]], patterns: dict[str, set[bytes]]) ->
 
 
 CONFIGS = {"prod": prod_config, "three-sites": three_site_config, "minimal": lambda: minimal_config(workers=1),
-           "https": https_config, "generated-admin-key": lambda: minimal_config(sshPublicKey="", sshPrivateKey="")}
+           "https": https_config, "apps": lambda: mixed_config(),
+           "generated-admin-key": lambda: minimal_config(sshPublicKey="", sshPrivateKey="")}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -207,6 +213,8 @@ def test_the_scanner_finds_every_secret_where_it_is_meant_to_be(name):
                     ("connection", json.dumps(core.input("connection")).encode()),
                     ("database stdin", result.named("database-postgres").input("stdin").encode()),
                     ("worker stdin", result.named("worker-1-tor-nginx").input("stdin").encode())]
+    if any(r.name == "worker-1-apps" for r in result.resources):  # app sites' environment (DATABASE_URL)
+        secret_texts.append(("worker apps stdin", result.named("worker-1-apps").input("stdin").encode()))
     found = {f.split(" in ")[0] for f in scan(iter(secret_texts), pats)}
     assert found == set(pats) - NOWHERE
     assert "databaseTlsKey" in found or not _database_enabled(config)

@@ -139,3 +139,18 @@ def test_human_times_and_instance_names(tmp_path):
     text = format_status(bal.status(), now=clock.t)
     assert f"web1 (worker-1)  {A}.onion" in text
     assert "next planned publish" in text and "in " in text
+
+
+def test_the_summary_speaks_of_the_descriptor_clients_fetch_now():
+    """Between a time period's start and the next shared random value, clients fetch (and
+    read-back reads) the descriptor tor's service side calls "next"."""
+    from tests.test_metrics import _between_period_start_and_srv
+
+    data = _between_period_start_and_srv()
+    now = time.time()
+    data.update(written_at=now, pid=1, probes={"interval": 20})
+    data["tor"]["connected"] = True
+    code, lines = check(data, now=now)
+    assert lines[0].startswith("news: OK 0/0 instances up, 3/3 HSDirs serve rev 7"), lines
+    assert code == OK, lines
+    assert "time period 101 (next, the one clients fetch now): uploads" in format_status(data, now=now)

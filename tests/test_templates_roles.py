@@ -405,11 +405,15 @@ def test_install_packages_refuses_a_tor_project_key_with_another_fingerprint(tmp
     gnupg = tmp_path / "gnupg"
     gnupg.mkdir(mode=0o700)
     env = {**os.environ, "GNUPGHOME": str(gnupg)}
-    gen = subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
-                          "impostor <impostor@example.invalid>", "ed25519", "sign", "never"],
-                         capture_output=True, text=True, env=env, timeout=60)
-    assert gen.returncode == 0, gen.stderr
-    key = subprocess.run(["gpg", "--armor", "--export"], capture_output=True, text=True, env=env, timeout=30)
+    try:
+        gen = subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
+                              "impostor <impostor@example.invalid>", "ed25519", "sign", "never"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert gen.returncode == 0, gen.stderr
+        key = subprocess.run(["gpg", "--armor", "--export"], capture_output=True, text=True, env=env, timeout=30)
+    finally:
+        # gpg starts an agent for this home that outlives the test (and its temp dir)
+        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "all"], capture_output=True)
     (tmp_path / "impostor.asc").write_text(key.stdout)
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
