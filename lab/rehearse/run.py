@@ -267,6 +267,29 @@ class Rehearsal:
         with controller(self.lab.net.client) as ctl:
             ctl.msg("SIGNAL NEWNYM")
 
+    def wait_new_reader(self, timeout: float = 300) -> float:
+        """Seconds until a reader who arrives now gets the page: before each request the
+        lab client forgets its onion-service state (SIGNAL NEWNYM, at most one per 10 s),
+        so a descriptor it fetched while the site was still coming back is not what the
+        next request uses (tor would not fetch it again from the same HSDirs for 15 min)."""
+        from lab.client import fetch
+
+        t0 = time.monotonic()
+        attempt, last = 0, None
+        while True:
+            attempt += 1
+            if last is not None:
+                time.sleep(max(0.0, 10.5 - (time.monotonic() - last)))
+            self.new_reader()
+            last = time.monotonic()
+            resp = fetch(self.lab.net.client.socks_port, f"http://{self.frontend()}/",
+                         isolation=f"reader{attempt}", timeout=30)
+            if resp.ok and resp.status == 200:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"the frontend did not answer a new reader within {timeout:.0f} s "
+                                   f"({attempt} readers; the last: {resp.error or f'HTTP {resp.status}'})")
+
     def wait_frontend(self, timeout: float = 300) -> float:
         from lab.client import wait_reachable
 
