@@ -1,5 +1,6 @@
 """Security groups: the only ways in are SSH to the balancer from the admin CIDRs, SSH from
-the balancer to the private machines, and PostgreSQL from the workers to the database.
+the balancer to the private machines, the workers' tor MetricsPorts (through their nginx)
+to the balancer, and PostgreSQL from the workers to the database.
 
 Rules are separate `aws.vpc.SecurityGroup{Ingress,Egress}Rule` resources (one CIDR or
 group per rule, each tagged); the groups themselves carry no inline rules, and the AWS
@@ -37,6 +38,9 @@ class SecurityArgs:
     vpc_id: pulumi.Input[str]
     admin_cidrs: tuple[str, ...]
     database: bool  # create the database group and its rules
+    # the ports where the workers' nginx serves their tors' MetricsPorts to the balancer
+    # (nodes/roles.py Machine.tor_metrics_proxy_base); (): no such rule
+    worker_metrics_ports: tuple[int, ...] = ()
 
 
 class SecurityGroups(pulumi.ComponentResource):
@@ -74,6 +78,10 @@ class SecurityGroups(pulumi.ComponentResource):
         self._ingress("worker-ssh-balancer", self.workers, "worker", SSH,
                       description="SSH from the balancer (jump host)",
                       referenced_security_group_id=self.balancer.id)
+        for port in args.worker_metrics_ports:
+            self._ingress(f"worker-metrics-{port}-balancer", self.workers, "worker", port,
+                          description="a tor MetricsPort (PoW queue depth), through nginx, to the balancer",
+                          referenced_security_group_id=self.balancer.id)
         if self.database is not None:
             self._ingress("database-ssh-balancer", self.database, "database", SSH,
                           description="SSH from the balancer (jump host)",

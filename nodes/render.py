@@ -20,7 +20,7 @@ import re
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jinja2
 
@@ -475,6 +475,11 @@ class WorkerSpec:
     # rejected introductions) on 127.0.0.1, one port per daemon in daemon order, readable
     # from 127.0.0.1 only; empty: no MetricsPort.
     metrics_ports: tuple[int, ...] = ()
+    # nginx serves each daemon's MetricsPort to the balancer on these ports (all addresses;
+    # the security group admits only the balancer, nginx only `metrics_allow`), one per
+    # daemon in daemon order; empty: not served.
+    metrics_proxy_ports: tuple[int, ...] = ()
+    metrics_allow: str | None = None  # the VPC CIDR
 
     def __post_init__(self) -> None:
         sites = tuple(self.sites)
@@ -520,6 +525,19 @@ class WorkerSpec:
                        not all(isinstance(p, int) and 1024 <= p <= 65535 for p in mports)):
             _fail("metrics_ports", mports, "give one distinct free port >= 1024 per tor daemon, or ()")
         object.__setattr__(self, "metrics_ports", mports)
+        proxied = tuple(self.metrics_proxy_ports)
+        if proxied and (len(proxied) != len(mports) or len(set(proxied)) != len(proxied) or set(proxied) & set(mports)
+                        or not all(isinstance(p, int) and 1024 <= p <= 65535 for p in proxied)):
+            _fail("metrics_proxy_ports", proxied,
+                  "give one distinct free port >= 1024 per MetricsPort, none of them a MetricsPort, or ()")
+        object.__setattr__(self, "metrics_proxy_ports", proxied)
+        if proxied:
+            try:
+                allow = ipaddress.ip_network(self.metrics_allow or "")
+            except ValueError:
+                allow = None
+            if allow is None or allow.version != 4 or not allow.is_private:
+                _fail("metrics_allow", self.metrics_allow, "use the VPC's private IPv4 CIDR")
         port = self.nginx_tcp_base_port
         if port is not None and not (isinstance(port, int)
                                      and 1024 <= port <= 65535 - 2 * len(sites) * self.tor_daemons):
@@ -581,6 +599,19 @@ class WorkerSpec:
     def metrics_port(self, daemon: str) -> int | None:
         """The daemon's MetricsPort on 127.0.0.1, or None."""
         return self.metrics_ports[self.daemon_names.index(daemon)] if self.metrics_ports else None
+
+    def metrics_proxy_port(self, daemon: str) -> int | None:
+        """Where nginx serves the daemon's MetricsPort to the balancer, or None."""
+        return self.metrics_proxy_ports[self.daemon_names.index(daemon)] if self.metrics_proxy_ports else None
+
+    def instance_metrics_urls(self, private_ip: str, addresses: Mapping[str, Sequence[str]]) -> dict[str, str]:
+        """instance address -> the URL of its tor's MetricsPort as the balancer reaches it on
+        the worker at `private_ip`; `addresses`: site name -> addresses in daemon order (what
+        the worker step reports)."""
+        if not self.metrics_proxy_ports:
+            return {}
+        return {a.lower().removesuffix(".onion"): f"http://{private_ip}:{self.metrics_proxy_ports[i]}/metrics"
+                for site in addresses.values() for i, a in enumerate(site)}
 
     def hs_dir(self, daemon: str, site: SiteSpec) -> str:
         return self.layout.path("lib_dir", "tor", daemon, "hs", site.name)
@@ -768,6 +799,10 @@ METRICS_SHIPPER_UNIT = "onion-metrics-shipper.service"
 BALANCER_PACKAGES = ("tor", "deb.torproject.org-keyring", "python3-venv")
 
 
+# A worker's MetricsPort as the balancer reads it: plain HTTP to a private IPv4 address.
+METRICS_URL_RE = re.compile(r"http://(?:\d{1,3}\.){3}\d{1,3}:\d{1,5}/metrics")
+
+
 @dataclass(frozen=True)
 class BalancerSpec:
     """The balancer: its tor (ControlPort + cookie, SocksPort on 127.0.0.1) and the core's
@@ -804,6 +839,10 @@ class BalancerSpec:
     workers: Mapping[str, str] = field(default_factory=dict)
     # (namespace, region): a unit ships the core's metrics to CloudWatch; None: no shipper
     cloudwatch: tuple[str, str] | None = None
+    # instance address -> http://<worker VPC address>:<port>/metrics, where the worker's nginx
+    # serves that instance's tor MetricsPort (WorkerSpec.metrics_proxy_ports): the core reads
+    # each instance's PoW queue depth there (onion/load.py)
+    instance_metrics: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sites = tuple(self.sites)
@@ -843,6 +882,12 @@ class BalancerSpec:
             _fail("workers", self.workers, "use {instance address: worker node name}")
         object.__setattr__(self, "workers", {str(k).lower().removesuffix(".onion"): v
                                              for k, v in self.workers.items()})
+        if not isinstance(self.instance_metrics, Mapping) or not all(
+                isinstance(v, str) and METRICS_URL_RE.fullmatch(v) for v in self.instance_metrics.values()):
+            _fail("instance_metrics", self.instance_metrics,
+                  "use {instance address: http://<worker private IPv4>:<port>/metrics}")
+        object.__setattr__(self, "instance_metrics", {str(k).lower().removesuffix(".onion"): v
+                                                      for k, v in self.instance_metrics.items()})
         if not isinstance(self.publish, bool):
             _fail("publish", self.publish, "use true or false")
         if not (isinstance(self.socks_port, int) and 1 <= self.socks_port <= 65535):

@@ -44,6 +44,12 @@ class Machine:
     # tor_hs_* counters; docs/operations.md "Is my site up?"). None: no MetricsPort (the lab
     # picks free ports itself, several workers share its machine).
     tor_metrics_base: Optional[int] = 9101
+    # Where the worker's nginx serves those MetricsPorts to the balancer (base, base+1, ...
+    # per daemon, on the worker's VPC address; only the balancer's security group may connect
+    # and nginx admits only the VPC's addresses): the balancer reads each instance's PoW
+    # queue depth there (onion/load.py), while tor's own MetricsPort stays on 127.0.0.1.
+    # None: not served (the lab's balancer reads 127.0.0.1 directly).
+    tor_metrics_proxy_base: Optional[int] = 9201
 
 
 AWS = Machine()
@@ -84,7 +90,7 @@ def vpc_resolver(vpc_cidr: str) -> str:
 
 
 def worker_spec(sites: Sequence[SiteSpec], *, resolver: str, tor_daemons: int, intro_points: int,
-                machine: Machine = AWS) -> WorkerSpec:
+                machine: Machine = AWS, vpc_cidr: Optional[str] = None) -> WorkerSpec:
     """A worker: `tor_daemons` tor processes with one instance per site, and nginx."""
     return WorkerSpec(
         sites=tuple(sites), resolver=resolver, tor_daemons=tor_daemons,
@@ -93,7 +99,10 @@ def worker_spec(sites: Sequence[SiteSpec], *, resolver: str, tor_daemons: int, i
         layout=machine.layout, tor_user=machine.tor_user, nginx_user=machine.nginx_user,
         tor_include=machine.tor_include,
         metrics_ports=tuple(machine.tor_metrics_base + i for i in range(tor_daemons))
-        if machine.tor_metrics_base else ())
+        if machine.tor_metrics_base else (),
+        metrics_proxy_ports=tuple(machine.tor_metrics_proxy_base + i for i in range(tor_daemons))
+        if machine.tor_metrics_base and machine.tor_metrics_proxy_base and vpc_cidr else (),
+        metrics_allow=vpc_cidr if machine.tor_metrics_base and machine.tor_metrics_proxy_base else None)
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,7 @@ class RoleSpecs:
                 sites=tuple(sites),
                 worker=worker_spec(sites, resolver=vpc_resolver(config.vpc_cidr),
                                    tor_daemons=config.tor_daemons_per_worker,
-                                   intro_points=config.intro_points_per_daemon),
+                                   intro_points=config.intro_points_per_daemon, vpc_cidr=config.vpc_cidr),
                 publish=config.balancer.publish,
                 postgres_version=config.database.postgres_version,
             )
@@ -138,13 +147,15 @@ class RoleSpecs:
         return specs
 
     def balancer(self, instances: Mapping[str, Sequence[str]], workers: Optional[Mapping[str, str]] = None,
-                 standby: bool = False) -> BalancerSpec:
+                 standby: bool = False, instance_metrics: Optional[Mapping[str, str]] = None) -> BalancerSpec:
         """The balancer with `instances` (site name -> the workers' instance addresses);
         `workers`: instance address -> worker node name (the metrics' `worker` label);
-        `standby`: a standby balancer (uploads only after a takeover)."""
+        `standby`: a standby balancer (uploads only after a takeover); `instance_metrics`:
+        instance address -> the URL where its worker serves its tor's MetricsPort."""
         return BalancerSpec(sites=self.sites, instances={name: tuple(a) for name, a in instances.items()},
                             publish=self.publish, layout=self.layout, workers=dict(workers or {}),
-                            standby=standby, cloudwatch=self.cloudwatch)
+                            standby=standby, cloudwatch=self.cloudwatch,
+                            instance_metrics=dict(instance_metrics or {}))
 
     def database(self, private_ip: str, client_cidrs: Sequence[str], volumes: Mapping[str, tuple[str, str]],
                  tls: DatabaseTls, apps: Sequence[str] = ()) -> DatabaseSpec:

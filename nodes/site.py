@@ -154,7 +154,8 @@ class OnionSite(pulumi.ComponentResource):
         net = self.placement
         zones = net.zones
         self.security = SecurityGroups(
-            "access", SecurityArgs(net.vpc_id, config.admin_cidrs, database=config.database.enabled),
+            "access", SecurityArgs(net.vpc_id, config.admin_cidrs, database=config.database.enabled,
+                                   worker_metrics_ports=specs.worker.metrics_proxy_ports),
             opts=top)
         key_pair = admin_key_pair("admin-key", self.admin_key.public_key, opts=top)
         account = lookup_account()

@@ -86,6 +86,7 @@ class WorkerSetup(pulumi.ComponentResource):
 
     command: remote.Command
     instance_addresses: pulumi.Output
+    instance_metrics: pulumi.Output  # secret {instance address: its MetricsPort URL on the worker}
 
     def __init__(self, name: str, args: WorkerSetupArgs, opts: Optional[pulumi.ResourceOptions] = None, *,
                  legacy_parent: Optional[pulumi.Input[str]] = None):
@@ -116,7 +117,12 @@ class WorkerSetup(pulumi.ComponentResource):
         sites = [s.name for s in spec.sites]
         self.instance_addresses = pulumi.Output.secret(self.command.stdout.apply(
             lambda out: parse_instance_addresses(out, sites, spec.daemon_names)))
-        self.register_outputs({"instanceAddresses": self.instance_addresses})
+        # Where the balancer reads each instance's tor MetricsPort (its PoW queue depth):
+        # the worker's nginx serves it on the VPC address. Keyed by instance address: secret.
+        self.instance_metrics = pulumi.Output.secret(pulumi.Output.all(node.private_ip, self.instance_addresses).apply(
+            lambda a: spec.instance_metrics_urls(a[0], a[1]) if a[1] is not None and a[0] else {}))
+        self.register_outputs({"instanceAddresses": self.instance_addresses,
+                               "instanceMetrics": self.instance_metrics})
 
 
 # ================================================================ balancer
@@ -211,9 +217,12 @@ class BalancerCore(pulumi.ComponentResource):
                     for i, w in enumerate(per_worker) if w is not None for n in names for a in w[n]}
 
         per_worker = pulumi.Output.all(*[w.instance_addresses for w in args.workers])
+        metrics = pulumi.Output.all(*[w.instance_metrics for w in args.workers]).apply(
+            lambda ms: {a: url for m in ms if m for a, url in m.items()})
         self.instances = per_worker.apply(lambda ws: merge(list(ws)))
-        spec = pulumi.Output.all(self.instances, per_worker).apply(
-            lambda a: specs.balancer(a[0], workers=workers_of(list(a[1])), standby=args.standby)
+        spec = pulumi.Output.all(self.instances, per_worker, metrics).apply(
+            lambda a: specs.balancer(a[0], workers=workers_of(list(a[1])), standby=args.standby,
+                                     instance_metrics=a[2])
             if a[0] is not None else None)
         public = spec.apply(lambda sp: render_balancer(sp) if sp is not None else None)
         # Secret payload: the public files + the master key files, one tar on stdin.

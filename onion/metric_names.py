@@ -143,6 +143,17 @@ PROBE_SUCCESS = Metric(
 PROBE_LATENCY = Metric(
     "onion_balancer_probe_latency_seconds", "gauge", INSTANCE_LABELS,
     "seconds the instance's last liveness probe took")
+INSTANCE_POW_QUEUE = Metric(
+    "onion_balancer_instance_pow_queue", "gauge", INSTANCE_LABELS,
+    "the instance's PoW queue depth as its own tor reports it (tor_hs_rdv_pow_pqueue_count "
+    "on the worker's MetricsPort, read every load.metrics_interval); absent without a reading")
+INSTANCE_POW_EFFORT = Metric(
+    "onion_balancer_instance_pow_effort", "gauge", INSTANCE_LABELS,
+    "the suggested PoW effort in the instance's current descriptor (0 without pow-params)")
+INSTANCE_INTRO_POINTS_ALLOWED = Metric(
+    "onion_balancer_instance_intro_points_allowed", "gauge", INSTANCE_LABELS,
+    "introduction points the instance may have in each descriptor while load-aware "
+    "selection holds it back (overloaded or recovering); absent when it has its full share")
 DESCRIPTOR_INTRO_POINTS = Metric(
     "onion_balancer_descriptor_intro_points", "gauge", (NAME, ADDRESS, ROLE, DESCRIPTOR),
     "introduction points in each distinct descriptor the balancer built for a time period")
@@ -183,6 +194,7 @@ PUBLISHING = Metric(
 ALL: tuple[Metric, ...] = (
     SERVICE_REACHABLE, SERVICE_LATENCY, DESCRIPTOR_REACHABLE, INTRODUCTION_POINTS,
     INSTANCES_UP, INSTANCE_UP, WORKER_INSTANCES_UP, PROBE_SUCCESS, PROBE_LATENCY,
+    INSTANCE_POW_QUEUE, INSTANCE_POW_EFFORT, INSTANCE_INTRO_POINTS_ALLOWED,
     DESCRIPTOR_INTRO_POINTS, UPLOAD_CONFIRMED, HSDIR_SERVING, HSDIRS_SERVING,
     SECONDS_SINCE_CONFIRMED_UPLOAD, REJECTED_DESCRIPTORS, RING_HSDIRS, PUBLISHING,
 )

@@ -97,6 +97,13 @@ def samples(data: dict, now: float) -> Iterable[tuple[str, dict, float]]:
                 yield mn.PROBE_SUCCESS.name, labels, 1.0 if probe["last_ok"] else 0.0
                 if probe.get("last_seconds") is not None:
                     yield mn.PROBE_LATENCY.name, labels, float(probe["last_seconds"])
+            load = inst.get("load") or {}
+            if load.get("pow_queue") is not None:
+                yield mn.INSTANCE_POW_QUEUE.name, labels, float(load["pow_queue"])
+            if inst.get("descriptor"):
+                yield mn.INSTANCE_POW_EFFORT.name, labels, float(load.get("pow_effort") or 0)
+            if load.get("intro_points_allowed") is not None:
+                yield mn.INSTANCE_INTRO_POINTS_ALLOWED.name, labels, float(load["intro_points_allowed"])
             by_reason = inst.get("rejected_by_reason") or {}
             for reason in mn.REJECT_REASONS:
                 yield mn.REJECTED_DESCRIPTORS.name, {**labels, mn.REASON: reason}, float(by_reason.get(reason, 0))

@@ -188,3 +188,25 @@ def test_onionprobe_metrics_follow_the_period_clients_fetch_not_the_role_name():
     assert got[(mn.DESCRIPTOR_REACHABLE.name, front)] == 1
     assert got[(mn.INTRODUCTION_POINTS.name, front)] == 4  # k0, k1, k2, k9
     assert got[(mn.HSDIRS_SERVING.name, front + (("role", "next"),))] == 3
+
+
+def test_each_instances_load_reaches_the_metrics():
+    """The PoW queue depth read from the instance's tor (on its worker's MetricsPort), the
+    effort in its descriptor, and the intro points load-aware selection allows it."""
+    inst = lambda addr, load, desc=True: {"address": addr, "worker": "worker-1", "healthy": True,  # noqa: E731
+                                           "descriptor": {"revision": 1} if desc else None, "load": load}
+    data = {"publish": True, "frontends": [{"name": "news", "address": "f" * 56, "instances": [
+        inst("a" * 56, {"pow_effort": 12, "pow_queue": 120, "intro_points_allowed": 1, "why": "overloaded"}),
+        inst("b" * 56, {"pow_effort": None, "pow_queue": 0, "intro_points_allowed": None}),
+        inst("c" * 56, {"pow_effort": None, "pow_queue": None}, desc=False),
+    ]}]}
+    got: dict = {}
+    for name, labels, val in samples(data, 100.0):
+        got.setdefault(name, {})[labels.get("instance")] = val
+    a, b, c = (x * 56 + ".onion" for x in "abc")
+    assert got["onion_balancer_instance_pow_queue"] == {a: 120.0, b: 0.0}       # c: no reading
+    assert got["onion_balancer_instance_pow_effort"] == {a: 12.0, b: 0.0}       # c: no descriptor
+    assert got["onion_balancer_instance_intro_points_allowed"] == {a: 1.0}      # b has its full share
+    for name in ("onion_balancer_instance_pow_queue", "onion_balancer_instance_pow_effort",
+                 "onion_balancer_instance_intro_points_allowed"):
+        assert name in mn.BY_NAME

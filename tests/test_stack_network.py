@@ -29,7 +29,8 @@ def expected_counts(workers: int, zones: int, *, nat_per_az=False, admin=1, data
         "aws:ec2/keyPair:KeyPair": 1,
         # balancer, workers, database; the deployer group (CI's SSH window)
         "aws:ec2/securityGroup:SecurityGroup": (3 if database else 2) + 1,
-        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": admin + (3 if database else 1),
+        # + the balancer -> workers' MetricsPort rules, one per tor daemon (2 by default)
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": admin + (3 if database else 1) + 2,
         "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4 if database else 2,
         INSTANCE: 1 + workers + (1 if database else 0),
         # Each instance's SSH host key (nodes/hostkey.py).

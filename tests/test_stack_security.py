@@ -33,6 +33,9 @@ def test_ingress_is_exactly_the_design():
         ("balancer", "tcp", 22, 22, "198.51.100.7/32"),
         ("balancer", "tcp", 22, 22, "2001:db8::/64"),
         ("worker", "tcp", 22, 22, "sg:balancer"),
+        # each worker tor's MetricsPort, served by nginx: the balancer reads the PoW queues
+        ("worker", "tcp", 9201, 9201, "sg:balancer"),
+        ("worker", "tcp", 9202, 9202, "sg:balancer"),
         ("database", "tcp", 22, 22, "sg:balancer"),
         ("database", "tcp", 5432, 5432, "sg:worker"),
     }
@@ -62,7 +65,8 @@ def test_nothing_else_is_open(config):
         assert int(rule.input("fromPort")) == int(rule.input("toPort")), "ingress opens single ports only"
         assert rule.input("ipProtocol") == "tcp"
     opened = {(g, p) for g, _, p, _, _ in rules(result, INGRESS)}
-    assert opened <= {("balancer", 22), ("worker", 22), ("database", 22), ("database", 5432)}
+    metrics = {("worker", 9201 + i) for i in range(8)}
+    assert opened <= {("balancer", 22), ("worker", 22), ("database", 22), ("database", 5432)} | metrics
     # Only the balancer has a rule with a CIDR source; the private machines only admit groups.
     cidr_sources = {g for g, *_, peer in rules(result, INGRESS) if not peer.startswith("sg:")}
     assert cidr_sources == {"balancer"}
