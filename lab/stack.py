@@ -405,7 +405,11 @@ class Lab:
                          f"config {b['config']}")
         if "frontend" in self.info:
             lines.append(f"frontend: {self.info['frontend']}")
-            lines.append(f"try: {self.curl_line()}")
+            if self.info.get("app"):  # the guestbook: a write and a read (python -m lab up --app)
+                write, read = self.app_curl_lines()
+                lines += [f"write: {write}", f"read: {read}"]
+            else:
+                lines.append(f"try: {self.curl_line()}")
         return lines
 
     def resource_use(self) -> tuple[float, float]:

@@ -164,6 +164,25 @@ def test_waiting_for_the_balancer_tor_prints_a_heartbeat_with_its_state(monkeypa
 
 # ---------------------------------------------------------------- status after down
 
+def test_status_of_an_app_lab_prints_its_write_and_read_lines(tmp_path, capsys):
+    from lab.stack import Lab
+
+    state = tmp_path / "lab"
+    lab = Lab.create(state)
+    lab.info.update({"frontend": "x" * 56 + ".onion", "socks_port": 9, "app": {"name": "guestbook"}})
+    lab.save()
+    lab.procs.start("a1-app-a", [sys.executable, "-c", "import time; time.sleep(60)", str(lab.state_dir)])
+    try:
+        assert lab_cli.main(["--state-dir", str(state), "status"]) == 0
+        out = capsys.readouterr().out
+    finally:
+        assert lab_cli.main(["--state-dir", str(state), "down"]) == 0
+    assert f"write: curl --socks5-hostname 127.0.0.1:9 --data-urlencode 'text=hello from the lab' " \
+           f"http://{'x' * 56}.onion/entries" in out
+    assert f"read: curl --socks5-hostname 127.0.0.1:9 http://{'x' * 56}.onion/entries" in out
+    assert "try: curl" not in out
+
+
 def test_status_after_down_says_nothing_is_running(tmp_path, capsys):
     from lab.stack import Lab
 
