@@ -80,15 +80,20 @@ def make_test_ca(state_dir: Path, domain: str = DEFAULT_DOMAIN) -> dict[str, Pat
     return paths
 
 
+FOREIGN_DOMAIN = "elsewhere.example"  # another operator's site, which a lab worker may map to its onion
+
+
 def page(path: str, domain: str, listener: int) -> tuple[int, str]:
-    """The origin's pages: absolute links to its own domain, for the rewriting tests."""
+    """The origin's pages: absolute links to its own domain, for the rewriting tests, and
+    one to another site (FOREIGN_DOMAIN), for the foreign onion maps."""
     if path in ("/", "/index.html"):
         body = (
             f"<html><head><title>lab origin</title>"
             f'<link rel="stylesheet" href="https://static.{domain}/style.css"></head><body>\n'
             f"<h1>Hello from {html.escape(domain)}</h1>\n"
             f'<p><a href="https://{domain}/about">about</a> '
-            f'<a href="https://www.{domain}/news?x=1">news</a></p>\n'
+            f'<a href="https://www.{domain}/news?x=1">news</a> '
+            f'<a href="https://www.{FOREIGN_DOMAIN}/story">elsewhere</a></p>\n'
             f"<p>origin-listener: {listener}</p>\n</body></html>\n")
         return 200, body
     if path == "/about":

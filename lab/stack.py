@@ -138,11 +138,12 @@ class Lab:
 
     def start_workers(self, count: int, *, tor_daemons: int = 2, intro_points: int = 3,
                       tag: str = "w", first_listener: int = 0, dos=None,
-                      metrics: bool = False) -> list[Worker]:
+                      metrics: bool = False, foreign_onions: dict[str, str] | None = None) -> list[Worker]:
         """`count` workers for the current frontend, each proxying to its own origin listener
         (first_listener, first_listener + 1, ...). They serve HTTPS too when the frontend
         has a certificate (make_frontend_certificate); `dos`: the site's SiteDos; `metrics`:
-        each tor daemon gets a MetricsPort on 127.0.0.1 (Worker.metrics_ports)."""
+        each tor daemon gets a MetricsPort on 127.0.0.1 (Worker.metrics_ports);
+        `foreign_onions`: clearnet domain -> onion address of other onion sites."""
         origin = self.info["origin"]
         if first_listener + count > len(origin["ports"]):
             raise ValueError(f"workers: {count} workers from listener {first_listener} need "
@@ -157,6 +158,7 @@ class Lab:
                 ca_file=origin["ca"],
                 network_torrc=str(self.net.network_torrc), tor_daemons=tor_daemons,
                 intro_points=intro_points, dos=dos, **self._tls_args(),
+                foreign_onions=tuple(sorted((foreign_onions or {}).items())),
                 metrics_ports=tuple(self.ports.take() for _ in range(tor_daemons)) if metrics else ())
             workers.append(worker)
             self.progress(f"worker {worker.name}: {tor_daemons} tor instances "
@@ -206,10 +208,13 @@ class Lab:
 
     def start_balancer(self, kind: str = "onion", tag: str = "balancer", *,
                        key_file: Path | None = None, instances: list[str] | None = None,
-                       extra_config: dict | None = None, tor_metrics: bool = False) -> dict:
+                       extra_config: dict | None = None, tor_metrics: bool = False,
+                       metrics: dict[str, str] | None = None) -> dict:
         """The balancer's tor (gated as the notes say), then the balancer itself, for the
         frontend key (default: the last one made) and instances (default: every worker's).
-        Returns its record (also in info["balancers"][tag]; info["balancer"] is the last)."""
+        Returns its record (also in info["balancers"][tag]; info["balancer"] is the last).
+        `metrics`: instance address -> the MetricsPort URL the balancer reads for it, over
+        the workers' own (load-aware intro selection)."""
         if kind not in balancer_mod.KINDS:
             raise ValueError(f"balancer: {kind!r} is not one of {', '.join(balancer_mod.KINDS)}")
         if kind == "onionbalance" and self.voting_interval != balancer_mod.ONIONBALANCE_VOTING_INTERVAL:
@@ -232,8 +237,8 @@ class Lab:
         bdir = self.state_dir / "balancer" / tag
         if kind == "onion":
             # Workers started with metrics=True: the balancer reads their MetricsPorts.
-            metrics = {a: f"http://127.0.0.1:{port}/metrics" for w in self.workers
-                       for a, port in zip(w.instance_addresses, w.metrics_ports)}
+            metrics = {**{a: f"http://127.0.0.1:{port}/metrics" for w in self.workers
+                          for a, port in zip(w.instance_addresses, w.metrics_ports)}, **(metrics or {})}
             config = balancer_mod.write_onion_config(
                 bdir / "balancer.yaml", control_port=node.control_port,
                 socks_port=node.socks_port, state_dir=bdir / "state", key_file=key_file,

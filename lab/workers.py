@@ -74,16 +74,19 @@ def onion_certificate(onion_host: str, days: int = 365) -> tuple[str, str]:
 
 def worker_spec(root: Path, *, frontend_address: str, domain: str, origin_port: int,
                 ca_file: str, network_torrc: str, tor_daemons: int, intro_points: int,
-                https: bool = False, dos=None, metrics_ports: tuple[int, ...] = ()):
+                https: bool = False, dos=None, metrics_ports: tuple[int, ...] = (),
+                foreign_onions: tuple[tuple[str, str], ...] = ()):
     """The WorkerSpec the AWS program builds (nodes.roles.worker_spec, the same builder),
     on the lab's machine: its paths, its user, its CA and the private network. `https`: the
     site also serves 443 (certificate staged by start_worker); `dos`: the site's
-    nodes.render.SiteDos (None: the defaults)."""
+    nodes.render.SiteDos (None: the defaults); `foreign_onions`: (domain, onion) of other
+    onion sites, as the stack config's `foreignOnions`."""
     from nodes.render import Layout, SiteDos, SiteSpec
     from nodes.roles import Machine, worker_spec as build
 
     site = SiteSpec(name=SITE_NAME, domain=domain, onion_address=frontend_address,
-                    origin_address=f"127.0.0.1:{origin_port}", https=https, dos=dos or SiteDos())
+                    origin_address=f"127.0.0.1:{origin_port}", https=https, dos=dos or SiteDos(),
+                    foreign_onions=tuple(foreign_onions))
     machine = Machine(layout=Layout(root=str(root)), tor_user=None, nginx_user=None,
                       tor_include=network_torrc, trusted_ca_file=ca_file, tor_metrics_base=None)
     from dataclasses import replace

@@ -312,7 +312,8 @@ def test_tcp_listeners_keep_daemons_apart_in_the_rate_limit(tmp_path):
             try:
                 status = request(first, "/echo", f"{NEWS}.onion", circuit_id=5).status
                 break
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # not listening yet, or accepted by the socket of an nginx still starting
                 time.sleep(0.05)
         assert status == 200
         assert request(first, "/echo", f"{NEWS}.onion", circuit_id=5).status == 429
