@@ -30,7 +30,8 @@ NAMESPACE = "onionstack"
 
 # ---------------------------------------------------------------- defaults (mirror Pulumi.yaml)
 DEFAULT_INSTANCE_TYPES = {"balancer": "t3.micro", "worker": "t3.small", "database": "t3.small"}
-DEFAULT_DATABASE = {"enabled": True, "dataGb": 20, "journalGb": 4, "logGb": 4}
+# postgresVersion: the major version the image's postgresql package installs (Ubuntu 24.04: 16).
+DEFAULT_DATABASE = {"enabled": True, "dataGb": 20, "journalGb": 4, "logGb": 4, "postgresVersion": 16}
 DEFAULT_BACKUP = {
     "enabled": True,
     "threeHourlyKeep": 7,
@@ -109,6 +110,7 @@ DAEMONS_RANGE = (1, 8)
 INTRO_RANGE = (1, 20)
 AZ_RANGE = (1, 6)
 VOLUME_GB_RANGE = (1, 16384)  # gp3 limits
+POSTGRES_VERSION_RANGE = (13, 18)
 KEEP_RANGE = (1, 1000)
 # AWS Backup Vault Lock: ChangeableForDays is at least 3; retention at most 100 years.
 LOCK_CHANGEABLE_RANGE = (3, 36500)
@@ -235,6 +237,7 @@ class DatabaseConfig:
     data_gb: int
     journal_gb: int
     log_gb: int
+    postgres_version: int = 16
 
 
 @dataclass(frozen=True)
@@ -968,6 +971,7 @@ def _parse_database(value: Any) -> DatabaseConfig:
         data_gb=_int("database.dataGb", merged["dataGb"], lo, hi),
         journal_gb=_int("database.journalGb", merged["journalGb"], lo, hi),
         log_gb=_int("database.logGb", merged["logGb"], lo, hi),
+        postgres_version=_int("database.postgresVersion", merged["postgresVersion"], *POSTGRES_VERSION_RANGE),
     )
 
 

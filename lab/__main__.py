@@ -1,8 +1,10 @@
 """`python -m lab up|status|down`: the whole onion site on a private Tor network on 127.0.0.1.
 
-up      start the network, origin, workers and balancer; print the frontend and a curl line
-status  what is running (tor bootstrap per node, workers, balancer, frontend)
-down    stop every process the lab started, by pid
+up         start the network, origin, workers and balancer; print the frontend and a curl line
+status     what is running (tor bootstrap per node, workers, balancer, frontend)
+down       stop every process the lab started, by pid
+rehearse   the stack's own remote steps on local systemd hosts, then the checks (as root);
+           `rehearse down` removes what an interrupted rehearsal left
 """
 from __future__ import annotations
 
@@ -45,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "a line through the onion address and read it back")
     up.add_argument("--voting-interval", type=_count(10, 300, "--voting-interval"), default=20,
                     help="seconds (10..300, default 20); a time period is 24 of them")
+    reh = sub.add_parser("rehearse", help="rehearse a deploy on local systemd hosts (root)", parents=[state])
+    reh.add_argument("action", nargs="?", choices=("down",),
+                     help="down: remove the containers, mounts, links and processes of a rehearsal")
+    reh.add_argument("--workers", type=_count(2, 4, "--workers"), default=2,
+                     help="workers of the first deploy (2..4, default 2); the rehearsal scales in by one")
+    reh.add_argument("--tor-daemons", type=_count(1, 4, "--tor-daemons"), default=2,
+                     help="tor daemons per worker (1..4, default 2)")
+    reh.add_argument("--keep", action="store_true",
+                     help="leave everything running after the checks (remove it with `rehearse down`)")
     sub.add_parser("status", help="show what is running", parents=[state])
     sub.add_parser("down", help="stop every process of the lab", parents=[state])
     return parser
@@ -132,10 +143,43 @@ def cmd_down(args) -> int:
     return 0
 
 
+def cmd_rehearse(args) -> int:
+    from lab.rehearse.checks import CheckFailed, rehearse
+    from lab.rehearse.hosts import Fabric
+    from lab.procs import ProcessRegistry
+
+    state = args.state_dir / "rehearse"
+    if args.action == "down":
+        stopped = ProcessRegistry(state / "lab").stop_all()
+        undone = Fabric.load(state).teardown()
+        print(f"stopped {len(stopped)} processes; undid {len(undone)} things" +
+              "".join(f"\n  {u}" for u in undone))
+        return 0
+
+    def progress(line: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        report = rehearse(state, workers=args.workers, tor_daemons=args.tor_daemons, progress=progress,
+                          keep=args.keep)
+    except CheckFailed:
+        print(f"lab rehearse: a check failed; logs in {state}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lab rehearse: interrupted; " + ("left as it was: `python -m lab rehearse down` removes it"
+                                              if args.keep else "everything it made is removed"), file=sys.stderr)
+        return 130
+    print(f"\nall {len(report.passed)} checks passed; " +
+          ", ".join(f"{k} {v:.0f} s" for k, v in report.timings.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"up": cmd_up, "status": cmd_status, "down": cmd_down}[args.command](args)
+        return {"up": cmd_up, "status": cmd_status, "down": cmd_down,
+                "rehearse": cmd_rehearse}[args.command](args)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"lab {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -127,17 +127,17 @@ def make_handler(domain: str, listener: int):
     return Handler
 
 
-def serve(state_dir: Path, domain: str, ports: list[int]) -> None:
+def serve(state_dir: Path, domain: str, ports: list[int], address: str = "127.0.0.1") -> None:
     files = origin_dir(state_dir)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(files / "server.pem", files / "server.key")
     servers = []
     for i, port in enumerate(ports):
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), make_handler(domain, i))
+        srv = http.server.ThreadingHTTPServer((address, port), make_handler(domain, i))
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
         servers.append(srv)
-    print(f"origin https://{domain} on 127.0.0.1 ports {ports}", flush=True)
+    print(f"origin https://{domain} on {address} ports {ports}", flush=True)
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers[1:]]
     for t in threads:
         t.start()
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.origin", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--domain", default=DEFAULT_DOMAIN)
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="local address to listen on (default 127.0.0.1)")
     parser.add_argument("--ports", required=True,
                         help="comma-separated ports on 127.0.0.1, one listener per worker")
     args = parser.parse_args(argv)
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         ports = [int(p) for p in args.ports.split(",")]
     except ValueError:
         parser.error(f"--ports: {args.ports!r} is not a comma-separated list of port numbers")
-    serve(args.state_dir, args.domain, ports)
+    serve(args.state_dir, args.domain, ports, args.address)
     return 0
 
 

@@ -26,16 +26,16 @@ class PortAllocator:
         raise RuntimeError("no free TCP port found on 127.0.0.1 after 100 tries")
 
 
-def wait_for_port(port: int, timeout: float, what: str) -> None:
-    """Block until something accepts TCP connections on 127.0.0.1:port."""
+def wait_for_port(port: int, timeout: float, what: str, host: str = "127.0.0.1") -> None:
+    """Block until something accepts TCP connections on host:port."""
     import time
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection((host, port), timeout=1):
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+                raise TimeoutError(f"{what} did not listen on {host}:{port} within {timeout:.0f} s")
             time.sleep(0.1)

@@ -74,28 +74,31 @@ class Lab:
         (self.state_dir / "lab.json").write_text(json.dumps(self.info, indent=2) + "\n")
 
     # ---------------------------------------------------------------- steps
-    def start_network(self) -> None:
+    def start_network(self, address: str = "127.0.0.1") -> None:
+        """`address`: where the relays listen (lab/tornet.py); 127.0.0.1 unless other hosts
+        must reach the network (the rehearsal)."""
         owner = self.procs.start_anchor() if self.tie_to_parent else None
-        self.net = TorNetwork.create(self.state_dir, self.ports,
-                                     voting_interval=self.voting_interval, owner_pid=owner)
+        self.net = TorNetwork.create(self.state_dir, self.ports, voting_interval=self.voting_interval,
+                                     owner_pid=owner, address=address)
         self.info["socks_port"] = self.net.client.socks_port
         self.save()
         took = self.net.start(self.procs, self.progress)
         self.info["network_seconds"] = round(took, 1)
         self.save()
 
-    def start_origin(self, listeners: int, domain: str = origin_mod.DEFAULT_DOMAIN) -> None:
+    def start_origin(self, listeners: int, domain: str = origin_mod.DEFAULT_DOMAIN,
+                     address: str = "127.0.0.1") -> None:
         files = origin_mod.make_test_ca(self.state_dir, domain)
         ports = [self.ports.take() for _ in range(listeners)]
         self.procs.start("origin", [
             os.environ.get("LAB_PYTHON", _python()), "-m", "lab.origin",
-            "--state-dir", str(self.state_dir), "--domain", domain,
+            "--state-dir", str(self.state_dir), "--domain", domain, "--address", address,
             "--ports", ",".join(map(str, ports))], cwd=_repo_root())
         for port in ports:
-            wait_for_port(port, 15, "origin")
-        self.info["origin"] = {"domain": domain, "ports": ports, "ca": str(files["ca"])}
+            wait_for_port(port, 15, "origin", host=address)
+        self.info["origin"] = {"domain": domain, "ports": ports, "ca": str(files["ca"]), "address": address}
         self.save()
-        self.progress(f"origin: https://{domain} on 127.0.0.1 ports {ports} (test CA {files['ca']})")
+        self.progress(f"origin: https://{domain} on {address} ports {ports} (test CA {files['ca']})")
 
     def make_frontend_key(self, tag: str = "lab"):
         """A fresh frontend (master) identity, as a tor hs_ed25519_secret_key file (0600).

@@ -1,6 +1,11 @@
 """A private Tor network on 127.0.0.1: 3 directory authorities, 5 relays (3 of them exits for
 127.0.0.0/8) and a client with a SocksPort: the smallest shape that bootstraps reliably here.
 
+`address` puts the relays (ORPort, DirPort, Address, OutboundBindAddress; exits then accept
+only that address) on another local address, e.g. a bridge that local systemd hosts reach
+(the rehearsal); control and SOCKS ports always stay on 127.0.0.1. TestingTorNetwork lets
+relays use private addresses.
+
 Every tor includes one generated `network.torrc` (TestingTorNetwork, the DirAuthority lines,
 ...), so every tor the lab starts (workers, balancer, test services) is on this network and
 nothing can reach the public one. Ports are picked at runtime. Start-up is gated the way the
@@ -10,6 +15,7 @@ consensus lists every relay and every relay reports bootstrap PROGRESS=100.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import subprocess
 import time
@@ -66,6 +72,12 @@ class TorNetwork:
     voting_interval: int = 20
     nodes: list[TorNode] = field(default_factory=list)
     owner_pid: int | None = None
+    address: str = "127.0.0.1"  # where the relays listen and what they publish
+
+    @property
+    def exit_network(self) -> str:
+        """What the exits accept: loopback, or only the network's own address."""
+        return "127.0.0.0/8" if ipaddress.ip_address(self.address).is_loopback else f"{self.address}/32"
 
     # ---------------------------------------------------------------- layout
     @property
@@ -107,7 +119,7 @@ class TorNetwork:
     # ---------------------------------------------------------------- persistence
     def save(self) -> None:
         data = {"voting_interval": self.voting_interval, "owner_pid": self.owner_pid,
-                "nodes": [asdict(n) for n in self.nodes]}
+                "address": self.address, "nodes": [asdict(n) for n in self.nodes]}
         (Path(self.state_dir) / "network.json").write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -115,22 +127,24 @@ class TorNetwork:
         path = Path(state_dir) / "network.json"
         data = json.loads(path.read_text())
         return cls(state_dir=str(Path(state_dir).resolve()), voting_interval=data["voting_interval"],
-                   owner_pid=data.get("owner_pid"),
+                   owner_pid=data.get("owner_pid"), address=data.get("address", "127.0.0.1"),
                    nodes=[TorNode(**n) for n in data["nodes"]])
 
     # ---------------------------------------------------------------- creation
     @classmethod
     def create(cls, state_dir: Path, ports: PortAllocator, *, voting_interval: int = 20,
                n_authorities: int = 3, n_relays: int = 5, n_exits: int = 3,
-               owner_pid: int | None = None) -> "TorNetwork":
+               owner_pid: int | None = None, address: str = "127.0.0.1") -> "TorNetwork":
         """Generate keys and torrcs for a network (nothing is started yet)."""
         if voting_interval < MIN_VOTING_INTERVAL:
             raise ValueError(f"voting_interval: {voting_interval} s is below tor's minimum of "
                              f"{MIN_VOTING_INTERVAL} s; use {MIN_VOTING_INTERVAL} or more")
         if not 0 <= n_exits <= n_relays:
             raise ValueError(f"n_exits: {n_exits} must be between 0 and n_relays ({n_relays})")
+        if ipaddress.ip_address(address).version != 4:
+            raise ValueError(f"address: {address!r} must be an IPv4 address of this machine")
         net = cls(state_dir=str(Path(state_dir).resolve()), voting_interval=voting_interval,
-                  owner_pid=owner_pid)
+                  owner_pid=owner_pid, address=address)
         net.net_dir.mkdir(parents=True, exist_ok=True)
         for i in range(n_authorities):
             net.nodes.append(net._new_node(f"auth{i}", "authority", ports, or_port=ports.take(),
@@ -164,7 +178,7 @@ class TorNetwork:
         # Empty passphrase on fd 0: the lab's authority keys protect nothing outside the lab.
         subprocess.run(
             ["tor-gencert", "--create-identity-key", "-m", "12", "-a",
-             f"127.0.0.1:{node.dir_port}", "-i", str(keys / "authority_identity_key"),
+             f"{self.address}:{node.dir_port}", "-i", str(keys / "authority_identity_key"),
              "-s", str(keys / "authority_signing_key"), "-c", str(keys / "authority_certificate"),
              "--passphrase-fd", "0"],
             input=b"\n", check=True, capture_output=True, timeout=120)
@@ -181,8 +195,8 @@ class TorNetwork:
         out = subprocess.run(
             ["tor", "--list-fingerprint", "-f", str(empty), "--defaults-torrc", str(empty),
              "--DisableNetwork", "1", "--DataDirectory", str(node.data_dir),
-             "--Nickname", node.nickname, "--ORPort", f"127.0.0.1:{node.or_port}",
-             "--Address", "127.0.0.1", "--GeoIPFile", "", "--GeoIPv6File", "",
+             "--Nickname", node.nickname, "--ORPort", f"{self.address}:{node.or_port}",
+             "--Address", self.address, "--GeoIPFile", "", "--GeoIPv6File", "",
              "--Log", "err stderr"],
             check=True, capture_output=True, text=True, timeout=60).stdout
         for line in out.splitlines():
@@ -195,13 +209,23 @@ class TorNetwork:
     def write_network_torrc(self) -> None:
         self.network_torrc.write_text(TEMPLATES.get_template("network.torrc.j2").render(
             geoip_file=self.net_dir / "geoip", geoip6_file=self.net_dir / "geoip6",
-            owner_pid=self.owner_pid, authorities=self.authorities))
+            owner_pid=self.owner_pid, authorities=self.authorities, address=self.address,
+            outbound_address=self.address))
+
+    def network_torrc_for(self, geoip_file: str) -> str:
+        """The network's options for a tor on another host (the rehearsal's systemd hosts):
+        no OutboundBindAddress (the host's own address), no owning process, GeoIP files at
+        `geoip_file` on that host."""
+        return TEMPLATES.get_template("network.torrc.j2").render(
+            geoip_file=geoip_file, geoip6_file=geoip_file, owner_pid=None,
+            authorities=self.authorities, address=self.address, outbound_address=None)
 
     def _write_node_torrc(self, node: TorNode, extra_lines: list[str] = ()) -> None:
         node.torrc.write_text(TEMPLATES.get_template("node.torrc.j2").render(
             role=node.role, nickname=node.nickname, network_torrc=self.network_torrc,
             data_dir=node.data_dir, control_port=node.control_port, socks_port=node.socks_port,
             or_port=node.or_port, dir_port=node.dir_port, voting_interval=self.voting_interval,
+            address=self.address, exit_network=self.exit_network,
             vote_delay=self.vote_delay, resolv_conf=self.net_dir / "resolv.conf",
             extra_lines=list(extra_lines)))
 

@@ -115,6 +115,7 @@ class RoleSpecs:
     worker: WorkerSpec
     publish: bool
     layout: Layout = field(default=LAYOUT)
+    postgres_version: int = DatabaseSpec.__dataclass_fields__["pg_version"].default
     # (CloudWatch namespace, region) the balancer's metrics shipper puts into; None: no shipper
     cloudwatch: Optional[tuple[str, str]] = None
 
@@ -137,6 +138,7 @@ class RoleSpecs:
                                    tor_daemons=config.tor_daemons_per_worker,
                                    intro_points=config.intro_points_per_daemon, vpc_cidr=config.vpc_cidr),
                 publish=config.balancer.publish,
+                postgres_version=config.database.postgres_version,
             )
             # Any valid address stands in for the instances the workers will report.
             specs.balancer({s.name: [s.onion_address] for s in sites})
@@ -162,4 +164,5 @@ class RoleSpecs:
         (nodes/pki.py)."""
         return DatabaseSpec(listen_ip=private_ip, client_cidrs=tuple(client_cidrs),
                             volumes=database_volumes(volumes["data"], volumes["journal"], volumes["log"]),
-                            layout=self.layout, tls=tls, apps=tuple(apps))
+                            pg_version=self.postgres_version, layout=self.layout, tls=tls,
+                            apps=tuple(apps))

@@ -33,6 +33,9 @@ ONION_LOCK = "onion/requirements.lock"
 ONION_COMMAND_LINK = "/usr/local/bin/onion"
 # What the package step imports from the new package before it swaps it in.
 PACKAGE_IMPORT_CHECK = ("onion.balancer", "onion.servicecli", "onion.status", "onion.drain")
+# An image's own wheels (the rehearsal's hosts, which have no internet): when this directory
+# exists, the balancer's pip installs from it only.
+WHEELHOUSE = "/var/cache/onionstack/wheels"
 
 
 def as_root(script: str) -> str:
@@ -64,7 +67,7 @@ def package_script(package_path: str, *, venv: str = VENV, venvs: Optional[str] 
     return render_template("steps/balancer-package.sh.j2", package_path=package_path, venv=venv,
                            venvs=venvs or f"{venv}s", package_lib=package_lib, lock=ONION_LOCK,
                            imports=tuple(imports), unit=BALANCER_UNIT, command_link=command_link,
-                           dist_name=ONION_DISTRIBUTION["name"])
+                           dist_name=ONION_DISTRIBUTION["name"], wheelhouse=WHEELHOUSE)
 
 
 def drain_script(addresses: Sequence[str], *, wait: int = DRAIN_WAIT_SECONDS, poll: int = DRAIN_POLL_SECONDS,
