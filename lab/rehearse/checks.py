@@ -23,7 +23,7 @@ HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # The scale-in: requests go on for AFTER_GONE s after the removed worker is gone; those
 # that start SETTLED s or more after it must all succeed (at least 3 of them).
-AFTER_GONE, SETTLED = 30, 10
+AFTER_GONE, SETTLED = 45, 30
 
 
 class CheckFailed(AssertionError):
